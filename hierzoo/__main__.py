@@ -1,0 +1,3 @@
+from hierzoo.cli import main
+
+raise SystemExit(main())

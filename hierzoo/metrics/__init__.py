@@ -1,0 +1,38 @@
+"""Hierarchical metrics: pure functions (``functional``) and a stateful accumulator."""
+
+from hierzoo.metrics.accumulator import HierarchicalMetrics, summarize
+from hierzoo.metrics.functional import (
+    Estimate,
+    consistent_paths,
+    encode,
+    first_error_level,
+    hca,
+    hierarchical_f1,
+    leaf_accuracy,
+    level_accuracy,
+    path_consistency,
+    por,
+    strict_por,
+    tor,
+)
+from hierzoo.metrics.results import read_results, results_to_paths, score_results
+
+__all__ = [
+    "Estimate",
+    "HierarchicalMetrics",
+    "consistent_paths",
+    "encode",
+    "first_error_level",
+    "hca",
+    "hierarchical_f1",
+    "leaf_accuracy",
+    "level_accuracy",
+    "path_consistency",
+    "por",
+    "read_results",
+    "results_to_paths",
+    "score_results",
+    "strict_por",
+    "summarize",
+    "tor",
+]

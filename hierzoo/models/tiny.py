@@ -1,0 +1,459 @@
+"""Tiny, random-weight vision LLMs built offline from the real transformers classes.
+
+Each builder writes a directory that loads back with ``AutoProcessor.from_pretrained`` and
+``AutoModelForImageTextToText.from_pretrained``: float32 weights drawn from ``seed``, a byte-level
+BPE tokenizer trained locally with the family's special tokens, the family's chat-template layout,
+an image processor and a video processor. One forward pass takes milliseconds on a CPU, so tests
+can run the real model code paths without downloading a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+__all__ = [
+    "build_tiny_internvl",
+    "build_tiny_llava_onevision",
+    "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen3_vl",
+]
+
+_TRAINING_TEXT = (
+    "You are a helpful assistant.",
+    "system user assistant",
+    "Look at the image and answer the question with the letter of the correct option.",
+    "Which bird is shown in the image? A. Black footed Albatross B. Laysan Albatross "
+    "C. Sooty Albatross D. Groove billed Ani",
+    "Answer: A",
+    "Answer: B",
+    "Answer: C",
+    "Answer: D",
+    "A B C D (A) (B) (C) (D) A. B. C. D.",
+    "What is the order of the bird? What is the family of the bird?",
+    "What is the genus of the bird? What is the species of the bird?",
+    "kingdom phylum class order family genus species",
+    "Animalia Chordata Aves Passeriformes Charadriiformes Piciformes Corvidae Laridae Picidae",
+    "sparrow warbler gull tern heron hummingbird woodpecker kingfisher cardinal jay wren",
+    "Plantae Fungi Mammalia Reptilia Insecta taxonomy hierarchy level",
+)
+
+_IM_START = "<|im_start|>"
+_IM_END = "<|im_end|>"
+_ENDOFTEXT = "<|endoftext|>"
+
+_TEXT_SIZE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+
+_IMAGE_SIDE = 64
+_QWEN_PATCH = 8
+_QWEN_MERGE = 2
+_QWEN_PIXELS = {"shortest_edge": 32 * 32, "longest_edge": 128 * 128}
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_IMAGENET_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_STD = [0.229, 0.224, 0.225]
+_HALF = [0.5, 0.5, 0.5]
+
+_QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}"
+    "{%- else %}{%- for content in messages[0].content %}"
+    "{%- if 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}"
+    "{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content_item in message.content %}"
+    "{%- if 'text' in content_item %}{{- content_item.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}"
+    "{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}"
+    "{% endif %}"
+    "{% endif %}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _train_tokenizer(
+    named_tokens: Mapping[str, str],
+    extra_tokens: Sequence[str] = (),
+    vocab_size: int = 512,
+) -> Qwen2Tokenizer:
+    """Train a byte-level BPE on a few lines of text and wrap it in Qwen2's tokenizer class.
+
+    The pre-tokenizer and normalizer are Qwen2's, so words split as they do for the real
+    checkpoints (``"A"`` and ``" A"`` are distinct single tokens). ``named_tokens`` become
+    attributes of the tokenizer (``tokenizer.image_token``) as the processors expect; they,
+    ``extra_tokens`` and the ChatML tokens are special tokens with the lowest ids.
+    """
+    specials = list(
+        dict.fromkeys([_ENDOFTEXT, _IM_START, _IM_END, *named_tokens.values(), *extra_tokens])
+    )
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_TRAINING_TEXT, trainer=trainer)
+    merges = [tuple(pair) for pair in json.loads(backend.to_str())["model"]["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=backend.get_vocab(),
+        merges=merges,
+        unk_token=None,
+        eos_token=_IM_END,
+        pad_token=_ENDOFTEXT,
+        extra_special_tokens=dict(named_tokens),
+    )
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": [t for t in specials if t not in tokenizer.all_special_tokens]},
+        replace_extra_special_tokens=False,
+    )
+    return tokenizer
+
+
+def _save(out_dir: str | PathLike[str], model: PreTrainedModel, processor: ProcessorMixin) -> Path:
+    """Save ``model`` and ``processor`` (chat template set on it and its tokenizer) to ``out_dir``."""
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    processor.tokenizer.chat_template = processor.chat_template
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _text_config(tokenizer: Qwen2Tokenizer, **overrides: object) -> dict[str, object]:
+    """Return the keyword arguments of a tiny Qwen-style text decoder for ``tokenizer``."""
+    return {
+        **_TEXT_SIZE,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.convert_tokens_to_ids(_ENDOFTEXT),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **overrides,
+    }
+
+
+def _qwen_tokenizer() -> Qwen2Tokenizer:
+    """Return a tiny tokenizer with the Qwen-VL vision tokens."""
+    return _train_tokenizer(
+        {
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        }
+    )
+
+
+def _qwen_vision_token_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
+    """Return the ``*_token_id`` fields of a Qwen-VL config for ``tokenizer``."""
+    return {
+        "image_token_id": tokenizer.image_token_id,
+        "video_token_id": tokenizer.video_token_id,
+        "vision_start_token_id": tokenizer.vision_start_token_id,
+        "vision_end_token_id": tokenizer.vision_end_token_id,
+    }
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random Qwen2.5-VL; a 64x64 image becomes 16 image tokens."""
+    torch.manual_seed(seed)
+    tokenizer = _qwen_tokenizer()
+    config = Qwen2_5_VLConfig(
+        text_config=_text_config(
+            tokenizer,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": _QWEN_PATCH,
+            "spatial_merge_size": _QWEN_MERGE,
+            "temporal_patch_size": 2,
+            "window_size": 2 * _QWEN_PATCH * _QWEN_MERGE,
+            "fullatt_block_indexes": [1],
+            "out_hidden_size": _TEXT_SIZE["hidden_size"],
+            "tokens_per_second": 2,
+        },
+        **_qwen_vision_token_ids(tokenizer),
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    shared = {"patch_size": _QWEN_PATCH, "merge_size": _QWEN_MERGE, "temporal_patch_size": 2}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(_QWEN_PIXELS), **shared),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(size=dict(_QWEN_PIXELS), **shared),
+        chat_template=_QWEN2_5_VL_CHAT_TEMPLATE,
+    )
+    return _save(out_dir, model, processor)
+
+
+def build_tiny_qwen3_vl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random Qwen3-VL with deepstack; a 64x64 image gives 16 image tokens."""
+    torch.manual_seed(seed)
+    tokenizer = _qwen_tokenizer()
+    config = Qwen3VLConfig(
+        text_config=_text_config(
+            tokenizer,
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": _QWEN_PATCH,
+            "spatial_merge_size": _QWEN_MERGE,
+            "temporal_patch_size": 2,
+            "out_hidden_size": _TEXT_SIZE["hidden_size"],
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],
+        },
+        **_qwen_vision_token_ids(tokenizer),
+    )
+    model = Qwen3VLForConditionalGeneration(config)
+    shared = {
+        "patch_size": _QWEN_PATCH,
+        "merge_size": _QWEN_MERGE,
+        "temporal_patch_size": 2,
+        "image_mean": _HALF,
+        "image_std": _HALF,
+    }
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(_QWEN_PIXELS), **shared),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(size=dict(_QWEN_PIXELS), **shared),
+        chat_template=_QWEN3_VL_CHAT_TEMPLATE,
+    )
+    return _save(out_dir, model, processor)
+
+
+def build_tiny_llava_onevision(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random LLaVA-OneVision (SigLIP + Qwen2, anyres) in the -ov-hf layout.
+
+    The chat template is the -ov-hf one, extended to render string message content (the
+    official template drops it), so a plain-string system prompt works.
+    """
+    torch.manual_seed(seed)
+    tokenizer = _train_tokenizer({"image_token": "<image>", "video_token": "<video>"})
+    patch = 16
+    pinpoints = [[_IMAGE_SIDE * h, _IMAGE_SIDE * w] for h in (1, 2) for w in (1, 2)]
+    config = LlavaOnevisionConfig(
+        text_config={"model_type": "qwen2", **_text_config(tokenizer)},
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": _IMAGE_SIDE,
+            "patch_size": patch,
+            "vision_use_head": False,
+        },
+        image_token_index=tokenizer.image_token_id,
+        video_token_index=tokenizer.video_token_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
+    side = {"height": _IMAGE_SIDE, "width": _IMAGE_SIDE}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size=dict(side), image_grid_pinpoints=pinpoints, image_mean=_HALF, image_std=_HALF
+        ),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(
+            size=dict(side), image_mean=_HALF, image_std=_HALF
+        ),
+        num_image_tokens=(_IMAGE_SIDE // patch) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=_LLAVA_ONEVISION_CHAT_TEMPLATE,
+    )
+    return _save(out_dir, model, processor)
+
+
+def build_tiny_internvl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random InternVL (-hf format); each 64x64 tile gives 16 image tokens."""
+    torch.manual_seed(seed)
+    tokenizer = _train_tokenizer(
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        extra_tokens=("<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"),
+    )
+    patch = 8
+    downsample_ratio = 0.5
+    image_seq_length = int((_IMAGE_SIDE // patch) ** 2 * downsample_ratio**2)
+    config = InternVLConfig(
+        text_config={"model_type": "qwen2", **_text_config(tokenizer)},
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": _IMAGE_SIDE,
+            "patch_size": patch,
+        },
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=image_seq_length,
+        downsample_ratio=downsample_ratio,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    model = InternVLForConditionalGeneration(config)
+    side = {"height": _IMAGE_SIDE, "width": _IMAGE_SIDE}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(
+            size=dict(side),
+            crop_to_patches=True,
+            min_patches=1,
+            max_patches=4,
+            image_mean=_IMAGENET_MEAN,
+            image_std=_IMAGENET_STD,
+        ),
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(
+            size=dict(side), image_mean=_IMAGENET_MEAN, image_std=_IMAGENET_STD
+        ),
+        image_seq_length=image_seq_length,
+        chat_template=_INTERNVL_CHAT_TEMPLATE,
+    )
+    return _save(out_dir, model, processor)

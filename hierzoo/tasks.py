@@ -1,0 +1,451 @@
+"""Four-choice question sets: the paper's format, image-root remapping, validation, building.
+
+One question set entry covers one image at every level of its path::
+
+    {"image": ".../001.Black_footed_Albatross/x.jpg", "label": "Black-footed Albatross",
+     "split": "test", "level1": "procellariiformes",
+     "choices_level1": ["procellariiformes", "apodiformes", "podicipediformes", "pelecaniformes"],
+     ..., "level4": "black-footed albatross", "choices_level4": [...]}
+
+Levels are numbered from 1 (the top level of the taxonomy); a file may start lower.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from hierzoo.taxonomy import Taxonomy
+
+BUNDLED_QUESTIONS = {
+    "cub200-random": "CUB200_with_random_choice.jsonl",
+    "cub200-similar": "CUB200_with_similar_choice.jsonl",
+}
+DISTRACTORS = ("random", "similar")
+
+
+class QuestionError(ValueError):
+    """A question set that does not fit its taxonomy or format."""
+
+
+@dataclass
+class Question:
+    """One image's questions, one per level.
+
+    Attributes:
+        image: the image path as recorded in the file.
+        label: the leaf label.
+        answers: the right name per level (``None`` where a level is not asked).
+        choices: the options per level, the answer among them.
+        split: the data split, when recorded.
+        path: the resolved local image path (see :class:`ImageResolver`), or ``None``.
+        extra: other fields of the file, written back unchanged.
+    """
+
+    image: str
+    label: str
+    answers: list[str | None]
+    choices: list[list[str]]
+    split: str | None = None
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.answers)
+
+    def answer_index(self, level: int) -> int:
+        """Position of the right answer among the options of a level (0-based level index)."""
+        wanted = (self.answers[level] or "").lower()
+        for i, opt in enumerate(self.choices[level]):
+            if opt.lower() == wanted:
+                return i
+        raise QuestionError(
+            f"The answer {self.answers[level]!r} of level {level + 1} is not among its options "
+            f"{self.choices[level]!r} (image {self.image!r}); add it to choices_level{level + 1}."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": self.image, "label": self.label}
+        if self.split is not None:
+            out["split"] = self.split
+        for k, (ans, opts) in enumerate(zip(self.answers, self.choices), start=1):
+            out[f"level{k}"] = ans
+            out[f"choices_level{k}"] = list(opts)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], where: str = "") -> Question:
+        for key in ("image", "label", "level1", "choices_level1"):
+            if key not in row:
+                raise QuestionError(
+                    f"{where}: missing field {key!r}; a question needs image, label, levelK and choices_levelK."
+                )
+        answers: list[str | None] = []
+        choices: list[list[str]] = []
+        k = 1
+        while f"level{k}" in row or f"choices_level{k}" in row:
+            opts = row.get(f"choices_level{k}")
+            if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+                raise QuestionError(
+                    f"{where}: choices_level{k} is {opts!r}; expected a list of option names."
+                )
+            answers.append(row.get(f"level{k}"))
+            choices.append(list(opts))
+            k += 1
+        known = (
+            {"image", "label", "split"}
+            | {f"level{i}" for i in range(1, k)}
+            | {f"choices_level{i}" for i in range(1, k)}
+        )
+        return cls(
+            image=str(row["image"]),
+            label=str(row["label"]),
+            answers=answers,
+            choices=choices,
+            split=row.get("split"),
+            extra={key: v for key, v in row.items() if key not in known},
+        )
+
+
+class ImageResolver:
+    """Map image paths recorded on another machine to files under a local root.
+
+    ``/somewhere/CUB_200_2011/images/001.X/y.jpg`` resolves to the longest tail of that path
+    that exists under the root (``root/CUB_200_2011/images/001.X/y.jpg``, else
+    ``root/images/001.X/y.jpg``, ...). A tail is only tried when its first name exists directly
+    under the root (remembered per name), so a large set costs about two ``stat`` calls per image.
+    Relative paths resolve the same way.
+    """
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root is not None else None
+        self._top_exists: dict[str, bool] = {}
+
+    def _exists_top(self, name: str) -> bool:
+        if name not in self._top_exists:
+            self._top_exists[name] = (self.root / name).exists()
+        return self._top_exists[name]
+
+    def __call__(self, recorded: str) -> Path | None:
+        """The local path of a recorded image path, or ``None`` when no tail exists."""
+        if self.root is None:
+            p = Path(recorded)
+            return p if p.exists() else None
+        parts = [p for p in PurePath(recorded).parts if p.strip("/\\") and not p.endswith(":\\")]
+        for s in range(len(parts)):
+            if self._exists_top(parts[s]):
+                cand = self.root.joinpath(*parts[s:])
+                if cand.exists():
+                    return cand
+        return None
+
+
+def bundled_questions() -> list[str]:
+    """Names of the question sets that ship with hierzoo."""
+    return list(BUNDLED_QUESTIONS)
+
+
+def read_questions(path: str | Path, image_root: str | Path | None = None) -> list[Question]:
+    """Read a question file (JSON Lines or a JSON list), or a bundled set by name.
+
+    With ``image_root``, each question's ``path`` is resolved under it (``None`` when missing:
+    a run records that image as an error rather than failing).
+    """
+    key = str(path).lower()
+    if key in BUNDLED_QUESTIONS:
+        text = (
+            resources.files("hierzoo.data.questions")
+            .joinpath(BUNDLED_QUESTIONS[key])
+            .read_text(encoding="utf-8")
+        )
+        where = key
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"No question file at {str(path)!r}; give a .jsonl path or one of {bundled_questions()}."
+            )
+        text = p.read_text(encoding="utf-8")
+        where = str(p)
+    if text.lstrip().startswith("["):
+        rows = [(i, r) for i, r in enumerate(json.loads(text), start=1)]
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise QuestionError(f"{where}:{i} is not valid JSON: {e}.") from e
+    resolve = ImageResolver(image_root) if image_root is not None else None
+    out = []
+    for i, row in rows:
+        if not isinstance(row, dict):
+            raise QuestionError(f"{where}:{i}: expected a JSON object, but got {row!r}.")
+        q = Question.from_dict(row, where=f"{where}:{i}")
+        q.path = (
+            resolve(q.image) if resolve else (Path(q.image) if Path(q.image).exists() else None)
+        )
+        out.append(q)
+    return out
+
+
+def write_questions(questions: Iterable[Question], path: str | Path) -> Path:
+    """Write questions as JSON Lines (the paper's format); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for q in questions:
+            f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def validate_questions(
+    questions: Sequence[Question], taxonomy: Taxonomy, *, first_level: int = 0, max_errors: int = 5
+) -> None:
+    """Check that questions fit a taxonomy; raise one :class:`QuestionError` listing the problems.
+
+    Checks, per question and level: the label is a leaf; the level's answer is among its
+    options; the answer is the label's node at that level; every option names a node of that
+    level; no option is repeated. Names are compared case-insensitively.
+    """
+    problems: list[str] = []
+    level_names = taxonomy._level_name_ids
+    for qi, q in enumerate(questions):
+        if len(problems) >= max_errors:
+            break
+        where = f"question {qi} (image {q.image!r})"
+        try:
+            leaf_row = taxonomy.leaf_index(q.label)
+        except ValueError as e:
+            problems.append(f"{where}: label {q.label!r} is not a leaf of {taxonomy.name!r} ({e})")
+            continue
+        path = taxonomy.paths[leaf_row]
+        for k, (ans, opts) in enumerate(zip(q.answers, q.choices)):
+            lev = first_level + k
+            if ans is None:
+                continue
+            lowered = [o.lower() for o in opts]
+            if ans.lower() not in lowered:
+                problems.append(
+                    f"{where}: the answer {ans!r} of level{k + 1} is not among its options {opts!r}; "
+                    f"add it to choices_level{k + 1} or fix level{k + 1}"
+                )
+                continue
+            if len(set(lowered)) != len(lowered):
+                problems.append(f"{where}: choices_level{k + 1} repeats an option: {opts!r}")
+            if lev >= taxonomy.depth or path[lev] < 0:
+                problems.append(
+                    f"{where}: level{k + 1} is asked, but the path of {q.label!r} has only "
+                    f"{int(taxonomy.leaf_depth[leaf_row])} levels"
+                )
+                continue
+            true_name = taxonomy.names[path[lev]]
+            if true_name.lower() != ans.lower():
+                problems.append(
+                    f"{where}: level{k + 1} answer {ans!r} is not {q.label!r}'s node at that level "
+                    f"({true_name!r}); check the taxonomy or first_level"
+                )
+            missing = [o for o in opts if o.lower() not in level_names[lev]]
+            if missing:
+                problems.append(
+                    f"{where}: options {missing!r} of level{k + 1} are not nodes of that level of "
+                    f"{taxonomy.name!r}"
+                )
+    if problems:
+        more = " (stopped after the first few)" if len(problems) >= max_errors else ""
+        raise QuestionError(
+            "The question set does not fit the taxonomy:\n  - " + "\n  - ".join(problems) + more
+        )
+
+
+def build_questions(
+    taxonomy: Taxonomy,
+    samples: Iterable[tuple[str, str]],
+    *,
+    distractors: str = "random",
+    seed: int = 0,
+    n_choices: int = 4,
+    lowercase: bool = True,
+    split: str | None = None,
+) -> list[Question]:
+    """Build four-choice questions for (image, leaf label) pairs, at every level of each path.
+
+    Per level the options are the right node and ``n_choices - 1`` distractors of the same level:
+
+    - ``random``: drawn uniformly from the other nodes of the level;
+    - ``similar``: nearest in the tree first: siblings (same parent), then cousins (same
+      grandparent), and so on up; drawn at random within each tier.
+
+    A level with fewer than ``n_choices`` nodes offers all of them (a one-node level, such as a
+    single root, offers only the answer). Distractors never repeat the answer's name (a name
+    under two parents). Options are shuffled; all draws come from one seeded generator, so the
+    same inputs and seed give the same set. Names are lower-cased as in the paper's files unless
+    ``lowercase=False``.
+    """
+    if distractors not in DISTRACTORS:
+        raise ValueError(
+            f"Expected `distractors` to be one of {DISTRACTORS}, but got {distractors!r}."
+        )
+    if n_choices < 2:
+        raise ValueError(f"Expected `n_choices` >= 2, but got {n_choices}.")
+    rng = np.random.default_rng(seed)
+    paths = taxonomy.paths
+    offsets = taxonomy.level_offsets
+    names = [n.lower() for n in taxonomy.names] if lowercase else list(taxonomy.names)
+    norm = [n.lower() for n in taxonomy.names]
+    under = _nodes_under(taxonomy) if distractors == "similar" else None
+    out = []
+    for image, label in samples:
+        row = taxonomy.leaf_index(label)
+        path = paths[row]
+        answers: list[str | None] = []
+        choices: list[list[str]] = []
+        for lev in range(int(taxonomy.leaf_depth[row])):
+            node = int(path[lev])
+            lo, hi = int(offsets[lev]), int(offsets[lev + 1])
+            if under is None:
+                pool = [rng.permutation(np.arange(lo, hi))]
+            else:
+                pool = [
+                    rng.permutation(under[(lev, int(path[up]))]) for up in range(lev - 1, -1, -1)
+                ]
+                pool.append(rng.permutation(np.arange(lo, hi)))
+            picked = _take_distinct(pool, node, norm, n_choices - 1)
+            opts = [node, *picked]
+            rng.shuffle(opts)
+            answers.append(names[node])
+            choices.append([names[i] for i in opts])
+        out.append(
+            Question(
+                image=str(image),
+                label=taxonomy.labels[row],
+                answers=answers,
+                choices=choices,
+                split=split,
+            )
+        )
+    return out
+
+
+def _take_distinct(pools: list[np.ndarray], answer: int, norm: list[str], k: int) -> list[int]:
+    taken: list[int] = []
+    seen = {norm[answer]}
+    for pool in pools:
+        for c in pool.tolist():
+            if len(taken) == k:
+                return taken
+            if norm[c] not in seen:
+                seen.add(norm[c])
+                taken.append(c)
+    return taken
+
+
+def _nodes_under(taxonomy: Taxonomy) -> dict[tuple[int, int], np.ndarray]:
+    """``(level, ancestor) -> node ids of that level below the ancestor``."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for nid in range(taxonomy.n_nodes):
+        lev = int(taxonomy.level[nid])
+        for anc in taxonomy.ancestors(nid)[:-1]:
+            groups.setdefault((lev, anc), []).append(nid)
+    return {k: np.asarray(v) for k, v in groups.items()}
+
+
+def samples_from_folder(
+    root: str | Path,
+    taxonomy: Taxonomy,
+    extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".webp", ".bmp"),
+) -> list[tuple[str, str]]:
+    """(image, leaf) pairs from an ImageFolder layout: one sub-folder per leaf.
+
+    A folder name matches a leaf label case-insensitively, with ``_`` read as a space; a leading
+    number with a dot (``001.Black_footed_Albatross``, CUB's layout) is ignored.
+
+    Raises:
+        QuestionError: a folder that names no leaf, with the closest leaves.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No image folder at {str(root)!r}.")
+    out = []
+    exts = {e.lower() for e in extensions}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = _folder_label(folder.name, taxonomy)
+        for img in sorted(folder.rglob("*")):
+            if img.suffix.lower() in exts:
+                out.append((str(img), label))
+    if not out:
+        raise QuestionError(
+            f"No images with extensions {sorted(exts)} in sub-folders of {str(root)!r}."
+        )
+    return out
+
+
+def _loose(name: str) -> str:
+    import re
+
+    return re.sub(r"[\s_\-]+", " ", name).strip().lower()
+
+
+def _folder_label(name: str, taxonomy: Taxonomy) -> str:
+    import re
+
+    base = re.sub(r"^\d+\.", "", name)
+    try:
+        return taxonomy.labels[taxonomy.leaf_index(base)]
+    except ValueError:
+        pass
+    loose = {_loose(lab): lab for lab in taxonomy.labels}
+    if _loose(base) in loose:
+        return loose[_loose(base)]
+    from difflib import get_close_matches
+
+    close = get_close_matches(_loose(base), list(loose), n=3)
+    raise QuestionError(
+        f"Folder {name!r} names no leaf of taxonomy {taxonomy.name!r}"
+        + (f"; closest leaves: {[loose[c] for c in close]}." if close else ".")
+        + " Rename the folder to the leaf's label, or pass --labels CSV."
+    )
+
+
+def samples_from_csv(
+    path: str | Path, image_root: str | Path | None = None
+) -> list[tuple[str, str]]:
+    """(image, leaf) pairs from a CSV with columns ``image,leaf`` (a header row is optional)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No label file at {str(path)!r}; expected a CSV with columns image,leaf."
+        )
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in row[:2]] in (
+                ["image", "leaf"],
+                ["image", "label"],
+            ):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise QuestionError(
+                    f"{path}:{lineno}: expected two columns image,leaf, but got {row!r}."
+                )
+            image = row[0].strip()
+            if image_root is not None and not Path(image).is_absolute():
+                image = str(Path(image_root) / image)
+            out.append((image, row[1].strip()))
+    return out

@@ -1,0 +1,651 @@
+"""Taxonomies: trees of named nodes, one level per depth, with integer node ids.
+
+Node identity rule
+------------------
+A node is identified by its path from the top level down to it, compared case-insensitively.
+Two consequences, both needed by the bundled data:
+
+- the same name under two different parents is two nodes (ImageNet-Artifact has
+  "sports equipment" under both "equipment" and "implement");
+- the same name at two depths is two nodes (CUB-200 has the genus "Sayornis" and, below it,
+  the species "Sayornis").
+
+Names are compared case-insensitively everywhere; the first spelling seen is kept for display.
+Node ids are grouped by level: the nodes of level ``k`` are the contiguous range
+``level_offsets[k]:level_offsets[k + 1]``, in order of first appearance in the source file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+PATH_SEPARATOR = " > "
+
+BUNDLED = {
+    "cub200": ("hierarchy_CUB200.json", ("order", "family", "genus", "species")),
+    "inat21-animal": (
+        "hierarchy_Inat_animal.json",
+        ("kingdom", "phylum", "class", "order", "family", "genus", "species"),
+    ),
+    "inat21-plant": (
+        "hierarchy_Inat_plantae.json",
+        ("kingdom", "phylum", "class", "order", "family", "genus", "species"),
+    ),
+    "imagenet-animal": ("hierarchy_imagenet_animal.json", None),
+    "imagenet-artifact": ("hierarchy_imagenet_artifact.json", None),
+    "food101": ("hierarchy_Food.json", None),
+}
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file or a node lookup that cannot be honoured."""
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower()
+
+
+@dataclass(frozen=True, eq=False)
+class Taxonomy:
+    """A rooted forest of named nodes with one level per depth.
+
+    Attributes:
+        names: display name of every node, indexed by node id.
+        parent: ``(n_nodes,)`` int64, the parent's node id, ``-1`` for the top level.
+        level: ``(n_nodes,)`` int64, the depth of every node (0 is the top level).
+        leaf_ids: ``(n_leaves,)`` int64, node id of every leaf, in file order.
+        labels: the label of every leaf (the key of the source file), aligned with ``leaf_ids``.
+        ranks: rank names per level (``("order", "family", ...)``) or ``None``.
+        name: the bundled name or the file's stem.
+    """
+
+    names: tuple[str, ...]
+    parent: np.ndarray
+    level: np.ndarray
+    leaf_ids: np.ndarray
+    labels: tuple[str, ...]
+    ranks: tuple[str, ...] | None = None
+    name: str | None = None
+    _label_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Mapping[str, Sequence[str]] | Iterable[Sequence[str]],
+        *,
+        ranks: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> Taxonomy:
+        """Build from leaf paths: ``{label: [top, ..., leaf]}`` or an iterable of paths.
+
+        A label (the key) may differ from its path's last element; it stays an alias of the leaf.
+        """
+        items = (
+            list(paths.items())
+            if isinstance(paths, Mapping)
+            else [(p[-1] if len(p) else "", p) for p in paths]
+        )
+        node_of: dict[tuple[str, ...], int] = {}
+        raw_names: list[str] = []
+        raw_parent: list[int] = []
+        raw_level: list[int] = []
+        leaf_raw: list[int] = []
+        leaf_of_node: dict[int, int] = {}
+        labels: list[str] = []
+        label_index: dict[str, int] = {}
+        seen_path: dict[str, tuple[str, ...]] = {}
+        for label, path in items:
+            if not isinstance(label, str) or not label.strip():
+                raise TaxonomyError(
+                    f"Expected every leaf label to be a non-empty string, but got {label!r}."
+                )
+            if isinstance(path, str) or not isinstance(path, Sequence) or not path:
+                raise TaxonomyError(
+                    f"Expected the path of {label!r} to be a non-empty list of names from the top "
+                    f"level down to the leaf, but got {path!r}."
+                )
+            for node in path:
+                if not isinstance(node, str) or not node.strip():
+                    raise TaxonomyError(
+                        f"Leaf {label!r} has an empty or non-string node name {node!r} in its path "
+                        f"{list(path)!r}; every level needs a name."
+                    )
+            key = tuple(_norm(n) for n in path)
+            nlabel = _norm(label)
+            if nlabel in seen_path:
+                if seen_path[nlabel] != key:
+                    raise TaxonomyError(
+                        f"Leaf {label!r} is listed twice with different paths: "
+                        f"{PATH_SEPARATOR.join(seen_path[nlabel])!r} and {PATH_SEPARATOR.join(key)!r}. "
+                        "Keep one path per leaf."
+                    )
+                continue
+            seen_path[nlabel] = key
+            parent_id = -1
+            for depth, node in enumerate(path):
+                prefix = key[: depth + 1]
+                nid = node_of.get(prefix)
+                if nid is None:
+                    nid = len(raw_names)
+                    node_of[prefix] = nid
+                    raw_names.append(node.strip())
+                    raw_parent.append(parent_id)
+                    raw_level.append(depth)
+                parent_id = nid
+            if parent_id in leaf_of_node:
+                raise TaxonomyError(
+                    f"Leaves {labels[leaf_of_node[parent_id]]!r} and {label!r} have the same path "
+                    f"{PATH_SEPARATOR.join(path)!r}; give each leaf its own node."
+                )
+            leaf_of_node[parent_id] = len(leaf_raw)
+            leaf_raw.append(parent_id)
+            labels.append(label.strip())
+        if not leaf_raw:
+            raise TaxonomyError("The taxonomy has no leaves; expected at least one path.")
+
+        raw_level_arr = np.asarray(raw_level, dtype=np.int64)
+        # Group ids by level (stable), so each level is a contiguous id range.
+        order = np.argsort(raw_level_arr, kind="stable")
+        new_id = np.empty_like(order)
+        new_id[order] = np.arange(len(order))
+        raw_parent_arr = np.asarray(raw_parent, dtype=np.int64)
+        parent = np.where(raw_parent_arr[order] >= 0, new_id[raw_parent_arr[order]], -1)
+        leaf_ids = new_id[np.asarray(leaf_raw, dtype=np.int64)]
+
+        has_child = np.zeros(len(order), dtype=bool)
+        has_child[parent[parent >= 0]] = True
+        inner_leaves = np.flatnonzero(has_child[leaf_ids])
+        if inner_leaves.size:
+            i = int(inner_leaves[0])
+            raise TaxonomyError(
+                f"Leaf {labels[i]!r} is also an inner node (other leaves lie below it); a leaf "
+                "must end its path. Give it a child node of its own or drop the deeper leaves."
+            )
+        for nlabel, i in ((_norm(lab), i) for i, lab in enumerate(labels)):
+            label_index.setdefault(nlabel, i)
+        if ranks is not None:
+            ranks = tuple(ranks)
+            depth = int(raw_level_arr.max()) + 1
+            if len(ranks) != depth:
+                raise TaxonomyError(
+                    f"Expected {depth} rank names (one per level), but got {len(ranks)}: {list(ranks)!r}."
+                )
+        return cls(
+            names=tuple(raw_names[i] for i in order),
+            parent=parent,
+            level=raw_level_arr[order],
+            leaf_ids=leaf_ids,
+            labels=tuple(labels),
+            ranks=ranks,
+            name=name,
+            _label_index=label_index,
+        )
+
+    @classmethod
+    def from_tree(
+        cls,
+        tree: Mapping | Sequence,
+        *,
+        ranks: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> Taxonomy:
+        """Build from a nested tree: ``{"Aves": {"Passeriformes": ["Corvus corax", ...]}}``.
+
+        A mapping maps a node to its subtree; a list holds leaf names (or further subtrees);
+        a mapping value of ``None`` or ``{}`` marks a leaf.
+        """
+        paths: list[tuple[str, list[str]]] = []
+
+        def walk(node: object, prefix: list[str]) -> None:
+            if isinstance(node, Mapping):
+                for key, sub in node.items():
+                    if sub is None or (isinstance(sub, (Mapping, list)) and not sub):
+                        paths.append((key, prefix + [key]))
+                    else:
+                        walk(sub, prefix + [key])
+            elif isinstance(node, list):
+                for sub in node:
+                    if isinstance(sub, str):
+                        paths.append((sub, prefix + [sub]))
+                    else:
+                        walk(sub, prefix)
+            else:
+                raise TaxonomyError(
+                    f"Expected a mapping or a list under {PATH_SEPARATOR.join(prefix) or 'the top'!r}, "
+                    f"but got {node!r}."
+                )
+
+        walk(tree, [])
+        return cls.from_paths(dict(_unique_pairs(paths)), ranks=ranks, name=name)
+
+    @classmethod
+    def from_parents(
+        cls,
+        parents: Mapping[str, str | None],
+        *,
+        ranks: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> Taxonomy:
+        """Build from child -> parent edges (``None`` for a top-level node); names are node ids here.
+
+        Raises:
+            TaxonomyError: on a cycle or an unknown parent, naming the nodes involved.
+        """
+        lower = {_norm(k): k for k in parents}
+        children = {_norm(v) for v in parents.values() if v is not None}
+        for child, par in parents.items():
+            if par is not None and _norm(par) not in lower:
+                raise TaxonomyError(
+                    f"Node {child!r} names the parent {par!r}, which is not a node; add {par!r} with "
+                    "its own parent (or None for a top-level node)."
+                )
+        paths: dict[str, list[str]] = {}
+        for leaf in (k for k in parents if _norm(k) not in children):
+            path, node, seen = [], leaf, set()
+            while node is not None:
+                if _norm(node) in seen:
+                    raise TaxonomyError(
+                        f"The parent links form a cycle through {PATH_SEPARATOR.join(reversed(path))!r}; "
+                        "every chain of parents must end at a top-level node (parent None)."
+                    )
+                seen.add(_norm(node))
+                path.append(lower[_norm(node)])
+                node = parents[lower[_norm(node)]]
+            paths[leaf] = path[::-1]
+        if not paths:
+            raise TaxonomyError("The parent links form a cycle: no node is a leaf.")
+        covered = {_norm(n) for p in paths.values() for n in p}
+        missing = [k for k in parents if _norm(k) not in covered]
+        if missing:
+            raise TaxonomyError(f"The parent links form a cycle through {missing[0]!r}.")
+        return cls.from_paths(paths, ranks=ranks, name=name)
+
+    # ----------------------------------------------------------------- basic shape
+    @property
+    def n_nodes(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_leaves(self) -> int:
+        return len(self.leaf_ids)
+
+    @property
+    def leaves(self) -> list[str]:
+        """Leaf display names (the last element of each path), in file order."""
+        return [self.names[i] for i in self.leaf_ids]
+
+    @cached_property
+    def depth(self) -> int:
+        """Number of levels (the longest path)."""
+        return int(self.level.max()) + 1
+
+    @cached_property
+    def level_offsets(self) -> np.ndarray:
+        """``(depth + 1,)``: nodes of level ``k`` are ids ``level_offsets[k]:level_offsets[k+1]``."""
+        return np.concatenate([[0], np.cumsum(np.bincount(self.level, minlength=self.depth))])
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Number of nodes per level."""
+        return np.diff(self.level_offsets).tolist()
+
+    def level_nodes(self, level: int) -> np.ndarray:
+        """Node ids of one level."""
+        return np.arange(self.level_offsets[level], self.level_offsets[level + 1])
+
+    @cached_property
+    def leaf_depth(self) -> np.ndarray:
+        """``(n_leaves,)``: number of levels of each leaf's path."""
+        return self.level[self.leaf_ids] + 1
+
+    @cached_property
+    def paths(self) -> np.ndarray:
+        """``(n_leaves, depth)`` int64 node ids of each leaf's path, padded with ``-1``."""
+        out = np.full((self.n_leaves, self.depth), -1, dtype=np.int64)
+        cur = self.leaf_ids.copy()
+        lev = self.level[cur]
+        rows = np.arange(self.n_leaves)
+        for _ in range(self.depth):
+            alive = cur >= 0
+            out[rows[alive], lev[alive]] = cur[alive]
+            cur = np.where(alive, self.parent[np.maximum(cur, 0)], -1)
+            lev = lev - 1
+        return out
+
+    @cached_property
+    def is_leaf(self) -> np.ndarray:
+        out = np.zeros(self.n_nodes, dtype=bool)
+        out[self.leaf_ids] = True
+        return out
+
+    @cached_property
+    def _children(self) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for child, par in enumerate(self.parent.tolist()):
+            if par >= 0:
+                out[par].append(child)
+        return out
+
+    def children(self, node: int | str) -> list[int]:
+        """Child node ids of a node (id or name)."""
+        return list(self._children[self._as_id(node)])
+
+    @property
+    def roots(self) -> list[int]:
+        """Node ids of the top level."""
+        return self.level_nodes(0).tolist()
+
+    def ancestors(self, node: int | str) -> list[int]:
+        """Node ids from the top level down to ``node`` (included)."""
+        nid = self._as_id(node)
+        out = []
+        while nid >= 0:
+            out.append(nid)
+            nid = int(self.parent[nid])
+        return out[::-1]
+
+    def path_names(self, node: int | str) -> list[str]:
+        return [self.names[i] for i in self.ancestors(node)]
+
+    def rank(self, level: int) -> str | None:
+        return self.ranks[level] if self.ranks else None
+
+    # ----------------------------------------------------------------- lookup
+    @cached_property
+    def _by_name(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for nid, n in enumerate(self.names):
+            out.setdefault(_norm(n), []).append(nid)
+        return out
+
+    @cached_property
+    def _level_name_ids(self) -> list[dict[str, list[int]]]:
+        out: list[dict[str, list[int]]] = [{} for _ in range(self.depth)]
+        for nid, n in enumerate(self.names):
+            out[int(self.level[nid])].setdefault(_norm(n), []).append(nid)
+        return out
+
+    def find(self, name: str, level: int | None = None) -> list[int]:
+        """All node ids named ``name`` (case-insensitive), optionally only at one level.
+
+        Leaf labels (keys of the source file) are found too.
+        """
+        key = _norm(name)
+        if PATH_SEPARATOR.strip() in name and key not in self._by_name:
+            return self._find_path([p for p in name.split(PATH_SEPARATOR.strip())], level)
+        ids = (
+            self._level_name_ids[level].get(key, [])
+            if level is not None
+            else self._by_name.get(key, [])
+        )
+        if not ids and key in self._label_index:
+            leaf = int(self.leaf_ids[self._label_index[key]])
+            if level is None or self.level[leaf] == level:
+                ids = [leaf]
+        return list(ids)
+
+    def _find_path(self, parts: Sequence[str], level: int | None) -> list[int]:
+        parts = [p.strip() for p in parts]
+        if level is not None and level != len(parts) - 1:
+            return []
+        cands = [i for i in self._level_name_ids[0].get(_norm(parts[0]), [])]
+        for depth, part in enumerate(parts[1:], start=1):
+            wanted = (
+                set(self._level_name_ids[depth].get(_norm(part), []))
+                if depth < self.depth
+                else set()
+            )
+            cands = [c for p in cands for c in self._children[p] if c in wanted]
+        return cands
+
+    def node(self, name: str | Sequence[str], level: int | None = None) -> int:
+        """The node id of a name, a leaf label, or a path (``"a > b > c"`` or ``["a", "b", "c"]``).
+
+        Raises:
+            TaxonomyError: if no node or more than one node matches, with the candidates.
+        """
+        ids = (
+            self._find_path(list(name), level)
+            if not isinstance(name, str)
+            else self.find(name, level)
+        )
+        if len(ids) == 1:
+            return ids[0]
+        shown = name if isinstance(name, str) else PATH_SEPARATOR.join(name)
+        where = f" at level {level}" if level is not None else ""
+        if not ids:
+            from difflib import get_close_matches
+
+            close = get_close_matches(_norm(shown), list(self._by_name), n=3)
+            hint = f" Closest names: {close}." if close else ""
+            raise TaxonomyError(f"No node named {shown!r}{where} in taxonomy {self.name!r}.{hint}")
+        options = [PATH_SEPARATOR.join(self.path_names(i)) for i in ids]
+        raise TaxonomyError(
+            f"The name {shown!r}{where} is ambiguous in taxonomy {self.name!r}: it names {len(ids)} "
+            f"nodes {options}. Pass a level, or the path as {PATH_SEPARATOR.join(self.path_names(ids[0]))!r}."
+        )
+
+    def leaf_index(self, label: str) -> int:
+        """Row of a leaf in ``paths`` / ``leaf_ids`` by its label or leaf name."""
+        key = _norm(label)
+        if key in self._label_index:
+            return self._label_index[key]
+        leaf_row = self._leaf_row_of_node
+        ids = [i for i in self.find(label) if i in leaf_row]
+        if len(ids) == 1:
+            return leaf_row[ids[0]]
+        if not ids:
+            self.node(label)  # raises with the closest names when nothing matches
+            raise TaxonomyError(f"{label!r} is a node but not a leaf of taxonomy {self.name!r}.")
+        raise TaxonomyError(
+            f"{label!r} names {len(ids)} leaves of taxonomy {self.name!r}; use the leaf's label "
+            f"or its path, such as {PATH_SEPARATOR.join(self.path_names(ids[0]))!r}."
+        )
+
+    @cached_property
+    def _leaf_row_of_node(self) -> dict[int, int]:
+        return {int(n): i for i, n in enumerate(self.leaf_ids)}
+
+    def _as_id(self, node: int | str) -> int:
+        if isinstance(node, (int, np.integer)):
+            if not 0 <= int(node) < self.n_nodes:
+                raise TaxonomyError(f"Node id {node} is out of range [0, {self.n_nodes}).")
+            return int(node)
+        return self.node(node)
+
+    # ----------------------------------------------------------------- restriction
+    def restrict(
+        self, clade: str | int | Sequence[str] | None = None, leaves: Iterable[str] | None = None
+    ) -> Taxonomy:
+        """A taxonomy with only the leaves below ``clade`` and/or among ``leaves``.
+
+        Levels are kept as they are (the path above the clade stays), so rank names and level
+        indices mean the same as in the full taxonomy.
+        """
+        keep = np.ones(self.n_leaves, dtype=bool)
+        if clade is not None:
+            cid = (
+                self._as_id(clade)
+                if not isinstance(clade, Sequence) or isinstance(clade, str)
+                else self.node(clade)
+            )
+            keep &= self.paths[:, self.level[cid]] == cid
+        if leaves is not None:
+            rows = np.zeros(self.n_leaves, dtype=bool)
+            rows[[self.leaf_index(lab) for lab in leaves]] = True
+            keep &= rows
+        if not keep.any():
+            raise TaxonomyError(
+                f"No leaf of taxonomy {self.name!r} is left after restricting to {clade!r}."
+            )
+        paths = {
+            self.labels[i]: self.path_names(int(self.leaf_ids[i])) for i in np.flatnonzero(keep)
+        }
+        depth = int(self.leaf_depth[keep].max())
+        ranks = self.ranks[:depth] if self.ranks else None
+        return Taxonomy.from_paths(paths, ranks=ranks, name=self.name)
+
+    def to_paths(self) -> dict[str, list[str]]:
+        """``{label: [top, ..., leaf]}``, the paper's file format."""
+        return {lab: self.path_names(int(n)) for lab, n in zip(self.labels, self.leaf_ids)}
+
+    def __repr__(self) -> str:
+        return (
+            f"Taxonomy(name={self.name!r}, leaves={self.n_leaves}, depth={self.depth}, "
+            f"level_sizes={self.level_sizes})"
+        )
+
+    def __len__(self) -> int:
+        return self.n_leaves
+
+
+def _unique_pairs(pairs: Iterable[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    seen: dict[str, list[str]] = {}
+    for key, path in pairs:
+        if _norm(key) in seen and [_norm(n) for n in seen[_norm(key)]] != [_norm(n) for n in path]:
+            raise TaxonomyError(
+                f"Leaf {key!r} appears twice with different paths: {PATH_SEPARATOR.join(seen[_norm(key)])!r} "
+                f"and {PATH_SEPARATOR.join(path)!r}. Keep one path per leaf."
+            )
+        seen.setdefault(_norm(key), path)
+    return [(k, p) for k, p in pairs]
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise TaxonomyError(
+                f"Key {key!r} appears twice in the JSON file with different values "
+                f"({out[key]!r} and {value!r}); keep one."
+            )
+        out[key] = value
+    return out
+
+
+def bundled_taxonomies() -> list[str]:
+    """Names of the taxonomies that ship with hierzoo."""
+    return list(BUNDLED)
+
+
+def load_taxonomy(
+    name_or_path: str | Path, *, ranks: Sequence[str] | None = None, format: str | None = None
+) -> Taxonomy:
+    """Load a bundled taxonomy by name, or one from a file.
+
+    Args:
+        name_or_path: a bundled name (see :func:`bundled_taxonomies`) or a file path.
+        ranks: rank names per level, overriding what the file says.
+        format: ``"paths"``, ``"tree"``, ``"parents"`` or ``"csv"``; guessed when ``None``:
+            - ``paths``: JSON ``{leaf: [top, ..., leaf]}`` (the paper's format), or
+              ``{"ranks": [...], "paths": {...}}``;
+            - ``tree``: nested JSON (``{"Aves": {"Passeriformes": ["Corvus corax", ...]}}``);
+            - ``parents``: JSON ``{node: parent_or_null}``;
+            - ``csv``: one column per rank (the header gives the rank names), one row per leaf,
+              and optionally a ``label`` column.
+    """
+    key = str(name_or_path).lower()
+    if key in BUNDLED:
+        fname, bundled_ranks = BUNDLED[key]
+        text = (
+            resources.files("hierzoo.data.taxonomies").joinpath(fname).read_text(encoding="utf-8")
+        )
+        return Taxonomy.from_paths(json.loads(text), ranks=ranks or bundled_ranks, name=key)
+    path = Path(name_or_path)
+    if not path.is_file():
+        from difflib import get_close_matches
+
+        close = get_close_matches(key, list(BUNDLED), n=3)
+        raise TaxonomyError(
+            f"Unknown taxonomy {str(name_or_path)!r}: not a bundled name and no such file. "
+            f"Bundled: {list(BUNDLED)}" + (f"; did you mean {close}?" if close else ".")
+        )
+    formats = ("paths", "tree", "parents", "csv")
+    if format is not None and format not in formats:
+        raise TaxonomyError(f"Expected `format` to be one of {formats}, but got {format!r}.")
+    if format == "csv" or (format is None and path.suffix.lower() == ".csv"):
+        return _load_csv(path, ranks)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise TaxonomyError(f"{path} is not valid JSON ({e}); expected a taxonomy file.") from e
+    if not isinstance(data, Mapping) or not data:
+        raise TaxonomyError(
+            f"{path} holds {type(data).__name__} {str(data)[:60]!r}; expected a JSON object "
+            "(leaf -> path, a nested tree, or node -> parent)."
+        )
+    if isinstance(data.get("paths"), Mapping):
+        ranks = ranks or data.get("ranks")
+        data = data["paths"]
+        format = "paths"
+    format = format or _guess_format(data)
+    if format == "parents":
+        return Taxonomy.from_parents(data, ranks=ranks, name=path.stem)
+    if format == "tree":
+        return Taxonomy.from_tree(data, ranks=ranks, name=path.stem)
+    return Taxonomy.from_paths(data, ranks=ranks, name=path.stem)
+
+
+def _guess_format(data: Mapping) -> str:
+    values = list(data.values())
+    if all(v is None or isinstance(v, str) for v in values):
+        return "parents"
+    if all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in values):
+        # {leaf: path} when most keys end their own path; else a one-level tree of leaf lists
+        hits = sum(_norm(k) == _norm(v[-1]) for k, v in data.items())
+        return "paths" if hits >= max(1, len(data) // 2) else "tree"
+    if any(isinstance(v, Mapping) for v in values):
+        return "tree"
+    return "paths"  # from_paths names the first malformed entry
+
+
+def _load_csv(path: Path, ranks: Sequence[str] | None) -> Taxonomy:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise TaxonomyError(
+                f"{path} is empty; expected a header with one column per rank."
+            ) from None
+        label_col = next((i for i, h in enumerate(header) if h.lower() == "label"), None)
+        rank_cols = [i for i in range(len(header)) if i != label_col]
+        seen: dict[str, tuple[str, list[str]]] = {}
+        for lineno, row in enumerate(reader, start=2):
+            if not any(c.strip() for c in row):
+                continue
+            names = [row[i].strip() if i < len(row) else "" for i in rank_cols]
+            while names and not names[-1]:
+                names.pop()
+            if not names or any(not n for n in names):
+                raise TaxonomyError(
+                    f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every rank "
+                    "from the first column down to the leaf (trailing ranks may be empty)."
+                )
+            has_label = label_col is not None and label_col < len(row) and row[label_col].strip()
+            label = row[label_col].strip() if has_label else names[-1]
+            first = seen.setdefault(_norm(label), (label, names))
+            if [_norm(n) for n in first[1]] != [_norm(n) for n in names]:
+                raise TaxonomyError(
+                    f"{path}:{lineno}: leaf {label!r} is listed again with a different path "
+                    f"{PATH_SEPARATOR.join(names)!r} (first: {PATH_SEPARATOR.join(first[1])!r}). "
+                    "Keep one path per leaf."
+                )
+    paths = dict(seen.values())
+    if not paths:
+        raise TaxonomyError(f"{path} has a header but no rows; expected one row per leaf.")
+    rank_names = tuple(header[i] for i in rank_cols)
+    tax_ranks = ranks
+    if tax_ranks is None:
+        depth = max(len(p) for p in paths.values())
+        tax_ranks = rank_names[:depth]
+    return Taxonomy.from_paths(paths, ranks=tax_ranks, name=path.stem)

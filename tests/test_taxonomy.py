@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import random_taxonomy
+
+from hierzoo import Taxonomy, TaxonomyError, bundled_taxonomies, load_taxonomy
+
+# nodes per level as the data README lists them (counted by name; see the artifact note below)
+README_LEVEL_SIZES = {
+    "cub200": [13, 37, 124, 200],
+    "inat21-animal": [1, 6, 27, 152, 715, 2988, 5388],
+    "inat21-plant": [1, 5, 14, 85, 286, 1702, 4271],
+    "imagenet-animal": [1, 2, 10, 37, 81, 123, 81, 65, 41, 64, 34, 2],
+    "imagenet-artifact": [1, 5, 40, 149, 205, 162, 62, 44],
+    "food101": [1, 6, 29, 40, 24],
+}
+LEAVES = {
+    "cub200": 200,
+    "inat21-animal": 5388,
+    "inat21-plant": 4271,
+    "imagenet-animal": 397,
+    "imagenet-artifact": 494,
+    "food101": 84,
+}
+
+
+@pytest.mark.parametrize("name", bundled_taxonomies())
+def test_bundled_taxonomies_load(name):
+    tax = load_taxonomy(name)
+    assert tax.n_leaves == LEAVES[name]
+    distinct_names = [
+        len({tax.names[i].lower() for i in tax.level_nodes(k)}) for k in range(tax.depth)
+    ]
+    assert distinct_names == README_LEVEL_SIZES[name]
+    # every leaf's path row walks up the parent links to the top
+    for row in range(0, tax.n_leaves, max(1, tax.n_leaves // 50)):
+        ids = tax.paths[row][tax.paths[row] >= 0].tolist()
+        assert ids == tax.ancestors(int(tax.leaf_ids[row]))
+        assert [int(tax.level[i]) for i in ids] == list(range(len(ids)))
+    assert (tax.paths >= 0).sum(1).tolist() == tax.leaf_depth.tolist()
+    assert (tax.level_offsets[1:] - tax.level_offsets[:-1]).tolist() == tax.level_sizes
+    assert (tax.ranks is None) == name.startswith(("imagenet", "food"))
+    assert tax.ranks is None or len(tax.ranks) == tax.depth
+
+
+def test_ranks_of_the_bundled_taxonomies():
+    assert load_taxonomy("cub200").ranks == ("order", "family", "genus", "species")
+    assert load_taxonomy("inat21-plant").ranks[0] == "kingdom"
+    assert load_taxonomy("food101").ranks is None
+
+
+def test_variable_depth_paths_are_padded():
+    tax = load_taxonomy("imagenet-animal")
+    assert tax.depth == 12
+    assert sorted(set(tax.leaf_depth.tolist())) == list(range(4, 13))
+    short = int(np.argmin(tax.leaf_depth))
+    assert (tax.paths[short, tax.leaf_depth[short] :] == -1).all()
+
+
+def test_a_name_under_two_parents_is_two_nodes():
+    tax = load_taxonomy("imagenet-artifact")
+    ids = tax.find("Sports Equipment")
+    assert len(ids) == 2 and len({int(tax.parent[i]) for i in ids}) == 2
+    assert tax.level_sizes[3] == 150
+    with pytest.raises(TaxonomyError, match="ambiguous.*implement > sports equipment"):
+        tax.node("sports equipment")
+    by_path = tax.node("artifact > instrumentality > equipment > sports equipment")
+    assert tax.names[tax.parent[by_path]] == "equipment"
+    assert tax.node(["artifact", "instrumentality", "implement", "sports equipment"]) in ids
+
+
+def test_a_name_at_two_depths_is_two_nodes():
+    tax = load_taxonomy("cub200")
+    genus, species = sorted(tax.find("sayornis"), key=lambda i: tax.level[i])
+    assert (tax.level[genus], tax.level[species]) == (2, 3)
+    assert tax.parent[species] == genus
+    assert tax.node("Sayornis", level=3) == species
+
+
+def test_a_key_that_differs_from_its_path_and_case():
+    tax = load_taxonomy("cub200")
+    row = tax.leaf_index("Nelson's Sharp-tailed Sparrow")
+    assert tax.labels[row] == "Nelson's Sharp-tailed Sparrow"
+    assert tax.names[tax.leaf_ids[row]] == "Nelson's sharp-tailed Sparrow"
+    assert tax.leaf_index("NELSON'S SHARP-TAILED SPARROW") == row
+    assert tax.node("passeriformes") == tax.node("Passeriformes")
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(TaxonomyError, match="Closest names.*passeriformes"):
+        load_taxonomy("cub200").node("Paseriformes")
+    with pytest.raises(TaxonomyError, match="did you mean.*cub200"):
+        load_taxonomy("cub2000")
+
+
+def test_children_and_restriction():
+    tax = load_taxonomy("inat21-animal")
+    insects = tax.restrict("Insecta")
+    assert insects.ranks == tax.ranks
+    assert insects.level_sizes[:3] == [1, 1, 1]
+    leaf_rows = [tax.leaf_index(lab) for lab in insects.labels]
+    cls = tax.node("Insecta")
+    assert all(tax.paths[r, 2] == cls for r in leaf_rows)
+    assert insects.n_leaves == int((tax.paths[:, 2] == cls).sum())
+    cub = load_taxonomy("cub200")
+    some = cub.restrict(leaves=["Laysan Albatross", "sooty albatross"])
+    assert some.n_leaves == 2 and some.level_sizes == [1, 1, 2, 2]
+    fam = cub.node("Diomedeidae")
+    assert {cub.names[c] for c in cub.children(fam)} == {"Phoebastria", "Phoebetria"}
+    assert cub.restrict("Procellariiformes > Diomedeidae").n_leaves == 3
+
+
+def test_csv_tree_and_parents_formats(tmp_path):
+    csv_file = tmp_path / "birds.csv"
+    csv_file.write_text(
+        "kingdom,class,order,species\n"
+        "Animalia,Aves,Passeriformes,Corvus corax\n"
+        "Animalia,Aves,Passeriformes,Pica pica\n"
+        "Animalia,Mammalia,Carnivora,Vulpes vulpes\n"
+        "Animalia,Mammalia,Carnivora,Vulpes vulpes\n"
+    )
+    tax = load_taxonomy(csv_file)
+    assert tax.ranks == ("kingdom", "class", "order", "species")
+    assert tax.level_sizes == [1, 2, 2, 3]
+    tree = tmp_path / "tree.json"
+    tree.write_text(
+        json.dumps(
+            {
+                "Animalia": {
+                    "Aves": {"Passeriformes": ["Corvus corax", "Pica pica"]},
+                    "Mammalia": {"Carnivora": ["Vulpes vulpes"]},
+                }
+            }
+        )
+    )
+    assert load_taxonomy(tree).to_paths() == tax.to_paths()
+    parents = tmp_path / "parents.json"
+    parents.write_text(
+        json.dumps(
+            {
+                "Animalia": None,
+                "Aves": "Animalia",
+                "Mammalia": "Animalia",
+                "Passeriformes": "Aves",
+                "Carnivora": "Mammalia",
+                "Corvus corax": "Passeriformes",
+                "Pica pica": "Passeriformes",
+                "Vulpes vulpes": "Carnivora",
+            }
+        )
+    )
+    assert load_taxonomy(parents).to_paths() == tax.to_paths()
+    one_level_tree = tmp_path / "groups.json"
+    one_level_tree.write_text(
+        json.dumps({"Aves": ["Corvus corax", "Pica pica"], "Mammalia": ["Vulpes vulpes"]})
+    )
+    assert load_taxonomy(one_level_tree).level_sizes == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"a": ["x", "", "a"]}, "empty or non-string node name ''"),
+        ({"a": "x > a"}, "Expected the path of 'a'"),
+        ({"a": ["x", 3, "a"]}, "non-string node name 3"),
+        ({"a": ["x", "y", "a"], "b": ["x", "y", "a", "b"]}, "also an inner node"),
+        ({"a": ["x", "a"], "A": ["z", "a"]}, "listed twice with different paths"),
+    ],
+)
+def test_bad_taxonomy_files_name_the_entry(tmp_path, content, message):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(content))
+    with pytest.raises(TaxonomyError, match=message):
+        load_taxonomy(f, format="paths")
+
+
+def test_duplicate_keys_cycles_and_bad_csv(tmp_path):
+    f = tmp_path / "dup.json"
+    f.write_text('{"a": ["x", "a"], "b": ["x", "b"], "a": ["y", "a"]}')
+    with pytest.raises(TaxonomyError, match="Key 'a' appears twice"):
+        load_taxonomy(f)
+    cyc = tmp_path / "cycle.json"
+    cyc.write_text(json.dumps({"root": None, "a": "b", "b": "c", "c": "a", "leaf": "a"}))
+    with pytest.raises(TaxonomyError, match="cycle"):
+        load_taxonomy(cyc)
+    orphan = tmp_path / "orphan.json"
+    orphan.write_text(json.dumps({"a": None, "b": "zzz"}))
+    with pytest.raises(TaxonomyError, match="parent 'zzz'"):
+        load_taxonomy(orphan)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("order,family,species\nA,,s1\n")
+    with pytest.raises(TaxonomyError, match=r"bad.csv:2: .*empty name"):
+        load_taxonomy(bad_csv)
+    two_paths = tmp_path / "two.csv"
+    two_paths.write_text("order,species\nA,s1\nB,s1\n")
+    with pytest.raises(TaxonomyError, match=r"two.csv:3: leaf 's1' is listed again"):
+        load_taxonomy(two_paths)
+    notjson = tmp_path / "x.json"
+    notjson.write_text("[1, 2]")
+    with pytest.raises(TaxonomyError, match="expected a JSON object"):
+        load_taxonomy(notjson)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_taxonomies_are_consistent(seed):
+    tax = random_taxonomy(seed, n_leaves=50, min_depth=1, max_depth=7)
+    assert sum(tax.level_sizes) == tax.n_nodes
+    for nid in range(tax.n_nodes):
+        for c in tax.children(nid):
+            assert tax.parent[c] == nid and tax.level[c] == tax.level[nid] + 1
+    assert tax.is_leaf.sum() == tax.n_leaves
+    again = Taxonomy.from_paths(tax.to_paths())
+    assert again.names == tax.names and (again.paths == tax.paths).all()
+
+
+def test_import_stays_light():
+    code = "import sys, hierzoo, hierzoo.metrics, hierzoo.tasks; print(sorted(m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
