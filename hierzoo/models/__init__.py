@@ -1,0 +1,36 @@
+"""Model families behind one interface, loaded by zoo name, hub id or directory."""
+
+from hierzoo.models._factory import load, resolve_device
+from hierzoo.models._registry import (
+    FAMILIES,
+    ZOO,
+    ModelSpec,
+    UnknownModelError,
+    list_models,
+    resolve,
+)
+from hierzoo.models.base import (
+    STRATEGIES,
+    Answers,
+    HierClassifier,
+    NodeScores,
+    PathPrediction,
+    Protocol,
+)
+
+__all__ = [
+    "FAMILIES",
+    "STRATEGIES",
+    "ZOO",
+    "Answers",
+    "HierClassifier",
+    "ModelSpec",
+    "NodeScores",
+    "PathPrediction",
+    "Protocol",
+    "UnknownModelError",
+    "list_models",
+    "load",
+    "resolve",
+    "resolve_device",
+]

@@ -1,0 +1,74 @@
+"""``hierzoo.load``: name -> spec -> family class, importing the heavy backend on first use."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hierzoo.models._registry import CLIP_FAMILIES, EXTRAS, FAMILIES, ModelSpec, resolve
+from hierzoo.models.base import HierClassifier
+
+
+def family_class(family: str) -> type[HierClassifier]:
+    """The class of a family, importing its module (and backend) now.
+
+    Raises:
+        ImportError: the backend is missing, with the ``pip install`` line that adds it.
+    """
+    module, cls = FAMILIES[family].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        extra = EXTRAS.get(family, "clip" if family in CLIP_FAMILIES else "vlm")
+        missing = getattr(e, "name", None) or str(e)
+        raise ImportError(
+            f"Model family {family!r} needs {missing!r}, which is not installed: pip install 'hierzoo[{extra}]'"
+        ) from e
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> the first CUDA device when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {str(device)!r} asked for, but CUDA is not available here; use --device cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"Expected `dtype` to be one of {sorted(names)}, but got {dtype!r}.")
+    return names[dtype]
+
+
+def load(
+    name_or_path: str | Path | ModelSpec,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> HierClassifier:
+    """Load a model by zoo name, ``hf-hub:org/repo`` id, or local directory.
+
+    Args:
+        name_or_path: a zoo name (``hierzoo.list_models()``), a hub id, a directory in open_clip's
+            layout (``open_clip_config.json`` + weights) or saved by transformers'
+            ``save_pretrained``, or a :class:`ModelSpec`.
+        device: where to run; default the first GPU when there is one.
+        dtype: weights' dtype; default the family's (float32 for CLIP models with bf16
+            autocast on CUDA; bfloat16 on CUDA and float32 on CPU for vision LLMs).
+        **kwargs: family options (``cache_dir`` for CLIP text embeddings, ``device_map`` and
+            ``token_budget`` for vision LLMs, ...).
+    """
+    spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
+    cls = family_class(spec.family)
+    return cls.from_spec(spec, device=resolve_device(device), dtype=dtype, **kwargs)

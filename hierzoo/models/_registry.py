@@ -1,0 +1,208 @@
+"""The zoo: one frozen spec per checkpoint, and the family -> class table (imported lazily)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
+from pathlib import Path
+
+PAPER = "Tan, Qing, Gong. Vision LLMs Are Bad at Hierarchical Visual Understanding, and LLMs Are the Bottleneck (2025)"
+PAPER_TEMPLATE = ("a photo of a {}.",)
+
+# family -> "module:Class"; the module is imported on first use
+FAMILIES: dict[str, str] = {
+    "openclip": "hierzoo.models.clip:OpenClipClassifier",
+    "hf-clip": "hierzoo.models.clip:HFClipClassifier",
+    "hf-siglip": "hierzoo.models.clip:HFClipClassifier",
+    "qwen2.5-vl": "hierzoo.models.vlm:Qwen2_5_VLClassifier",
+    "qwen3-vl": "hierzoo.models.vlm:Qwen3VLClassifier",
+    "llava-onevision": "hierzoo.models.vlm:LlavaOnevisionClassifier",
+    "internvl": "hierzoo.models.vlm:InternVLClassifier",
+}
+CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
+
+# transformers config.json model_type -> family
+MODEL_TYPES = {
+    "clip": "hf-clip",
+    "siglip": "hf-siglip",
+    "siglip2": "hf-siglip",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
+    "llava_onevision": "llava-onevision",
+    "internvl": "internvl",
+}
+
+EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything hierzoo needs to know about one checkpoint.
+
+    Attributes:
+        name: the zoo name (lower case, ``arch.tag`` style).
+        family: the model family (a key of :data:`FAMILIES`).
+        hub_id: the Hugging Face Hub repository.
+        revision: the hub revision loaded (a branch, tag or commit).
+        arch: open_clip's architecture name (for the bundled random-weight configs).
+        image_size: the input resolution.
+        templates: the default CLIP prompt templates (the paper's single template).
+        params: the parameter count, for tables.
+        licence: the checkpoint's licence as its model card states it.
+        paper: where the checkpoint comes from.
+        source: where the weights load from when not the hub (a local directory).
+    """
+
+    name: str
+    family: str
+    hub_id: str
+    revision: str = "main"
+    arch: str | None = None
+    image_size: int | None = None
+    templates: tuple[str, ...] = PAPER_TEMPLATE
+    params: str = ""
+    licence: str = ""
+    paper: str = ""
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def location(self) -> str:
+        """What the family's loader opens: the local directory, else the hub id."""
+        return self.source or self.hub_id
+
+
+def _s(name: str, family: str, hub_id: str, **kw) -> ModelSpec:
+    return ModelSpec(name=name, family=family, hub_id=hub_id, **kw)
+
+
+_ZOO = [
+    # CLIP family
+    _s("bioclip", "openclip", "imageomics/bioclip", arch="ViT-B-16", image_size=224, params="150M", licence="MIT",
+       paper="Stevens et al. BioCLIP: A Vision Foundation Model for the Tree of Life (CVPR 2024)"),
+    _s("bioclip2", "openclip", "imageomics/bioclip-2", arch="ViT-L-14", image_size=224, params="428M", licence="MIT",
+       paper="Gu et al. BioCLIP 2: Emergent Properties from Scaling Hierarchical Contrastive Learning (2025)"),
+    _s("openclip-vit-l-14.laion2b", "openclip", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", arch="ViT-L-14", image_size=224,
+       params="428M", licence="MIT", paper=f"OpenCLIP (LAION-2B, s32B b82K); used in {PAPER}"),
+    _s("openclip-vit-b-32.laion2b", "openclip", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", arch="ViT-B-32", image_size=224,
+       params="151M", licence="MIT", paper="OpenCLIP (LAION-2B, s34B b79K)"),
+    _s("clip-vit-l-14.openai", "hf-clip", "openai/clip-vit-large-patch14", image_size=224, params="428M", licence="MIT",
+       paper="Radford et al. Learning Transferable Visual Models From Natural Language Supervision (2021)"),
+    _s("siglip-so400m", "hf-siglip", "google/siglip-so400m-patch14-384", image_size=384, params="878M",
+       licence="Apache-2.0", paper=f"Zhai et al. Sigmoid Loss for Language Image Pre-Training (2023); used in {PAPER}"),
+    _s("siglip2-so400m", "hf-siglip", "google/siglip2-so400m-patch14-384", image_size=384, params="1.1B",
+       licence="Apache-2.0", paper="Tschannen et al. SigLIP 2 (2025)"),
+    # vision LLMs
+    *[
+        _s(f"qwen2.5-vl-{size}", "qwen2.5-vl", f"Qwen/Qwen2.5-VL-{size.upper()}-Instruct", params=size.upper(), licence=lic,
+           paper=f"Qwen2.5-VL Technical Report (2025); used in {PAPER}")
+        for size, lic in (("3b", "Qwen Research"), ("7b", "Apache-2.0"), ("32b", "Apache-2.0"), ("72b", "Qwen"))
+    ],
+    *[
+        _s(f"qwen3-vl-{size}", "qwen3-vl", f"Qwen/Qwen3-VL-{size.upper()}-Instruct", params=size.upper(),
+           licence="Apache-2.0", paper="Qwen3-VL (2025)")
+        for size in ("2b", "4b", "8b", "32b")
+    ],
+    *[
+        _s(f"llava-ov-{size}", "llava-onevision", f"llava-hf/llava-onevision-qwen2-{size}-ov-hf", params=size.upper(),
+           licence="Apache-2.0", paper=f"Li et al. LLaVA-OneVision (2024); used in {PAPER}")
+        for size in ("0.5b", "7b", "72b")
+    ],
+    *[
+        _s(f"internvl3-{size}", "internvl", f"OpenGVLab/InternVL3-{size.upper()}-hf", params=size.upper(), licence="MIT",
+           paper=f"InternVL3 (2025); used in {PAPER}")
+        for size in ("1b", "2b", "8b", "14b", "38b", "78b")
+    ],
+    *[
+        _s(f"internvl3.5-{size}", "internvl", f"OpenGVLab/InternVL3_5-{size.upper()}-HF", params=size.upper(),
+           licence="Apache-2.0", paper="InternVL3.5 (2025)")
+        for size in ("1b", "2b", "4b", "8b", "38b")
+    ],
+]
+
+ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither in the zoo, nor a hub id, nor a model directory."""
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Zoo names, optionally of one family (``"openclip"``, ``"qwen2.5-vl"``, or ``"clip"`` /
+    ``"vlm"`` for all CLIP-style or all vision-LLM families)."""
+    if family is None:
+        return list(ZOO)
+    groups = {"clip": CLIP_FAMILIES, "vlm": tuple(f for f in FAMILIES if f not in CLIP_FAMILIES)}
+    wanted = groups.get(family, (family,))
+    if not set(wanted) <= set(FAMILIES):
+        raise ValueError(f"Expected `family` to be one of {sorted(FAMILIES) + sorted(groups)}, but got {family!r}.")
+    return [n for n, s in ZOO.items() if s.family in wanted]
+
+
+def family_of_dir(path: Path) -> str | None:
+    """The family of a local model directory: open_clip's layout or a saved transformers model."""
+    if (path / "open_clip_config.json").is_file():
+        return "openclip"
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            model_type = json.loads(cfg.read_text()).get("model_type")
+        except (json.JSONDecodeError, OSError):
+            return None
+        return MODEL_TYPES.get(model_type)
+    return None
+
+
+def resolve(name_or_path: str | Path) -> ModelSpec:
+    """The spec for a zoo name, an ``hf-hub:org/repo`` id, a zoo hub id, or a local directory.
+
+    Raises:
+        UnknownModelError: with the closest zoo names, or what the directory lacks.
+    """
+    key = str(name_or_path)
+    if key.lower() in ZOO:
+        return ZOO[key.lower()]
+    path = Path(key).expanduser()
+    if path.is_dir():
+        family = family_of_dir(path)
+        if family is None:
+            raise UnknownModelError(
+                f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
+                "open_clip_config.json + weights, or a transformers config.json whose model_type is one of "
+                f"{sorted(MODEL_TYPES)}."
+            )
+        return ModelSpec(name=str(path), family=family, hub_id=str(path), source=str(path.resolve()))
+    hub = key[len("hf-hub:") :] if key.startswith("hf-hub:") else key
+    for spec in ZOO.values():
+        if spec.hub_id.lower() == hub.lower():
+            return spec
+    if key.startswith("hf-hub:"):
+        return replace(ModelSpec(name=key, family=_family_of_hub(hub), hub_id=hub))
+    close = get_close_matches(key.lower(), list(ZOO), n=3, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model {key!r}: not a zoo name, an hf-hub:org/repo id or a model directory.{hint} "
+        "`hierzoo models` lists the zoo."
+    )
+
+
+def _family_of_hub(repo: str) -> str:
+    """Ask the hub (or its local cache, offline) which family a repository holds."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise ImportError("Loading hf-hub: ids needs huggingface_hub: pip install 'hierzoo[vlm]'.") from e
+    errors = []
+    for filename in ("open_clip_config.json", "config.json"):
+        try:
+            local = Path(hf_hub_download(repo, filename))
+        except Exception as e:  # not found, offline, gated ...
+            errors.append(f"{filename}: {type(e).__name__}")
+            continue
+        family = family_of_dir(local.parent)
+        if family is not None:
+            return family
+    raise UnknownModelError(
+        f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without network, "
+        "download it elsewhere (`huggingface-cli download ...`) and pass the directory."
+    )

@@ -1,0 +1,493 @@
+"""CLIP-style models (OpenCLIP, BioCLIP, CLIP, SigLIP): scoring by text embeddings.
+
+Every node name is embedded once per (model, templates) and cached in memory and on disk; every
+image is encoded once; all levels of all images are then one matrix product, and all questions
+of a batch one matrix product and a gather.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hierzoo.images import ImageInput, as_list, iterate_images
+from hierzoo.models._factory import resolve_dtype
+from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
+from hierzoo.models.base import Answers, HierClassifier, NodeScores, Protocol
+
+if TYPE_CHECKING:
+    from hierzoo.tasks import Question
+    from hierzoo.taxonomy import Taxonomy
+
+
+def default_cache_dir() -> Path:
+    """``$HIERZOO_CACHE``, else ``$XDG_CACHE_HOME/hierzoo``, else ``~/.cache/hierzoo``."""
+    if os.environ.get("HIERZOO_CACHE"):
+        return Path(os.environ["HIERZOO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hierzoo"
+
+
+class TextEmbeddingCache:
+    """Text embeddings keyed by model, templates and name, in memory and in one safetensors file
+    per (model, templates) under ``cache_dir/text/``. ``cache_dir=False`` keeps memory only."""
+
+    def __init__(self, model_key: str, cache_dir: str | Path | bool | None = None):
+        self.model_key = model_key
+        self.root = None if cache_dir is False else Path(default_cache_dir() if cache_dir in (None, True) else cache_dir) / "text"
+        self._mem: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+
+    def _file(self, templates: tuple[str, ...]) -> Path | None:
+        if self.root is None:
+            return None
+        digest = hashlib.sha1(json.dumps([self.model_key, list(templates)]).encode()).hexdigest()[:20]
+        return self.root / f"{digest}.safetensors"
+
+    def table(self, templates: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if templates not in self._mem:
+            table: dict[str, torch.Tensor] = {}
+            path = self._file(templates)
+            if path is not None and path.is_file():
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    keys = json.loads(f.metadata()["keys"])
+                    emb = f.get_tensor("embeddings")
+                table = dict(zip(keys, emb))
+            self._mem[templates] = table
+        return self._mem[templates]
+
+    def add(self, templates: tuple[str, ...], keys: list[str], emb: torch.Tensor) -> None:
+        table = self.table(templates)
+        table.update(zip(keys, emb.float().cpu()))
+        path = self._file(templates)
+        if path is None:
+            return
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        all_keys = list(table)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(
+            {"embeddings": torch.stack([table[k] for k in all_keys]).contiguous()},
+            str(tmp),
+            metadata={"keys": json.dumps(all_keys), "model": self.model_key, "templates": json.dumps(list(templates))},
+        )
+        tmp.replace(path)
+
+
+class ClipClassifier(HierClassifier):
+    """Shared machinery of the CLIP family; subclasses load the model and encode.
+
+    Hooks: :meth:`_encode_images` (a preprocessed batch -> ``(B, D)``), :meth:`_encode_texts`
+    (strings -> ``(T, D)``), ``transform`` (PIL image -> tensor, picklable for DataLoader
+    workers), ``logit_scale`` and ``logit_bias`` (the model's own), ``score_kind``.
+    """
+
+    score_kind = "softmax"
+    text_batch_size = 256
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: ModelSpec | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        transform: Callable[[Image.Image], torch.Tensor],
+        logit_scale: float,
+        logit_bias: float,
+        model_key: str,
+        templates: Sequence[str] | None = None,
+        cache_dir: str | Path | bool | None = None,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+    ):
+        self.name = name
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.transform = transform
+        self.logit_scale = logit_scale
+        self.logit_bias = logit_bias
+        self.templates = tuple(templates or (spec.templates if spec else PAPER_TEMPLATE))
+        self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.texts_encoded = 0
+        self.images_encoded = 0
+
+    # ----------------------------------------------------------------- hooks
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shared machinery
+    @property
+    def _precision(self) -> str:
+        autocast = self.device.type == "cuda" and self.dtype == torch.float32
+        return f"{str(self.dtype).replace('torch.', '')}{'+bf16-autocast' if autocast else ''}"
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    @torch.inference_mode()
+    def text_embeddings(
+        self, names: Sequence[str], templates: Sequence[str] | None = None, ranks: Sequence[str | None] | None = None
+    ) -> torch.Tensor:
+        """``(len(names), D)`` unit-norm embeddings on the model's device: each name's templates
+        embedded, averaged and renormalised. Cached; only names never seen are encoded.
+
+        ``ranks`` fills ``{rank}`` in rank-aware templates such as ``"a photo of the {rank} {}."``.
+        """
+        templates = tuple(templates or self.templates)
+        uses_rank = any("{rank}" in t for t in templates)
+        if uses_rank and (ranks is None or any(r is None for r in ranks)):
+            raise ValueError(
+                f"Templates {templates!r} use {{rank}}, but the taxonomy has no rank names; use templates "
+                "without {rank} for this taxonomy."
+            )
+        keys = [f"{r}\x1f{n}" if uses_rank else n for n, r in zip(names, ranks or [None] * len(names))]
+        table = self.text_cache.table(templates)
+        missing = list(dict.fromkeys(k for k in keys if k not in table))
+        if missing:
+            chunks = []
+            for start in range(0, len(missing), self.text_batch_size):
+                part = missing[start : start + self.text_batch_size]
+                per_template = []
+                for t in templates:
+                    texts = [_fill(t, k) for k in part]
+                    with self._autocast():
+                        emb = self._encode_texts(texts).float()
+                    per_template.append(torch.nn.functional.normalize(emb, dim=-1))
+                    self.texts_encoded += len(texts)
+                mean = torch.stack(per_template).mean(0)
+                chunks.append(torch.nn.functional.normalize(mean, dim=-1))
+            self.text_cache.add(templates, missing, torch.cat(chunks))
+        return torch.stack([table[k] for k in keys]).to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(
+        self, images: ImageInput | Sequence[ImageInput | None], *, batch_size: int | None = None, progress: bool = False
+    ) -> tuple[torch.Tensor, list[str | None]]:
+        """``(N, D)`` unit-norm float32 image embeddings on the model's device (NaN rows for
+        images that failed) and the per-image errors. Decoding and preprocessing run in
+        DataLoader workers; on CUDA, pinned memory, non-blocking copies and bf16 autocast."""
+        items, _ = as_list(images) if not isinstance(images, list) else (images, False)
+        out: torch.Tensor | None = None
+        errors: list[str | None] = [None] * len(items)
+        bs = batch_size or self.batch_size
+        bar = _progress(len(items), "images", progress)
+        cuda = self.device.type == "cuda"
+        for batch in iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda):
+            for i, err in batch.failed.items():
+                errors[i] = err
+            if batch.indices:
+                pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
+                pixels = pixels.to(self.device, non_blocking=cuda)
+                if self.dtype != torch.float32:
+                    pixels = pixels.to(self.dtype)
+                with self._autocast():
+                    emb = torch.nn.functional.normalize(self._encode_images(pixels).float(), dim=-1)
+                if out is None:
+                    out = torch.full((len(items), emb.shape[1]), float("nan"), device=self.device)
+                out[torch.as_tensor(batch.indices, device=self.device)] = emb
+                self.images_encoded += len(batch.indices)
+            bar.update(len(batch.indices) + len(batch.failed))
+        bar.close()
+        if out is None:
+            dim = self._embed_dim()
+            out = torch.full((len(items), dim), float("nan"), device=self.device)
+        return out, errors
+
+    def _embed_dim(self) -> int:
+        return int(self.text_embeddings(["x"]).shape[1])
+
+    def _logits(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * img @ txt.T + self.logit_bias
+
+    def _probs(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.score_kind == "sigmoid":
+            return torch.sigmoid(logits).masked_fill(~valid, float("nan"))
+        return torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("nan"))
+
+    def score_nodes(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        taxonomy: Taxonomy,
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+        templates: Sequence[str] | None = None,
+    ) -> NodeScores:
+        """``logit_scale * cos(image, node) + logit_bias`` for every node: one matrix product."""
+        items, _ = as_list(images)
+        ranks = [taxonomy.rank(int(lv)) for lv in taxonomy.level] if taxonomy.ranks else None
+        txt = self.text_embeddings(list(taxonomy.names), templates, ranks)
+        img, errors = self.encode_images(items, batch_size=batch_size, progress=progress)
+        with torch.inference_mode():
+            logits = self._logits(img, txt).float().cpu()
+        return NodeScores(logits=logits, kind=self.score_kind, taxonomy=taxonomy, errors=errors)
+
+    def answer(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Answers:
+        """Every level of every question: one matrix product per batch of images against the
+        question set's distinct option names, and a gather of each question's options. Options
+        are asked in the file's order (the paper's CLIP protocol)."""
+        protocol = protocol or Protocol()
+        _check_clip_protocol(protocol)
+        for q in questions:
+            for k in range(q.n_levels):
+                if q.answers[k] is not None:
+                    q.answer_index(k)  # raises QuestionError naming the value
+        ranks = _protocol_ranks(protocol)
+        width = max(q.n_levels for q in questions)
+        n_opt = max((len(c) for q in questions for c in q.choices), default=0)
+        vocab: dict[tuple[str, str | None], int] = {}
+        index = np.full((len(questions), width, n_opt), -1, dtype=np.int64)
+        for i, q in enumerate(questions):
+            for k, opts in enumerate(q.choices):
+                if q.answers[k] is None:
+                    continue
+                rank = ranks[k] if ranks and k < len(ranks) else None
+                for j, o in enumerate(opts):
+                    index[i, k, j] = vocab.setdefault((o, rank), len(vocab))
+        keys = list(vocab)
+        txt = self.text_embeddings(
+            [n for n, _ in keys], protocol.templates, [r for _, r in keys] if ranks else None
+        )
+        paths, slot = _unique_images(questions)
+        img, img_errors = self.encode_images(paths, batch_size=batch_size, progress=progress)
+        gather = torch.from_numpy(index).to(self.device)
+        valid = gather >= 0
+        with torch.inference_mode():
+            logits = self._logits(img, txt)  # (images, distinct options)
+            per_q = logits[torch.as_tensor(slot, device=self.device)]
+            picked = torch.gather(per_q, 1, gather.clamp(min=0).view(len(questions), -1)).view(gather.shape)
+            probs = self._probs(picked.float(), valid)
+            choice = picked.masked_fill(~valid, float("-inf")).argmax(-1)
+        errors = [img_errors[s] for s in slot]
+        choice = choice.cpu().numpy()
+        asked = valid.any(-1).cpu().numpy()
+        failed = np.array([e is not None for e in errors])
+        choice[~asked | failed[:, None]] = -1
+        probs = probs.cpu().numpy().astype(np.float32)
+        probs[failed] = np.nan
+        return Answers(
+            choice=choice,
+            probs=probs,
+            options=[[list(c) if q.answers[k] is not None else [] for k, c in enumerate(q.choices)] for q in questions],
+            errors=errors,
+            extra={"templates": list(protocol.templates or self.templates), "score": self.score_kind},
+        )
+
+
+def _fill(template: str, key: str) -> str:
+    rank, _, name = key.rpartition("\x1f")
+    return template.replace("{rank}", rank).format(name) if "{rank}" in template else template.format(name)
+
+
+def _check_clip_protocol(protocol: Protocol) -> None:
+    if protocol.mode != "image":
+        raise ValueError(f"Protocol mode {protocol.mode!r} needs a language model; CLIP models answer in image mode only.")
+    if protocol.circular:
+        raise ValueError("Circular mode is for vision LLMs: a CLIP model's scores do not depend on option order.")
+    if protocol.prompt_variant is not None:
+        raise ValueError("`prompt_variant` selects a vision-LLM prompt; CLIP models use `templates`.")
+
+
+def _protocol_ranks(protocol: Protocol) -> tuple[str, ...] | None:
+    if not (protocol.templates and any("{rank}" in t for t in protocol.templates)):
+        return None
+    from hierzoo.taxonomy import BUNDLED
+
+    ranks = BUNDLED.get(protocol.taxonomy or "", (None, None))[1]
+    if ranks is None:
+        raise ValueError(
+            f"Rank-aware templates need a taxonomy with rank names; {protocol.taxonomy!r} has none "
+            "(set Protocol.taxonomy to cub200, inat21-animal or inat21-plant, or drop {rank})."
+        )
+    return ranks
+
+
+def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]:
+    """Distinct images of a question set (by path) and each question's slot among them."""
+    seen: dict[str, int] = {}
+    items: list[Any] = []
+    slot = []
+    for q in questions:
+        src = q.path if q.path is not None else (q.image if Path(q.image).exists() else None)
+        key = str(src) if src is not None else f"\x00missing:{q.image}"
+        if key not in seen:
+            seen[key] = len(items)
+            items.append(src)
+        slot.append(seen[key])
+    return items, slot
+
+
+def _progress(total: int, unit: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def _weights_key(path: Path) -> str:
+    """Identity of a local checkpoint: its path and its weight files' sizes and times."""
+    parts = [str(path.resolve())]
+    for f in sorted(path.glob("*")):
+        if f.suffix in (".safetensors", ".bin", ".pth", ".pt"):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16] + ":" + path.name
+
+
+class OpenClipClassifier(ClipClassifier):
+    """OpenCLIP models (BioCLIP, BioCLIP-2, LAION CLIP ...) through ``open_clip``."""
+
+    family = "openclip"
+
+    def __init__(self, model: Any, tokenizer: Any, **kw: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+        super().__init__(**kw)
+
+    @classmethod
+    def from_spec(
+        cls, spec: ModelSpec, *, device: torch.device, dtype: str | torch.dtype | None = None, **kw: Any
+    ) -> OpenClipClassifier:
+        import open_clip
+
+        if spec.source:
+            ident, key = f"local-dir:{spec.source}", _weights_key(Path(spec.source))
+        else:
+            ident, key = f"hf-hub:{spec.hub_id}", f"{spec.hub_id}@{spec.revision}"
+        model, _, preprocess = open_clip.create_model_and_transforms(ident)
+        tokenizer = open_clip.get_tokenizer(ident)
+        dtype = resolve_dtype(dtype, torch.float32)
+        model = model.to(device=device, dtype=dtype).eval()
+        bias = getattr(model, "logit_bias", None)
+        return cls(
+            model,
+            tokenizer,
+            name=spec.name,
+            spec=spec if not spec.source else None,
+            device=device,
+            dtype=dtype,
+            transform=preprocess,
+            logit_scale=float(model.logit_scale.detach().exp()),
+            logit_bias=float(bias.detach()) if bias is not None else 0.0,
+            model_key=key,
+            templates=kw.pop("templates", None),
+            **kw,
+        )
+
+    @property
+    def score_kind(self) -> str:  # type: ignore[override]
+        return "sigmoid" if getattr(self.model, "logit_bias", None) is not None else "softmax"
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def _embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else super()._embed_dim()
+
+
+class _HFImageTransform:
+    """Picklable PIL -> pixel tensor through a transformers image processor."""
+
+    def __init__(self, image_processor: Any):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _features(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class HFClipClassifier(ClipClassifier):
+    """transformers CLIP and SigLIP / SigLIP 2 (fixed-resolution) models."""
+
+    family = "hf-clip"
+
+    def __init__(self, model: Any, processor: Any, **kw: Any):
+        self.model = model
+        self.processor = processor
+        self.is_siglip = model.config.model_type in ("siglip", "siglip2")
+        super().__init__(**kw)
+
+    @classmethod
+    def from_spec(
+        cls, spec: ModelSpec, *, device: torch.device, dtype: str | torch.dtype | None = None, **kw: Any
+    ) -> HFClipClassifier:
+        from transformers import AutoModel, AutoProcessor
+
+        where = spec.location
+        revision = None if spec.source else spec.revision
+        dtype = resolve_dtype(dtype, torch.float32)
+        model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype).to(device).eval()
+        processor = AutoProcessor.from_pretrained(where, revision=revision)
+        if model.config.model_type == "siglip2":
+            raise ValueError(
+                f"{where} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
+                "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
+            )
+        key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
+        bias = getattr(model, "logit_bias", None)
+        return cls(
+            model,
+            processor,
+            name=spec.name,
+            spec=spec if not spec.source else None,
+            device=device,
+            dtype=dtype,
+            transform=_HFImageTransform(processor.image_processor),
+            logit_scale=float(model.logit_scale.detach().exp()),
+            logit_bias=float(bias.detach()) if bias is not None else 0.0,
+            model_key=key,
+            templates=kw.pop("templates", None),
+            **kw,
+        )
+
+    @property
+    def score_kind(self) -> str:  # type: ignore[override]
+        return "sigmoid" if self.is_siglip else "softmax"
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tok = self.processor.tokenizer
+        if self.is_siglip:  # SigLIP pools the last position: pad to the trained length
+            enc = tok(texts, padding="max_length", max_length=self.model.config.text_config.max_position_embeddings, truncation=True, return_tensors="pt")
+        else:
+            enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        if self.is_siglip:
+            enc.pop("attention_mask", None)  # as SiglipProcessor feeds it: all positions attended
+        return _features(self.model.get_text_features(**enc))
+
+    def _embed_dim(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
