@@ -1,0 +1,164 @@
+"""The paper's prompt strings, rebuilt from prompts.json for every taxonomy, variant and mode."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from hierzoo import bundled_taxonomies, load_taxonomy, prompts
+
+PROMPTS_JSON = Path(__file__).resolve().parents[1] / "hierzoo" / "data" / "prompts.json"
+RAW = json.loads(PROMPTS_JSON.read_text(encoding="utf-8"))
+TAXONOMIES = list(RAW["taxonomies"])
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def test_prompts_module_does_not_import_torch_or_transformers():
+    import subprocess
+
+    code = (
+        "import sys, hierzoo.prompts; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_bundled_copy_is_loaded_and_covers_every_bundled_taxonomy():
+    assert prompts.paper_prompts() == RAW
+    assert prompts.taxonomies() == TAXONOMIES
+    assert set(TAXONOMIES) == set(bundled_taxonomies())
+
+
+def test_system_messages_and_instruction():
+    assert prompts.system_message("image") == RAW["system_image"]
+    assert prompts.system_message("text") == "You are a helpful assistant."
+    assert prompts.system_message("image").startswith("You are an expert in hierarchical image")
+    assert prompts.instruction() == INSTRUCTION
+    with pytest.raises(ValueError, match="`mode`.*'video'"):
+        prompts.system_message("video")
+
+
+@pytest.mark.parametrize("taxonomy", TAXONOMIES)
+@pytest.mark.parametrize("variant", range(5))
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_question_text_equals_prompts_json(taxonomy, variant, mode):
+    entry = RAW["taxonomies"][taxonomy]
+    template = entry[f"{mode}_prompts"][variant]
+    ranks = entry["ranks"] or [None] * load_taxonomy(taxonomy).depth
+    for level, rank in enumerate(ranks):
+        expected = template.replace("{rank}", rank or "").replace("{label}", "Laysan Albatross")
+        got = prompts.question_text(
+            taxonomy, level, variant=variant, mode=mode, label="Laysan Albatross"
+        )
+        assert got == expected
+        assert "{" not in got
+
+
+def test_ranks_follow_the_taxonomy():
+    for name in TAXONOMIES:
+        assert prompts.ranks(name) == (
+            list(load_taxonomy(name).ranks) if load_taxonomy(name).ranks else None
+        )
+
+
+def test_cub_prompts_are_the_papers_strings():
+    assert (
+        prompts.question_text("cub200", 2, variant=0)
+        == "Based on taxonomy, what is the genus of the bird in this image?"
+    )
+    assert (
+        prompts.question_text("cub200", 0, variant=1)
+        == "Based on the image, what is the taxonomic classification at the order level?"
+    )
+    assert (
+        prompts.question_text("cub200", 1, mode="text", label="Laysan Albatross")
+        == "Based on taxonomy, where does Laysan Albatross fall in terms of family?"
+    )
+
+
+def test_user_text_is_question_options_instruction():
+    text = prompts.user_text("What is it?", ["gull", "tern", "wren", "jay"])
+    assert text == f"What is it?\nA. gull\nB. tern\nC. wren\nD. jay\n{INSTRUCTION}"
+    assert prompts.user_text("Q?", ["x", "y"]) == f"Q?\nA. x\nB. y\n{INSTRUCTION}"
+    assert prompts.option_lines(["a", "b", "c"]) == ["A. a", "B. b", "C. c"]
+
+
+def test_letters():
+    assert prompts.letters(4) == "ABCD"
+    assert prompts.letters(2) == "AB"
+    assert prompts.letters(6) == "ABCDEF"
+    with pytest.raises(ValueError, match="between 1 and 26 options, but got 27"):
+        prompts.letters(27)
+
+
+def test_messages_put_the_image_first():
+    msgs = prompts.messages("hello", mode="image")
+    assert msgs[0] == {"role": "system", "content": RAW["system_image"]}
+    assert msgs[1]["content"] == [{"type": "image"}, {"type": "text", "text": "hello"}]
+    text_msgs = prompts.messages("hello", mode="text")
+    assert text_msgs[0]["content"] == "You are a helpful assistant."
+    assert text_msgs[1]["content"] == [{"type": "text", "text": "hello"}]
+
+
+def test_default_prompt_variant():
+    assert prompts.default_prompt_variant("inat21-animal", "qwen2.5-vl") == 1
+    assert prompts.default_prompt_variant("inat21-animal", "internvl") == 1
+    assert prompts.default_prompt_variant("inat21-animal", "llava-onevision") == 0
+    assert prompts.default_prompt_variant("inat21-plant", "qwen2.5-vl") == 0
+    assert prompts.default_prompt_variant("cub200", "internvl") == 0
+    assert prompts.default_prompt_variant(None, "qwen2.5-vl") == 0
+
+
+def test_generic_prompts_for_other_taxonomies():
+    assert prompts.question_text(None, 7) == prompts.GENERIC["image_prompts"][0]
+    assert prompts.question_text(None, 0, variant=2, mode="text", label="oak") == (
+        "What could oak be classified as?"
+    )
+    assert prompts.ranks(None) is None
+
+
+def test_bad_values_name_the_value_and_the_fix():
+    with pytest.raises(ValueError, match=r"`taxonomy`.*None \(generic prompts\), but got 'birds'"):
+        prompts.question_text("birds", 0)
+    with pytest.raises(ValueError, match=r"`variant` in 0\.\.4, but got 5"):
+        prompts.question_text("cub200", 0, variant=5)
+    with pytest.raises(ValueError, match="more levels than the taxonomy"):
+        prompts.question_text("cub200", 4)
+    with pytest.raises(ValueError, match="pass `label`"):
+        prompts.question_text("cub200", 0, mode="text")
+
+
+def test_shuffled_orders_reproduce_the_papers_generator():
+    counts = [[4, 4, None, 3], [2, None, 4, 4]]
+    got = prompts.shuffled_orders(counts, seed=42)
+    rng = random.Random(42)
+    expected = []
+    for row in counts:
+        orders = []
+        for c in row:
+            if c is None:
+                orders.append([])
+                continue
+            choices = list(range(c))
+            rng.shuffle(choices)
+            orders.append(choices)
+        expected.append(orders)
+    assert got == expected
+    assert prompts.shuffled_orders(counts, seed=42) == got
+    assert prompts.shuffled_orders(counts, seed=0) != got
+
+
+def test_shuffled_orders_visit_levels_in_sorted_key_order():
+    counts = [[3] * 12]
+    got = prompts.shuffled_orders(counts, seed=1)
+    rng = random.Random(1)
+    expected: dict[int, list[int]] = {}
+    for key in sorted(f"level{k}" for k in range(1, 13)):
+        choices = [0, 1, 2]
+        rng.shuffle(choices)
+        expected[int(key[5:]) - 1] = choices
+    assert got == [[expected[k] for k in range(12)]]
