@@ -74,7 +74,97 @@ def _cmd_taxonomy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy]
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="run a model on a question set (resumable; torchrun shards it)",
+        description="Answer a four-choice question set (or predict paths) with a model and score it. "
+        "Results go to --out: predictions.jsonl (paper format, appended batch by batch), summary.json. "
+        "Run again with the same --out to resume after a crash.",
+    )
+    p.add_argument("--model", required=True, help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory")
+    p.add_argument("--out", required=True, help="run directory")
+    src = p.add_argument_group("questions")
+    src.add_argument("--questions", help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar")
+    src.add_argument("--image-root", help="remap recorded image paths to files under this folder")
+    src.add_argument("--taxonomy", help="the bundled taxonomy (or file) the questions come from")
+    src.add_argument("--images", help="instead of --questions: images in an ImageFolder layout (one folder per leaf)")
+    src.add_argument("--labels", help="with --images: a CSV of image,leaf instead of the folder layout")
+    src.add_argument("--distractors", choices=["random", "similar"], default="random")
+    src.add_argument("--seed", type=int, default=42, help="seed of built questions and of option shuffling (42, as the paper)")
+    src.add_argument("--limit", type=int, help="only the first N samples")
+    how = p.add_argument_group("protocol")
+    how.add_argument("--task", choices=["questions", "path"], default="questions",
+                     help="four-choice questions, or predict_path over the whole taxonomy")
+    how.add_argument("--strategy", choices=["independent", "topdown", "joint", "marginal"], default="joint",
+                     help="predict_path strategy for --task path")
+    how.add_argument("--protocol", choices=["paper"], default="paper")
+    how.add_argument("--prompt-variant", type=int, choices=range(5), metavar="K", help="the paper's prompt variant 0-4")
+    how.add_argument("--keep-option-order", action="store_true", help="ask options in the file's order (no shuffling)")
+    how.add_argument("--circular", action="store_true", help="ask every rotation of the options; right only if all are")
+    how.add_argument("--mode", choices=["image", "text"], default="image", help="text: no image, the question names the leaf")
+    how.add_argument("--template", action="append", dest="templates", help="CLIP prompt template with {} (repeatable)")
+    run = p.add_argument_group("running")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
+    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--num-workers", type=int, help="image decoding workers")
+    run.add_argument("--retry-errors", action="store_true", help="redo samples recorded with an error")
+    run.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from hierzoo.report import format_summary
+    from hierzoo.runner import EvalConfig, RunError, run_eval
+
+    cfg = EvalConfig(
+        model=args.model, out=args.out, questions=args.questions, image_root=args.image_root, taxonomy=args.taxonomy,
+        images=args.images, labels=args.labels, distractors=args.distractors, seed=args.seed, task=args.task,
+        strategy=args.strategy, protocol=args.protocol, prompt_variant=args.prompt_variant,
+        keep_option_order=args.keep_option_order, circular=args.circular, mode=args.mode, templates=args.templates,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
+        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress,
+    )
+    try:
+        summary = run_eval(cfg)
+    except RunError as e:
+        print(f"hierzoo eval: error: {e}", file=sys.stderr)
+        return 2
+    if not summary:  # a rank other than 0
+        return 0
+    print(format_summary(summary))
+    print(f"results: {args.out}/predictions.jsonl, {args.out}/summary.json")
+    if summary["n"] == 0:
+        print("hierzoo eval: every sample failed; see the error field of predictions.jsonl", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model zoo")
+    p.add_argument("--family", help="only one family (clip, vlm, openclip, qwen2.5-vl, ...)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hierzoo.models._registry import ZOO, list_models
+
+    names = list_models(args.family)
+    if args.json:
+        print(json.dumps([asdict(ZOO[n]) for n in names], indent=2))
+        return 0
+    rows = [(n, ZOO[n].family, ZOO[n].params, ZOO[n].hub_id) for n in names]
+    widths = [max(len(r[i]) for r in rows + [("name", "family", "size", "hub id")]) for i in range(4)]
+    for r in [("name", "family", "size", "hub id"), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return 0
+
+
+COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,3 +48,17 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         )
         lines.append(f"per level ({name}): {levels}")
     return "\n".join(lines)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run table of one ``summary.json``."""
+    if not summary.get("metrics"):
+        return f"n=0, errors={summary.get('n_errors')}: nothing to score"
+    name = summary.get("model", "model")
+    table = format_table([(name, {**summary["metrics"], "n": summary["n"], "levels": summary.get("levels", [])})])
+    prov = summary.get("provenance", {})
+    rate = prov.get("questions_per_second")
+    extra = f"errors: {summary['n_errors']}"
+    if rate:
+        extra += f"; {rate:.1f} questions/s, {prov.get('images_per_second', 0):.1f} images/s on {prov.get('device')}"
+    return f"{table}\n{extra}"

@@ -270,3 +270,18 @@ def test_every_zoo_entry_resolves_to_its_class(name):
     assert cls.family == spec.family or (spec.family == "hf-siglip" and cls.family == "hf-clip")
     assert hasattr(cls, "from_spec")
     assert spec.hub_id.count("/") == 1 and spec.licence and spec.paper
+
+
+@pytest.mark.parametrize("name", ["openclip", "siglip"])
+def test_streamed_answers_equal_one_call(name, load, images):
+    clf = load(name)
+    qs = _questions(images) + _questions(images)[:5]  # repeated images are encoded once
+    whole = clf.answer(qs)
+    seen = []
+    encoded_before = clf.images_encoded
+    for positions, part in clf.iter_answers(qs, batch_size=4):
+        seen.extend(positions)
+        assert (part.choice == whole.choice[positions]).all()
+        np.testing.assert_allclose(part.probs, whole.probs[positions], atol=1e-6)
+    assert seen == list(range(len(qs)))
+    assert clf.images_encoded - encoded_before == len(images)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +223,21 @@ class HierClassifier(ABC):
 
         Images come from each question's resolved ``path`` (else its recorded ``image``).
         """
+
+    def iter_answers(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 256,
+    ) -> Iterator[tuple[list[int], Answers]]:
+        """Answer in pieces, for long runs that write as they go: yields ``(positions, answers)``
+        with ``answers`` covering ``questions[p] for p in positions``. Families override this to
+        stream from one image loader; the default answers ``chunk_size`` questions at a time."""
+        for start in range(0, len(questions), chunk_size):
+            positions = list(range(start, min(start + chunk_size, len(questions))))
+            yield positions, self.answer([questions[p] for p in positions], protocol=protocol, batch_size=batch_size)
 
     def predict_path(
         self,

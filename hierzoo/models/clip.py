@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,8 @@ class ClipClassifier(HierClassifier):
         self.num_workers = num_workers
         self.texts_encoded = 0
         self.images_encoded = 0
+        self.image_encoder_seconds = 0.0
+        self.time_image_encoder = False
 
     # ----------------------------------------------------------------- hooks
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -177,7 +180,28 @@ class ClipClassifier(HierClassifier):
             self.text_cache.add(templates, missing, torch.cat(chunks))
         return torch.stack([table[k] for k in keys]).to(self.device)
 
-    @torch.inference_mode()
+    def _stream_images(
+        self, items: list[ImageInput | None], batch_size: int | None
+    ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
+        """Per batch: input positions, ``(B, D)`` unit-norm embeddings on the device, failures."""
+        cuda = self.device.type == "cuda"
+        bs = batch_size or self.batch_size
+        for batch in iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda):
+            emb = None
+            if batch.indices:
+                pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
+                pixels = pixels.to(self.device, non_blocking=cuda)
+                if self.dtype != torch.float32:
+                    pixels = pixels.to(self.dtype)
+                start = time.perf_counter()
+                with torch.inference_mode(), self._autocast():
+                    emb = torch.nn.functional.normalize(self._encode_images(pixels).float(), dim=-1)
+                if self.time_image_encoder and cuda:
+                    torch.cuda.synchronize(self.device)
+                self.image_encoder_seconds += time.perf_counter() - start
+                self.images_encoded += len(batch.indices)
+            yield batch.indices, emb, batch.failed
+
     def encode_images(
         self, images: ImageInput | Sequence[ImageInput | None], *, batch_size: int | None = None, progress: bool = False
     ) -> tuple[torch.Tensor, list[str | None]]:
@@ -187,28 +211,18 @@ class ClipClassifier(HierClassifier):
         items, _ = as_list(images) if not isinstance(images, list) else (images, False)
         out: torch.Tensor | None = None
         errors: list[str | None] = [None] * len(items)
-        bs = batch_size or self.batch_size
         bar = _progress(len(items), "images", progress)
-        cuda = self.device.type == "cuda"
-        for batch in iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda):
-            for i, err in batch.failed.items():
+        for indices, emb, failed in self._stream_images(items, batch_size):
+            for i, err in failed.items():
                 errors[i] = err
-            if batch.indices:
-                pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
-                pixels = pixels.to(self.device, non_blocking=cuda)
-                if self.dtype != torch.float32:
-                    pixels = pixels.to(self.dtype)
-                with self._autocast():
-                    emb = torch.nn.functional.normalize(self._encode_images(pixels).float(), dim=-1)
+            if emb is not None:
                 if out is None:
                     out = torch.full((len(items), emb.shape[1]), float("nan"), device=self.device)
-                out[torch.as_tensor(batch.indices, device=self.device)] = emb
-                self.images_encoded += len(batch.indices)
-            bar.update(len(batch.indices) + len(batch.failed))
+                out[torch.as_tensor(indices, device=self.device)] = emb
+            bar.update(len(indices) + len(failed))
         bar.close()
         if out is None:
-            dim = self._embed_dim()
-            out = torch.full((len(items), dim), float("nan"), device=self.device)
+            out = torch.full((len(items), self._embed_dim()), float("nan"), device=self.device)
         return out, errors
 
     def _embed_dim(self) -> int:
@@ -240,19 +254,12 @@ class ClipClassifier(HierClassifier):
             logits = self._logits(img, txt).float().cpu()
         return NodeScores(logits=logits, kind=self.score_kind, taxonomy=taxonomy, errors=errors)
 
-    def answer(
-        self,
-        questions: Sequence[Question],
-        *,
-        protocol: Protocol | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> Answers:
-        """Every level of every question: one matrix product per batch of images against the
-        question set's distinct option names, and a gather of each question's options. Options
-        are asked in the file's order (the paper's CLIP protocol)."""
-        protocol = protocol or Protocol()
+    def _answer_plan(self, questions: Sequence[Question], protocol: Protocol) -> tuple[np.ndarray, torch.Tensor, list[Any], list[int]]:
+        """Option index ``(N, L, C)`` into the distinct (option, rank) texts, their embeddings,
+        the distinct images and each question's slot among them."""
         _check_clip_protocol(protocol)
+        if not questions:
+            raise ValueError("Expected at least one question, but got none.")
         for q in questions:
             for k in range(q.n_levels):
                 if q.answers[k] is not None:
@@ -270,23 +277,25 @@ class ClipClassifier(HierClassifier):
                 for j, o in enumerate(opts):
                     index[i, k, j] = vocab.setdefault((o, rank), len(vocab))
         keys = list(vocab)
-        txt = self.text_embeddings(
-            [n for n, _ in keys], protocol.templates, [r for _, r in keys] if ranks else None
-        )
-        paths, slot = _unique_images(questions)
-        img, img_errors = self.encode_images(paths, batch_size=batch_size, progress=progress)
+        txt = self.text_embeddings([n for n, _ in keys], protocol.templates, [r for _, r in keys] if ranks else None)
+        items, slot = _unique_images(questions)
+        return index, txt, items, slot
+
+    def _answers(
+        self, questions: Sequence[Question], index: np.ndarray, img: torch.Tensor, txt: torch.Tensor,
+        errors: list[str | None], protocol: Protocol,
+    ) -> Answers:
+        """One matrix product of the images against the option texts, and a gather."""
         gather = torch.from_numpy(index).to(self.device)
         valid = gather >= 0
         with torch.inference_mode():
-            logits = self._logits(img, txt)  # (images, distinct options)
-            per_q = logits[torch.as_tensor(slot, device=self.device)]
-            picked = torch.gather(per_q, 1, gather.clamp(min=0).view(len(questions), -1)).view(gather.shape)
+            logits = self._logits(img, txt)
+            picked = torch.gather(logits, 1, gather.clamp(min=0).view(len(questions), -1)).view(gather.shape)
             probs = self._probs(picked.float(), valid)
             choice = picked.masked_fill(~valid, float("-inf")).argmax(-1)
-        errors = [img_errors[s] for s in slot]
         choice = choice.cpu().numpy()
         asked = valid.any(-1).cpu().numpy()
-        failed = np.array([e is not None for e in errors])
+        failed = np.array([e is not None for e in errors], dtype=bool)
         choice[~asked | failed[:, None]] = -1
         probs = probs.cpu().numpy().astype(np.float32)
         probs[failed] = np.nan
@@ -294,9 +303,61 @@ class ClipClassifier(HierClassifier):
             choice=choice,
             probs=probs,
             options=[[list(c) if q.answers[k] is not None else [] for k, c in enumerate(q.choices)] for q in questions],
-            errors=errors,
+            errors=list(errors),
             extra={"templates": list(protocol.templates or self.templates), "score": self.score_kind},
         )
+
+    def iter_answers(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 256,
+    ) -> Iterator[tuple[list[int], Answers]]:
+        """Stream answers batch by batch from one image loader: the option texts are embedded
+        first (once), then each batch of images answers the questions whose image it completes."""
+        protocol = protocol or Protocol()
+        index, txt, items, slot = self._answer_plan(questions, protocol)
+        dim = txt.shape[1]
+        img = torch.full((len(items), dim), float("nan"), device=self.device)
+        img_errors: list[str | None] = [None] * len(items)
+        done = np.zeros(len(items), dtype=bool)
+        next_q = 0
+        for indices, emb, failed in self._stream_images(items, batch_size):
+            if emb is not None:
+                img[torch.as_tensor(indices, device=self.device)] = emb
+            for i, err in failed.items():
+                img_errors[i] = err
+            done[indices] = True
+            done[list(failed)] = True
+            start = next_q
+            while next_q < len(questions) and done[slot[next_q]]:
+                next_q += 1
+            if next_q > start:
+                pos = list(range(start, next_q))
+                sl = torch.as_tensor([slot[p] for p in pos], device=self.device)
+                yield pos, self._answers(
+                    [questions[p] for p in pos], index[start:next_q], img[sl], txt,
+                    [img_errors[slot[p]] for p in pos], protocol,
+                )
+
+    def answer(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Answers:
+        """Every level of every question: one matrix product per batch of images against the
+        question set's distinct option names, and a gather of each question's options. Options
+        are asked in the file's order (the paper's CLIP protocol)."""
+        protocol = protocol or Protocol()
+        index, txt, items, slot = self._answer_plan(questions, protocol)
+        img, img_errors = self.encode_images(items, batch_size=batch_size, progress=progress)
+        sl = torch.as_tensor(slot, device=self.device)
+        return self._answers(questions, index, img[sl], txt, [img_errors[s] for s in slot], protocol)
 
 
 def _fill(template: str, key: str) -> str:

@@ -1,0 +1,178 @@
+"""hierzoo eval: end to end on a tiny model, resume after SIGKILL, bad inputs, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hierzoo.cli import main
+from hierzoo.metrics import read_results, score_results
+from hierzoo.models.tiny_clip import build_tiny_openclip
+from hierzoo.tasks import read_questions
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    model = build_tiny_openclip(root / "model", seed=3)
+    questions = read_questions("cub200-similar")[:N]
+    rng = np.random.default_rng(0)
+    for q in questions:
+        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    folder = root / "folder"
+    for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"]):
+        (folder / leaf).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / leaf / f"{i}{j}.jpg")
+    return {"root": root, "model": str(model), "images": str(root / "data"), "folder": str(folder)}
+
+
+def _args(setup, out, *extra):
+    return ["eval", "--model", setup["model"], "--questions", "cub200-similar", "--image-root", setup["images"],
+            "--taxonomy", "cub200", "--limit", str(N), "--out", str(out), "--no-progress", "--device", "cpu", *extra]
+
+
+def _lines(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_eval_end_to_end(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(setup, out, "--batch-size", "5")) == 0
+    rows = _lines(out / "predictions.jsonl")
+    assert [r["sample"] for r in rows] == list(range(N))
+    for r in rows:
+        for k in range(1, 5):
+            assert r[f"predicted_level{k}"] in r[f"choices_level{k}"].values()
+            assert set(r[f"probs_level{k}"]) == set(r[f"choices_level{k}"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == N and summary["n_errors"] == 0
+    assert set(summary["metrics"]) >= {"hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency", "level_acc"}
+    assert set(summary["metrics"]["hca"]) == {"value", "low", "high"}
+    prov = summary["provenance"]
+    assert prov["model_class"] == "OpenClipClassifier" and prov["seed"] == 42 and prov["versions"]["torch"]
+    assert prov["questions_per_second"] > 0 and prov["device"].startswith("cpu")
+    rescored = score_results(read_results(out / "predictions.jsonl"), taxonomy=__import__("hierzoo").load_taxonomy("cub200"))
+    assert rescored["hca"] == pytest.approx(summary["metrics"]["hca"]["value"])
+    assert "HCA" in capsys.readouterr().out
+
+
+def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hierzoo", *_args(setup, out, "--batch-size", "1")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    preds = out / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if preds.exists() and preds.read_text().count("\n") >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    before = _lines(preds) if preds.exists() else []
+    with open(preds, "a") as f:
+        f.write('{"sample": 99, "image": "torn')  # a write cut short
+    assert main(_args(setup, out)) == 0
+    rows = _lines(preds)
+    assert [r["sample"] for r in rows] == list(range(N))
+    assert before and all(r in rows for r in before)  # finished lines are kept as they were
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["images_this_run"] == N - len(before)
+    # a finished run resumed does nothing and changes nothing
+    assert main(_args(setup, out)) == 0
+    assert _lines(preds) == rows
+    assert json.loads((out / "summary.json").read_text())["provenance"]["images_this_run"] == 0
+
+
+def test_bad_images_are_recorded_and_the_run_goes_on(setup, tmp_path):
+    images = tmp_path / "imgs"
+    import shutil
+
+    shutil.copytree(setup["images"], images)
+    files = sorted(images.rglob("*.jpg"))
+    files[0].unlink()
+    files[1].write_bytes(b"")
+    files[2].write_bytes(b"garbage")
+    out = tmp_path / "run"
+    args = _args(setup, out)
+    args[args.index("--image-root") + 1] = str(images)
+    assert main(args) == 0
+    rows = _lines(out / "predictions.jsonl")
+    errors = [r for r in rows if "error" in r]
+    assert len(errors) == 3 and len(rows) == N
+    assert json.loads((out / "summary.json").read_text())["n_errors"] == 3
+    out2 = tmp_path / "all-bad"
+    args = _args(setup, out2)
+    args[args.index("--image-root") + 1] = str(tmp_path / "nowhere")
+    assert main(args) == 1
+
+
+def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):
+    qs = [json.loads(x) for x in (Path(__file__).parent.parent / "hierzoo/data/questions/CUB200_with_similar_choice.jsonl").read_text().splitlines()[:3]]
+    bad = dict(qs[0], choices_level2=["alcidae", "laridae", "corvidae", "sternidae"])
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps(bad) + "\n")
+    code = main(["eval", "--model", setup["model"], "--questions", str(f), "--out", str(tmp_path / "o1"), "--no-progress"])
+    assert code == 2 and "'diomedeidae' of level 2 is not among its options" in capsys.readouterr().err
+    odd = dict(qs[0], choices_level3=["stercorarius", "phoebastria", "fregata", "not-a-genus"])
+    f.write_text(json.dumps(odd) + "\n")
+    code = main(["eval", "--model", setup["model"], "--questions", str(f), "--taxonomy", "cub200", "--out", str(tmp_path / "o2"), "--no-progress"])
+    assert code == 2 and "['not-a-genus']" in capsys.readouterr().err
+    code = main(["eval", "--model", "bioclip3", "--questions", "cub200-similar", "--limit", "2", "--out", str(tmp_path / "o3"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bioclip3" in err and "bioclip2" in err
+    assert not (tmp_path / "o3" / "predictions.jsonl").exists()
+
+
+def test_resume_refuses_other_settings(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(setup, out, "--limit", "4")) == 0
+    assert main(_args(setup, out, "--limit", "4", "--seed", "7")) == 2
+    assert "seed: 42 -> 7" in capsys.readouterr().err
+
+
+def test_questions_built_from_an_image_folder(setup, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--images", setup["folder"],
+            "--distractors", "similar", "--seed", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    built = read_questions(out / "questions.jsonl")
+    assert len(built) == 9 and {q.label for q in built} == {"Laysan Albatross", "Sooty Albatross", "Common Raven"}
+    assert len(_lines(out / "predictions.jsonl")) == 9
+    path_out = tmp_path / "paths"
+    args = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--images", setup["folder"], "--task", "path",
+            "--strategy", "marginal", "--out", str(path_out), "--no-progress"]
+    assert main(args) == 0
+    rows = _lines(path_out / "predictions.jsonl")
+    assert all(r["consistent"] and len(r["predicted_path"]) == 4 for r in rows)
+    summary = json.loads((path_out / "summary.json").read_text())
+    assert summary["task"] == "path" and summary["metrics"]["consistency"]["value"] == 100.0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(setup, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "hierzoo"]
+    subprocess.run(base + _args(setup, one), env=env, check=True, capture_output=True)
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", "-m", "hierzoo"]
+    res = subprocess.run(run + _args(setup, two), env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()
+    assert not list(two.glob("predictions.rank*"))
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
