@@ -1,0 +1,660 @@
+"""Vision LLMs answering the paper's four-choice questions by their option-letter logits.
+
+Families (each a small subclass of :class:`VisionLLMClassifier`): Qwen2.5-VL, Qwen3-VL,
+LLaVA-OneVision (``-ov-hf``) and InternVL (``-hf``), loaded through transformers.
+
+Every question is one forward pass: the prompt is the model's chat template over the paper's
+system message and user turn (:mod:`hierzoo.prompts`), and the answer is read from the logits of
+the last prompt token (the prediction of the first assistant token) at the option letters' token
+ids, softmaxed over the options only. Many questions share one forward pass (padded batches).
+With the prefix cache on, the system message and image tokens run once per image and their KV
+cache serves every level (and rotation) of that image's questions; the plain batched forward of
+each full prompt is the fallback and the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hierzoo import prompts
+from hierzoo.images import ImageInput, iterate_images
+from hierzoo.models.base import Answers, HierClassifier, NodeScores, Protocol
+from hierzoo.tasks import Question
+
+if TYPE_CHECKING:
+    from hierzoo.models._registry import ModelSpec
+    from hierzoo.taxonomy import Taxonomy
+
+__all__ = [
+    "InternVLClassifier",
+    "LlavaOnevisionClassifier",
+    "Qwen2_5_VLClassifier",
+    "Qwen3VLClassifier",
+    "VisionLLMClassifier",
+]
+
+_SENTINEL = "<<hierzoo-user-text>>"
+_CHECK_TEXT = "Which one?\nA. first option\nB. second\nAnswer with the letter."
+CPU_TOKEN_BUDGET = 8192
+DECODE_BATCH = 32
+
+
+def _import_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(
+            "Vision LLMs need transformers, which is not installed: pip install 'hierzoo[vlm]'"
+        ) from e
+    return transformers
+
+
+def cap_image_side(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk (LANCZOS, aspect kept) so that its longer side is at most ``max_side``."""
+    width, height = image.size
+    if max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
+
+
+@dataclass
+class _Ask:
+    """One forward-pass question: a level of a sample, in one rotation of its options."""
+
+    sample: int
+    level: int
+    rotation: int
+    order: list[int]
+    text: str
+    ids: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    asks: list[_Ask]
+    by_sample: list[list[int]]
+    orders: list[list[list[int]]]
+    options: list[list[list[str]]]
+    answer_index: list[list[int]]
+    variant: int
+    n_letters: int
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+class VisionLLMClassifier(HierClassifier):
+    """A transformers vision LLM that answers multiple-choice questions by letter logits.
+
+    Subclasses name the transformers class and ``model_type`` of their family and override the
+    hooks: :meth:`prompt_positions` and :meth:`suffix_positions` (the RoPE positions of a
+    padded prompt batch and of text continuing a cached prefix), and :meth:`image_transform`
+    (what happens to a decoded image before the processor).
+
+    Attributes:
+        model: the transformers model (eval mode).
+        processor: its processor (tokenizer, image processor, chat template).
+        token_budget: the most (rows x sequence positions) one forward pass may hold; sets the
+            number of images and questions per pass unless ``batch_size`` is given.
+        batch_size: images (question-set entries) per fused pass, overriding the budget.
+        prefix_cache: run the system message and image once per image and continue every
+            question from its KV cache (``False``: one full prompt per row).
+    """
+
+    model_class: str = ""
+    model_type: str = ""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        name: str = "",
+        spec: ModelSpec | None = None,
+        token_budget: int | None = None,
+        batch_size: int | None = None,
+        prefix_cache: bool = True,
+    ):
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.spec = spec
+        self.device = model.device
+        self.dtype = model.dtype
+        self.token_budget = token_budget or _default_token_budget(model)
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        self._templates: dict[str, tuple[str, str]] = {}
+        self._letter_cache: dict[tuple[str, int], list[int]] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: str | torch.dtype | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        token_budget: int | None = None,
+        batch_size: int | None = None,
+        attn_implementation: str | None = None,
+        prefix_cache: bool = True,
+        **kwargs: Any,
+    ) -> VisionLLMClassifier:
+        """Load a checkpoint (hub id at ``spec.revision``, or a ``save_pretrained`` directory).
+
+        Args:
+            spec: the zoo spec (``spec.location`` is what loads).
+            device: where the model runs (ignored with ``device_map``).
+            dtype: weights' dtype; default bfloat16 on CUDA, float32 on CPU.
+            device_map: transformers' ``device_map`` (``"auto"`` spreads a model over GPUs).
+            token_budget, batch_size, prefix_cache: see the class attributes.
+            attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...
+            **kwargs: passed to the model's ``from_pretrained``.
+        """
+        from hierzoo.models._factory import resolve_dtype
+
+        transformers = _import_transformers()
+        dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        hub = {"revision": spec.revision} if spec.source is None else {}
+        config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
+        if config.model_type != cls.model_type:
+            raise ValueError(
+                f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
+                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its family."
+            )
+        processor = transformers.AutoProcessor.from_pretrained(spec.location, **hub)
+        model = getattr(transformers, cls.model_class).from_pretrained(
+            spec.location,
+            dtype=dtype,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            **hub,
+            **kwargs,
+        )
+        if device_map is None:
+            model.to(device)
+        return cls(
+            model.eval(),
+            processor,
+            name=spec.name,
+            spec=spec,
+            token_budget=token_budget,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
+        )
+
+    # ------------------------------------------------------------------ family hooks
+    def image_transform(self) -> Callable[[Image.Image], Any] | None:
+        """A picklable function applied to each decoded image in the loader workers, or ``None``."""
+        return None
+
+    def prompt_positions(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE positions of a padded processor batch, and the position after each row's last
+        real token (where a continuation starts). Default: 1-D positions counting real tokens."""
+        mask = inputs["attention_mask"].long()
+        return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1)
+
+    def suffix_positions(self, start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Positions of a left-padded continuation whose first real token sits at ``start``."""
+        return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # ------------------------------------------------------------------ prompts
+    def _render(self, user: str, mode: str) -> str:
+        return self.processor.apply_chat_template(
+            prompts.messages(user, mode=mode), tokenize=False, add_generation_prompt=True
+        )
+
+    def template(self, mode: str) -> tuple[str, str]:
+        """``(head, tail)``: the chat-template text before and after the user text of a mode.
+
+        The head is the system turn and the start of the user turn with the image placeholder;
+        the tail closes the user turn and opens the assistant turn. A full prompt is
+        ``head + user_text + tail``.
+        """
+        if mode not in self._templates:
+            full = self._render(_SENTINEL, mode)
+            if full.count(_SENTINEL) != 1:
+                raise ValueError(
+                    f"The chat template of {self.name!r} does not place the user text verbatim "
+                    f"once in the prompt ({full!r}); hierzoo cannot build its prompts."
+                )
+            head, tail = full.split(_SENTINEL)
+            if self._render(_CHECK_TEXT, mode) != head + _CHECK_TEXT + tail:
+                raise ValueError(
+                    f"The chat template of {self.name!r} changes the user text; hierzoo cannot "
+                    "build its prompts."
+                )
+            if self.prefix_cache:
+                tok = self.processor.tokenizer
+                split = (
+                    tok(head, add_special_tokens=False)["input_ids"]
+                    + tok(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+                )
+                if split != tok(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]:
+                    raise ValueError(
+                        f"The tokens of {self.name!r} merge across the end of the shared prefix "
+                        f"{head[-20:]!r}; load it with prefix_cache=False."
+                    )
+            self._templates[mode] = (head, tail)
+        return self._templates[mode]
+
+    def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
+        """Token ids of the first ``n`` option letters as the first assistant token.
+
+        The rule: tokenize the template's tail (which ends the prompt, ``...assistant\\n``)
+        alone and followed by the letter; the one extra token is the letter's id. Tokenizers that
+        spell a letter ``"A"`` after a newline and ``" A"`` after a space get the right one.
+        """
+        key = (mode, n)
+        if key not in self._letter_cache:
+            tok = self.processor.tokenizer
+            tail = self.template(mode)[1]
+            base = tok(tail, add_special_tokens=False)["input_ids"]
+            ids = []
+            for letter in prompts.letters(n):
+                got = tok(tail + letter, add_special_tokens=False)["input_ids"]
+                if got[: len(base)] != base or len(got) != len(base) + 1:
+                    raise ValueError(
+                        f"Option letter {letter!r} is not one token after the prompt's end "
+                        f"{tail[-12:]!r} for {self.name!r} (tokens {got[len(base) - 1 :]}); "
+                        "constrained letter scoring needs single-token letters."
+                    )
+                ids.append(got[-1])
+            self._letter_cache[key] = ids
+        return self._letter_cache[key]
+
+    # ------------------------------------------------------------------ answering
+    def answer(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Answers:
+        """Answer every level of every question-set entry (see :class:`Answers`).
+
+        Honours every :class:`Protocol` field but ``templates`` (CLIP only): the prompt variant
+        (default: the paper's for the taxonomy and family), the paper's seeded option shuffle,
+        circular rotations (``correct`` is set: a level is right only if every rotation is) and
+        text mode (no image; the leaf level is not asked). ``choice`` and ``probs`` are the
+        answers to the options in ``options`` order (the first rotation).
+
+        Raises:
+            QuestionError: a level's answer is not among its options (before any model work).
+            ValueError: ``protocol.templates`` is set, or a bad protocol value.
+        """
+        protocol = protocol or Protocol()
+        if protocol.templates is not None:
+            raise ValueError(
+                f"Protocol.templates is for CLIP models; {type(self).__name__} asks the paper's "
+                f"questions, so leave it None (got {protocol.templates!r})."
+            )
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        plan = self._plan(questions, protocol)
+        logits = torch.full((len(plan.asks), max(plan.n_letters, 1)), float("nan"))
+        errors: list[str | None] = [None] * len(questions)
+        if plan.asks:
+            self._score(questions, plan, protocol.mode, logits, errors, batch_size, progress)
+        return self._collect(plan, logits, errors, protocol)
+
+    def _plan(self, questions: Sequence[Question], protocol: Protocol) -> _Plan:
+        mode = protocol.mode
+        variant = protocol.prompt_variant
+        if variant is None:
+            variant = prompts.default_prompt_variant(protocol.taxonomy, self.family)
+        asked: list[list[int | None]] = []
+        answer_index: list[list[int]] = []
+        for q in questions:
+            leaf = q.n_levels - 1 if mode == "text" else None
+            counts: list[int | None] = []
+            right: list[int] = []
+            for k in range(q.n_levels):
+                if q.answers[k] is None or k == leaf:
+                    counts.append(None)
+                    right.append(-1)
+                    continue
+                right.append(q.answer_index(k))
+                counts.append(len(q.choices[k]))
+            asked.append(counts)
+            answer_index.append(right)
+        n_letters = max((c for counts in asked for c in counts if c is not None), default=0)
+        if n_letters:
+            prompts.letters(n_letters)
+        if protocol.shuffle_options:
+            orders = prompts.shuffled_orders(asked, protocol.seed)
+        else:
+            orders = [[list(range(c)) if c is not None else [] for c in counts] for counts in asked]
+        questions_text: dict[tuple[int, str | None], str] = {}
+        asks: list[_Ask] = []
+        by_sample: list[list[int]] = []
+        options: list[list[list[str]]] = []
+        for i, q in enumerate(questions):
+            label = q.label if mode == "text" else None
+            by_sample.append([])
+            options.append([[q.choices[k][j] for j in order] for k, order in enumerate(orders[i])])
+            for k, order in enumerate(orders[i]):
+                if not order:
+                    continue
+                key = (k, label)
+                if key not in questions_text:
+                    questions_text[key] = prompts.question_text(
+                        protocol.taxonomy, k, variant=variant, mode=mode, label=label
+                    )
+                for r in range(len(order) if protocol.circular else 1):
+                    rotated = order[r:] + order[:r]
+                    text = prompts.user_text(
+                        questions_text[key], [q.choices[k][j] for j in rotated]
+                    )
+                    by_sample[i].append(len(asks))
+                    asks.append(_Ask(i, k, r, rotated, text))
+        return _Plan(asks, by_sample, orders, options, answer_index, variant, n_letters)
+
+    def _score(
+        self,
+        questions: Sequence[Question],
+        plan: _Plan,
+        mode: str,
+        logits: torch.Tensor,
+        errors: list[str | None],
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        head, tail = self.template(mode)
+        letter_ids = self.letter_token_ids(plan.n_letters, mode)
+        tok = self.processor.tokenizer
+        texts = [a.text + tail for a in plan.asks]
+        for ask, ids in zip(plan.asks, tok(texts, add_special_tokens=False)["input_ids"]):
+            ask.ids = ids
+        batch_size = batch_size or self.batch_size
+        run = self._run_prefixed if self.prefix_cache else self._run_plain
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(plan.asks), unit="q", disable=not progress, desc=self.name) as bar,
+        ):
+            if mode == "text":
+                groups = [[plan.asks[j] for j in range(len(plan.asks))]]
+                for idx, out in run(head, tail, None, groups, letter_ids, batch_size):
+                    logits[idx] = out
+                    bar.update(len(idx))
+                return
+            wanted = [i for i, rows in enumerate(plan.by_sample) if rows]
+            items = [questions[i].path or questions[i].image for i in wanted]
+            per_group = batch_size
+            pending: list[tuple[int, Image.Image]] = []
+            for batch in iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH):
+                for j, msg in batch.failed.items():
+                    errors[wanted[j]] = msg
+                    bar.update(len(plan.by_sample[wanted[j]]))
+                pending.extend((wanted[j], img) for j, img in zip(batch.indices, batch.data))
+                if per_group is None and pending:
+                    per_group = self._images_per_group(head, pending[0][1], plan)
+                while per_group is not None and len(pending) >= per_group:
+                    group, pending = pending[:per_group], pending[per_group:]
+                    self._run_group(
+                        run, head, tail, group, plan, letter_ids, batch_size, logits, bar
+                    )
+            if pending:
+                self._run_group(run, head, tail, pending, plan, letter_ids, batch_size, logits, bar)
+
+    def _run_group(self, run, head, tail, group, plan, letter_ids, batch_size, logits, bar) -> None:
+        images = [img for _, img in group]
+        rows = [[plan.asks[j] for j in plan.by_sample[i]] for i, _ in group]
+        flat = [j for i, _ in group for j in plan.by_sample[i]]
+        for local, out in run(head, tail, images, rows, letter_ids, batch_size):
+            logits[[flat[t] for t in local]] = out
+            bar.update(len(local))
+
+    def _images_per_group(self, head: str, image: Image.Image, plan: _Plan) -> int:
+        """Images per fused pass under the token budget, measured on one image."""
+        prefix = len(self.processor(text=[head], images=[image])["input_ids"][0])
+        suffix = max(len(a.ids) for a in plan.asks)
+        rows = max(len(r) for r in plan.by_sample)
+        per_image = prefix if self.prefix_cache else rows * (prefix + suffix)
+        return max(1, self.token_budget // max(per_image, 1))
+
+    def _row_chunks(self, n_rows: int, row_tokens: int, batch_size: int | None) -> Iterator[slice]:
+        step = n_rows if batch_size is not None else max(1, self.token_budget // max(row_tokens, 1))
+        for start in range(0, n_rows, step):
+            yield slice(start, min(start + step, n_rows))
+
+    def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
+        enc = self.processor(
+            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt"
+        )
+        return enc.to(device=self.device, dtype=self.dtype)
+
+    def _letter_logits(self, logits: torch.Tensor, letter_ids: list[int]) -> torch.Tensor:
+        return logits[:, -1, letter_ids].float().cpu()
+
+    def _run_prefixed(
+        self,
+        head: str,
+        tail: str,
+        images: list[Image.Image] | None,
+        groups: list[list[_Ask]],
+        letter_ids: list[int],
+        batch_size: int | None,
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield ``(row numbers, letter logits)``: one prefix forward for all groups (one per
+        image, or one in text mode), then the rows' suffixes from copies of its KV cache."""
+        from transformers import DynamicCache
+
+        prefix = self._encode([head] * len(groups), images, side="right")
+        positions, start = self.prompt_positions(prefix)
+        cache = self.model(**prefix, position_ids=positions, use_cache=True, logits_to_keep=1).cache
+        prefix_mask = prefix["attention_mask"]
+        owner = [g for g, rows in enumerate(groups) for _ in rows]
+        asks = [a for rows in groups for a in rows]
+        pad = self.processor.tokenizer.pad_token_id or 0
+        width = prefix_mask.shape[1] + max(len(a.ids) for a in asks)
+        for part in self._row_chunks(len(asks), width, batch_size):
+            ids, mask = _left_pad([a.ids for a in asks[part]], pad)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            idx = torch.tensor(owner[part], device=self.device)
+            rows = DynamicCache(
+                ((k.index_select(0, idx), v.index_select(0, idx)) for k, v, *_ in cache),
+                config=self.model.config,
+            )
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.cat([prefix_mask.index_select(0, idx), mask], dim=1),
+                position_ids=self.suffix_positions(start.index_select(0, idx), mask),
+                cache=rows,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            yield list(range(part.start, part.stop)), self._letter_logits(out.logits, letter_ids)
+
+    def _run_plain(
+        self,
+        head: str,
+        tail: str,
+        images: list[Image.Image] | None,
+        groups: list[list[_Ask]],
+        letter_ids: list[int],
+        batch_size: int | None,
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield ``(row numbers, letter logits)`` from full prompts, many rows per forward."""
+        owner = [g for g, rows in enumerate(groups) for _ in rows]
+        asks = [a for rows in groups for a in rows]
+        head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
+        width = head_len + max(len(a.ids) for a in asks)
+        for part in self._row_chunks(len(asks), width, batch_size):
+            texts = [head + a.text + tail for a in asks[part]]
+            imgs = [images[g] for g in owner[part]] if images is not None else None
+            enc = self._encode(texts, imgs, side="left")
+            positions, _ = self.prompt_positions(enc)
+            out = self.model(**enc, position_ids=positions, logits_to_keep=1)
+            yield list(range(part.start, part.stop)), self._letter_logits(out.logits, letter_ids)
+
+    def _collect(
+        self, plan: _Plan, logits: torch.Tensor, errors: list[str | None], protocol: Protocol
+    ) -> Answers:
+        n = len(plan.options)
+        depth = max((len(o) for o in plan.options), default=0)
+        width = max(plan.n_letters, 1)
+        choice = np.full((n, depth), -1, dtype=np.int64)
+        probs = np.full((n, depth, width), np.nan, dtype=np.float32)
+        rotations = np.full((n, depth, width), -1, dtype=np.int64)
+        letter_logits = np.full((n, depth, width), np.nan, dtype=np.float32)
+        for a, row in zip(plan.asks, logits):
+            if errors[a.sample] is not None:
+                continue
+            k, m = a.level, len(a.order)
+            p = torch.softmax(row[:m], dim=0).numpy()
+            c = int(p.argmax())
+            rotations[a.sample, k, a.rotation] = plan.orders[a.sample][k].index(a.order[c])
+            if a.rotation == 0:
+                choice[a.sample, k] = c
+                probs[a.sample, k, :m] = p
+                letter_logits[a.sample, k, :m] = row[:m].numpy()
+        correct = None
+        if protocol.circular:
+            correct = np.zeros((n, depth), dtype=bool)
+            for i in range(n):
+                for k, order in enumerate(plan.orders[i]):
+                    if order and errors[i] is None:
+                        right = order.index(plan.answer_index[i][k])
+                        correct[i, k] = bool(np.all(rotations[i, k, : len(order)] == right))
+        extra: dict[str, Any] = {
+            "model": self.name,
+            "family": self.family,
+            "protocol": dataclasses.asdict(protocol),
+            "prompt_variant": plan.variant,
+            "seed": protocol.seed if protocol.shuffle_options else None,
+            "letters": prompts.letters(width),
+            "prefix_cache": self.prefix_cache,
+            "letter_logits": letter_logits,
+        }
+        if protocol.circular:
+            extra["rotation_choices"] = rotations
+        return Answers(
+            choice=choice,
+            probs=probs,
+            options=plan.options,
+            errors=errors,
+            correct=correct,
+            extra=extra,
+        )
+
+    # ------------------------------------------------------------------ node scores
+    def score_nodes(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        taxonomy: Taxonomy,
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> NodeScores:
+        raise NotImplementedError(
+            f"{type(self).__name__}.score_nodes is not implemented yet; use answer() with a "
+            "question set."
+        )
+
+
+class _QwenVLClassifier(VisionLLMClassifier):
+    """Qwen-VL families: 3-D multimodal RoPE (M-RoPE), where image tokens take 2-D grid positions
+    and text continues at the largest position + 1, not at the token count. Images are capped
+    at 1680 px on the longer side, as the paper's Qwen script does."""
+
+    max_image_side = 1680
+
+    def image_transform(self) -> Callable[[Image.Image], Any] | None:
+        return functools.partial(cap_image_side, max_side=self.max_image_side)
+
+    def prompt_positions(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        if "image_grid_thw" not in inputs:
+            flat, start = super().prompt_positions(inputs)
+            return flat[None].expand(3, -1, -1), start
+        positions, _ = self.model.model.get_rope_index(
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask,
+        )
+        last = positions.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2))
+        return positions, last + 1
+
+    def suffix_positions(self, start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return super().suffix_positions(start, mask)[None].expand(3, -1, -1)
+
+
+class Qwen2_5_VLClassifier(_QwenVLClassifier):
+    """Qwen2.5-VL (3B, 7B, 32B, 72B Instruct)."""
+
+    family = "qwen2.5-vl"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    model_type = "qwen2_5_vl"
+
+
+class Qwen3VLClassifier(_QwenVLClassifier):
+    """Qwen3-VL (Instruct); deepstack features touch only the image positions, all in the prefix."""
+
+    family = "qwen3-vl"
+    model_class = "Qwen3VLForConditionalGeneration"
+    model_type = "qwen3_vl"
+
+
+class LlavaOnevisionClassifier(VisionLLMClassifier):
+    """LLaVA-OneVision (the ``-ov-hf`` checkpoints): SigLIP + Qwen2 with 1-D RoPE; anyres images
+    of different sizes share a batch through the processor's ``image_sizes``."""
+
+    family = "llava-onevision"
+    model_class = "LlavaOnevisionForConditionalGeneration"
+    model_type = "llava_onevision"
+
+
+class InternVLClassifier(VisionLLMClassifier):
+    """InternVL 3 / 3.5 (the ``-hf`` checkpoints): tiles of 448 px plus a thumbnail, 1-D RoPE."""
+
+    family = "internvl"
+    model_class = "InternVLForConditionalGeneration"
+    model_type = "internvl"
+
+
+def _default_token_budget(model: Any) -> int:
+    """Rows x positions per forward pass: 8192 on the CPU; on a GPU, what fits in 40% of the free
+    memory at the KV-cache and activation bytes per token of the model's text decoder."""
+    device = model.device
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    item = torch.finfo(model.dtype).bits // 8
+    per_token = item * (
+        2 * text.num_hidden_layers * kv_heads * head_dim
+        + 4 * text.hidden_size
+        + 3 * text.intermediate_size
+    )
+    return int(min(max(0.4 * free / per_token, 1024), 262144))

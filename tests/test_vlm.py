@@ -1,0 +1,359 @@
+"""Vision LLMs on tiny random models: fused, prefix-cached letter scoring against the plain
+per-question forward pass, written here the obvious way."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+import hierzoo  # noqa: E402
+from hierzoo.models import Protocol, tiny  # noqa: E402
+from hierzoo.models._factory import family_class  # noqa: E402
+from hierzoo.models._registry import resolve  # noqa: E402
+from hierzoo.tasks import Question, QuestionError, read_questions  # noqa: E402
+
+FAMILIES = {
+    "qwen2.5-vl": tiny.build_tiny_qwen2_5_vl,
+    "qwen3-vl": tiny.build_tiny_qwen3_vl,
+    "llava-onevision": tiny.build_tiny_llava_onevision,
+    "internvl": tiny.build_tiny_internvl,
+}
+CLASSES = {
+    "qwen2.5-vl": "Qwen2_5_VLClassifier",
+    "qwen3-vl": "Qwen3VLClassifier",
+    "llava-onevision": "LlavaOnevisionClassifier",
+    "internvl": "InternVLClassifier",
+}
+RAW = json.loads(
+    (Path(__file__).resolve().parents[1] / "hierzoo/data/prompts.json").read_text(encoding="utf-8")
+)
+SIZES = [(64, 64), (80, 48), (100, 75), (48, 90)]
+TOL = 1e-5
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_vlm")
+    return {name: build(root / name) for name, build in FAMILIES.items()}
+
+
+@pytest.fixture(scope="session")
+def models(tiny_dirs):
+    return {name: hierzoo.load(path, device="cpu") for name, path in tiny_dirs.items()}
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(models, family):
+    m = models[family]
+    m.prefix_cache = True
+    m.batch_size = None
+    return m
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(SIZES):
+        pixels = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"img{i}.jpg", quality=90)
+    (root / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cub_questions() -> list[Question]:
+    return read_questions("cub200-random")
+
+
+@pytest.fixture
+def questions(image_dir, cub_questions) -> list[Question]:
+    qs = copy.deepcopy(cub_questions[: len(SIZES)])
+    for i, q in enumerate(qs):
+        q.path = image_dir / f"img{i}.jpg"
+    others = [c for c in qs[1].choices[0] if c != qs[1].answers[0]]
+    qs[1].choices[0] = [others[0], qs[1].answers[0], others[1]]
+    qs[2].choices[3] = [qs[2].answers[3], "laysan albatross"]
+    return qs
+
+
+# ---------------------------------------------------------------------------- reference
+def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=0):
+    """Letter logits of one question: full chat prompt + image through the processor, one
+    forward pass, the last position's logits at the letters' token ids."""
+    entry = RAW["taxonomies"]["cub200"]
+    template = entry[f"{mode}_prompts"][variant]
+    question_text = template.replace("{rank}", entry["ranks"][level]).replace(
+        "{label}", question.label
+    )
+    letters = "ABCDEFGH"[: len(options)]
+    text = "\n".join(
+        [question_text, *[f"{c}. {o}" for c, o in zip(letters, options)], RAW["instruction"]]
+    )
+    content = ([{"type": "image"}] if mode == "image" else []) + [{"type": "text", "text": text}]
+    system = RAW["system_image"] if mode == "image" else RAW["system_text"]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images = [Image.open(question.path).convert("RGB")] if mode == "image" else None
+    enc = m.processor(text=[prompt], images=images, return_tensors="pt")
+    ids = m.processor.tokenizer.convert_tokens_to_ids(list(letters))
+    with torch.no_grad():
+        return m.model(**enc).logits[0, -1, ids].float().numpy()
+
+
+def check_against_reference(m, questions, answers, *, mode="image", variant=0):
+    for i, q in enumerate(questions):
+        for k, options in enumerate(answers.options[i]):
+            if not options:
+                assert answers.choice[i, k] == -1
+                continue
+            ref = reference_logits(m, q, k, options, mode=mode, variant=variant)
+            got = answers.extra["letter_logits"][i, k, : len(options)]
+            np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+            assert answers.choice[i, k] == int(np.argmax(ref))
+            probs = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
+            np.testing.assert_allclose(answers.probs[i, k, : len(options)], probs, atol=TOL)
+
+
+# ---------------------------------------------------------------------------- loading
+def test_zoo_families_resolve_to_their_classes():
+    for fam, cls_name in CLASSES.items():
+        assert family_class(fam).__name__ == cls_name
+        assert family_class(fam).family == fam
+
+
+def test_saved_directory_loads_as_its_family(models, tiny_dirs, family):
+    m = models[family]
+    assert type(m).__name__ == CLASSES[family]
+    assert resolve(tiny_dirs[family]).family == family
+    assert m.dtype == torch.float32 and m.device.type == "cpu"
+    assert m.token_budget == 8192 and m.prefix_cache
+
+
+def test_wrong_family_class_names_the_model_type(tiny_dirs):
+    from hierzoo.models.vlm import InternVLClassifier
+
+    spec = resolve(tiny_dirs["qwen2.5-vl"])
+    with pytest.raises(ValueError, match="holds a 'qwen2_5_vl' model.*loads 'internvl'"):
+        InternVLClassifier.from_spec(spec, device=torch.device("cpu"))
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    from hierzoo.models import vlm
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"pip install 'hierzoo\[vlm\]'"):
+        vlm._import_transformers()
+
+
+def test_load_options(tiny_dirs):
+    m = hierzoo.load(
+        tiny_dirs["internvl"],
+        device="cpu",
+        dtype="bfloat16",
+        token_budget=500,
+        batch_size=3,
+        prefix_cache=False,
+        attn_implementation="eager",
+    )
+    assert m.dtype == torch.bfloat16 and m.token_budget == 500 and m.batch_size == 3
+    assert not m.prefix_cache
+    assert m.model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="`token_budget` >= 1, but got 0"):
+        hierzoo.load(tiny_dirs["internvl"], device="cpu", token_budget=0)
+
+
+# ---------------------------------------------------------------------------- prompts
+def test_prompt_split_and_letter_tokens(model):
+    for mode in ("image", "text"):
+        head, tail = model.template(mode)
+        user = "Q?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly."
+        msgs = [
+            {"role": "system", "content": RAW[f"system_{mode}"]},
+            {
+                "role": "user",
+                "content": ([{"type": "image"}] if mode == "image" else [])
+                + [{"type": "text", "text": user}],
+            },
+        ]
+        full = model.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert head + user + tail == full
+        assert tail.endswith("assistant\n")
+    tok = model.processor.tokenizer
+    assert model.letter_token_ids(4) == tok.convert_tokens_to_ids(list("ABCD"))
+    assert model.letter_token_ids(4) != tok.convert_tokens_to_ids(["ĠA", "ĠB", "ĠC", "ĠD"])
+
+
+# ---------------------------------------------------------------------------- scoring
+@pytest.mark.parametrize("name", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_suffix_continues_at_the_largest_prefix_position(models, name, image_dir):
+    m = models[name]
+    head, tail = m.template("image")
+    suffix = "What is it?\nA. gull\nB. tern" + tail
+    image = Image.open(image_dir / "img1.jpg").convert("RGB")
+    full = m.processor(text=[head + suffix], images=[image], return_tensors="pt")
+    expected, _ = m.model.model.get_rope_index(
+        full["input_ids"],
+        mm_token_type_ids=full["mm_token_type_ids"],
+        image_grid_thw=full["image_grid_thw"],
+    )
+    prefix = m.processor(text=[head], images=[image], return_tensors="pt")
+    _, start = m.prompt_positions(prefix)
+    n = full["input_ids"].shape[1] - prefix["input_ids"].shape[1]
+    assert start.item() < prefix["input_ids"].shape[1]
+    got = m.suffix_positions(start, torch.ones(1, n, dtype=torch.long))
+    assert torch.equal(got, expected[:, :, -n:])
+
+
+def test_fused_prefix_cached_answers_equal_the_plain_forward(model, questions):
+    answers = model.answer(questions, protocol=Protocol(taxonomy="cub200"))
+    assert answers.choice.shape == (len(questions), 4)
+    assert [len(o) for o in answers.options[1]] == [len(c) for c in questions[1].choices]
+    assert answers.errors == [None] * len(questions)
+    check_against_reference(model, questions, answers)
+
+
+def test_batch_sizes_and_prefix_cache_agree(model, questions):
+    protocol = Protocol(taxonomy="cub200")
+    runs = {}
+    for prefix in (True, False):
+        model.prefix_cache = prefix
+        for bs in (1, 3, None):
+            runs[prefix, bs] = model.answer(questions, protocol=protocol, batch_size=bs)
+    model.token_budget, budget = 150, model.token_budget
+    try:
+        runs["small budget"] = model.answer(questions, protocol=protocol)
+    finally:
+        model.token_budget = budget
+    base = runs[True, None]
+    for key, got in runs.items():
+        np.testing.assert_allclose(
+            got.extra["letter_logits"],
+            base.extra["letter_logits"],
+            atol=TOL,
+            rtol=0,
+            err_msg=str(key),
+        )
+        assert np.array_equal(got.choice, base.choice), key
+
+
+def test_shuffled_options_follow_the_seeded_generator(model, questions):
+    from hierzoo import prompts
+
+    answers = model.answer(questions, protocol=Protocol(taxonomy="cub200", shuffle_options=True))
+    orders = prompts.shuffled_orders([[len(c) for c in q.choices] for q in questions], seed=42)
+    for i, q in enumerate(questions):
+        assert answers.options[i] == [[q.choices[k][j] for j in o] for k, o in enumerate(orders[i])]
+    assert answers.extra["seed"] == 42 and answers.extra["protocol"]["shuffle_options"]
+    check_against_reference(model, questions[:2], answers)
+    other = model.answer(
+        questions, protocol=Protocol(taxonomy="cub200", shuffle_options=True, seed=7)
+    )
+    assert other.options != answers.options
+
+
+def test_prompt_variant(model, questions):
+    answers = model.answer(questions[:2], protocol=Protocol(taxonomy="cub200", prompt_variant=3))
+    assert answers.extra["prompt_variant"] == 3
+    check_against_reference(model, questions[:2], answers, variant=3)
+
+
+def test_circular_mode(model, questions):
+    qs = questions[:2]
+    answers = model.answer(qs, protocol=Protocol(taxonomy="cub200", circular=True))
+    plain = model.answer(qs, protocol=Protocol(taxonomy="cub200"))
+    np.testing.assert_allclose(answers.probs, plain.probs, atol=TOL)
+    assert answers.correct is not None and answers.correct.dtype == bool
+    rotations = answers.extra["rotation_choices"]
+    for i, q in enumerate(qs):
+        for k, options in enumerate(answers.options[i]):
+            picked = []
+            for r in range(len(options)):
+                rotated = options[r:] + options[:r]
+                ref = reference_logits(model, q, k, rotated)
+                picked.append(options.index(rotated[int(np.argmax(ref))]))
+            assert rotations[i, k, : len(options)].tolist() == picked
+            right = q.answer_index(k)
+            assert answers.correct[i, k] == all(options[p] == q.choices[k][right] for p in picked)
+
+
+def test_text_mode_skips_the_leaf_and_uses_no_image(model, questions):
+    qs = questions[:2]
+    for q in qs:
+        q.path = Path("/nonexistent/image.jpg")
+    answers = model.answer(qs, protocol=Protocol(taxonomy="cub200", mode="text"))
+    assert answers.errors == [None, None]
+    assert (answers.choice[:, 3] == -1).all() and (answers.choice[:, :3] >= 0).all()
+    assert answers.options[0][3] == []
+    check_against_reference(model, qs, answers, mode="text")
+    model.prefix_cache = False
+    plain = model.answer(qs, protocol=Protocol(taxonomy="cub200", mode="text"))
+    np.testing.assert_allclose(
+        plain.extra["letter_logits"], answers.extra["letter_logits"], atol=TOL, equal_nan=True
+    )
+
+
+def test_bad_images_become_errors_and_the_rest_go_on(model, questions, image_dir):
+    questions[1].path = image_dir / "corrupt.jpg"
+    questions[2].path = None
+    questions[2].image = str(image_dir / "missing.jpg")
+    answers = model.answer(questions, protocol=Protocol(taxonomy="cub200"))
+    assert "corrupt.jpg" in answers.errors[1] and "missing.jpg" in answers.errors[2]
+    assert answers.errors[0] is None and answers.errors[3] is None
+    assert (answers.choice[1:3] == -1).all() and np.isnan(answers.probs[1:3]).all()
+    check_against_reference(model, [questions[0]], answers)
+    records = answers.to_records(questions)
+    assert "error" in records[1] and records[0]["predicted_level1"] in questions[0].choices[0]
+
+
+def test_answer_not_among_options_fails_before_model_work(model, questions, monkeypatch):
+    questions[2].answers[1] = "not an option"
+    monkeypatch.setattr(model, "model", None)
+    with pytest.raises(QuestionError, match="'not an option' of level 2 is not among its options"):
+        model.answer(questions, protocol=Protocol(taxonomy="cub200"))
+
+
+def test_protocol_values_are_checked(model, questions):
+    with pytest.raises(ValueError, match="Protocol.templates is for CLIP models"):
+        model.answer(questions, protocol=Protocol(templates=("a photo of a {}.",)))
+    with pytest.raises(ValueError, match="`taxonomy`.*but got 'birds'"):
+        model.answer(questions, protocol=Protocol(taxonomy="birds"))
+
+
+def test_extra_records_the_protocol(model, questions):
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True, seed=3)
+    answers = model.answer(questions[:1], protocol=protocol, progress=True)
+    extra = answers.extra
+    assert extra["protocol"] == {
+        "taxonomy": "cub200",
+        "prompt_variant": None,
+        "shuffle_options": True,
+        "seed": 3,
+        "circular": False,
+        "mode": "image",
+        "templates": None,
+    }
+    assert extra["prompt_variant"] == 0 and extra["seed"] == 3 and extra["letters"] == "ABCD"
+    assert extra["family"] == model.family and extra["prefix_cache"] is True
+
+
+def test_generic_prompts_without_a_taxonomy(model, questions):
+    answers = model.answer(questions[:1])
+    assert (answers.choice[0] >= 0).all()
+    assert answers.extra["protocol"]["taxonomy"] is None
