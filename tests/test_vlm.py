@@ -357,3 +357,60 @@ def test_generic_prompts_without_a_taxonomy(model, questions):
     answers = model.answer(questions[:1])
     assert (answers.choice[0] >= 0).all()
     assert answers.extra["protocol"]["taxonomy"] is None
+
+
+# ---------------------------------------------------------------------------- node scores
+@pytest.fixture(scope="session")
+def small_cub():
+    from hierzoo import load_taxonomy
+    from hierzoo.taxonomy import Taxonomy
+
+    cub = load_taxonomy("cub200")
+    leaves = [0, 1, 40, 120]
+    paths = {cub.labels[i]: cub.path_names(int(cub.leaf_ids[i])) for i in leaves}
+    return Taxonomy.from_paths(paths, ranks=cub.ranks, name="cub200")
+
+
+def reference_node_loglik(m, image: Image.Image, question_text: str, name: str) -> float:
+    """log p(name + end-of-turn | prompt), from one full forward of prompt + answer."""
+    messages = [
+        {"role": "system", "content": RAW["system_image"]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question_text}]},
+    ]
+    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ctx = m.processor(text=[prompt], images=[image], return_tensors="pt")
+    full = m.processor(text=[prompt + name + "<|im_end|>"], images=[image], return_tensors="pt")
+    n = ctx["input_ids"].shape[1]
+    ids = full["input_ids"][0]
+    assert torch.equal(ids[:n], ctx["input_ids"][0])
+    with torch.no_grad():
+        logp = torch.log_softmax(m.model(**full).logits[0].float(), dim=-1)
+    return float(sum(logp[t - 1, ids[t]] for t in range(n, len(ids))))
+
+
+def test_node_scores_are_answer_log_likelihoods(model, small_cub, image_dir):
+    from hierzoo import prompts
+
+    paths = [image_dir / "img0.jpg", image_dir / "img1.jpg"]
+    scores = model.score_nodes(paths, small_cub)
+    assert scores.kind == "softmax" and scores.logits.shape == (2, small_cub.n_nodes)
+    assert model.answer_end() == "<|im_end|>"
+    for i, path in enumerate(paths):
+        image = Image.open(path).convert("RGB")
+        for node, name in enumerate(small_cub.names):
+            question = prompts.question_text("cub200", int(small_cub.level[node]))
+            ref = reference_node_loglik(model, image, question, name)
+            assert abs(float(scores.logits[i, node]) - ref) < 1e-4, (i, name)
+    again = model.score_nodes(paths[::-1], small_cub, batch_size=1)
+    torch.testing.assert_close(again.logits, scores.logits.flip(0), atol=1e-4, rtol=0)
+
+
+def test_predict_path_and_failed_images(model, small_cub, image_dir):
+    images = [image_dir / "img2.jpg", image_dir / "corrupt.jpg", Image.open(image_dir / "img3.jpg")]
+    scores = model.score_nodes(images, small_cub)
+    assert scores.errors[0] is None and "corrupt.jpg" in scores.errors[1]
+    assert torch.isnan(scores.logits[1]).all() and torch.isfinite(scores.logits[[0, 2]]).all()
+    paths = model.predict_path([image_dir / "img2.jpg"], small_cub, "joint")
+    assert paths.consistent.all() and len(paths.names[0]) == small_cub.depth
+    with pytest.raises(ValueError, match="not preprocessed tensors"):
+        model.score_nodes(torch.zeros(3, 8, 8), small_cub)

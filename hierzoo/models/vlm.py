@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.images import ImageInput, iterate_images
+from hierzoo.images import ImageInput, as_list, iterate_images
 from hierzoo.models.base import Answers, HierClassifier, NodeScores, Protocol
 from hierzoo.tasks import Question
 
@@ -45,6 +45,7 @@ _SENTINEL = "<<hierzoo-user-text>>"
 _CHECK_TEXT = "Which one?\nA. first option\nB. second\nAnswer with the letter."
 CPU_TOKEN_BUDGET = 8192
 DECODE_BATCH = 32
+LOGIT_ELEMENTS = 1 << 26
 
 
 def _import_transformers() -> Any:
@@ -87,6 +88,33 @@ class _Plan:
     answer_index: list[list[int]]
     variant: int
     n_letters: int
+
+
+@dataclass
+class _NodePlan:
+    contexts: list[list[int]]
+    answers: list[list[int]]
+    levels: list[int]
+
+
+@dataclass
+class _Prefix:
+    """A prefix forward: its KV cache, attention mask and where each row continues."""
+
+    cache: Any
+    mask: torch.Tensor
+    start: torch.Tensor
+
+
+def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(max(len(s) for s in seqs), 1)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,46 +426,76 @@ class VisionLLMClassifier(HierClassifier):
             torch.inference_mode(),
             tqdm(total=len(plan.asks), unit="q", disable=not progress, desc=self.name) as bar,
         ):
-            if mode == "text":
-                groups = [[plan.asks[j] for j in range(len(plan.asks))]]
-                for idx, out in run(head, tail, None, groups, letter_ids, batch_size):
-                    logits[idx] = out
-                    bar.update(len(idx))
-                return
             wanted = [i for i, rows in enumerate(plan.by_sample) if rows]
+            longest = max(len(a.ids) for a in plan.asks)
+            per_image = max(len(rows) for rows in plan.by_sample)
+            if mode == "text":
+                head_tokens = len(tok(head, add_special_tokens=False)["input_ids"])
+                step = batch_size or max(
+                    1, self.token_budget // (per_image * (head_tokens + longest))
+                )
+                for lo in range(0, len(wanted), step):
+                    group = [(i, None) for i in wanted[lo : lo + step]]
+                    self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+                return
             items = [questions[i].path or questions[i].image for i in wanted]
-            per_group = batch_size
-            pending: list[tuple[int, Image.Image]] = []
-            for batch in iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH):
-                for j, msg in batch.failed.items():
-                    errors[wanted[j]] = msg
-                    bar.update(len(plan.by_sample[wanted[j]]))
-                pending.extend((wanted[j], img) for j, img in zip(batch.indices, batch.data))
-                if per_group is None and pending:
-                    per_group = self._images_per_group(head, pending[0][1], plan)
-                while per_group is not None and len(pending) >= per_group:
-                    group, pending = pending[:per_group], pending[per_group:]
-                    self._run_group(
-                        run, head, tail, group, plan, letter_ids, batch_size, logits, bar
-                    )
-            if pending:
-                self._run_group(run, head, tail, pending, plan, letter_ids, batch_size, logits, bar)
 
-    def _run_group(self, run, head, tail, group, plan, letter_ids, batch_size, logits, bar) -> None:
-        images = [img for _, img in group]
+            def failed(j: int, msg: str) -> None:
+                errors[wanted[j]] = msg
+                bar.update(len(plan.by_sample[wanted[j]]))
+
+            def cost(image: Image.Image) -> int:
+                prefix = self._prefix_tokens(image)
+                return prefix if self.prefix_cache else per_image * (prefix + longest)
+
+            for group in self._image_groups(items, batch_size, cost, failed):
+                group = [(wanted[j], img) for j, img in group]
+                self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+
+    def _image_groups(
+        self,
+        items: Sequence[ImageInput],
+        batch_size: int | None,
+        cost: Callable[[Image.Image], int],
+        failed: Callable[[int, str], None],
+    ) -> Iterator[list[tuple[int, Image.Image]]]:
+        """Decoded images in groups of ``batch_size``, else as many as the token budget holds at
+        ``cost(first image)`` tokens each; failures go to ``failed(index, message)``."""
+        per_group = batch_size
+        pending: list[tuple[int, Image.Image]] = []
+        for batch in iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH):
+            for j, msg in batch.failed.items():
+                failed(j, msg)
+            pending.extend(zip(batch.indices, batch.data))
+            if per_group is None and pending:
+                per_group = max(1, self.token_budget // max(cost(pending[0][1]), 1))
+            while per_group is not None and len(pending) >= per_group:
+                yield pending[:per_group]
+                pending = pending[per_group:]
+        if pending:
+            yield pending
+
+    def _prefix_tokens(self, image: Image.Image) -> int:
+        head, _ = self.template("image")
+        return len(self.processor(text=[head], images=[image])["input_ids"][0])
+
+    def _run_group(
+        self,
+        run: Callable[..., Iterator[tuple[list[int], torch.Tensor]]],
+        mode: str,
+        group: list[tuple[int, Image.Image | None]],
+        plan: _Plan,
+        letter_ids: list[int],
+        batch_size: int | None,
+        logits: torch.Tensor,
+        bar: Any,
+    ) -> None:
+        images = [img for _, img in group] if mode == "image" else None
         rows = [[plan.asks[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
-        for local, out in run(head, tail, images, rows, letter_ids, batch_size):
+        for local, out in run(mode, images, rows, letter_ids, batch_size):
             logits[[flat[t] for t in local]] = out
             bar.update(len(local))
-
-    def _images_per_group(self, head: str, image: Image.Image, plan: _Plan) -> int:
-        """Images per fused pass under the token budget, measured on one image."""
-        prefix = len(self.processor(text=[head], images=[image])["input_ids"][0])
-        suffix = max(len(a.ids) for a in plan.asks)
-        rows = max(len(r) for r in plan.by_sample)
-        per_image = prefix if self.prefix_cache else rows * (prefix + suffix)
-        return max(1, self.token_budget // max(per_image, 1))
 
     def _row_chunks(self, n_rows: int, row_tokens: int, batch_size: int | None) -> Iterator[slice]:
         step = n_rows if batch_size is not None else max(1, self.token_budget // max(row_tokens, 1))
@@ -455,53 +513,32 @@ class VisionLLMClassifier(HierClassifier):
 
     def _run_prefixed(
         self,
-        head: str,
-        tail: str,
+        mode: str,
         images: list[Image.Image] | None,
         groups: list[list[_Ask]],
         letter_ids: list[int],
         batch_size: int | None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(row numbers, letter logits)``: one prefix forward for all groups (one per
-        image, or one in text mode), then the rows' suffixes from copies of its KV cache."""
-        from transformers import DynamicCache
-
-        prefix = self._encode([head] * len(groups), images, side="right")
-        positions, start = self.prompt_positions(prefix)
-        cache = self.model(**prefix, position_ids=positions, use_cache=True, logits_to_keep=1).cache
-        prefix_mask = prefix["attention_mask"]
-        owner = [g for g, rows in enumerate(groups) for _ in rows]
+        image; one for all in text mode), then the rows' suffixes from copies of its KV cache."""
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode)
+        owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
-        pad = self.processor.tokenizer.pad_token_id or 0
-        width = prefix_mask.shape[1] + max(len(a.ids) for a in asks)
+        width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
         for part in self._row_chunks(len(asks), width, batch_size):
-            ids, mask = _left_pad([a.ids for a in asks[part]], pad)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            idx = torch.tensor(owner[part], device=self.device)
-            rows = DynamicCache(
-                ((k.index_select(0, idx), v.index_select(0, idx)) for k, v, *_ in cache),
-                config=self.model.config,
-            )
-            out = self.model(
-                input_ids=ids,
-                attention_mask=torch.cat([prefix_mask.index_select(0, idx), mask], dim=1),
-                position_ids=self.suffix_positions(start.index_select(0, idx), mask),
-                cache=rows,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out, _, _ = self._continue(prefix, owner[part], [a.ids for a in asks[part]])
             yield list(range(part.start, part.stop)), self._letter_logits(out.logits, letter_ids)
 
     def _run_plain(
         self,
-        head: str,
-        tail: str,
+        mode: str,
         images: list[Image.Image] | None,
         groups: list[list[_Ask]],
         letter_ids: list[int],
         batch_size: int | None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(row numbers, letter logits)`` from full prompts, many rows per forward."""
+        head, tail = self.template(mode)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
@@ -573,10 +610,158 @@ class VisionLLMClassifier(HierClassifier):
         batch_size: int | None = None,
         progress: bool = False,
     ) -> NodeScores:
-        raise NotImplementedError(
-            f"{type(self).__name__}.score_nodes is not implemented yet; use answer() with a "
-            "question set."
+        """Log-likelihood of every node name as the whole answer to its level's open question.
+
+        Per image and level the prompt is the paper's question of the level (no options, no
+        instruction; the taxonomy's own prompts when it is a bundled one, else the generic
+        ones) and the answer is the node's name followed by the end-of-turn token. The image
+        prefix runs once per image, each level's question once per image from its cache, and
+        every node name from the cache of its level. ``kind="softmax"``: a level's
+        probabilities are the softmax of its nodes' log-likelihoods (renormalised over the
+        level). A failed image gets a NaN row and its message in ``errors``.
+        """
+        from tqdm.auto import tqdm
+
+        items, _ = as_list(images)
+        if any(isinstance(x, torch.Tensor) for x in items):
+            raise ValueError(
+                f"{type(self).__name__} reads images through its own processor: pass paths or PIL "
+                "images, not preprocessed tensors."
+            )
+        plan = self._node_plan(taxonomy)
+        logits = torch.full((len(items), taxonomy.n_nodes), float("nan"))
+        errors: list[str | None] = [None] * len(items)
+        context = max(len(c) for c in plan.contexts)
+        batch_size = batch_size or self.batch_size
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(items), unit="img", disable=not progress, desc=self.name) as bar,
+        ):
+
+            def failed(j: int, msg: str) -> None:
+                errors[j] = msg
+                bar.update(1)
+
+            def cost(image: Image.Image) -> int:
+                return taxonomy.depth * (self._prefix_tokens(image) + context)
+
+            for group in self._image_groups(items, batch_size, cost, failed):
+                rows = [j for j, _ in group]
+                logits[rows] = self._node_loglik([img for _, img in group], plan, batch_size)
+                bar.update(len(group))
+        return NodeScores(logits=logits, kind="softmax", taxonomy=taxonomy, errors=errors)
+
+    def answer_end(self) -> str:
+        """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
+        msgs = [*prompts.messages("x"), {"role": "assistant", "content": _SENTINEL}]
+        after = self.processor.apply_chat_template(msgs, tokenize=False).split(_SENTINEL)[-1]
+        tok = self.processor.tokenizer
+        ids = tok(after, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(
+                f"The chat template of {self.name!r} does not close the assistant turn."
+            )
+        return tok.decode(ids[:1])
+
+    def _node_plan(self, taxonomy: Taxonomy) -> _NodePlan:
+        key = taxonomy.name if taxonomy.name in prompts.taxonomies() else None
+        ranks = prompts.ranks(key) if key is not None else None
+        if ranks is not None and len(ranks) < taxonomy.depth:
+            key = None
+        variant = prompts.default_prompt_variant(key, self.family)
+        _, tail = self.template("image")
+        end = self.answer_end()
+        tok = self.processor.tokenizer
+        contexts = [
+            prompts.question_text(key, k, variant=variant) + tail for k in range(taxonomy.depth)
+        ]
+        context_ids = tok(contexts, add_special_tokens=False)["input_ids"]
+        full = tok(
+            [contexts[int(lev)] + name + end for name, lev in zip(taxonomy.names, taxonomy.level)],
+            add_special_tokens=False,
+        )["input_ids"]
+        answers = []
+        for node, ids in enumerate(full):
+            ctx = context_ids[int(taxonomy.level[node])]
+            if ids[: len(ctx)] != ctx:
+                raise ValueError(
+                    f"The tokens of node {taxonomy.names[node]!r} merge with the end of the prompt "
+                    f"for {self.name!r}; its log-likelihood cannot be read from the prompt's cache."
+                )
+            answers.append(ids[len(ctx) :])
+        return _NodePlan(context_ids, answers, [int(x) for x in taxonomy.level])
+
+    def _prefix(self, images: list[Image.Image] | None, n: int, mode: str = "image") -> _Prefix:
+        head, _ = self.template(mode)
+        enc = self._encode([head] * n, images, side="right")
+        positions, start = self.prompt_positions(enc)
+        out = self.model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)
+        return _Prefix(out.cache, enc["attention_mask"], start)
+
+    def _continue(
+        self,
+        prefix: _Prefix,
+        rows: Sequence[int],
+        ids: Sequence[Sequence[int]],
+        last_only: bool = True,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Run token rows (``ids[i]`` after prefix row ``rows[i]``) from a copy of the prefix cache.
+
+        ``last_only``: left-padded, logits of each row's last token only; else right-padded,
+        logits at every position. Returns ``(output, attention mask, mask of ids)``."""
+        from transformers import DynamicCache
+
+        pad = self.processor.tokenizer.pad_token_id or 0
+        ids_t, mask = _left_pad(ids, pad) if last_only else _right_pad(ids, pad)
+        ids_t, mask = ids_t.to(self.device), mask.to(self.device)
+        idx = torch.tensor(list(rows), device=self.device)
+        cache = DynamicCache(
+            ((k.index_select(0, idx), v.index_select(0, idx)) for k, v, *_ in prefix.cache),
+            config=self.model.config,
         )
+        attention = torch.cat([prefix.mask.index_select(0, idx), mask], dim=1)
+        out = self.model(
+            input_ids=ids_t,
+            attention_mask=attention,
+            position_ids=self.suffix_positions(prefix.start.index_select(0, idx), mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+        )
+        return out, attention, mask
+
+    def _node_loglik(
+        self, images: list[Image.Image], plan: _NodePlan, batch_size: int | None
+    ) -> torch.Tensor:
+        """``(len(images), n_nodes)`` log-likelihoods of the node names for a group of images."""
+        n_img, depth = len(images), len(plan.contexts)
+        prefix = self._prefix(images, n_img)
+        rows = [g for g in range(n_img) for _ in range(depth)]
+        out, attention, mask = self._continue(
+            prefix, rows, [plan.contexts[k] for _ in range(n_img) for k in range(depth)]
+        )
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        level = _Prefix(out.cache, attention, prefix.start[rows] + mask.sum(-1))
+        n_nodes = len(plan.answers)
+        longest = max(len(t) for t in plan.answers)
+        per_chunk = max(1, self.token_budget // (attention.shape[1] + longest))
+        per_chunk = min(per_chunk, max(1, LOGIT_ELEMENTS // (longest * first.shape[-1])))
+        pairs = [(g, node) for g in range(n_img) for node in range(n_nodes)]
+        scores = torch.empty(n_img, n_nodes)
+        for lo in range(0, len(pairs), per_chunk):
+            chunk = pairs[lo : lo + per_chunk]
+            ctx_rows = [g * depth + plan.levels[node] for g, node in chunk]
+            answers = [plan.answers[node] for _, node in chunk]
+            total = first[ctx_rows, [t[0] for t in answers]]
+            out, _, _ = self._continue(level, ctx_rows, [t[:-1] for t in answers], last_only=False)
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            targets, mask = _right_pad([t[1:] for t in answers], 0)
+            targets, mask = targets.to(logp.device), mask.to(logp.device)
+            total = total + (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(-1)
+            g_idx = torch.tensor([g for g, _ in chunk])
+            n_idx = torch.tensor([node for _, node in chunk])
+            scores[g_idx, n_idx] = total.cpu()
+        return scores
 
 
 class _QwenVLClassifier(VisionLLMClassifier):
