@@ -322,6 +322,25 @@ def test_bad_images_become_errors_and_the_rest_go_on(model, questions, image_dir
     assert "error" in records[1] and records[0]["predicted_level1"] in questions[0].choices[0]
 
 
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_iter_answers_streams_the_same_answers(model, questions, image_dir, mode):
+    questions[2].path = image_dir / "corrupt.jpg"
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True, mode=mode)
+    whole = model.answer(questions, protocol=protocol)
+    positions, pieces = [], []
+    for pos, piece in model.iter_answers(questions, protocol=protocol, batch_size=1, chunk_size=2):
+        assert len(pos) <= 2 and len(piece) == len(pos)
+        positions += pos
+        pieces.append(piece)
+    assert positions == list(range(len(questions)))
+    assert sum((p.options for p in pieces), []) == whole.options
+    assert sum((p.errors for p in pieces), []) == whole.errors
+    assert np.array_equal(np.concatenate([p.choice for p in pieces]), whole.choice)
+    np.testing.assert_allclose(
+        np.concatenate([p.probs for p in pieces]), whole.probs, atol=TOL, equal_nan=True
+    )
+
+
 def test_answer_not_among_options_fails_before_model_work(model, questions, monkeypatch):
     questions[2].answers[1] = "not an option"
     monkeypatch.setattr(model, "model", None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -329,12 +330,46 @@ class VisionLLMClassifier(HierClassifier):
         (default: the paper's for the taxonomy and family), the paper's seeded option shuffle,
         circular rotations (``correct`` is set: a level is right only if every rotation is) and
         text mode (no image; the leaf level is not asked). ``choice`` and ``probs`` are the
-        answers to the options in ``options`` order (the first rotation).
+        answers to the options in ``options`` order (the first rotation). ``extra`` holds the
+        protocol, the prompt variant used, the seed, the letters, the letter logits and, in
+        circular mode, each rotation's choice (``rotation_choices``, positions in ``options``).
 
         Raises:
             QuestionError: a level's answer is not among its options (before any model work).
             ValueError: ``protocol.templates`` is set, or a bad protocol value.
         """
+        protocol, plan, logits, errors = self._prepare(questions, protocol, batch_size)
+        for _ in self._score(questions, plan, protocol.mode, logits, errors, batch_size, progress):
+            pass
+        return self._collect(plan, logits, errors, protocol, range(len(questions)))
+
+    def iter_answers(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 256,
+    ) -> Iterator[tuple[list[int], Answers]]:
+        """Stream :meth:`answer` from one image loader: yields ``(positions, answers)`` for runs
+        of consecutive entries (at most ``chunk_size``) as their images are done. The options are
+        shuffled once over all ``questions``, so the pieces equal one ``answer`` call."""
+        protocol, plan, logits, errors = self._prepare(questions, protocol, batch_size)
+        done = np.array([not rows for rows in plan.by_sample], dtype=bool)
+        next_q = 0
+        steps = self._score(questions, plan, protocol.mode, logits, errors, batch_size, False)
+        for finished in itertools.chain(steps, [[]]):
+            done[finished] = True
+            start = next_q
+            while next_q < len(questions) and done[next_q]:
+                next_q += 1
+            for lo in range(start, next_q, chunk_size):
+                piece = range(lo, min(lo + chunk_size, next_q))
+                yield list(piece), self._collect(plan, logits, errors, protocol, piece)
+
+    def _prepare(
+        self, questions: Sequence[Question], protocol: Protocol | None, batch_size: int | None
+    ) -> tuple[Protocol, _Plan, torch.Tensor, list[str | None]]:
         protocol = protocol or Protocol()
         if protocol.templates is not None:
             raise ValueError(
@@ -345,10 +380,7 @@ class VisionLLMClassifier(HierClassifier):
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         plan = self._plan(questions, protocol)
         logits = torch.full((len(plan.asks), max(plan.n_letters, 1)), float("nan"))
-        errors: list[str | None] = [None] * len(questions)
-        if plan.asks:
-            self._score(questions, plan, protocol.mode, logits, errors, batch_size, progress)
-        return self._collect(plan, logits, errors, protocol)
+        return protocol, plan, logits, [None] * len(questions)
 
     def _plan(self, questions: Sequence[Question], protocol: Protocol) -> _Plan:
         mode = protocol.mode
@@ -411,9 +443,13 @@ class VisionLLMClassifier(HierClassifier):
         errors: list[str | None],
         batch_size: int | None,
         progress: bool,
-    ) -> None:
+    ) -> Iterator[list[int]]:
+        """Fill ``logits`` (one row per ask) and ``errors``; yields the entries finished by each
+        fused pass (and by failed images)."""
         from tqdm.auto import tqdm
 
+        if not plan.asks:
+            return
         head, tail = self.template(mode)
         letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
@@ -437,11 +473,15 @@ class VisionLLMClassifier(HierClassifier):
                 for lo in range(0, len(wanted), step):
                     group = [(i, None) for i in wanted[lo : lo + step]]
                     self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+                    yield [i for i, _ in group]
                 return
             items = [questions[i].path or questions[i].image for i in wanted]
 
+            failures: list[int] = []
+
             def failed(j: int, msg: str) -> None:
                 errors[wanted[j]] = msg
+                failures.append(wanted[j])
                 bar.update(len(plan.by_sample[wanted[j]]))
 
             def cost(image: Image.Image) -> int:
@@ -451,6 +491,9 @@ class VisionLLMClassifier(HierClassifier):
             for group in self._image_groups(items, batch_size, cost, failed):
                 group = [(wanted[j], img) for j, img in group]
                 self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+                yield [i for i, _ in group] + failures
+                failures.clear()
+            yield failures
 
     def _image_groups(
         self,
@@ -552,34 +595,40 @@ class VisionLLMClassifier(HierClassifier):
             yield list(range(part.start, part.stop)), self._letter_logits(out.logits, letter_ids)
 
     def _collect(
-        self, plan: _Plan, logits: torch.Tensor, errors: list[str | None], protocol: Protocol
+        self,
+        plan: _Plan,
+        logits: torch.Tensor,
+        errors: list[str | None],
+        protocol: Protocol,
+        samples: Sequence[int],
     ) -> Answers:
-        n = len(plan.options)
+        """The :class:`Answers` of the entries ``samples`` (in that order)."""
+        n = len(samples)
         depth = max((len(o) for o in plan.options), default=0)
         width = max(plan.n_letters, 1)
         choice = np.full((n, depth), -1, dtype=np.int64)
         probs = np.full((n, depth, width), np.nan, dtype=np.float32)
         rotations = np.full((n, depth, width), -1, dtype=np.int64)
         letter_logits = np.full((n, depth, width), np.nan, dtype=np.float32)
-        for a, row in zip(plan.asks, logits):
-            if errors[a.sample] is not None:
+        correct = np.zeros((n, depth), dtype=bool) if protocol.circular else None
+        for row, i in enumerate(samples):
+            if errors[i] is not None:
                 continue
-            k, m = a.level, len(a.order)
-            p = torch.softmax(row[:m], dim=0).numpy()
-            c = int(p.argmax())
-            rotations[a.sample, k, a.rotation] = plan.orders[a.sample][k].index(a.order[c])
-            if a.rotation == 0:
-                choice[a.sample, k] = c
-                probs[a.sample, k, :m] = p
-                letter_logits[a.sample, k, :m] = row[:m].numpy()
-        correct = None
-        if protocol.circular:
-            correct = np.zeros((n, depth), dtype=bool)
-            for i in range(n):
+            for j in plan.by_sample[i]:
+                a = plan.asks[j]
+                k, m = a.level, len(a.order)
+                p = torch.softmax(logits[j, :m], dim=0).numpy()
+                c = int(p.argmax())
+                rotations[row, k, a.rotation] = plan.orders[i][k].index(a.order[c])
+                if a.rotation == 0:
+                    choice[row, k] = c
+                    probs[row, k, :m] = p
+                    letter_logits[row, k, :m] = logits[j, :m].numpy()
+            if correct is not None:
                 for k, order in enumerate(plan.orders[i]):
-                    if order and errors[i] is None:
+                    if order:
                         right = order.index(plan.answer_index[i][k])
-                        correct[i, k] = bool(np.all(rotations[i, k, : len(order)] == right))
+                        correct[row, k] = bool(np.all(rotations[row, k, : len(order)] == right))
         extra: dict[str, Any] = {
             "model": self.name,
             "family": self.family,
@@ -595,8 +644,8 @@ class VisionLLMClassifier(HierClassifier):
         return Answers(
             choice=choice,
             probs=probs,
-            options=plan.options,
-            errors=errors,
+            options=[plan.options[i] for i in samples],
+            errors=[errors[i] for i in samples],
             correct=correct,
             extra=extra,
         )
