@@ -164,7 +164,47 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models]
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="compare eval runs: a table (Markdown, CSV) and plots",
+        description="Read the summary.json of `hierzoo eval` run directories (or of every run "
+        "directory one level under a folder) and write report.md, report.csv and three plots: "
+        "HCA against leaf accuracy, accuracy per level, and where paths first break.",
+    )
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run directory, or a folder of them")
+    p.add_argument(
+        "--out", default="hierzoo-report", help="report directory (default ./hierzoo-report)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="only the tables (no matplotlib needed)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hierzoo.report import load_runs, report_table, write_csv, write_markdown, write_plots
+
+    runs = load_runs(args.runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report_table(runs)
+    written = [write_markdown(rows, out / "report.md"), write_csv(rows, out / "report.csv")]
+    print(written[0].read_text(), end="")
+    if not args.no_plots:
+        try:
+            written += write_plots(runs, out)
+        except ImportError as e:
+            print(f"written: {', '.join(map(str, written))}")
+            raise ImportError(f"{e} (or pass --no-plots)") from None
+    failed = [r["run_dir"] for r in runs if not r["metrics"]]
+    if failed and not args.no_plots:
+        print(f"not plotted (every sample failed): {', '.join(failed)}", file=sys.stderr)
+    print(f"written: {', '.join(map(str, written))}")
+    return 0
+
+
+COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

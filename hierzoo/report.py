@@ -1,8 +1,15 @@
-"""Tables of scores (terminal, Markdown, CSV)."""
+"""Tables of scores (terminal, Markdown, CSV) and the plots of ``hierzoo report``."""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 COLUMNS = [
     ("hca", "HCA"),
@@ -55,10 +62,610 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not summary.get("metrics"):
         return f"n=0, errors={summary.get('n_errors')}: nothing to score"
     name = summary.get("model", "model")
-    table = format_table([(name, {**summary["metrics"], "n": summary["n"], "levels": summary.get("levels", [])})])
+    table = format_table(
+        [(name, {**summary["metrics"], "n": summary["n"], "levels": summary.get("levels", [])})]
+    )
     prov = summary.get("provenance", {})
     rate = prov.get("questions_per_second")
     extra = f"errors: {summary['n_errors']}"
     if rate:
         extra += f"; {rate:.1f} questions/s, {prov.get('images_per_second', 0):.1f} images/s on {prov.get('device')}"
     return f"{table}\n{extra}"
+
+
+# ---------------------------------------------------------------------------------------------
+# hierzoo report: many run directories -> one table (Markdown, CSV) and plots (PNG)
+
+METRICS = ["hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency"]
+_REQUIRED = ("model", "taxonomy", "n", "metrics")
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: expected a JSON object written by `hierzoo eval`")
+    missing = [k for k in _REQUIRED if k not in run]
+    if missing:
+        raise ValueError(f"{path}: not a `hierzoo eval` summary (missing {', '.join(missing)})")
+    if run["metrics"]:
+        levels, acc, first = (
+            run.get("levels"),
+            run["metrics"].get("level_acc"),
+            run.get("first_error"),
+        )
+        if not levels or acc is None or first is None:
+            raise ValueError(
+                f"{path}: a summary with metrics needs levels, level_acc and first_error"
+            )
+        if len(acc) != len(levels) or len(first) != len(levels) + 1:
+            raise ValueError(
+                f"{path}: expected {len(levels)} level accuracies and {len(levels) + 1} first-error "
+                f"counts for levels {levels}, but got {len(acc)} and {len(first)}"
+            )
+    run["run_dir"] = str(path.parent)
+    return run
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The ``summary.json`` of each run directory, in the order given.
+
+    A path may be a run directory, its ``summary.json``, or a folder whose subfolders are run
+    directories (searched one level down, in name order). Each summary gains ``run_dir``.
+    """
+    runs: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_file() and p.name == "summary.json":
+            found = [p]
+        elif p.is_dir():
+            found = (
+                [p / "summary.json"]
+                if (p / "summary.json").is_file()
+                else sorted(p.glob("*/summary.json"))
+            )
+        elif not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        else:
+            found = []
+        if not found:
+            raise FileNotFoundError(
+                f"{p}: no summary.json in it or in its subfolders; pass a run directory written "
+                "by `hierzoo eval --out DIR`, or a folder of them"
+            )
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                runs.append(_read_summary(f))
+    return runs
+
+
+def _label(run: dict[str, Any]) -> str:
+    if run.get("model_label"):
+        return str(run["model_label"])
+    model = str(run["model"])
+    return Path(model).name if ("/" in model and not model.startswith("hf-hub:")) else model
+
+
+def _names(runs: list[dict[str, Any]]) -> list[str]:
+    """A display name per run: the model label, plus the task and mode where they are not the
+    defaults (questions, image), plus the run directory where two runs would read the same."""
+    names = []
+    for r in runs:
+        extra = [
+            str(r.get(k)) for k, d in (("task", "questions"), ("mode", "image")) if r.get(k, d) != d
+        ]
+        names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
+    keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
+    return [
+        f"{n} [{Path(r['run_dir']).name}]" if keys.count(k) > 1 else n
+        for n, k, r in zip(names, keys, runs)
+    ]
+
+
+def _merge_levels(lists: list[list[str]]) -> list[str]:
+    """One order of level names across taxonomies, keeping each list's own order."""
+    out: list[str] = []
+    for names in lists:
+        for i, name in enumerate(names):
+            if name in out:
+                continue
+            if i and names[i - 1] in out:
+                out.insert(out.index(names[i - 1]) + 1, name)
+            else:
+                after = next((out.index(n) for n in names[i + 1 :] if n in out), len(out))
+                out.insert(after, name)
+    return out
+
+
+def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per run: labels, counts, each metric (percent) with ``_low``/``_high`` 95%
+    bounds, ``hca_leaf_ratio`` (HCA / leaf accuracy, a fraction) and ``acc_<level>`` per level
+    name (the union over taxonomies; ``None`` where a run has no such level).
+
+    Rows are grouped by taxonomy (in order of first appearance), best HCA first.
+    """
+    names = _names(runs)
+    all_levels = _merge_levels([r.get("levels") or [] for r in runs])
+    rows = []
+    for name, r in zip(names, runs):
+        m = r["metrics"] or {}
+        row: dict[str, Any] = {
+            "model": name,
+            "taxonomy": r["taxonomy"],
+            "task": r.get("task"),
+            "mode": r.get("mode"),
+            "n": r["n"],
+            "n_errors": r.get("n_errors"),
+        }
+        for k in METRICS:
+            est = m.get(k)
+            row[k] = est["value"] if est else None
+            row[f"{k}_low"] = est["low"] if est else None
+            row[f"{k}_high"] = est["high"] if est else None
+        hca_v, leaf_v = row["hca"], row["leaf_acc"]
+        row["hca_leaf_ratio"] = hca_v / leaf_v if hca_v is not None and leaf_v else None
+        acc = dict(zip(r.get("levels") or [], m.get("level_acc") or []))
+        for lev in all_levels:
+            row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
+        row["first_level"] = r.get("first_level")
+        row["run"] = r["run_dir"]
+        rows.append(row)
+    order = list(dict.fromkeys(r["taxonomy"] for r in rows))
+    return sorted(
+        rows,
+        key=lambda r: (order.index(r["taxonomy"]), r["hca"] is None, -(r["hca"] or 0.0)),
+    )
+
+
+def _cell(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v).replace("|", "\\|")
+
+
+def _md_table(header: list[str], body: list[list[str]], right: set[int]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append(
+        "| " + " | ".join("---:" if i in right else "---" for i in range(len(header))) + " |"
+    )
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return lines
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """The report as Markdown: one table of metrics, then one table of accuracy per level for
+    each taxonomy."""
+    out = [
+        "# hierzoo report",
+        "",
+        "Percent of scored samples; HCA and leaf accuracy with bootstrap 95% intervals. "
+        "HCA/Leaf: the share of leaf-right samples whose whole path is right.",
+        "",
+    ]
+
+    def with_ci(r: dict[str, Any], k: str) -> str:
+        if r[k] is None:
+            return "-"
+        return f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]"
+
+    header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
+    header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")] + ["run"]
+    body = []
+    for r in rows:
+        cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
+        cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
+        cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
+        body.append(cells + [_cell(r["run"])])
+    out += _md_table(header, body, right=set(range(4, len(header) - 1)))
+
+    levels = [k for k in (rows[0] if rows else {}) if k.startswith("acc_")]
+    for tax in dict.fromkeys(r["taxonomy"] for r in rows):
+        group = [r for r in rows if r["taxonomy"] == tax]
+        cols = [k for k in levels if any(r[k] is not None for r in group)]
+        if not cols:
+            continue
+        first = next((r["first_level"] for r in group if r["first_level"]), 1)
+        note = f" (levels from {first}; the single root is not scored)" if first > 1 else ""
+        out += ["", f"## Accuracy per level: {_cell(tax)}{note}", ""]
+        body = [[_cell(r["model"])] + [_cell(r[k]) for k in cols] for r in group]
+        out += _md_table(
+            ["model"] + [k[4:] for k in cols], body, right=set(range(1, len(cols) + 1))
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`format_markdown` of the rows to ``path``."""
+    path = Path(path)
+    path.write_text(format_markdown(rows))
+    return path
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows as CSV (every key a column; empty where ``None``; floats to 4 decimals)."""
+    path = Path(path)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _figure(**kw: Any) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot, so no global backend change)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "hierzoo report plots need matplotlib: pip install 'hierzoo[plot]'"
+        ) from None
+    fig = Figure(layout="constrained", **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    uniq = list(dict.fromkeys(names))
+    cmap = colormaps["tab10" if len(uniq) <= 10 else "tab20"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(uniq)}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.1)
+    return path
+
+
+def _by_taxonomy(runs: list[dict[str, Any]], names: list[str]) -> dict[str, list[tuple[str, dict]]]:
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for n, r in zip(names, runs):
+        groups.setdefault(r["taxonomy"], []).append((n, r))
+    return groups
+
+
+def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]], avoid: list[Any]) -> None:
+    """Label each point where its text covers the least of the other labels, markers, error bars,
+    the ``avoid`` artists and the frame edge; a label set away from its point gets a leader line.
+    Points with the most neighbours choose first."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    half = 3.5 * fig.dpi / 72 + 1
+    obstacles = []
+    for a in avoid:  # rotated text rising to the right: small boxes along its diagonal
+        b, h = a.get_window_extent(renderer), a.get_fontsize() * fig.dpi / 72
+        for t in np.linspace(0, 1, 24):
+            cx, cy = b.x0 + t * b.width, b.y0 + t * b.height
+            obstacles.append(((cx - h / 2, cy - h / 2, cx + h / 2, cy + h / 2), 3.0))
+    for p in points:
+        px, py = p["px"] = to_px((p["x"], p["y"]))
+        x0, x1 = to_px((p["xlo"], p["y"]))[0], to_px((p["xhi"], p["y"]))[0]
+        y0, y1 = to_px((p["x"], p["ylo"]))[1], to_px((p["x"], p["yhi"]))[1]
+        obstacles.append(((px - half, py - half, px + half, py + half), 4.0))
+        obstacles.append(((x0, py - 1.5, x1, py + 1.5), 8.0))
+        obstacles.append(((px - 1.5, y0, px + 1.5, y1), 8.0))
+    angles = [math.radians(a) for a in (45, -45, 135, -135, 0, 180, 90, -90, 22, -22, 158, -158)]
+    candidates = [(d * math.cos(a), d * math.sin(a)) for d in (5, 10, 17, 26, 38) for a in angles]
+
+    def overlap(a: tuple, b: tuple) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    def crowding(p: dict) -> int:
+        return sum(math.dist(p["px"], q["px"]) < 60 for q in points)
+
+    for p in sorted(points, key=crowding, reverse=True):
+        best = None
+        for ox, oy in candidates:
+            ha = "left" if ox > 1 else "right" if ox < -1 else "center"
+            va = "bottom" if oy > 1 else "top" if oy < -1 else "center"
+            ann = ax.annotate(
+                p["text"],
+                (p["x"], p["y"]),
+                xytext=(ox, oy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=7.5,
+            )
+            bb = ann.get_window_extent(renderer)
+            ann.remove()
+            box = (bb.x0 - 2, bb.y0 - 1, bb.x1 + 2, bb.y1 + 1)
+            outside = (
+                max(0, frame.x0 - box[0])
+                + max(0, box[2] - frame.x1)
+                + max(0, frame.y0 - box[1])
+                + max(0, box[3] - frame.y1)
+            )
+            cost = (
+                sum(w * overlap(box, o) for o, w in obstacles)
+                + 1000 * outside
+                + 6 * math.hypot(ox, oy)
+            )
+            if best is None or cost < best[0]:
+                best = (cost, ox, oy, ha, va, box)
+        _, ox, oy, ha, va, box = best
+        leader = {"arrowstyle": "-", "color": p["colour"], "lw": 0.6, "shrinkA": 0, "shrinkB": 5}
+        ax.annotate(
+            p["text"],
+            (p["x"], p["y"]),
+            xytext=(ox, oy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=7.5,
+            color=p["colour"],
+            arrowprops=leader if math.hypot(ox, oy) > 12 else None,
+        )
+        obstacles.append((box, 5.0))
+
+
+def plot_hca_vs_leaf(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Leaf accuracy (x) against HCA (y) with 95% intervals; colour per model, marker per
+    taxonomy. HCA is at most leaf accuracy: the dashed line y = x bounds it, and the dotted
+    lines mark where HCA keeps 3/4 and 1/2 of the leaf accuracy."""
+    fig = _figure(figsize=(7.5, 5.6))
+    from matplotlib.lines import Line2D
+
+    scored = [r for r in runs if r["metrics"]]
+    names = _names(scored)
+    colours = _colours(names)
+    taxa = list(dict.fromkeys(r["taxonomy"] for r in scored))
+    markers = {t: _MARKERS[i % len(_MARKERS)] for i, t in enumerate(taxa)}
+
+    ax = fig.add_subplot()
+    ends = [
+        r["metrics"][k][b] for r in scored for k in ("hca", "leaf_acc") for b in ("low", "high")
+    ]
+    lo = max(0.0, 10 * ((min(ends) - 4) // 10))
+    hi = min(100.0, 10 * -((-max(ends) - 4) // 10))
+    diag = [lo, hi]
+    ax.fill_between(diag, diag, [hi, hi], color="0.94", lw=0, zorder=0)
+    ax.plot(diag, diag, color="0.4", ls="--", lw=1, zorder=1)
+    mid = lo + 0.5 * (hi - lo)
+    notes = [
+        ax.annotate(
+            "HCA = leaf accuracy: the upper bound (above: impossible)",
+            (mid, mid),
+            xytext=(-5, 5),
+            textcoords="offset points",
+            rotation=45,
+            rotation_mode="anchor",
+            ha="center",
+            va="bottom",
+            color="0.4",
+            fontsize=8,
+        )
+    ]
+    for ratio in (0.75, 0.5):
+        x0 = max(lo + 0.3 * (hi - lo), lo / ratio + 0.06 * (hi - lo))
+        if x0 < hi:
+            ax.plot(diag, [ratio * v for v in diag], color="0.6", ls=":", lw=0.9, zorder=1)
+            notes.append(
+                ax.annotate(
+                    f"HCA = {ratio:g} × leaf",
+                    (x0, ratio * x0),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    rotation=math.degrees(math.atan(ratio)),
+                    rotation_mode="anchor",
+                    ha="left",
+                    va="bottom",
+                    color="0.5",
+                    fontsize=7,
+                )
+            )
+    points = []
+    for n, r in zip(names, scored):
+        m = r["metrics"]
+        leaf, hca = m["leaf_acc"], m["hca"]
+        ax.errorbar(
+            leaf["value"],
+            hca["value"],
+            xerr=[[leaf["value"] - leaf["low"]], [leaf["high"] - leaf["value"]]],
+            yerr=[[hca["value"] - hca["low"]], [hca["high"] - hca["value"]]],
+            fmt=markers[r["taxonomy"]],
+            color=colours[n],
+            ms=7,
+            mec="white",
+            mew=0.6,
+            elinewidth=1,
+            capsize=2,
+            zorder=3,
+            clip_on=False,
+        )
+        points.append(
+            {
+                "x": leaf["value"],
+                "y": hca["value"],
+                "xlo": leaf["low"],
+                "xhi": leaf["high"],
+                "ylo": hca["low"],
+                "yhi": hca["high"],
+                "text": n,
+                "colour": colours[n],
+            }
+        )
+    ax.set(xlim=diag, ylim=diag, aspect="equal")
+    ax.set_xlabel("leaf accuracy (%)")
+    ax.set_ylabel("HCA: every level right (%)")
+    ax.set_title("HCA against leaf accuracy (bars: 95% intervals)")
+    ax.grid(True, color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+
+    blank = Line2D([], [], ls="", marker="")
+    handles = [blank] + [Line2D([], [], color=c, marker="o", ls="", ms=7) for c in colours.values()]
+    handles += [blank, blank] + [
+        Line2D([], [], color="0.3", marker=markers[t], ls="", ms=7) for t in taxa
+    ]
+    labels = ["model", *colours, "", "taxonomy", *taxa]
+    leg = ax.legend(
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        fontsize=8,
+        handletextpad=0.4,
+    )
+    texts = leg.get_texts()
+    for text in (texts[0], texts[len(colours) + 2]):
+        text.set_fontweight("bold")
+        text.set_x(-18)
+    _place_labels(fig, ax, points, avoid=notes)
+    return _save(fig, Path(path))
+
+
+def _panels(fig: Any, groups: dict[str, list], widths: list[int]) -> list[Any]:
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False, width_ratios=widths)[0]
+    return list(axes)
+
+
+def _run_legend(fig: Any, axes: list[Any], colours: dict[str, Any], style: str) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if style == "line":
+        handles = [Line2D([], [], color=c, marker="o", ms=5, label=n) for n, c in colours.items()]
+    else:
+        handles = [Patch(facecolor=c, label=n) for n, c in colours.items()]
+    axes[-1].legend(
+        handles=handles,
+        title="model",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        fontsize=8,
+        title_fontsize=9,
+        alignment="left",
+    )
+
+
+def _level_ticks(ax: Any, labels: list[str], rotate: bool) -> None:
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor" if rotate else "default",
+    )
+
+
+def _panel_title(tax: str, group: list[tuple[str, dict]]) -> str:
+    first = max(r.get("first_level") or 1 for _, r in group)
+    return f"{tax}\n(root level not scored)" if first > 1 else tax
+
+
+def plot_level_accuracy(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Accuracy per level, coarse to fine, one line per run; one panel per taxonomy."""
+    scored = [r for r in runs if r["metrics"]]
+    names = _names(scored)
+    groups = _by_taxonomy(scored, names)
+    levels = {t: _merge_levels([r["levels"] for _, r in g]) for t, g in groups.items()}
+    widths = [max(3, len(v)) for v in levels.values()]
+    fig = _figure(figsize=(min(16, 2.2 + 0.75 * sum(widths) + 1.4 * len(groups)), 4.4))
+    axes = _panels(fig, groups, widths)
+    colours = _colours(names)
+    rotate = any(len(v) > 5 or max(map(len, v)) > 9 for v in levels.values())
+    for ax, (tax, group) in zip(axes, groups.items()):
+        xs = {lev: i for i, lev in enumerate(levels[tax])}
+        k = len(group)
+        for j, (n, r) in enumerate(group):
+            dodge = (j - (k - 1) / 2) * min(0.06, 0.3 / k)
+            acc = r["metrics"]["level_acc"]
+            x = [xs[lev] + dodge for lev in r["levels"]]
+            y = [a["value"] for a in acc]
+            err = [[a["value"] - a["low"] for a in acc], [a["high"] - a["value"] for a in acc]]
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                color=colours[n],
+                marker="o",
+                ms=4,
+                lw=1.5,
+                elinewidth=0.8,
+                capsize=2,
+                label=n,
+            )
+        _level_ticks(ax, list(xs), rotate)
+        ax.set_xlim(-0.4, len(xs) - 0.6)
+        ax.set_title(_panel_title(tax, group), fontsize=10)
+        ax.set_xlabel("level (coarse → fine)")
+        ax.grid(True, axis="y", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    axes[0].set_ylim(0, 100)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle("Accuracy per level (bars: 95% intervals)")
+    _run_legend(fig, axes, colours, "line")
+    return _save(fig, Path(path))
+
+
+def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Share of samples whose path first goes wrong at each level; "all right" (= HCA) last."""
+    scored = [r for r in runs if r["metrics"]]
+    names = _names(scored)
+    groups = _by_taxonomy(scored, names)
+    levels = {t: _merge_levels([r["levels"] for _, r in g]) for t, g in groups.items()}
+    widths = [max(3, len(v) + 1) for v in levels.values()]
+    fig = _figure(figsize=(min(16, 2.2 + 0.8 * sum(widths) + 1.4 * len(groups)), 4.4))
+    axes = _panels(fig, groups, widths)
+    colours = _colours(names)
+    top = 0.0
+    for ax, (tax, group) in zip(axes, groups.items()):
+        buckets = levels[tax] + ["all right (HCA)"]
+        xs = {b: i for i, b in enumerate(buckets)}
+        k = len(group)
+        width = 0.8 / k
+        for j, (n, r) in enumerate(group):
+            counts = r["first_error"]
+            total = sum(counts) or 1
+            share = [100 * c / total for c in counts]
+            top = max(top, *share)
+            x = [xs[b] + (j - (k - 1) / 2) * width for b in r["levels"] + ["all right (HCA)"]]
+            ax.bar(x, share, width=width * 0.92, color=colours[n], label=n)
+        ax.axvline(len(buckets) - 1.5, color="0.5", ls=":", lw=1)
+        _level_ticks(ax, buckets, rotate=True)
+        ax.set_xlim(-0.6, len(buckets) - 0.4)
+        ax.set_title(_panel_title(tax, group), fontsize=10)
+        ax.set_xlabel("first wrong level (coarse → fine)")
+        ax.grid(True, axis="y", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    axes[0].set_ylim(0, min(100, 10 * -(-top * 1.08 // 10)) or 100)
+    axes[0].set_ylabel("share of scored samples (%)")
+    fig.suptitle("Where paths first break")
+    _run_legend(fig, axes, colours, "bar")
+    return _save(fig, Path(path))
+
+
+def write_plots(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``hca_vs_leaf.png``, ``level_accuracy.png`` and ``first_error.png`` in ``out_dir``.
+
+    Runs whose metrics are null (every sample failed) are left out; none at all is an error.
+    Needs matplotlib (``pip install 'hierzoo[plot]'``).
+    """
+    if not any(r["metrics"] for r in runs):
+        raise ValueError("nothing to plot: no run has scored samples (every metrics is null)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_hca_vs_leaf(runs, out / "hca_vs_leaf.png"),
+        plot_level_accuracy(runs, out / "level_accuracy.png"),
+        plot_first_error(runs, out / "first_error.png"),
+    ]
