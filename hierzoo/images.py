@@ -138,3 +138,172 @@ def iterate_images(
         prefetch_factor=4 if workers else None,
     )
     yield from loader
+
+
+# --------------------------------------------------------------------------- decoding on the device
+@dataclass
+class TensorPreprocess:
+    """Resize, centre-crop and normalise ``(3, H, W)`` uint8 tensors on any device.
+
+    The tensor twin of the CLIP-style PIL pipelines (antialiased resize, as PIL does), used when
+    images are decoded on the GPU. ``resize`` is the shortest side (an int) or an exact
+    ``(height, width)``.
+    """
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
+        size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
+        out = F.resize(image, size, interpolation=mode, antialias=True)
+        if self.crop is not None:
+            out = F.center_crop(out, list(self.crop))
+        out = out.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=out.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)
+        return out.sub_(mean).div_(std)
+
+    @classmethod
+    def from_transform(cls, transform: Any) -> TensorPreprocess | None:
+        """The tensor twin of a torchvision ``Compose`` (open_clip's preprocess) or of a
+        transformers image processor; ``None`` when the pipeline is not a plain
+        resize / crop / normalise."""
+        ip = getattr(transform, "image_processor", None)
+        if ip is not None:
+            return cls._from_hf(ip)
+        steps = getattr(transform, "transforms", None)
+        if steps is None:
+            return None
+        resize = crop = mean = std = None
+        interpolation = "bicubic"
+        for t in steps:
+            name = type(t).__name__
+            if name == "Resize":
+                size = t.size
+                resize = size if isinstance(size, int) else (size[0] if len(size) == 1 else tuple(size))
+                interpolation = "bilinear" if "BILINEAR" in str(t.interpolation).upper() else "bicubic"
+            elif name == "CenterCrop":
+                crop = tuple(t.size)
+            elif name == "Normalize":
+                mean, std = tuple(t.mean), tuple(t.std)
+            elif name not in ("ToTensor", "MaybeToTensor", "MaybeConvertMode", "Lambda", "ConvertImageDtype", "PILToTensor", "ToImage", "ToDtype", "function"):
+                return None
+        if resize is None or mean is None:
+            return None
+        return cls(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
+
+    @classmethod
+    def _from_hf(cls, ip: Any) -> TensorPreprocess | None:
+        size = getattr(ip, "size", None) or {}
+        if "shortest_edge" in size:
+            resize: int | tuple[int, int] = int(size["shortest_edge"])
+        elif "height" in size:
+            resize = (int(size["height"]), int(size["width"]))
+        else:
+            return None
+        crop_size = getattr(ip, "crop_size", None)
+        crop = (int(crop_size["height"]), int(crop_size["width"])) if getattr(ip, "do_center_crop", False) and crop_size else None
+        resample = getattr(ip, "resample", 3)
+        interpolation = "bilinear" if int(resample) == 2 else "bicubic"
+        return cls(resize=resize, crop=crop, mean=tuple(ip.image_mean), std=tuple(ip.image_std), interpolation=interpolation)
+
+
+class _BytesDataset(torch.utils.data.Dataset):
+    """Raw file bytes, read in workers (cheap); decoding happens on the device."""
+
+    def __init__(self, items: Sequence[ImageInput | None]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        item = self.items[index]
+        if item is None:
+            return index, None, "the image path did not resolve to a file (check --image-root)"
+        if isinstance(item, (torch.Tensor, Image.Image)):
+            return index, item, None
+        path = Path(item)
+        if not path.is_file():
+            return index, None, f"No image file at {str(path)!r}; check the path or pass --image-root."
+        data = path.read_bytes()
+        if not data:
+            return index, None, f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it."
+        return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), None
+
+
+def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
+    ok = [(i, x) for i, x, err in rows if err is None]
+    return ImageBatch([i for i, _ in ok], [x for _, x in ok], {i: err for i, _, err in rows if err is not None})
+
+
+def iterate_images_on_device(
+    items: Sequence[ImageInput | None],
+    preprocess: TensorPreprocess,
+    batch_size: int,
+    device: torch.device,
+    *,
+    num_workers: int | None = None,
+    fallback: Callable[[Image.Image], torch.Tensor] | None = None,
+) -> Iterator[ImageBatch]:
+    """Batches of preprocessed tensors on ``device``: workers read bytes, JPEGs are decoded on
+    the device in one batched call (nvJPEG on CUDA), then resized and normalised there. Other
+    formats, and JPEGs the decoder rejects, go through PIL (and ``fallback`` when given)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates these in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    workers = default_workers(len(items)) if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _BytesDataset(items), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate_raw,
+        prefetch_factor=4 if workers else None,
+    )
+    for batch in loader:
+        failed = dict(batch.failed)
+        jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
+        decoded: dict[int, torch.Tensor] = {}
+        if jpeg:
+            try:
+                out = decode_jpeg([batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
+                decoded.update(zip(jpeg, out))
+            except RuntimeError:
+                for j in jpeg:  # one bad file fails the batched call: decode one by one
+                    try:
+                        decoded[j] = decode_jpeg(batch.data[j], mode=ImageReadMode.RGB, device=device)
+                    except RuntimeError as e:
+                        failed[batch.indices[j]] = f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the file is corrupt."
+        tensors, indices = [], []
+        for j, (i, x) in enumerate(zip(batch.indices, batch.data)):
+            if i in failed:
+                continue
+            try:
+                if j in decoded:
+                    t = preprocess(decoded[j])
+                elif isinstance(x, torch.Tensor) and x.ndim == 1:
+                    t = preprocess(decode_image(x, mode=ImageReadMode.RGB).to(device))
+                elif isinstance(x, torch.Tensor):
+                    t = x.to(device)
+                else:
+                    img = load_image(x)
+                    t = fallback(img).to(device) if fallback else preprocess(_pil_to_tensor(img).to(device))
+            except Exception as e:
+                failed[i] = f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file is corrupt or not an image."
+                continue
+            tensors.append(t)
+            indices.append(i)
+        yield ImageBatch(indices, torch.stack(tensors) if tensors else [], failed)
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()

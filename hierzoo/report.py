@@ -61,7 +61,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table of one ``summary.json``."""
     if not summary.get("metrics"):
         return f"n=0, errors={summary.get('n_errors')}: nothing to score"
-    name = summary.get("model", "model")
+    name = summary.get("model_label") or summary.get("model", "model")
     table = format_table(
         [(name, {**summary["metrics"], "n": summary["n"], "levels": summary.get("levels", [])})]
     )

@@ -285,3 +285,23 @@ def test_streamed_answers_equal_one_call(name, load, images):
         np.testing.assert_allclose(part.probs, whole.probs[positions], atol=1e-6)
     assert seen == list(range(len(qs)))
     assert clf.images_encoded - encoded_before == len(images)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_decoding_on_the_device_matches_the_pil_pipeline(name, load, images, tmp_path):
+    """The tensor twin of each model's preprocessing (what runs after nvJPEG on a GPU), run on
+    the CPU here: embeddings close to the PIL pipeline's, the same errors for bad files."""
+    pil = load(name)
+    dev = load(name, decode_on_device=True)
+    assert dev.device_preprocess is not None
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    png = tmp_path / "x.png"
+    Image.open(images[0]).save(png)
+    items = [*images[:6], str(bad), str(png), str(tmp_path / "missing.jpg")]
+    a, err_a = pil.encode_images(items, batch_size=4)
+    b, err_b = dev.encode_images(items, batch_size=4)
+    assert [e is None for e in err_a] == [e is None for e in err_b] == [True] * 6 + [False, True, False]
+    cos = (a[:6] * b[:6]).sum(-1)
+    assert cos.min() > 0.98, cos  # antialiased tensor resize vs PIL: close, not bit-equal
+    torch.testing.assert_close(a[7], b[7], atol=0.05, rtol=0)

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hierzoo.images import ImageInput, as_list, iterate_images
+from hierzoo.images import (
+    ImageInput,
+    TensorPreprocess,
+    as_list,
+    iterate_images,
+    iterate_images_on_device,
+)
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
 from hierzoo.models.base import Answers, HierClassifier, NodeScores, Protocol
@@ -110,6 +116,7 @@ class ClipClassifier(HierClassifier):
         cache_dir: str | Path | bool | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
+        decode_on_device: bool = False,
     ):
         self.name = name
         self.spec = spec
@@ -122,6 +129,12 @@ class ClipClassifier(HierClassifier):
         self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.device_preprocess = TensorPreprocess.from_transform(transform) if decode_on_device else None
+        if decode_on_device and self.device_preprocess is None:
+            raise ValueError(
+                f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a plain "
+                "resize / crop / normalise that hierzoo can run on tensors; leave it off."
+            )
         self.texts_encoded = 0
         self.images_encoded = 0
         self.image_encoder_seconds = 0.0
@@ -186,7 +199,13 @@ class ClipClassifier(HierClassifier):
         """Per batch: input positions, ``(B, D)`` unit-norm embeddings on the device, failures."""
         cuda = self.device.type == "cuda"
         bs = batch_size or self.batch_size
-        for batch in iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda):
+        if self.device_preprocess is not None:
+            batches = iterate_images_on_device(
+                items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform
+            )
+        else:
+            batches = iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda)
+        for batch in batches:
             emb = None
             if batch.indices:
                 pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
