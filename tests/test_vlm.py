@@ -39,6 +39,7 @@ RAW = json.loads(
 )
 SIZES = [(64, 64), (80, 48), (100, 75), (48, 90)]
 TOL = 1e-5
+CPU_BUDGET = 8192
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -433,3 +434,31 @@ def test_predict_path_and_failed_images(model, small_cub, image_dir):
     assert paths.consistent.all() and len(paths.names[0]) == small_cub.depth
     with pytest.raises(ValueError, match="not preprocessed tensors"):
         model.score_nodes(torch.zeros(3, 8, 8), small_cub)
+
+
+# ---------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_defaults_to_bfloat16(models, tiny_dirs, family, questions, small_cub):
+    protocol = Protocol(taxonomy="cub200", circular=True)
+    cpu = models[family].answer(questions, protocol=protocol)
+    exact = hierzoo.load(tiny_dirs[family], device="cuda", dtype="float32")
+    assert exact.device.type == "cuda" and exact.token_budget > CPU_BUDGET
+    got = exact.answer(questions, protocol=protocol)
+    np.testing.assert_allclose(
+        got.extra["letter_logits"], cpu.extra["letter_logits"], atol=1e-4, equal_nan=True
+    )
+    assert np.array_equal(got.choice, cpu.choice)
+    exact.prefix_cache = False
+    plain = exact.answer(questions, protocol=protocol)
+    np.testing.assert_allclose(
+        plain.extra["letter_logits"], got.extra["letter_logits"], atol=1e-4, equal_nan=True
+    )
+    fast = hierzoo.load(tiny_dirs[family], device="cuda")
+    assert fast.dtype == torch.bfloat16
+    half = fast.answer(questions, protocol=protocol)
+    np.testing.assert_allclose(
+        half.extra["letter_logits"], cpu.extra["letter_logits"], atol=0.1, equal_nan=True
+    )
+    scores = fast.score_nodes([q.path for q in questions], small_cub)
+    assert torch.isfinite(scores.logits).all()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,13 @@ class _Prefix:
     start: torch.Tensor
 
 
+def _cache_of(output: Any) -> Any:
+    """The KV cache of a forward's output (``cache`` from transformers 5.2x, before that
+    ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(max(len(s) for s in seqs), 1)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -175,6 +183,8 @@ class VisionLLMClassifier(HierClassifier):
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
         self._templates: dict[str, tuple[str, str]] = {}
+        forward = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -745,7 +755,7 @@ class VisionLLMClassifier(HierClassifier):
         enc = self._encode([head] * n, images, side="right")
         positions, start = self.prompt_positions(enc)
         out = self.model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return _Prefix(out.cache, enc["attention_mask"], start)
+        return _Prefix(_cache_of(out), enc["attention_mask"], start)
 
     def _continue(
         self,
@@ -773,7 +783,7 @@ class VisionLLMClassifier(HierClassifier):
             input_ids=ids_t,
             attention_mask=attention,
             position_ids=self.suffix_positions(prefix.start.index_select(0, idx), mask),
-            cache=cache,
+            **{self._cache_arg: cache},
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
         )
@@ -790,7 +800,7 @@ class VisionLLMClassifier(HierClassifier):
             prefix, rows, [plan.contexts[k] for _ in range(n_img) for k in range(depth)]
         )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        level = _Prefix(out.cache, attention, prefix.start[rows] + mask.sum(-1))
+        level = _Prefix(_cache_of(out), attention, prefix.start[rows] + mask.sum(-1))
         n_nodes = len(plan.answers)
         longest = max(len(t) for t in plan.answers)
         per_chunk = max(1, self.token_budget // (attention.shape[1] + longest))
