@@ -460,20 +460,49 @@ class OpenClipClassifier(ClipClassifier):
             ident, key = f"hf-hub:{spec.hub_id}", f"{spec.hub_id}@{spec.revision}"
         model, _, preprocess = open_clip.create_model_and_transforms(ident)
         tokenizer = open_clip.get_tokenizer(ident)
-        dtype = resolve_dtype(dtype, torch.float32)
+        return cls.from_model(
+            model, tokenizer, preprocess, name=spec.name, spec=spec if not spec.source else None,
+            model_key=key, device=device, dtype=dtype, **kw,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        *,
+        name: str = "open_clip model",
+        spec: ModelSpec | None = None,
+        model_key: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kw: Any,
+    ) -> OpenClipClassifier:
+        """Wrap an open_clip model held in memory (its weights are used, not copied).
+
+        ``model_key`` names the weights in the text-embedding cache; without it the cache stays
+        in memory, since hierzoo cannot tell two in-memory models apart.
+        """
+        from hierzoo.models._factory import resolve_device
+
+        device = resolve_device(device) if not isinstance(device, torch.device) else device
+        dtype = resolve_dtype(dtype, next(model.parameters()).dtype)
         model = model.to(device=device, dtype=dtype).eval()
+        if model_key is None:
+            kw["cache_dir"] = False
         bias = getattr(model, "logit_bias", None)
         return cls(
             model,
             tokenizer,
-            name=spec.name,
-            spec=spec if not spec.source else None,
+            name=name,
+            spec=spec,
             device=device,
             dtype=dtype,
             transform=preprocess,
             logit_scale=float(model.logit_scale.detach().exp()),
             logit_bias=float(bias.detach()) if bias is not None else 0.0,
-            model_key=key,
+            model_key=model_key or f"in-memory:{id(model)}",
             templates=kw.pop("templates", None),
             **kw,
         )
@@ -526,26 +555,52 @@ class HFClipClassifier(ClipClassifier):
         where = spec.location
         revision = None if spec.source else spec.revision
         dtype = resolve_dtype(dtype, torch.float32)
-        model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype).to(device).eval()
+        model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype)
         processor = AutoProcessor.from_pretrained(where, revision=revision)
+        key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
+        return cls.from_model(
+            model, processor, name=spec.name, spec=spec if not spec.source else None, model_key=key,
+            device=device, dtype=dtype, **kw,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any,
+        *,
+        name: str = "transformers model",
+        spec: ModelSpec | None = None,
+        model_key: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kw: Any,
+    ) -> HFClipClassifier:
+        """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory."""
+        from hierzoo.models._factory import resolve_device
+
         if model.config.model_type == "siglip2":
             raise ValueError(
-                f"{where} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
+                f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
                 "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
             )
-        key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
+        device = resolve_device(device) if not isinstance(device, torch.device) else device
+        dtype = resolve_dtype(dtype, model.dtype)
+        model = model.to(device=device, dtype=dtype).eval()
+        if model_key is None:
+            kw["cache_dir"] = False
         bias = getattr(model, "logit_bias", None)
         return cls(
             model,
             processor,
-            name=spec.name,
-            spec=spec if not spec.source else None,
+            name=name,
+            spec=spec,
             device=device,
             dtype=dtype,
             transform=_HFImageTransform(processor.image_processor),
             logit_scale=float(model.logit_scale.detach().exp()),
             logit_bias=float(bias.detach()) if bias is not None else 0.0,
-            model_key=key,
+            model_key=model_key or f"in-memory:{id(model)}",
             templates=kw.pop("templates", None),
             **kw,
         )

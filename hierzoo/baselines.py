@@ -1,0 +1,72 @@
+"""The paper's per-question loops, as references for speed and agreement.
+
+- CLIP (its ``openclip.py``): per question, decode and preprocess the image, encode it, encode
+  the options' ``"a photo of a {}."`` prompts, cosine, argmax.
+- Vision LLMs (its ``eval_*.py``): per question, the full chat prompt with the image through the
+  processor, ``generate(max_new_tokens=10)``, the first option letter found in the text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from hierzoo.tasks import Question
+
+
+def clip_paper_loop(clf: Any, questions: Sequence[Question]) -> tuple[float, list[list[str | None]]]:
+    """Seconds and the chosen option's name per question and level, with ``clf``'s own model."""
+    choices = []
+    dev = clf.device
+    start = time.perf_counter()
+    with torch.inference_mode(), clf._autocast():
+        for q in questions:
+            row = []
+            for opts in q.choices:
+                pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev)
+                img = clf._encode_images(pixels).float()
+                txt = clf._encode_texts([f"a photo of a {o}." for o in opts]).float()
+                img = img / img.norm(dim=-1, keepdim=True)
+                txt = txt / txt.norm(dim=-1, keepdim=True)
+                row.append(opts[int((100.0 * img @ txt.T).softmax(dim=-1).argmax())])
+            choices.append(row)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - start, choices
+
+
+def vlm_paper_loop(
+    clf: Any, questions: Sequence[Question], taxonomy: str | None = "cub200", seed: int = 42, max_new_tokens: int = 10
+) -> tuple[float, list[list[str | None]]]:
+    """Seconds and the chosen option's name (``None``: no letter in the reply) per question and
+    level, options shuffled as the paper's scripts shuffle them."""
+    from hierzoo import prompts
+
+    processor, net = clf.processor, clf.model
+    orders = prompts.shuffled_orders([[len(c) for c in q.choices] for q in questions], seed)
+    choices = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for q, order_q in zip(questions, orders):
+            image = Image.open(q.path).convert("RGB")
+            row = []
+            for k, order in enumerate(order_q):
+                options = [q.choices[k][j] for j in order]
+                letters = prompts.letters(len(options))
+                user = prompts.user_text(prompts.question_text(taxonomy, k), options)
+                text = processor.apply_chat_template(prompts.messages(user), tokenize=False, add_generation_prompt=True)
+                inputs = processor(text=[text], images=[image], padding=True, return_tensors="pt").to(net.device)
+                out = net.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+                )
+                reply = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+                letter = next((c for c in letters if c in reply), None)
+                row.append(options[letters.index(letter)] if letter else None)
+            choices.append(row)
+    if net.device.type == "cuda":
+        torch.cuda.synchronize(net.device)
+    return time.perf_counter() - start, choices
