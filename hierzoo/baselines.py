@@ -39,6 +39,14 @@ def clip_paper_loop(clf: Any, questions: Sequence[Question]) -> tuple[float, lis
     return time.perf_counter() - start, choices
 
 
+def vlm_forward_loop(
+    clf: Any, questions: Sequence[Question], taxonomy: str | None = "cub200", seed: int = 42
+) -> tuple[float, list[list[str | None]]]:
+    """One full forward pass per question (no cache, no batching), the argmax of the letter
+    logits at the last position: what hierzoo's fused path must equal."""
+    return vlm_paper_loop(clf, questions, taxonomy, seed, max_new_tokens=0)
+
+
 def vlm_paper_loop(
     clf: Any, questions: Sequence[Question], taxonomy: str | None = "cub200", seed: int = 42, max_new_tokens: int = 10
 ) -> tuple[float, list[list[str | None]]]:
@@ -60,6 +68,11 @@ def vlm_paper_loop(
                 user = prompts.user_text(prompts.question_text(taxonomy, k), options)
                 text = processor.apply_chat_template(prompts.messages(user), tokenize=False, add_generation_prompt=True)
                 inputs = processor(text=[text], images=[image], padding=True, return_tensors="pt").to(net.device)
+                if max_new_tokens == 0:
+                    letter_ids = clf.letter_token_ids(len(options))
+                    logits = net(**inputs).logits[0, -1, letter_ids]
+                    row.append(options[int(logits.argmax())])
+                    continue
                 out = net.generate(
                     **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
                 )

@@ -247,7 +247,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="throughput of a model: end to end and forward only, a batch-size sweep",
+        description="Time answer() on synthetic JPEG photos (decoding included): images/s, questions/s, the "
+        "forward passes alone, latency per batch (median, p90), peak memory and achieved FLOP/s. "
+        "--random-weights builds the zoo model's real architecture without downloading.",
+    )
+    p.add_argument("model", help="zoo name, hf-hub:org/repo or a model directory")
+    p.add_argument("--random-weights", action="store_true", help="the real architecture with random weights (no download)")
+    p.add_argument("--size", choices=["real", "tiny"], default="real", help="with --random-weights: tiny is a toy-size twin")
+    p.add_argument("--images", type=int, default=256, help="timed images (question-set entries)")
+    p.add_argument("--levels", type=int, default=4, help="questions per image")
+    p.add_argument("--batch-size", default=None, help="one size or a comma list to sweep, e.g. 64,128,256")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--num-workers", type=int, help="image decoding workers")
+    p.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU")
+    p.add_argument("--image-size", default="500x375", help="synthetic photo size WxH")
+    p.add_argument("--baseline", action="store_true", help="also time the paper's per-question loop")
+    p.add_argument("--baseline-images", type=int, default=8)
+    p.add_argument("--json", help="write the record to this file")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from hierzoo.bench import BenchConfig, format_bench, run_bench, write_record
+
+    sizes = [int(x) for x in args.batch_size.split(",")] if args.batch_size else [None]
+    w, h = (int(x) for x in args.image_size.lower().split("x"))
+    cfg = BenchConfig(
+        model=args.model, random_weights=args.random_weights, size=args.size, images=args.images, levels=args.levels,
+        batch_sizes=sizes, device=args.device, baseline=args.baseline, baseline_images=args.baseline_images,
+        image_size=(w, h), num_workers=args.num_workers, decode_on_device=args.decode_on_device,
+    )
+    record = run_bench(cfg)
+    print(format_bench(record))
+    if args.json:
+        print(f"wrote {write_record(record, args.json)}")
+    return 0
+
+
+COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

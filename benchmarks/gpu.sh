@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-shot accelerator benchmark: BioCLIP-2's ViT-L/14 and Qwen2.5-VL-7B at their real sizes with
+# random weights (nothing is downloaded), hierzoo against the paper's per-question loops, on
+# synthetic 500x375 JPEGs. Writes OUT/gpu.json (one record) and prints a table.
+#
+#   benchmarks/gpu.sh [OUT_DIR]          # default benchmarks/results
+#
+# On a machine without CUDA it runs the same steps at toy sizes on the CPU (a dry run).
+# Targets on one H200: ViT-L/14 >= 2,000 images/s end to end, Qwen2.5-VL-7B >= 150 questions/s,
+# each >= 8x the paper's loop. Budget: under 9 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  SIZE=real
+  CLIP=(--images 4096 --batch-size 256,512 --baseline-images 24)
+  VLM=(--images 256 --batch-size 16,32 --baseline-images 3)
+  CPUS=$(nproc)
+  $PY -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+else
+  SIZE=tiny
+  CLIP=(--images 64 --batch-size 16,32 --baseline-images 4)
+  VLM=(--images 8 --batch-size 4 --baseline-images 2)
+  CPUS=2
+  echo "no CUDA device: a dry run at toy sizes on the CPU"
+fi
+
+run() {  # name, timeout, bench arguments...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  timeout "$limit" $PY -m hierzoo bench "$@" --size "$SIZE" --json "$OUT/gpu-$name.json" 2>&1 \
+    | grep -v -e "^Loading weights" -e "^Writing model" | tee "$OUT/gpu-$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || echo "FAILED: $name (see $OUT/gpu-$name.log)"
+}
+
+run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+run clip-nvjpeg 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline
+run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
+$PY benchmarks/gpu_summary.py "$OUT"

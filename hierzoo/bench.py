@@ -1,0 +1,381 @@
+"""``hierzoo bench``: throughput of any zoo model on synthetic photos, end to end and forward only.
+
+For every batch size asked: end-to-end images/s and questions/s of ``answer()`` (JPEG decoding
+and preprocessing included), the model's forward passes alone, latency per batch (median,
+p90), peak memory, and achieved FLOP/s against the device's peak where it is known. Warm-up
+runs are excluded; CUDA work is timed with events or after a synchronise. ``--baseline`` runs
+the paper's per-question loop on the same model and images and gives the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hierzoo.models._registry import CLIP_FAMILIES
+from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.tasks import Question, build_questions, read_questions
+
+# dense bf16 tensor-core peaks (FLOP/s) of common accelerators, by a substring of the device name
+DEVICE_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "A6000": 155e12,
+                    "4090": 165e12, "A10": 125e12}
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    random_weights: bool = False
+    size: str = "real"
+    images: int = 256
+    levels: int = 4
+    batch_sizes: Sequence[int | None] = (None,)
+    device: str | None = None
+    baseline: bool = False
+    baseline_images: int = 8
+    image_size: tuple[int, int] = (500, 375)
+    num_workers: int | None = None
+    decode_on_device: bool = False
+    work_dir: str | None = None
+    warmup_images: int = 16
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """``n`` JPEG photos of ``size`` (smooth colour fields with noise), written in parallel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(n) if not (folder / f"{i:05d}.jpg").exists()]
+    if todo:
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers = max(1, min(16, (os.cpu_count() or 1)))
+        chunks = [todo[i::workers] for i in range(workers)]
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_jpegs, [(str(folder), c, size, seed) for c in chunks if c]))
+    return [str(folder / f"{i:05d}.jpg") for i in range(n)]
+
+
+def _write_jpegs(args: tuple[str, list[int], tuple[int, int], int]) -> None:
+    from PIL import Image
+
+    folder, idx, (w, h), seed = args
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in idx:
+        rng = np.random.default_rng(seed + i)
+        a, b, c = rng.uniform(0.005, 0.05, size=3)
+        base = np.stack([np.sin(xx * a + i), np.cos(yy * b + 2 * i), np.sin((xx + yy) * c)], axis=-1)
+        img = (127 + 100 * base + rng.normal(0, 12, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(Path(folder) / f"{i:05d}.jpg", quality=90)
+
+
+def make_questions(paths: list[str], levels: int) -> list[Question]:
+    """One question-set entry per image: CUB-200's similar-choice questions (4 levels), or built
+    from iNat21-Animal for more levels; truncated to ``levels``."""
+    if levels <= 4:
+        base = read_questions("cub200-similar")
+        qs = [base[i % len(base)] for i in range(len(paths))]
+    else:
+        from hierzoo import load_taxonomy
+
+        tax = load_taxonomy("inat21-animal")
+        rng = np.random.default_rng(0)
+        qs = build_questions(tax, [(p, tax.labels[int(rng.integers(tax.n_leaves))]) for p in paths], seed=0)
+    out = []
+    for q, p in zip(qs, paths):
+        out.append(Question(image=p, label=q.label, answers=list(q.answers[:levels]), choices=[list(c) for c in q.choices[:levels]], path=Path(p)))
+    return out
+
+
+class _ForwardTimer:
+    """Time of every forward call of a module: CUDA events on GPU, a clock on CPU."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans: list[Any] = []
+        self._start: Any = None
+        self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def _pre(self, *_: Any) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.spans.append((self._start, end))
+        else:
+            self.spans.append(time.perf_counter() - self._start)
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.spans) / 1000.0
+        return float(sum(self.spans))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _forward_module(clf: HierClassifier) -> torch.nn.Module:
+    if clf.family in CLIP_FAMILIES:
+        model = clf.model
+        return model.visual if hasattr(model, "visual") else model.vision_model
+    return clf.model
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_gib": rss_kib / 2**20}
+
+
+def _flops_per_image(clf: HierClassifier, questions: list[Question], protocol: Protocol) -> float | None:
+    """FLOPs of answering a few entries, counted by torch's FlopCounterMode, per entry."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sample = questions[:2]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            clf.answer(sample, protocol=protocol, batch_size=len(sample))
+        return counter.get_total_flops() / len(sample)
+    except Exception:  # some kernels have no FLOP formula; the estimate is then skipped
+        return None
+
+
+def _device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DEVICE_PEAK_BF16.items() if k in name), None)
+
+
+def _protocol(clf: HierClassifier) -> Protocol:
+    if clf.family in CLIP_FAMILIES:
+        return Protocol()
+    return Protocol(taxonomy="cub200", shuffle_options=True)
+
+
+def measure(clf: HierClassifier, questions: list[Question], batch_size: int | None, warm: list[Question]) -> dict[str, Any]:
+    """One end-to-end timing of ``iter_answers`` over ``questions`` at one batch size, after a
+    warm-up on ``warm`` (other images; it also fills the text-embedding cache)."""
+    protocol = _protocol(clf)
+    device = clf.device
+    clf.answer(warm, protocol=protocol, batch_size=batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = _ForwardTimer(_forward_module(clf), device)
+    latencies: list[float] = []
+    n_q = sum(sum(a is not None for a in q.answers) for q in questions)
+    chosen: list[list[str | None]] = [[] for _ in questions]
+    try:
+        start = last = time.perf_counter()
+        for positions, part in clf.iter_answers(questions, protocol=protocol, batch_size=batch_size):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            latencies.append(now - last)
+            last = now
+            for j, p in enumerate(positions):
+                chosen[p] = part.predicted(j)
+        wall = time.perf_counter() - start
+        forward = timer.seconds()
+    finally:
+        timer.close()
+    lat = sorted(latencies)
+    return {
+        "batch_size": batch_size,
+        "seconds": wall,
+        "images_per_second": len(questions) / wall,
+        "questions_per_second": n_q / wall,
+        "forward_seconds": forward,
+        "forward_share": forward / wall,
+        "batch_latency_median_s": statistics.median(lat) if lat else None,
+        "batch_latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))] if lat else None,
+        "batches": len(lat),
+        **_peak_memory(device),
+        "_chosen": chosen,
+    }
+
+
+def forward_only(clf: HierClassifier, paths: list[str], batch_size: int, repeats: int = 5) -> float | None:
+    """CLIP image encoder alone on preprocessed tensors already on the device: images/s."""
+    if clf.family not in CLIP_FAMILIES:
+        return None
+    from PIL import Image
+
+    pixels = torch.stack([clf.transform(Image.open(p).convert("RGB")) for p in paths[:batch_size]]).to(clf.device)
+    if clf.dtype != torch.float32:
+        pixels = pixels.to(clf.dtype)
+    with torch.inference_mode(), clf._autocast():
+        clf._encode_images(pixels)
+        if clf.device.type == "cuda":
+            torch.cuda.synchronize(clf.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            clf._encode_images(pixels)
+        if clf.device.type == "cuda":
+            torch.cuda.synchronize(clf.device)
+    return repeats * len(pixels) / (time.perf_counter() - start)
+
+
+def load_for_bench(cfg: BenchConfig) -> HierClassifier:
+    from hierzoo.models._factory import resolve_device
+
+    device = resolve_device(cfg.device)
+    if cfg.random_weights:
+        from hierzoo.models.random_weights import build_random
+
+        clf = build_random(cfg.model, device=device, size=cfg.size)
+    else:
+        import hierzoo
+
+        kw: dict[str, Any] = {}
+        clf = hierzoo.load(cfg.model, device=device, **kw)
+    if cfg.num_workers is not None and hasattr(clf, "num_workers"):
+        clf.num_workers = cfg.num_workers
+    if cfg.decode_on_device:
+        from hierzoo.images import TensorPreprocess
+
+        if clf.family not in CLIP_FAMILIES:
+            raise ValueError("--decode-on-device is for CLIP-style models.")
+        clf.device_preprocess = TensorPreprocess.from_transform(clf.transform)
+    return clf
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; returns a JSON-able record (see the module docstring)."""
+    clf = load_for_bench(cfg)
+    work = Path(cfg.work_dir or Path(tempfile.gettempdir()) / "hierzoo-bench")
+    w, h = cfg.image_size
+    paths = make_images(work / f"jpeg-{w}x{h}", cfg.images + cfg.warmup_images, (w, h))
+    questions = make_questions(paths[cfg.warmup_images :], cfg.levels)
+    warm = make_questions(paths[: cfg.warmup_images], cfg.levels)
+    rows = [measure(clf, questions, bs, warm) for bs in cfg.batch_sizes]
+    best = max(rows, key=lambda r: r["images_per_second"])
+    record: dict[str, Any] = {
+        "model": cfg.model,
+        "random_weights": cfg.random_weights,
+        "size": cfg.size,
+        "family": clf.family,
+        "device": _device_name(clf.device),
+        "dtype": str(getattr(clf, "dtype", "")),
+        "images": cfg.images,
+        "levels": cfg.levels,
+        "image_size": list(cfg.image_size),
+        "decode_on_device": bool(getattr(clf, "device_preprocess", None)),
+        "sweep": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "best_batch_size": best["batch_size"],
+    }
+    enc_bs = best["batch_size"] or getattr(clf, "batch_size", 32) or 32
+    record["forward_only_images_per_second"] = forward_only(clf, paths, int(enc_bs))
+    flops = _flops_per_image(clf, questions, _protocol(clf))
+    peak = _device_peak(clf.device)
+    record["flops_per_image"] = flops
+    if flops:
+        record["achieved_tflops"] = flops * best["images_per_second"] / 1e12
+        if peak:
+            record["device_peak_tflops"] = peak / 1e12
+            record["fraction_of_peak"] = flops * best["images_per_second"] / peak
+    if cfg.baseline:
+        record["baseline"] = _baseline(clf, questions[: cfg.baseline_images], best)
+    return record
+
+
+def _agreement(a: list[list[str | None]], b: list[list[str | None]]) -> float:
+    return float(np.mean([x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb)]))
+
+
+def _baseline(clf: HierClassifier, sub: list[Question], best: dict[str, Any]) -> dict[str, Any]:
+    """The paper's loop on the first images: its speed, and agreement with hierzoo's answers
+    (for vision LLMs against one plain forward per question, since generation from random
+    weights rarely names a letter)."""
+    from hierzoo.baselines import clip_paper_loop, vlm_forward_loop, vlm_paper_loop
+
+    ours = best["_chosen"][: len(sub)]
+    if clf.family in CLIP_FAMILIES:
+        clip_paper_loop(clf, sub[:1])
+        seconds, names = clip_paper_loop(clf, sub)
+        out = {"method": "paper per-question loop", "agreement": _agreement(names, ours)}
+    else:
+        vlm_paper_loop(clf, sub[:1])
+        seconds, names = vlm_paper_loop(clf, sub)
+        _, forward = vlm_forward_loop(clf, sub)
+        out = {
+            "method": "paper per-question loop (generate, 10 new tokens)",
+            "agreement": _agreement(forward, ours),
+            "agreement_with_generate": _agreement(names, ours),
+            "unparseable_share": float(np.mean([x is None for r in names for x in r])),
+        }
+    n_q = sum(len(r) for r in names)
+    out.update(
+        images=len(sub), questions=n_q, questions_per_second=n_q / seconds,
+        speedup=best["questions_per_second"] / (n_q / seconds),
+    )
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def format_bench(record: dict[str, Any]) -> str:
+    """The bench table."""
+    names = {"batch_size": "batch", "images_per_second": "images/s", "questions_per_second": "questions/s",
+             "forward_share": "forward share", "batch_latency_median_s": "latency median (s)",
+             "batch_latency_p90_s": "latency p90 (s)", "peak_gpu_memory_gib": "peak GPU mem (GiB)",
+             "peak_rss_gib": "peak RSS (GiB)"}
+    cols = [c for c in names if any(c in r for r in record["sweep"])]
+    header = [names[c] for c in cols]
+    lines = [f"{record['model']}{' (random weights)' if record['random_weights'] else ''} on {record['device']}, "
+             f"{record['images']} images x {record['levels']} levels"]
+    rows = [[_fmt(r.get(c)) for c in cols] for r in record["sweep"]]
+    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
+    lines.append(f"best batch size: {record['best_batch_size']}")
+    if record.get("forward_only_images_per_second"):
+        lines.append(f"image encoder alone: {record['forward_only_images_per_second']:.1f} images/s")
+    if record.get("achieved_tflops") is not None:
+        peak = f" ({100 * record['fraction_of_peak']:.1f}% of {record['device_peak_tflops']:.0f})" if record.get("fraction_of_peak") else ""
+        lines.append(f"achieved: {record['achieved_tflops']:.2f} TFLOP/s{peak}")
+    if "baseline" in record:
+        b = record["baseline"]
+        lines.append(f"{b['method']}: {b['questions_per_second']:.2f} questions/s on {b['images']} images; "
+                     f"hierzoo is {b['speedup']:.1f}x; agreement {b['agreement']:.3f}"
+                     + (f" (with generate: {b['agreement_with_generate']:.3f}, unparseable {b['unparseable_share']:.2f})"
+                        if "agreement_with_generate" in b else ""))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "default"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_record(record: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    return path
