@@ -135,7 +135,7 @@ def iterate_images(
         collate_fn=_collate,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=2 if workers else None,
     )
     yield from loader
 
@@ -265,7 +265,7 @@ def iterate_images_on_device(
     workers = default_workers(len(items)) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         _BytesDataset(items), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate_raw,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=2 if workers else None,
     )
     for batch in loader:
         failed = dict(batch.failed)
