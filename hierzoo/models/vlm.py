@@ -109,7 +109,7 @@ class _Prefix:
 
 
 def _cache_of(output: Any) -> Any:
-    """The KV cache of a forward's output (``cache`` from transformers 5.2x, before that
+    """The KV cache of a forward's output (``cache`` in recent transformers, else
     ``past_key_values``)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
