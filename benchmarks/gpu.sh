@@ -4,6 +4,7 @@
 # synthetic 500x375 JPEGs. Writes OUT/gpu.json (one record) and prints a table.
 #
 #   benchmarks/gpu.sh [OUT_DIR]          # default benchmarks/results
+#   QUICK=1 benchmarks/gpu.sh [OUT_DIR]  # the device-decoded CLIP run and the VLM run, fewer images
 #
 # On a machine without CUDA it runs the same steps at toy sizes on the CPU (a dry run).
 # Targets on one H200: ViT-L/14 >= 2,000 images/s end to end, Qwen2.5-VL-7B >= 150 questions/s,
@@ -38,7 +39,13 @@ run() {  # name, timeout, bench arguments...
   [ "${PIPESTATUS[0]}" -eq 0 ] || echo "FAILED: $name (see $OUT/gpu-$name.log)"
 }
 
-run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline and fewer images
+  CLIP=(--images 2048 --batch-size 512 --baseline-images 16)
+  VLM=(--images 96 --batch-size 16 --baseline-images 2)
+  [ "$SIZE" = tiny ] && CLIP=(--images 32 --batch-size 16 --baseline-images 2) && VLM=(--images 4 --batch-size 4 --baseline-images 1)
+else
+  run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+fi
 run clip-nvjpeg 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline
 run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
 $PY benchmarks/gpu_summary.py "$OUT"

@@ -167,7 +167,7 @@ class TensorPreprocess:
             out = F.center_crop(out, list(self.crop))
         out = out.float().div_(255.0)
         mean = torch.tensor(self.mean, device=out.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)  # broadcasts over a batch too
         return out.sub_(mean).div_(std)
 
     @classmethod
@@ -281,13 +281,22 @@ def iterate_images_on_device(
                         decoded[j] = decode_jpeg(batch.data[j], mode=ImageReadMode.RGB, device=device)
                     except RuntimeError as e:
                         failed[batch.indices[j]] = f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the file is corrupt."
+        # decoded images of one size are resized together: a few kernels per batch, not one per image
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for j, t in decoded.items():
+            if batch.indices[j] not in failed:
+                by_shape.setdefault(tuple(t.shape), []).append(j)
+        done: dict[int, torch.Tensor] = {}
+        for group in by_shape.values():
+            out = preprocess(torch.stack([decoded[j] for j in group]))
+            done.update(zip(group, out))
         tensors, indices = [], []
         for j, (i, x) in enumerate(zip(batch.indices, batch.data)):
             if i in failed:
                 continue
             try:
-                if j in decoded:
-                    t = preprocess(decoded[j])
+                if j in done:
+                    t = done[j]
                 elif isinstance(x, torch.Tensor) and x.ndim == 1:
                     t = preprocess(decode_image(x, mode=ImageReadMode.RGB).to(device))
                 elif isinstance(x, torch.Tensor):

@@ -193,6 +193,7 @@ def _train_tokenizer(
     named_tokens: Mapping[str, str],
     extra_tokens: Sequence[str] = (),
     vocab_size: int = 512,
+    texts: Sequence[str] = _TRAINING_TEXT,
 ) -> Qwen2Tokenizer:
     """Train a byte-level BPE on a few lines of text and wrap it in Qwen2's tokenizer class.
 
@@ -218,7 +219,7 @@ def _train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_TRAINING_TEXT, trainer=trainer)
+    backend.train_from_iterator(texts, trainer=trainer)
     merges = [tuple(pair) for pair in json.loads(backend.to_str())["model"]["merges"]]
     tokenizer = Qwen2Tokenizer(
         vocab=backend.get_vocab(),
@@ -257,7 +258,7 @@ def _text_config(tokenizer: Qwen2Tokenizer, **overrides: object) -> dict[str, ob
     }
 
 
-def _qwen_tokenizer() -> Qwen2Tokenizer:
+def _qwen_tokenizer(vocab_size: int = 512, texts: Sequence[str] = _TRAINING_TEXT) -> Qwen2Tokenizer:
     """Return a tiny tokenizer with the Qwen-VL vision tokens."""
     return _train_tokenizer(
         {
@@ -265,7 +266,9 @@ def _qwen_tokenizer() -> Qwen2Tokenizer:
             "video_token": "<|video_pad|>",
             "vision_start_token": "<|vision_start|>",
             "vision_end_token": "<|vision_end|>",
-        }
+        },
+        vocab_size=vocab_size,
+        texts=texts,
     )
 
 
