@@ -47,5 +47,5 @@ else
   run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
 fi
 run clip-nvjpeg 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline
-run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
+[ -n "${CLIP_ONLY:-}" ] || run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
 $PY benchmarks/gpu_summary.py "$OUT"

@@ -27,7 +27,7 @@ def clip_paper_loop(clf: Any, questions: Sequence[Question]) -> tuple[float, lis
         for q in questions:
             row = []
             for opts in q.choices:
-                pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev)
+                pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev, clf.dtype)
                 img = clf._encode_images(pixels).float()
                 txt = clf._encode_texts([f"a photo of a {o}." for o in opts]).float()
                 img = img / img.norm(dim=-1, keepdim=True)
