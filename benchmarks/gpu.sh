@@ -40,7 +40,7 @@ run() {  # name, timeout, bench arguments...
 }
 
 if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline and fewer images
-  CLIP=(--images 2048 --batch-size 512 --baseline-images 16)
+  CLIP=(--images 3072 --batch-size 256,512 --baseline-images 16)
   VLM=(--images 96 --batch-size 16 --baseline-images 2)
   [ "$SIZE" = tiny ] && CLIP=(--images 32 --batch-size 16 --baseline-images 2) && VLM=(--images 4 --batch-size 4 --baseline-images 1)
 else

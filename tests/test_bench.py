@@ -1,0 +1,39 @@
+"""hierzoo bench on toy-size twins of the zoo's architectures, and the real sizes on the meta device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hierzoo.cli import main
+from hierzoo.models.random_weights import build_random, supported
+
+
+@pytest.mark.parametrize(("name", "params"), [("qwen2.5-vl-3b", 3.75e9), ("qwen2.5-vl-7b", 8.29e9), ("qwen2.5-vl-72b", 73.4e9)])
+def test_real_size_qwen_architectures(name, params):
+    clf = build_random(name, device="meta", dtype=torch.bfloat16)
+    assert sum(p.numel() for p in clf.model.parameters()) == pytest.approx(params, rel=0.01)
+
+
+def test_unknown_architecture_names_the_supported_ones():
+    with pytest.raises(ValueError, match="covers .*bioclip2"):
+        build_random("internvl3-8b")
+    assert "siglip-so400m" in supported()
+
+
+@pytest.mark.parametrize("model", ["bioclip2", "siglip-so400m", "qwen2.5-vl-7b"])
+def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", model, "--random-weights", "--size", "tiny", "--images", "6", "--batch-size", "2,3",
+                 "--baseline", "--baseline-images", "2", "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    rec = json.loads(out.read_text())
+    assert [r["batch_size"] for r in rec["sweep"]] == [2, 3]
+    for r in rec["sweep"]:
+        assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(4 * r["images_per_second"])
+        assert 0 < r["forward_share"] <= 1.0 and r["batch_latency_median_s"] > 0 and r["peak_rss_gib"] > 0
+    assert rec["best_batch_size"] in (2, 3)
+    assert rec["baseline"]["agreement"] == 1.0 and rec["baseline"]["speedup"] > 0
+    assert "best batch size" in capsys.readouterr().out
