@@ -282,7 +282,7 @@ def _protocol(cfg: EvalConfig, clf: Any):
     from hierzoo.models import Protocol
     from hierzoo.models._registry import CLIP_FAMILIES
 
-    clip = clf.family in CLIP_FAMILIES or getattr(clf, "family", "") in ("hf-clip",)
+    clip = clf.family in CLIP_FAMILIES
     return Protocol(
         taxonomy=cfg.taxonomy,
         prompt_variant=None if clip else cfg.prompt_variant,
