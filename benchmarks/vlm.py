@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import print_table, write_json
-from PIL import Image
+from _images import make_jpegs
 
 import hierzoo
-from hierzoo import prompts
+from hierzoo.baselines import vlm_forward_loop, vlm_paper_loop
 from hierzoo.models import Protocol, tiny
 from hierzoo.tasks import read_questions
 
@@ -39,105 +39,43 @@ BUILDERS = {
 }
 
 
-def make_images(root: Path, n: int, size: tuple[int, int] = (500, 375)) -> list[Path]:
-    """Smooth random colour fields with noise, saved as JPEG (a photo's size and entropy)."""
-    rng = np.random.default_rng(0)
-    paths = []
-    w, h = size
-    for i in range(n):
-        yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-        base = np.stack(
-            [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9)) for _ in range(3)], -1
-        )
-        pixels = (base * 80 + 128 + rng.normal(0, 20, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        path = root / f"{i:04d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def paper_questions(questions, seed: int = 42) -> list[tuple[int, int, str, list[str]]]:
-    """(sample, level, question text, options) in the paper's order, options shuffled its way."""
-    orders = prompts.shuffled_orders([[len(c) for c in q.choices] for q in questions], seed)
-    out = []
-    for i, q in enumerate(questions):
-        for k, order in enumerate(orders[i]):
-            text = prompts.question_text("cub200", k)
-            out.append((i, k, text, [q.choices[k][j] for j in order]))
-    return out
-
-
-def paper_loop(model, questions, asks, *, generate: bool) -> tuple[float, list[int]]:
-    """The paper's per-question loop; returns (seconds, chosen option index or -1 per question)."""
-    processor, net = model.processor, model.model
-    letters = "ABCD"
-    letter_ids = processor.tokenizer.convert_tokens_to_ids(list(letters))
-    chosen = []
-    t0 = time.perf_counter()
-    image_of: dict[int, Image.Image] = {}
-    with torch.inference_mode():
-        for i, _, text, options in asks:
-            if i not in image_of:
-                image_of = {i: Image.open(questions[i].path).convert("RGB")}
-            user = prompts.user_text(text, options)
-            prompt = processor.apply_chat_template(
-                prompts.messages(user), tokenize=False, add_generation_prompt=True
-            )
-            inputs = processor(
-                text=[prompt], images=[image_of[i]], padding=True, return_tensors="pt"
-            )
-            if generate:
-                out = net.generate(
-                    **inputs,
-                    max_new_tokens=10,
-                    do_sample=False,
-                    pad_token_id=processor.tokenizer.pad_token_id,
-                )
-                response = processor.batch_decode(
-                    out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-                )[0]
-                letter = next((c for c in letters[: len(options)] if c in response), None)
-                chosen.append(letters.index(letter) if letter else -1)
-            else:
-                logits = net(**inputs).logits[0, -1, letter_ids[: len(options)]]
-                chosen.append(int(logits.argmax()))
-    return time.perf_counter() - t0, chosen
-
-
 def hierzoo_run(
     model, questions, *, prefix_cache: bool, batch_size: int | None
-) -> tuple[float, np.ndarray]:
+) -> tuple[float, list]:
+    """Seconds and the chosen option's name per question and level."""
     model.prefix_cache = prefix_cache
     protocol = Protocol(taxonomy="cub200", shuffle_options=True)
     t0 = time.perf_counter()
     answers = model.answer(questions, protocol=protocol, batch_size=batch_size)
-    return time.perf_counter() - t0, answers.choice
+    return time.perf_counter() - t0, [answers.predicted(i) for i in range(len(questions))]
 
 
 def bench_family(family: str, root: Path, questions, repeats: int) -> list[dict]:
     model = hierzoo.load(BUILDERS[family](root / family), device="cpu")
-    asks = paper_questions(questions)
-    n = len(asks)
-    paper_loop(model, questions, asks[:4], generate=True)
+    n = sum(len(q.choices) for q in questions)
+    vlm_paper_loop(model, questions[:1])
     hierzoo_run(model, questions[:2], prefix_cache=True, batch_size=None)
 
-    def best(fn):
-        runs = [fn() for _ in range(repeats)]
-        return min(runs, key=lambda r: r[0])
-
-    t_gen, gen_choice = best(lambda: paper_loop(model, questions, asks, generate=True))
-    t_fwd, fwd_choice = best(lambda: paper_loop(model, questions, asks, generate=False))
-    t_plain, plain = best(
-        lambda: hierzoo_run(model, questions, prefix_cache=False, batch_size=None)
-    )
-    t_one, one = best(lambda: hierzoo_run(model, questions, prefix_cache=True, batch_size=1))
-    t_fused, fused = best(lambda: hierzoo_run(model, questions, prefix_cache=True, batch_size=None))
-    flat = fused.reshape(-1)
-    if not (np.array_equal(plain, fused) and np.array_equal(one, fused)):
+    methods = {
+        "gen": lambda: vlm_paper_loop(model, questions),
+        "fwd": lambda: vlm_forward_loop(model, questions),
+        "plain": lambda: hierzoo_run(model, questions, prefix_cache=False, batch_size=None),
+        "one": lambda: hierzoo_run(model, questions, prefix_cache=True, batch_size=1),
+        "fused": lambda: hierzoo_run(model, questions, prefix_cache=True, batch_size=None),
+    }
+    best: dict[str, tuple[float, list]] = {}
+    for _ in range(repeats):
+        for key, fn in methods.items():
+            t, names = fn()
+            if key not in best or t < best[key][0]:
+                best[key] = (t, names)
+    (t_gen, generated), (t_fwd, forward) = best["gen"], best["fwd"]
+    (t_plain, plain), (t_one, one), (t_fused, fused) = best["plain"], best["one"], best["fused"]
+    if not plain == one == fused:
         raise RuntimeError(f"{family}: hierzoo's batching or prefix cache changed an answer")
-    if not np.array_equal(np.asarray(fwd_choice), flat):
+    if forward != fused:
         raise RuntimeError(f"{family}: hierzoo disagrees with the per-question forward pass")
-    unknown = float((np.asarray(gen_choice) < 0).mean())
+    unknown = float(np.mean([name is None for row in generated for name in row]))
     rows = [
         ("paper loop: prompt + generate(10) per question", t_gen),
         ("one forward per question, letter logits", t_fwd),
@@ -178,16 +116,15 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "images").mkdir()
-        paths = make_images(root / "images", args.images)
+        paths = make_jpegs(root / "images", args.images)
         questions = read_questions("cub200-random")[: args.images]
         for q, p in zip(questions, paths):
-            q.path = p
+            q.path = Path(p)
         for family in families:
             rows.extend(bench_family(family, root, questions, args.repeats))
     print(
         f"{args.images} CUB entries x 4 levels = {4 * args.images} questions, 500x375 JPEG, "
-        f"tiny random models, {torch.get_num_threads()} torch thread(s), best of {args.repeats}"
+        f"tiny random models, {torch.get_num_threads()} torch thread(s), best of {args.repeats} interleaved runs"
     )
     print_table(rows, ["family", "method", "seconds", "q_per_s", "speedup"])
     for r in rows:
