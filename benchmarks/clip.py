@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _common import print_table, write_json
 from _images import make_jpegs
+from PIL import Image
+
 import hierzoo
 from hierzoo.tasks import read_questions
 

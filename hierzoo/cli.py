@@ -112,6 +112,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--device-map", help="vision LLMs larger than one GPU: a transformers device_map such as auto")
     run.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU (nvJPEG)")
     run.add_argument("--retry-errors", action="store_true", help="redo samples recorded with an error")
+    run.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     run.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -126,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         strategy=args.strategy, protocol=args.protocol, prompt_variant=args.prompt_variant,
         keep_option_order=args.keep_option_order, circular=args.circular, mode=args.mode, templates=args.templates,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
-        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress,
+        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress, threads=args.threads,
         model_kwargs={k: v for k, v in (("device_map", args.device_map), ("decode_on_device", args.decode_on_device or None)) if v},
     )
     try:
@@ -267,6 +268,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", default="500x375", help="synthetic photo size WxH")
     p.add_argument("--baseline", action="store_true", help="also time the paper's per-question loop")
     p.add_argument("--baseline-images", type=int, default=8)
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     p.add_argument("--json", help="write the record to this file")
     p.set_defaults(func=_cmd_bench)
 
@@ -274,6 +276,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from hierzoo.bench import BenchConfig, format_bench, run_bench, write_record
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.batch_size.split(",")] if args.batch_size else [None]
     w, h = (int(x) for x in args.image_size.lower().split("x"))
     cfg = BenchConfig(

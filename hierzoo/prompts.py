@@ -199,3 +199,14 @@ def shuffled_orders(n_options: Sequence[Sequence[int | None]], seed: int) -> lis
             orders[k] = order
         out.append(orders)
     return out
+
+
+def asked_options(answers_and_choices: Sequence[tuple[Sequence[object], Sequence[Sequence[str]]]], mode: str = "image") -> list[list[int | None]]:
+    """``n_options`` for :func:`shuffled_orders`: per question and level the number of options, or
+    ``None`` where the level is not asked (no answer, or the leaf in text mode)."""
+    _check_mode(mode)
+    out = []
+    for answers, choices in answers_and_choices:
+        leaf = len(answers) - 1 if mode == "text" else None
+        out.append([None if a is None or k == leaf else len(choices[k]) for k, a in enumerate(answers)])
+    return out

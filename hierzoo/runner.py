@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class EvalConfig:
     limit: int | None = None
     retry_errors: bool = False
     progress: bool = True
+    threads: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
@@ -294,6 +295,29 @@ def _protocol(cfg: EvalConfig, clf: Any):
     )
 
 
+def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Question]:
+    """Copies of the questions with their options in the paper's seeded order."""
+    from hierzoo import prompts
+
+    orders = prompts.shuffled_orders(prompts.asked_options([(q.answers, q.choices) for q in questions], mode), seed)
+    out = []
+    for q, order_q in zip(questions, orders):
+        choices = [[c[j] for j in order] if order else list(c) for c, order in zip(q.choices, order_q)]
+        out.append(replace(q, choices=choices))
+    return out
+
+
+def _given_leaf(row: dict[str, Any], q: Question) -> dict[str, Any]:
+    """Text mode names the leaf in the question and does not ask it; as the paper's text
+    scripts do, its level is recorded as right (marked ``given``)."""
+    n = q.n_levels
+    if "error" not in row and q.answers[-1] is not None and f"ground_truth_level{n}" not in row:
+        row[f"ground_truth_level{n}"] = q.answers[-1]
+        row[f"predicted_level{n}"] = q.answers[-1]
+        row[f"predicted_level{n}_given"] = True
+    return row
+
+
 def _path_rows(questions: list[Question], positions: list[int], pred: Any) -> list[dict[str, Any]]:
     rows = []
     for j, p in enumerate(positions):
@@ -331,6 +355,8 @@ def _iterate(cfg: EvalConfig, clf: Any, questions: list[Question], todo: list[in
         rows = answers.to_records([questions[p] for p in positions])
         for p, row in zip(positions, rows):
             row["sample"] = p
+            if cfg.mode == "text":
+                _given_leaf(row, questions[p])
         yield positions, rows
 
 
@@ -385,12 +411,22 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         raise RunError(f"Expected --protocol paper (the only protocol so far), but got {cfg.protocol!r}.")
     if cfg.task == "path" and cfg.taxonomy is None:
         raise RunError("--task path needs --taxonomy NAME: paths are decoded over the whole taxonomy.")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
     out = Path(cfg.out)
     questions, taxonomy = prepare_questions(cfg, d)
     check_run_dir(cfg, d)
     clf = load_model(cfg, d)
     protocol = _protocol(cfg, clf) if cfg.task == "questions" else None
+    if protocol is not None and protocol.shuffle_options:
+        # The paper draws every option order from one generator run through the whole set, so
+        # the orders are fixed here, over all questions, before any subset (a resumed run, a
+        # rank's shard) is asked; the model then keeps the order it is given.
+        questions = shuffle_options(questions, protocol.seed, protocol.mode)
+        protocol = replace(protocol, shuffle_options=False)
 
     if d.main:
         done = collect_done(out, repair=True)

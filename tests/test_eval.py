@@ -176,3 +176,48 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
     assert not list(two.glob("predictions.rank*"))
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    from hierzoo.models.tiny import build_tiny_qwen2_5_vl
+
+    return str(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "model"))
+
+
+def _vlm_args(setup, vlm_dir, out, *extra):
+    args = _args(setup, out, "--limit", "6", *extra)
+    args[args.index("--model") + 1] = vlm_dir
+    return args
+
+
+def test_vision_llm_resumed_run_equals_a_fresh_one(setup, vlm_dir, tmp_path):
+    """Option orders come from one seeded generator over the whole set, so a run resumed on
+    the remaining samples asks exactly what a fresh run asks."""
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    assert main(_vlm_args(setup, vlm_dir, fresh)) == 0
+    assert main(_vlm_args(setup, vlm_dir, resumed)) == 0
+    preds = resumed / "predictions.jsonl"
+    preds.write_text("".join(preds.read_text().splitlines(keepends=True)[:2]))
+    (resumed / "summary.json").unlink()
+    assert main(_vlm_args(setup, vlm_dir, resumed)) == 0
+    assert preds.read_text() == (fresh / "predictions.jsonl").read_text()
+    rows = _lines(preds)
+    asked = [list(r["choices_level1"].values()) for r in rows]
+    from hierzoo.tasks import read_questions as rq
+
+    original = [q.choices[0] for q in rq("cub200-similar")[:6]]
+    assert asked != original and all(sorted(a) == sorted(o) for a, o in zip(asked, original))
+    kept = tmp_path / "kept"
+    assert main(_vlm_args(setup, vlm_dir, kept, "--keep-option-order")) == 0
+    assert [list(r["choices_level1"].values()) for r in _lines(kept / "predictions.jsonl")] == original
+
+
+def test_vision_llm_text_mode_records_the_named_leaf_as_given(setup, vlm_dir, tmp_path):
+    out = tmp_path / "text"
+    assert main(_vlm_args(setup, vlm_dir, out, "--mode", "text")) == 0
+    rows = _lines(out / "predictions.jsonl")
+    assert all(r["predicted_level4_given"] and r["predicted_level4"] == r["ground_truth_level4"] for r in rows)
+    assert all("probs_level4" not in r and "probs_level3" in r for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["leaf_acc"]["value"] == 100.0 and summary["mode"] == "text"

@@ -368,6 +368,7 @@ def test_extra_records_the_protocol(model, questions):
         "circular": False,
         "mode": "image",
         "templates": None,
+        "first_level": 0,
     }
     assert extra["prompt_variant"] == 0 and extra["seed"] == 3 and extra["letters"] == "ABCD"
     assert extra["family"] == model.family and extra["prefix_cache"] is True
@@ -462,3 +463,13 @@ def test_cuda_matches_cpu_and_defaults_to_bfloat16(models, tiny_dirs, family, qu
     )
     scores = fast.score_nodes([q.path for q in questions], small_cub)
     assert torch.isfinite(scores.logits).all()
+
+
+def test_first_level_names_the_rank_of_a_set_that_starts_lower(model, questions):
+    from dataclasses import replace
+
+    lower = [replace(q, answers=q.answers[1:], choices=q.choices[1:]) for q in questions[:1]]
+    plan = model._plan(lower, Protocol(taxonomy="cub200", first_level=1))
+    assert "family of the bird" in plan.asks[0].text and "species of the bird" in plan.asks[-1].text
+    top = model._plan(lower, Protocol(taxonomy="cub200"))
+    assert "order of the bird" in top.asks[0].text

@@ -39,6 +39,8 @@ class Protocol:
             not asked (vision LLMs).
         templates: CLIP prompt templates with ``{}`` for the name (and optionally ``{rank}``);
             ``None`` uses the model's default (the paper's ``"a photo of a {}."``).
+        first_level: the taxonomy level of the questions' first level (0: the top level), so
+            that ``{rank}`` names the right rank for question sets that start lower.
     """
 
     taxonomy: str | None = None
@@ -48,8 +50,11 @@ class Protocol:
     circular: bool = False
     mode: str = "image"
     templates: tuple[str, ...] | None = None
+    first_level: int = 0
 
     def __post_init__(self) -> None:
+        if self.first_level < 0:
+            raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
         if self.mode not in MODES:
             raise ValueError(f"Expected `mode` to be one of {MODES}, but got {self.mode!r}.")
         if self.prompt_variant is not None and not 0 <= self.prompt_variant <= 4:

@@ -292,7 +292,8 @@ class ClipClassifier(HierClassifier):
             for k, opts in enumerate(q.choices):
                 if q.answers[k] is None:
                     continue
-                rank = ranks[k] if ranks and k < len(ranks) else None
+                lev = protocol.first_level + k
+                rank = ranks[lev] if ranks and lev < len(ranks) else None
                 for j, o in enumerate(opts):
                     index[i, k, j] = vocab.setdefault((o, rank), len(vocab))
         keys = list(vocab)

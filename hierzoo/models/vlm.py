@@ -416,7 +416,8 @@ class VisionLLMClassifier(HierClassifier):
         if n_letters:
             prompts.letters(n_letters)
         if protocol.shuffle_options:
-            orders = prompts.shuffled_orders(asked, protocol.seed)
+            pairs = [(q.answers, q.choices) for q in questions]
+            orders = prompts.shuffled_orders(prompts.asked_options(pairs, mode), protocol.seed)
         else:
             orders = [[list(range(c)) if c is not None else [] for c in counts] for counts in asked]
         questions_text: dict[tuple[int, str | None], str] = {}
@@ -433,7 +434,7 @@ class VisionLLMClassifier(HierClassifier):
                 key = (k, label)
                 if key not in questions_text:
                     questions_text[key] = prompts.question_text(
-                        protocol.taxonomy, k, variant=variant, mode=mode, label=label
+                        protocol.taxonomy, protocol.first_level + k, variant=variant, mode=mode, label=label
                     )
                 for r in range(len(order) if protocol.circular else 1):
                     rotated = order[r:] + order[:r]
