@@ -287,7 +287,8 @@ def _protocol(cfg: EvalConfig, clf: Any):
     return Protocol(
         taxonomy=cfg.taxonomy,
         prompt_variant=None if clip else cfg.prompt_variant,
-        shuffle_options=False if clip else not cfg.keep_option_order,
+        # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP runs keep them
+        shuffle_options=False if clip or cfg.mode == "text" else not cfg.keep_option_order,
         seed=cfg.seed,
         circular=cfg.circular,
         mode=cfg.mode,
