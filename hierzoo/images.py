@@ -30,17 +30,23 @@ def load_image(item: str | Path | Image.Image) -> Image.Image:
     """
     if isinstance(item, Image.Image):
         return item.convert("RGB") if item.mode != "RGB" else item
-    path = Path(item)
-    if not path.is_file():
-        raise ImageError(f"No image file at {str(path)!r}; check the path or pass --image-root.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it.")
+    path = _existing_file(item)
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except Exception as e:  # PIL raises several types for corrupt data
         raise ImageError(f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}); the file is corrupt or not an image.") from e
+
+
+def _existing_file(item: str | Path) -> Path:
+    """The path of a non-empty file, or an :class:`ImageError` saying what is wrong with it."""
+    path = Path(item)
+    if not path.is_file():
+        raise ImageError(f"No image file at {str(path)!r}; check the path or pass --image-root.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it.")
+    return path
 
 
 def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
@@ -83,10 +89,13 @@ class ImageDataset(torch.utils.data.Dataset):
         if isinstance(item, torch.Tensor):
             return index, item, None
         try:
-            img = load_image(item)
-            return index, (self.transform(img) if self.transform is not None else img), None
+            return index, self._read(item), None
         except Exception as e:
             return index, None, str(e)
+
+    def _read(self, item: str | Path | Image.Image) -> Any:
+        img = load_image(item)
+        return self.transform(img) if self.transform is not None else img
 
 
 @dataclass
@@ -215,28 +224,16 @@ class TensorPreprocess:
         return cls(resize=resize, crop=crop, mean=tuple(ip.image_mean), std=tuple(ip.image_std), interpolation=interpolation)
 
 
-class _BytesDataset(torch.utils.data.Dataset):
+class _BytesDataset(ImageDataset):
     """Raw file bytes, read in workers (cheap); decoding happens on the device."""
 
     def __init__(self, items: Sequence[ImageInput | None]):
-        self.items = items
+        super().__init__(items, None)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        item = self.items[index]
-        if item is None:
-            return index, None, "the image path did not resolve to a file (check --image-root)"
-        if isinstance(item, (torch.Tensor, Image.Image)):
-            return index, item, None
-        path = Path(item)
-        if not path.is_file():
-            return index, None, f"No image file at {str(path)!r}; check the path or pass --image-root."
-        data = path.read_bytes()
-        if not data:
-            return index, None, f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it."
-        return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), None
+    def _read(self, item: str | Path | Image.Image) -> Any:
+        if isinstance(item, Image.Image):
+            return item
+        return torch.frombuffer(bytearray(_existing_file(item).read_bytes()), dtype=torch.uint8)
 
 
 def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
