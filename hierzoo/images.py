@@ -313,3 +313,64 @@ def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
     import numpy as np
 
     return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+_END = object()
+
+
+def prefetch(make: Callable[[], Iterator[ImageBatch]], device: torch.device, depth: int = 2) -> Iterator[ImageBatch]:
+    """Run a batch generator in a background thread, ``depth`` batches ahead, so decoding the
+    next batch overlaps the model's forward pass on this one. On CUDA the thread's work runs
+    on a side stream and each batch is handed over with an event the consumer's stream waits
+    on. Errors in the thread are raised here; leaving the loop early stops the thread."""
+    import queue
+    import threading
+    from contextlib import nullcontext
+
+    cuda = device.type == "cuda"
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        stream = torch.cuda.Stream(device) if cuda else None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                for batch in make():
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not put((batch, event)):
+                        return
+            put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=work, name="hierzoo-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = q.get()
+            if got is _END:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            batch, event = got
+            if event is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                if isinstance(batch.data, torch.Tensor):
+                    batch.data.record_stream(current)
+            yield batch
+    finally:
+        stop.set()
+        thread.join(timeout=5)

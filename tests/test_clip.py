@@ -305,3 +305,24 @@ def test_decoding_on_the_device_matches_the_pil_pipeline(name, load, images, tmp
     cos = (a[:6] * b[:6]).sum(-1)
     assert cos.min() > 0.98, cos  # antialiased tensor resize vs PIL: close, not bit-equal
     torch.testing.assert_close(a[7], b[7], atol=0.05, rtol=0)
+
+
+def test_prefetch_thread_yields_the_same_batches_and_raises_errors():
+    from hierzoo.images import ImageBatch, prefetch
+
+    def batches():
+        for i in range(5):
+            yield ImageBatch([i], torch.full((1, 2), float(i)), {})
+
+    got = [b.data[0, 0].item() for b in prefetch(batches, torch.device("cpu"))]
+    assert got == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield ImageBatch([0], torch.zeros(1), {})
+        raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        list(prefetch(failing, torch.device("cpu")))
+    it = prefetch(batches, torch.device("cpu"), depth=1)
+    assert next(it).indices == [0]
+    it.close()  # leaving early stops the thread

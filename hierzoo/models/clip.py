@@ -25,6 +25,7 @@ from hierzoo.images import (
     as_list,
     iterate_images,
     iterate_images_on_device,
+    prefetch,
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
@@ -200,8 +201,11 @@ class ClipClassifier(HierClassifier):
         cuda = self.device.type == "cuda"
         bs = batch_size or self.batch_size
         if self.device_preprocess is not None:
-            batches = iterate_images_on_device(
-                items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform
+            batches = prefetch(
+                lambda: iterate_images_on_device(
+                    items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform
+                ),
+                self.device,
             )
         else:
             batches = iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda)
