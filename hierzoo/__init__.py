@@ -18,6 +18,7 @@ _LAZY = {
     "ModelSpec": "hierzoo.models",
     "read_questions": "hierzoo.tasks",
     "build_questions": "hierzoo.tasks",
+    "wrap": "hierzoo.wrapping",
 }
 
 __all__ = ["Taxonomy", "TaxonomyError", "bundled_taxonomies", "load_taxonomy", "__version__", *_LAZY]
