@@ -294,7 +294,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench]
+def _add_export_sft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-sft",
+        help="write a question set as supervised fine-tuning conversations (Qwen-VL, LLaVA, ShareGPT)",
+        description="One training conversation per asked level: the paper's system message, the user turn "
+        "(image, question, lettered options, instruction; the strings hierzoo eval asks) and the answer "
+        "letter. Options are shuffled by the paper's seeded generator unless --keep-option-order. "
+        "The output is a JSON list (.json) or JSON Lines (.jsonl).",
+    )
+    p.add_argument("--questions", required=True, help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar")
+    p.add_argument("--out", required=True, help="output file, .json (a list) or .jsonl")
+    p.add_argument("--format", choices=["qwen", "llava", "sharegpt"], default="qwen",
+                   help="qwen: messages with content lists; llava: image + conversations; sharegpt: LLaMA-Factory's")
+    p.add_argument("--mode", choices=["image", "text"], default="image", help="text: no image, the question names the leaf")
+    p.add_argument("--image-root", help="remap recorded image paths to files under this folder (each must exist)")
+    p.add_argument("--skip-missing", action="store_true", help="leave out entries whose image is not found (else: an error with --image-root, the recorded path without)")
+    p.add_argument("--taxonomy", help="the taxonomy of the questions: its prompts, and validation of every option")
+    p.add_argument("--prompt-variant", type=int, choices=range(5), metavar="K", help="the paper's prompt variant 0-4")
+    p.add_argument("--family", help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the option shuffling (42, as the paper)")
+    p.add_argument("--keep-option-order", action="store_true", help="keep the file's option order")
+    p.add_argument("--limit", type=int, help="only the first N entries")
+    p.set_defaults(func=_cmd_export_sft)
+
+
+def _cmd_export_sft(args: argparse.Namespace) -> int:
+    from hierzoo import prompts
+    from hierzoo.sft import export_sft
+    from hierzoo.tasks import read_questions, validate_questions
+
+    questions = read_questions(args.questions, image_root=args.image_root)[: args.limit]
+    key = None
+    if args.taxonomy:
+        from hierzoo import load_taxonomy
+
+        tax = load_taxonomy(args.taxonomy)
+        validate_questions(questions, tax)
+        key = tax.name if tax.name in prompts.taxonomies() else None
+        if key is None:
+            print(f"prompts: the generic wording ({args.taxonomy} is not one of the paper's taxonomies)")
+    missing = "skip" if args.skip_missing else ("error" if args.image_root else "recorded")
+    done = export_sft(
+        questions, args.out, format=args.format, mode=args.mode, taxonomy=key,
+        prompt_variant=args.prompt_variant, family=args.family, shuffle_options=not args.keep_option_order,
+        seed=args.seed, missing_images=missing,
+    )
+    order = f"options shuffled (seed {done.seed})" if done.seed is not None else "options in the file's order"
+    print(
+        f"wrote {done.n_conversations} {done.format} conversations ({done.mode} mode) from {done.n_entries} "
+        f"entries to {done.path}; prompt variant {done.prompt_variant}, {order}"
+        + (f"; {done.n_skipped} entries skipped (image not found)" if done.n_skipped else "")
+    )
+    return 0
+
+
+COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench, _add_export_sft]
 
 
 def build_parser() -> argparse.ArgumentParser:
