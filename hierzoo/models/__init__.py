@@ -12,6 +12,7 @@ from hierzoo.models._registry import (
 from hierzoo.models.base import (
     STRATEGIES,
     Answers,
+    Features,
     HierClassifier,
     NodeScores,
     PathPrediction,
@@ -23,6 +24,7 @@ __all__ = [
     "STRATEGIES",
     "ZOO",
     "Answers",
+    "Features",
     "HierClassifier",
     "ModelSpec",
     "NodeScores",

@@ -185,6 +185,38 @@ class Answers:
         return out
 
 
+@dataclass
+class Features:
+    """Feature vectors at one or more sites of a model (see :mod:`hierzoo.models._sites`).
+
+    Attributes:
+        data: site name -> ``(N, D_site)`` float32 tensor on the CPU, one row per input; a failed
+            input's row is NaN.
+        errors: per input, ``None`` or why it failed.
+    """
+
+    data: dict[str, torch.Tensor]
+    errors: list[str | None] = field(default_factory=list)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        from hierzoo.models._sites import parse_site
+
+        name = parse_site(site).name
+        if name not in self.data:
+            raise KeyError(f"No features at {site!r}; these hold {list(self.data)}.")
+        return self.data[name]
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The ``(N, D)`` tensor of the only site (raises when there are several)."""
+        if len(self.data) != 1:
+            raise ValueError(f"These features hold {len(self.data)} sites {list(self.data)}; index by site.")
+        return next(iter(self.data.values()))
+
+
 class HierClassifier(ABC):
     """A model that scores the nodes of a taxonomy for images, whatever its family.
 
@@ -266,6 +298,54 @@ class HierClassifier(ABC):
             raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, but got {strategy!r}.")
         scores = self.score_nodes(images, taxonomy, batch_size=batch_size, progress=progress)
         return decode_paths(scores, strategy)
+
+    def features(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        where: str | Sequence[str],
+        *,
+        taxonomy: Taxonomy | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Features:
+        """Feature vectors of images at one or more sites, computed in one pass per batch.
+
+        Args:
+            images: as for :meth:`score_nodes`.
+            where: a site (``"image"``, ``"layer:6"``, ``"vision"``, ``"projector"``,
+                ``"llm:-1"``, ``"llm:-1:answer:2"`` ...), a comma list, or a sequence of them;
+                see :mod:`hierzoo.models._sites` and docs/probing.md for what each family has.
+            taxonomy: the taxonomy whose level questions answer sites ask (vision LLMs).
+
+        Returns:
+            :class:`Features`: per site an ``(N, D)`` float32 CPU tensor; an image that cannot be
+            read gets a NaN row and its message in ``errors``, never an exception.
+
+        Raises:
+            hierzoo.models._sites.SiteError: a site this family does not have, or a layer out of
+                range.
+            NotImplementedError: the family extracts no features.
+        """
+        raise NotImplementedError(f"{type(self).__name__} ({self.family or 'this family'}) does not extract features.")
+
+    def text_features(
+        self,
+        names: Sequence[str],
+        where: str | Sequence[str],
+        *,
+        taxonomy: Taxonomy | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Features:
+        """Feature vectors of names (taxonomy nodes) put into a text prompt, at one or more
+        sites (CLIP: ``text``; vision LLMs: ``llm:K``, ``llm:K:answer:L``). See docs/probing.md.
+
+        Raises:
+            NotImplementedError: the family extracts no text features.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.family or 'this family'}) does not extract text features."
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"

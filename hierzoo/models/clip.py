@@ -29,7 +29,8 @@ from hierzoo.images import (
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
-from hierzoo.models.base import Answers, HierClassifier, NodeScores, Protocol
+from hierzoo.models._sites import SiteError, check_kinds, parse_sites
+from hierzoo.models.base import Answers, Features, HierClassifier, NodeScores, Protocol
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
@@ -194,10 +195,11 @@ class ClipClassifier(HierClassifier):
             self.text_cache.add(templates, missing, torch.cat(chunks))
         return torch.stack([table[k] for k in keys]).to(self.device)
 
-    def _stream_images(
+    def _stream_pixels(
         self, items: list[ImageInput | None], batch_size: int | None
     ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
-        """Per batch: input positions, ``(B, D)`` unit-norm embeddings on the device, failures."""
+        """Per batch: input positions, the preprocessed ``(B, C, H, W)`` pixels on the device in
+        the model's dtype (``None`` when every image of the batch failed), failures."""
         cuda = self.device.type == "cuda"
         bs = batch_size or self.batch_size
         if self.device_preprocess is not None:
@@ -210,20 +212,123 @@ class ClipClassifier(HierClassifier):
         else:
             batches = iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda)
         for batch in batches:
-            emb = None
+            pixels = None
             if batch.indices:
                 pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
                 pixels = pixels.to(self.device, non_blocking=cuda)
                 if self.dtype != torch.float32:
                     pixels = pixels.to(self.dtype)
+            yield batch.indices, pixels, batch.failed
+
+    def _stream_images(
+        self, items: list[ImageInput | None], batch_size: int | None
+    ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
+        """Per batch: input positions, ``(B, D)`` unit-norm embeddings on the device, failures."""
+        cuda = self.device.type == "cuda"
+        for indices, pixels, failed in self._stream_pixels(items, batch_size):
+            emb = None
+            if pixels is not None:
                 start = time.perf_counter()
                 with torch.inference_mode(), self._autocast():
                     emb = torch.nn.functional.normalize(self._encode_images(pixels).float(), dim=-1)
                 if self.time_image_encoder and cuda:
                     torch.cuda.synchronize(self.device)
                 self.image_encoder_seconds += time.perf_counter() - start
-                self.images_encoded += len(batch.indices)
-            yield batch.indices, emb, batch.failed
+                self.images_encoded += len(indices)
+            yield indices, emb, failed
+
+    # ----------------------------------------------------------------- features
+    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+        """The image transformer's blocks (batch-first ``(B, T, D)`` hidden states) and how a
+        block's hidden states pool to ``(B, D)``: the class token where the tower pools one,
+        else the mean over its patch tokens."""
+        raise SiteError(f"{type(self).__name__} does not expose its image transformer's blocks; use 'image'.")
+
+    def features(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        where: str | Sequence[str],
+        *,
+        taxonomy: Taxonomy | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Features:
+        """Image features at ``image`` (the unit-norm embedding that scoring uses),
+        ``image:raw`` (the same before normalisation) and ``layer:K`` (the hidden states after
+        block ``K`` of the image transformer, ``0`` its input, negative from the end; pooled as
+        the tower pools: its class token where it pools one, else the mean over the tokens).
+
+        All sites come from one pass of the image tower per batch (forward hooks on the blocks),
+        with the same loader, dtype and autocast as scoring. ``taxonomy`` is not used. See
+        :meth:`HierClassifier.features`.
+        """
+        sites = parse_sites(where)
+        check_kinds(sites, ("image", "image:raw", "layer"), self.family)
+        items, _ = as_list(images)
+        layers: dict[str, int] = {}
+        hooks: list[Any] = []
+        captured: dict[int, torch.Tensor] = {}
+        pool: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if any(s.kind == "layer" for s in sites):
+            blocks, pool = self._vision_blocks()
+            for s in sites:
+                if s.kind == "layer":
+                    layers[s.name] = s.resolve_layer(len(blocks), "the image transformer")
+        for k in sorted(set(layers.values())):
+            if k == 0:
+                hooks.append(blocks[0].register_forward_pre_hook(_keep_input(captured, 0), with_kwargs=True))
+            else:
+                hooks.append(blocks[k - 1].register_forward_hook(_keep_output(captured, k)))
+        out: dict[str, torch.Tensor] = {}
+        errors: list[str | None] = [None] * len(items)
+        bar = _progress(len(items), "images", progress)
+        try:
+            for indices, pixels, failed in self._stream_pixels(items, batch_size):
+                for i, err in failed.items():
+                    errors[i] = err
+                if pixels is not None:
+                    captured.clear()
+                    with torch.inference_mode(), self._autocast():
+                        raw = self._encode_images(pixels).float()
+                    for s in sites:
+                        if s.kind == "image":
+                            value = torch.nn.functional.normalize(raw, dim=-1)
+                        elif s.kind == "image:raw":
+                            value = raw
+                        else:
+                            value = pool(captured[layers[s.name]].float())
+                        if s.name not in out:
+                            out[s.name] = torch.full((len(items), value.shape[1]), float("nan"))
+                        out[s.name][indices] = value.cpu()
+                    self.images_encoded += len(indices)
+                bar.update(len(indices) + len(failed))
+        finally:
+            for h in hooks:
+                h.remove()
+            bar.close()
+        empty = torch.full((len(items), 0), float("nan"))
+        return Features({s.name: out.get(s.name, empty) for s in sites}, errors)
+
+    def text_features(
+        self,
+        names: Sequence[str],
+        where: str | Sequence[str] = "text",
+        *,
+        taxonomy: Taxonomy | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Features:
+        """``text``: each name's zero-shot text embedding, as scoring uses it (the templates
+        filled, embedded, averaged and renormalised; cached). With ``taxonomy``, rank-aware
+        templates get the rank of each name's level."""
+        sites = parse_sites(where)
+        check_kinds(sites, ("text",), self.family)
+        names = list(names)
+        ranks = None
+        if taxonomy is not None and taxonomy.ranks and any("{rank}" in t for t in self.templates):
+            ranks = [taxonomy.rank(int(taxonomy.level[taxonomy.node(n)])) for n in names]
+        emb = self.text_embeddings(names, None, ranks).float().cpu()
+        return Features({"text": emb}, [None] * len(names))
 
     def encode_images(
         self, images: ImageInput | Sequence[ImageInput | None], *, batch_size: int | None = None, progress: bool = False
@@ -427,6 +532,36 @@ def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]
     return items, slot
 
 
+def _keep_input(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
+    """A forward pre-hook that keeps a block's input hidden states under ``key``."""
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+        store[key] = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
+def _keep_output(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
+    """A forward hook that keeps a block's output hidden states under ``key``."""
+
+    def hook(module: Any, args: tuple, output: Any) -> None:
+        store[key] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+def _class_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def _mean_after_class_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 1:].mean(1)
+
+
+def _mean_tokens(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden.mean(1)
+
+
 def _progress(total: int, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -518,6 +653,20 @@ class OpenClipClassifier(ClipClassifier):
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
+
+    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+        visual = self.model.visual
+        transformer = getattr(visual, "transformer", None)
+        if transformer is None or not hasattr(transformer, "resblocks"):
+            raise SiteError(
+                f"layer:K reads open_clip's own VisionTransformer blocks, but {self.name!r} has a "
+                f"{type(visual).__name__} image tower; use 'image' or 'image:raw'."
+            )
+        if not getattr(transformer, "batch_first", True):
+            raise SiteError(f"The image transformer of {self.name!r} is sequence-first; layer:K needs open_clip >= 2.24.")
+        if getattr(visual, "pool_type", "tok") == "tok":
+            return transformer.resblocks, _class_token
+        return transformer.resblocks, _mean_after_class_token
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
@@ -616,6 +765,10 @@ class HFClipClassifier(ClipClassifier):
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+        # CLIP pools its class token (position 0); SigLIP has none (an attention head pools)
+        return self.model.vision_model.encoder.layers, _mean_tokens if self.is_siglip else _class_token
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tok = self.processor.tokenizer
