@@ -390,11 +390,8 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
         import torch
 
         device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
-    kwargs = dict(cfg.model_kwargs)
-    if cfg.num_workers is not None:
-        kwargs["num_workers"] = cfg.num_workers
     try:
-        return hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **kwargs)
+        clf = hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **cfg.model_kwargs)
     except ImportError:
         raise
     except Exception as e:
@@ -402,6 +399,11 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
             f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name (`hierzoo models`), "
             "the directory, or that the hub is reachable (or the files are in the local cache)."
         ) from e
+    if cfg.num_workers is not None:
+        if not hasattr(clf, "num_workers"):
+            raise RunError(f"--num-workers is not an option of {type(clf).__name__}; leave it out.")
+        clf.num_workers = cfg.num_workers
+    return clf
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
