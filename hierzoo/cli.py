@@ -346,10 +346,78 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
         f"entries to {done.path}; prompt variant {done.prompt_variant}, {order}"
         + (f"; {done.n_skipped} entries skipped (image not found)" if done.n_skipped else "")
     )
+    if not done.n_conversations:
+        print("hierzoo export-sft: no conversation was written", file=sys.stderr)
+        return 1
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench, _add_export_sft]
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="linear probes per taxonomy level on a model's features (vision, projector, LLM layers)",
+        description="Extract features of your images at one or more sites of a model (resumable shards under "
+        "--out/features), fit a linear probe per taxonomy level on a held-out split by image, and compare with "
+        "the model's own zero-shot answers on the same images. Writes probe.json and probe_levels.png to --out "
+        "and prints a table. Sites: CLIP image, image:raw, layer:K; vision LLMs vision, projector, llm:K, "
+        "llm:K:answer (K a layer, negative from the end). See docs/probing.md.",
+    )
+    p.add_argument("--model", required=True, help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory")
+    p.add_argument("--taxonomy", required=True, help="bundled name or file")
+    p.add_argument("--images", help="images in an ImageFolder layout (one folder per leaf), or the root of --labels")
+    p.add_argument("--labels", help="a CSV of image,leaf instead of the folder layout")
+    p.add_argument("--where", action="append", required=True, metavar="SITE",
+                   help="feature site (repeatable, or a comma list), e.g. vision,projector,llm:-1")
+    p.add_argument("--out", required=True, help="run directory (a rerun resumes the feature extraction)")
+    p.add_argument("--test-size", type=float, default=0.3, help="share of images held out (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of built questions (default 0)")
+    p.add_argument("--zero-shot", choices=["auto", "path", "questions", "none"], default="auto",
+                   help="the model's own answers: predict_path over all nodes, or four-choice questions "
+                   "(auto: path for CLIP, questions for vision LLMs)")
+    p.add_argument("--l2", type=float, default=1e-4, help="probe weight decay (default 1e-4)")
+    p.add_argument("--max-iter", type=int, default=500, help="probe L-BFGS iterations at most (default 500)")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per feature shard (default 1024)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
+    p.add_argument("--no-plot", action="store_true", help="no probe_levels.png (no matplotlib needed)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hierzoo.probe import (
+        ProbeConfig,
+        ProbeError,
+        format_probe_table,
+        plot_probe_levels,
+        run_probe,
+    )
+
+    cfg = ProbeConfig(
+        model=args.model, taxonomy=args.taxonomy, out=args.out, where=args.where, images=args.images,
+        labels=args.labels, test_size=args.test_size, seed=args.seed, zero_shot=args.zero_shot, l2=args.l2,
+        max_iter=args.max_iter, shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, limit=args.limit, threads=args.threads, progress=not args.no_progress,
+    )
+    try:
+        result = run_probe(cfg)
+    except ProbeError as e:
+        print(f"hierzoo probe: error: {e}", file=sys.stderr)
+        return 2
+    print(format_probe_table(result))
+    written = [Path(args.out) / "probe.json"]
+    if not args.no_plot:
+        written.append(plot_probe_levels(result, Path(args.out) / "probe_levels.png"))
+    print(f"written: {', '.join(map(str, written))}")
+    return 0
+
+
+COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench, _add_export_sft, _add_probe]
 
 
 def build_parser() -> argparse.ArgumentParser:
