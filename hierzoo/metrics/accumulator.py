@@ -27,11 +27,14 @@ _DENSE_LIMIT = 1 << 22
 class HierarchicalMetrics:
     """Accumulate HCA, leaf accuracy, per-level accuracy, POR, strict POR, TOR, hF1, consistency.
 
-    ``update(pred, target, mask)`` per batch, ``compute()`` at the end, ``reset()`` to start over.
-    The state is integer counts: how many samples had each combination of per-sample statistics
+    torchmetrics-style: ``update(pred, target)`` per batch (codes or name paths; numpy arrays,
+    lists or torch tensors on any device), ``compute()`` at the end, ``reset()`` to start over;
+    calling the object updates and returns the batch's own metrics. The state is integer counts:
+    how many samples had each combination of per-sample statistics
     (:class:`~hierzoo.metrics.functional.PathStats`), and right/total counts per level. So
-    batches in any order, and batches spread over processes (:meth:`sync` sums the counts
-    across the ranks of ``torch.distributed``), give exactly the result of one pass.
+    batches in any order, merged accumulators (:meth:`merge`) and batches spread over processes
+    (:meth:`sync` sums the counts across the ranks of ``torch.distributed``) give exactly the
+    result of one pass.
 
     Args:
         num_levels: the number of level columns ``L`` of the inputs (the taxonomy's depth minus
@@ -63,11 +66,29 @@ class HierarchicalMetrics:
         self.counts: dict[int, int] = {}
         self.level_right = np.zeros(self.num_levels, dtype=np.int64)
         self.level_total = np.zeros(self.num_levels, dtype=np.int64)
+        self._local: tuple[dict[int, int], np.ndarray, np.ndarray] | None = None
 
     def update(self, pred: Any, target: Any, mask: Any = None, pred_mask: Any = None) -> None:
-        """Add a batch: ``(B, L')`` codes or name paths with ``L' <= num_levels``."""
-        p, t, m = prepare(pred, target, mask, self.taxonomy, self.first_level)
-        self._add(p, t, m, pred_mask)
+        """Add a batch: ``(B, L')`` codes or name paths with ``L' <= num_levels``.
+
+        Codes are taxonomy node ids (or any coding in which equal codes mean equal names),
+        negative for "no answer"; ``mask`` (default ``target >= 0``) marks the levels each true
+        path has. Arrays may be numpy arrays, nested lists or torch tensors (on any device).
+        """
+        p, t, m = prepare(_host(pred), _host(target), _host(mask), self.taxonomy, self.first_level)
+        self._add(p, t, m, _host(pred_mask))
+
+    def __call__(
+        self, pred: Any, target: Any, mask: Any = None, pred_mask: Any = None
+    ) -> dict[str, Any]:
+        """:meth:`update` with the batch, and return the batch's own metrics (as
+        ``summarize`` would; the accumulated state is read with :meth:`compute`)."""
+        p, t, m = prepare(_host(pred), _host(target), _host(mask), self.taxonomy, self.first_level)
+        pm = _host(pred_mask)
+        self._add(p, t, m, pm)
+        batch = HierarchicalMetrics(self.num_levels, self.taxonomy, self.first_level)
+        batch._add(p, t, m, pm)
+        return batch.compute()
 
     def _add(self, p: np.ndarray, t: np.ndarray, m: np.ndarray, pred_mask: Any) -> None:
         if p.shape[1] > self.num_levels:
@@ -91,11 +112,24 @@ class HierarchicalMetrics:
             values = dense[keys]
         else:
             keys, values = np.unique(codes, return_counts=True)
-        for key, count in zip(keys.tolist(), values.tolist()):
-            self.counts[key] = self.counts.get(key, 0) + count
-        for k in range(self.num_levels):
-            self.level_total[k] += np.count_nonzero(levels[k])
-            self.level_right[k] += np.count_nonzero(right[k])
+        total = np.array(
+            [np.count_nonzero(levels[k]) for k in range(self.num_levels)], dtype=np.int64
+        )
+        hits = np.array(
+            [np.count_nonzero(right[k]) for k in range(self.num_levels)], dtype=np.int64
+        )
+        self._accumulate(dict(zip(keys.tolist(), values.tolist())), hits, total)
+
+    def _accumulate(self, counts: dict[int, int], right: np.ndarray, total: np.ndarray) -> None:
+        """Add counts to the state, and to this rank's own share once :meth:`sync` ran."""
+        states = [(self.counts, self.level_right, self.level_total)]
+        if self._local is not None:
+            states.append(self._local)
+        for state_counts, state_right, state_total in states:
+            for key, count in counts.items():
+                state_counts[key] = state_counts.get(key, 0) + count
+            state_right += right
+            state_total += total
 
     @property
     def n(self) -> int:
@@ -106,23 +140,28 @@ class HierarchicalMetrics:
         """Add another accumulator's counts to this one (same ``num_levels`` and metrics)."""
         if other.num_levels != self.num_levels or set(other.metric_names) != set(self.metric_names):
             raise ValueError("Expected accumulators with the same levels and metrics.")
-        for key, count in other.counts.items():
-            self.counts[key] = self.counts.get(key, 0) + count
-        self.level_right += other.level_right
-        self.level_total += other.level_total
+        self._accumulate(dict(other.counts), other.level_right, other.level_total)
         return self
 
     def sync(self, group: Any = None) -> None:
-        """Sum the counts across all ranks of ``torch.distributed`` (no-op when not initialised)."""
+        """Sum the counts across all ranks of ``torch.distributed`` (no-op when not initialised).
+
+        A collective call: every rank of ``group`` must call it. Afterwards every rank holds the
+        counts of all ranks, and :meth:`compute` gives the result of one pass over every rank's
+        samples. Each rank remembers its own share, so updating on and syncing again later (a
+        running total per epoch) counts every sample once; :meth:`reset` starts over.
+        """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
+        own = self._local or (self.counts, self.level_right, self.level_total)
         gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(
-            gathered, (self.counts, self.level_right, self.level_total), group=group
-        )
-        self.reset()
+        dist.all_gather_object(gathered, own, group=group)
+        self._local = (dict(own[0]), own[1].copy(), own[2].copy())
+        self.counts = {}
+        self.level_right = np.zeros(self.num_levels, dtype=np.int64)
+        self.level_total = np.zeros(self.num_levels, dtype=np.int64)
         for counts, right, total in gathered:
             for key, count in counts.items():
                 self.counts[key] = self.counts.get(key, 0) + count
@@ -191,6 +230,13 @@ class HierarchicalMetrics:
         out["n"] = int(total)
         out["first_error"] = self.first_error()
         return out
+
+
+def _host(x: Any) -> Any:
+    """A torch tensor (any device) as a numpy array; anything else as it is."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return x
 
 
 def summarize(
