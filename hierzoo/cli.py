@@ -346,6 +346,9 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
         f"entries to {done.path}; prompt variant {done.prompt_variant}, {order}"
         + (f"; {done.n_skipped} entries skipped (image not found)" if done.n_skipped else "")
     )
+    if not done.n_conversations:
+        print("hierzoo export-sft: no conversation was written", file=sys.stderr)
+        return 1
     return 0
 
 
