@@ -7,22 +7,19 @@ closing instruction) and the assistant turn, the right option's letter. The stri
 by the paper's seeded generator, run through the whole set as the evaluation runs it (the same
 seed gives the same orders as an evaluation of the same file).
 
-Formats (``FORMATS``):
+Formats (``FORMATS``); every record also has an ``id``, ``"{entry}-level{k}"``:
 
-``qwen``
-    ``{"id", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content":
-    [{"type": "image", "image": PATH}, {"type": "text", "text": TEXT}]}, {"role": "assistant",
-    "content": "B"}]}``: the transformers / Qwen-VL chat-message layout (``process_vision_info``
-    reads the image path from it; ``apply_chat_template`` renders it as the evaluation prompt).
-``llava``
-    ``{"id", "image": PATH, "conversations": [{"from": "human", "value": "<image>\\nTEXT"},
-    {"from": "gpt", "value": "B"}]}``: LLaVA's layout, read by the LLaVA / LLaVA-OneVision
-    training code and Qwen2-VL / Qwen2.5-VL fine-tuning repositories. It has no system turn: those
-    trainers apply their own conversation template.
-``sharegpt``
-    ``{"id", "conversations": [{"from": "human", "value": "<image>TEXT"}, {"from": "gpt",
-    "value": "B"}], "system": SYSTEM, "images": [PATH]}``: LLaMA-Factory's ShareGPT layout
-    (``formatting: sharegpt`` with the ``system`` and ``images`` columns).
+- ``qwen``: ``{"messages": [system, user, assistant]}`` in the transformers chat layout, the
+  user content a list ``[{"type": "image", "image": PATH}, {"type": "text", "text": TEXT}]``
+  and the assistant content the letter. ``apply_chat_template`` renders the first two turns as
+  the evaluation prompt; Qwen-VL's ``process_vision_info`` reads the image from them.
+- ``llava``: ``{"image": PATH, "conversations": [{"from": "human", "value": "<image>\\nTEXT"},
+  {"from": "gpt", "value": LETTER}]}``, LLaVA's layout (LLaVA / LLaVA-OneVision training code,
+  Qwen2-VL / Qwen2.5-VL fine-tuning repositories). No system turn: those trainers apply their
+  own conversation template.
+- ``sharegpt``: ``{"conversations": [...], "system": SYSTEM, "images": [PATH]}`` with
+  ``"<image>TEXT"`` as the human turn: LLaMA-Factory's ShareGPT layout (``formatting:
+  sharegpt`` with the ``system`` and ``images`` columns).
 
 Text mode (``mode="text"``): no image; the question names the leaf and the leaf level is not
 asked, as in the paper's text runs.

@@ -59,6 +59,7 @@ class HierarchicalMetrics:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
+        """The sample metrics :meth:`compute` returns (``consistency`` needs a taxonomy)."""
         return SAMPLE_METRICS if self.taxonomy is not None else SAMPLE_METRICS[:-1]
 
     def reset(self) -> None:
