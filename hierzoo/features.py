@@ -97,7 +97,11 @@ def _shard_done(path: Path, ids: Sequence[str], identity: dict[str, str]) -> boo
         same_ids = json.loads(meta.get("ids", "null")) == list(ids)
     except json.JSONDecodeError:
         return False
-    return same_ids and data.shape[0] == len(ids) and all(meta.get(k) == v for k, v in identity.items())
+    return (
+        same_ids
+        and data.shape[0] == len(ids)
+        and all(meta.get(k) == v for k, v in identity.items())
+    )
 
 
 def _write_shard(path: Path, data: torch.Tensor, meta: dict[str, str]) -> None:
@@ -171,26 +175,44 @@ def extract_features(
     if len(ids) != len(images):
         raise ValueError(f"Expected one id per image ({len(images)}), but got {len(ids)}.")
     if len(set(ids)) != len(ids):
-        raise ValueError("Expected distinct image ids, but some repeat; give each image its own id.")
+        raise ValueError(
+            "Expected distinct image ids, but some repeat; give each image its own id."
+        )
     sites = [s.name for s in parse_sites(where)]
     store = Path(store)
     model = getattr(clf, "name", "") or type(clf).__name__
     _check_manifest(
         store,
-        {"format": FORMAT, "model": model, "n_images": len(ids), "ids_sha1": _ids_digest(ids), "shard_size": shard_size},
+        {
+            "format": FORMAT,
+            "model": model,
+            "n_images": len(ids),
+            "ids_sha1": _ids_digest(ids),
+            "shard_size": shard_size,
+        },
     )
     tax_name = taxonomy.name if taxonomy is not None else ""
     n_shards = -(-len(ids) // shard_size)
     written = skipped = 0
-    with tqdm(total=len(ids), unit="img", desc="features", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(ids), unit="img", desc="features", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for index in range(n_shards):
             lo, hi = index * shard_size, min((index + 1) * shard_size, len(ids))
             part_ids = ids[lo:hi]
 
             def identity(site: str) -> dict[str, str]:
-                return {"site": site, "model": model, "taxonomy": tax_name if "answer" in site else ""}
+                return {
+                    "site": site,
+                    "model": model,
+                    "taxonomy": tax_name if "answer" in site else "",
+                }
 
-            todo = [s for s in sites if not _shard_done(shard_path(store, s, index), part_ids, identity(s))]
+            todo = [
+                s
+                for s in sites
+                if not _shard_done(shard_path(store, s, index), part_ids, identity(s))
+            ]
             skipped += len(sites) - len(todo)
             if todo:
                 feats = clf.features(images[lo:hi], todo, taxonomy=taxonomy, batch_size=batch_size)
@@ -211,7 +233,9 @@ def extract_features(
 def _n_shards(store: Path) -> int:
     manifest_path = store / MANIFEST
     if not manifest_path.is_file():
-        raise FeatureStoreError(f"{store} is not a feature store (no {MANIFEST}); extract features into it first.")
+        raise FeatureStoreError(
+            f"{store} is not a feature store (no {MANIFEST}); extract features into it first."
+        )
     manifest = json.loads(manifest_path.read_text())
     return -(-int(manifest["n_images"]) // int(manifest["shard_size"]))
 
@@ -262,5 +286,10 @@ def load_features(store: str | Path, site: str) -> StoredFeatures:
         errors += json.loads(meta["errors"])
         parts.append(data)
     if _ids_digest(ids) != manifest["ids_sha1"]:
-        raise FeatureStoreError(f"The shards of {name!r} in {store} do not hold the manifest's images; extract again.")
+        raise FeatureStoreError(
+            f"The shards of {name!r} in {store} do not hold the manifest's images; extract again."
+        )
+    dim = max((p.shape[1] for p in parts), default=0)
+    # a shard in which every image failed does not know the width: its rows are NaN
+    parts = [p if p.shape[1] == dim else torch.full((len(p), dim), float("nan")) for p in parts]
     return StoredFeatures(name, ids, torch.cat(parts) if parts else torch.empty(0, 0), errors)

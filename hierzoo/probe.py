@@ -83,9 +83,13 @@ def fit_probe(
     import torch
 
     if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"Expected (N, D) features and N labels with N > 0, but got {tuple(x.shape)} and {len(y)}.")
+        raise ValueError(
+            f"Expected (N, D) features and N labels with N > 0, but got {tuple(x.shape)} and {len(y)}."
+        )
     if not torch.isfinite(x).all():
-        raise ValueError("Expected finite features; drop the rows of images that failed (NaN) first.")
+        raise ValueError(
+            "Expected finite features; drop the rows of images that failed (NaN) first."
+        )
     if l2 < 0:
         raise ValueError(f"Expected `l2` >= 0, but got {l2!r}.")
     device = torch.device(device) if device is not None else x.device
@@ -100,13 +104,21 @@ def fit_probe(
     target = target.to(device)
     if len(classes) > 1:
         opt = torch.optim.LBFGS(
-            [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-7, tolerance_change=1e-10,
+            [weight, bias],
+            lr=1.0,
+            max_iter=max_iter,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-7,
+            tolerance_change=1e-10,
         )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(z @ weight + bias, target) + 0.5 * l2 * weight.pow(2).sum()
+            loss = (
+                torch.nn.functional.cross_entropy(z @ weight + bias, target)
+                + 0.5 * l2 * weight.pow(2).sum()
+            )
             loss.backward()
             return loss
 
@@ -178,7 +190,9 @@ class ProbeConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def expand_sites(where: Sequence[str], levels: Sequence[int]) -> tuple[list[str], dict[str, list[str]]]:
+def expand_sites(
+    where: Sequence[str], levels: Sequence[int]
+) -> tuple[list[str], dict[str, list[str]]]:
     """``(sites to extract, line -> site per level)``: ``llm:K:answer`` without a level becomes
     one site per level (level ``k``'s probe reads the answer position of level ``k``'s
     question); every other site serves all levels."""
@@ -192,7 +206,7 @@ def expand_sites(where: Sequence[str], levels: Sequence[int]) -> tuple[list[str]
         else:
             per_level = [s.name] * len(levels)
         lines[s.name] = per_level
-        extract += [p for p in per_level if p not in extract]
+        extract += [p for p in dict.fromkeys(per_level) if p not in extract]
     return extract, lines
 
 
@@ -206,8 +220,14 @@ def site_order(name: str) -> tuple[int, int, int]:
     k = 0 if s.layer is None else (s.layer if s.layer >= 0 else 1_000_000 + s.layer)
     level = -1 if s.level is None else s.level
     return {
-        "vision": (0, -2, 0), "projector": (0, -1, 0), "llm": (0, k, 0), "layer": (0, k, 0),
-        "llm-answer": (1, k, level), "image:raw": (2, 0, 0), "image": (3, 0, 0), "text": (4, 0, 0),
+        "vision": (0, -2, 0),
+        "projector": (0, -1, 0),
+        "llm": (0, k, 0),
+        "layer": (0, k, 0),
+        "llm-answer": (1, k, level),
+        "image:raw": (2, 0, 0),
+        "image": (3, 0, 0),
+        "text": (4, 0, 0),
     }[s.kind]
 
 
@@ -220,14 +240,20 @@ def _samples(cfg: ProbeConfig, taxonomy: Taxonomy) -> tuple[list[str], list[str]
     elif cfg.images:
         pairs = samples_from_folder(cfg.images, taxonomy)
     else:
-        raise ProbeError("Give --images DIR (one folder per leaf), or --labels CSV (image,leaf) with --images as their root.")
+        raise ProbeError(
+            "Give --images DIR (one folder per leaf), or --labels CSV (image,leaf) with --images as their root."
+        )
     if cfg.limit:
         pairs = pairs[: cfg.limit]
     root = Path(cfg.images).resolve() if cfg.images else None
     ids = []
     for path, _ in pairs:
         p = Path(path).resolve()
-        ids.append(p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(path))
+        ids.append(
+            p.relative_to(root).as_posix()
+            if root is not None and p.is_relative_to(root)
+            else str(path)
+        )
     return [p for p, _ in pairs], ids, [label for _, label in pairs]
 
 
@@ -235,7 +261,9 @@ def _zero_shot_method(cfg: ProbeConfig, clf: HierClassifier) -> str | None:
     from hierzoo.models._registry import CLIP_FAMILIES
 
     if cfg.zero_shot not in ZERO_SHOT:
-        raise ProbeError(f"Expected --zero-shot to be one of {ZERO_SHOT}, but got {cfg.zero_shot!r}.")
+        raise ProbeError(
+            f"Expected --zero-shot to be one of {ZERO_SHOT}, but got {cfg.zero_shot!r}."
+        )
     if cfg.zero_shot == "none":
         return None
     if cfg.zero_shot == "auto":
@@ -272,9 +300,13 @@ def zero_shot_correct(
     if not sel:
         return correct, []
     if method == "path":
-        pred = clf.predict_path([paths[i] for i in sel], taxonomy, strategy="independent", batch_size=batch_size)
+        pred = clf.predict_path(
+            [paths[i] for i in sel], taxonomy, strategy="independent", batch_size=batch_size
+        )
         width = min(pred.node_ids.shape[1], taxonomy.depth)
-        correct[:, :width] = (pred.node_ids[:, :width] == truth[sel, :width]) & (truth[sel, :width] >= 0)
+        correct[:, :width] = (pred.node_ids[:, :width] == truth[sel, :width]) & (
+            truth[sel, :width] >= 0
+        )
         return correct, list(pred.errors)
     if method != "questions":
         raise ProbeError(f"Expected a zero-shot method 'path' or 'questions', but got {method!r}.")
@@ -288,7 +320,9 @@ def zero_shot_correct(
         if answers.errors[row] is not None:
             continue
         for k, got in enumerate(answers.predicted(row)):
-            correct[row, k] = got is not None and q.answers[k] is not None and got.lower() == q.answers[k].lower()
+            correct[row, k] = (
+                got is not None and q.answers[k] is not None and got.lower() == q.answers[k].lower()
+            )
     return correct, list(answers.errors)
 
 
@@ -351,7 +385,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     truth = taxonomy.paths[[taxonomy.leaf_index(lab) for lab in labels]]
     levels = scored_levels(truth)
     if not levels:
-        raise ProbeError("Every level has one class among these images; probing needs at least two leaves' worth of variety.")
+        raise ProbeError(
+            "Every level has one class among these images; probing needs at least two leaves' worth of variety."
+        )
     extract, lines = expand_sites(cfg.where, levels)
     lines = {name: lines[name] for name in sorted(lines, key=site_order)}
     out = Path(cfg.out)
@@ -360,8 +396,15 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     method = _zero_shot_method(cfg, clf)
     store = out / "features"
     extract_features(
-        clf, paths, extract, store, ids=ids, taxonomy=taxonomy, shard_size=cfg.shard_size,
-        batch_size=cfg.batch_size, progress=cfg.progress,
+        clf,
+        paths,
+        extract,
+        store,
+        ids=ids,
+        taxonomy=taxonomy,
+        shard_size=cfg.shard_size,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
     )
     failed = np.zeros(len(ids), dtype=bool)
     first_error: dict[str, str] = {}
@@ -372,7 +415,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                 first_error.setdefault(ids[i], err)
     valid = np.flatnonzero(~failed)
     if len(valid) < 2:
-        raise ProbeError(f"Only {len(valid)} of {len(ids)} images could be read; see the errors in {store}.")
+        raise ProbeError(
+            f"Only {len(valid)} of {len(ids)} images could be read; see the errors in {store}."
+        )
     train_pos, test_pos = split_indices(len(valid), cfg.test_size, cfg.seed)
     train, test = valid[train_pos], valid[test_pos]
     present = truth >= 0
@@ -386,7 +431,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         for j, k in enumerate(levels):
             x = stored[per_level[j]]
             rows = train[present[train, k]]
-            probe = fit_probe(x[rows], truth[rows, k], l2=cfg.l2, max_iter=cfg.max_iter, device=device)
+            probe = fit_probe(
+                x[rows], truth[rows, k], l2=cfg.l2, max_iter=cfg.max_iter, device=device
+            )
             seen = probe.predict(x[rows]).numpy()
             train_acc.append(round(100.0 * float((seen == truth[rows, k]).mean()), 4))
             n_classes.append(len(probe.classes))
@@ -401,20 +448,38 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         }
     zero = None
     if method is not None:
-        identity = {"model": cfg.model, "taxonomy": taxonomy.name, "method": method, "seed": cfg.seed,
-                    "images": cfg.images, "labels": cfg.labels, "limit": cfg.limit}
+        identity = {
+            "model": cfg.model,
+            "taxonomy": taxonomy.name,
+            "method": method,
+            "seed": cfg.seed,
+            "images": cfg.images,
+            "labels": cfg.labels,
+            "limit": cfg.limit,
+        }
         index = {i: p for p, i in enumerate(ids)}
 
         def compute(missing: list[str]) -> dict[str, dict[str, Any]]:
             correct, errors = zero_shot_correct(
-                clf, taxonomy, paths, labels, [index[i] for i in missing], method, seed=cfg.seed,
+                clf,
+                taxonomy,
+                paths,
+                labels,
+                [index[i] for i in missing],
+                method,
+                seed=cfg.seed,
                 batch_size=cfg.batch_size,
             )
-            return {i: {"correct": correct[r].tolist(), "error": errors[r]} for r, i in enumerate(missing)}
+            return {
+                i: {"correct": correct[r].tolist(), "error": errors[r]}
+                for r, i in enumerate(missing)
+            }
 
         got = _cached_zero_shot(out, identity, [ids[i] for i in test], compute)
         ok = np.array([got[ids[i]]["error"] is None for i in test], dtype=bool)
-        correct = np.array([got[ids[i]]["correct"] for i in test], dtype=bool).reshape(len(test), -1)
+        correct = np.array([got[ids[i]]["correct"] for i in test], dtype=bool).reshape(
+            len(test), -1
+        )
         zero = {
             "method": method,
             **level_scores(correct[ok], present[test][ok], levels),
@@ -425,7 +490,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         tr = truth[train[present[train, k]], k]
         te = truth[test[present[test, k]], k]
         values, counts = np.unique(tr, return_counts=True)
-        majority.append(round(100.0 * float((te == values[counts.argmax()]).mean()), 4) if len(te) else None)
+        majority.append(
+            round(100.0 * float((te == values[counts.argmax()]).mean()), 4) if len(te) else None
+        )
     level_names = [taxonomy.rank(k) or f"level{k + 1}" for k in range(taxonomy.depth)]
     result = {
         "model": cfg.model,
@@ -439,8 +506,14 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         "n_test": int(len(test)),
         "test_size": cfg.test_size,
         "seed": cfg.seed,
-        "probe": {"kind": "multinomial logistic regression", "solver": "L-BFGS (full batch, strong Wolfe)",
-                  "standardize": True, "l2": cfg.l2, "max_iter": cfg.max_iter, "device": str(device)},
+        "probe": {
+            "kind": "multinomial logistic regression",
+            "solver": "L-BFGS (full batch, strong Wolfe)",
+            "standardize": True,
+            "l2": cfg.l2,
+            "max_iter": cfg.max_iter,
+            "device": str(device),
+        },
         "sites": results,
         "zero_shot": zero,
         "majority": majority,
@@ -479,9 +552,15 @@ def format_probe_table(result: dict[str, Any]) -> str:
         + (f"; {result['n_failed']} images failed" if result["n_failed"] else "")
     ]
     for c in [header, *cells]:
-        lines.append("  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))))
+        lines.append(
+            "  ".join(
+                x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))
+            )
+        )
     if zero and zero["method"] == "questions":
-        lines.append("zero-shot: the paper's four-choice questions (chance 25%); the probes choose among every class.")
+        lines.append(
+            "zero-shot: the paper's four-choice questions (chance 25%); the probes choose among every class."
+        )
     return "\n".join(lines)
 
 
@@ -504,14 +583,29 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
         colour = cmap(0.85 * j / max(n - 1, 1))
         dodge = (j - (n - 1) / 2) * min(0.05, 0.25 / n)  # lines that coincide stay visible
         ys = [np.nan if v is None else v for v in r["level_acc"]]
-        ax.plot([x + dodge for x in xs], ys, marker=_MARKERS[j % len(_MARKERS)], ms=5, lw=1.8, color=colour,
-                label=f"{name}  (HCA {_cell(r['hca'])})")
+        ax.plot(
+            [x + dodge for x in xs],
+            ys,
+            marker=_MARKERS[j % len(_MARKERS)],
+            ms=5,
+            lw=1.8,
+            color=colour,
+            label=f"{name}  (HCA {_cell(r['hca'])})",
+        )
     zero = result.get("zero_shot")
     if zero:
         ys = [np.nan if v is None else v for v in zero["level_acc"]]
         kind = "predict_path" if zero["method"] == "path" else "4-choice, chance 25%"
-        ax.plot(xs, ys, color="black", ls="--", marker="s", ms=4, lw=1.4,
-                label=f"zero-shot, {kind}  (HCA {_cell(zero['hca'])})")
+        ax.plot(
+            xs,
+            ys,
+            color="black",
+            ls="--",
+            marker="s",
+            ms=4,
+            lw=1.4,
+            label=f"zero-shot, {kind}  (HCA {_cell(zero['hca'])})",
+        )
     ys = [np.nan if v is None else v for v in result["majority"]]
     ax.plot(xs, ys, color="0.55", ls=":", lw=1.4, label="majority class")
     _level_ticks(ax, levels, rotate=len(levels) > 5 or max(map(len, levels)) > 9)
@@ -526,6 +620,13 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
         f"{result['n_test']} held-out images, {result['n_train']} for training",
         fontsize=10,
     )
-    ax.legend(title="feature site", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
-              title_fontsize=9, alignment="left")
+    ax.legend(
+        title="feature site",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        fontsize=8,
+        title_fontsize=9,
+        alignment="left",
+    )
     return _save(fig, Path(path))

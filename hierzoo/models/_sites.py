@@ -97,7 +97,9 @@ def parse_sites(where: str | Sequence[str]) -> list[Site]:
     items = [where] if isinstance(where, str) else list(where)
     names = [part for item in items for part in str(item).split(",") if part.strip()]
     if not names:
-        raise SiteError(f"Expected at least one feature site such as {EXAMPLES}, but got {where!r}.")
+        raise SiteError(
+            f"Expected at least one feature site such as {EXAMPLES}, but got {where!r}."
+        )
     out: dict[str, Site] = {}
     for name in names:
         site = parse_site(name)
@@ -111,7 +113,9 @@ def check_kinds(sites: Sequence[Site], allowed: Sequence[str], family: str) -> N
     for s in sites:
         if s.kind not in allowed:
             shown = ", ".join(_SPELLING[k] for k in allowed)
-            raise SiteError(f"Expected a feature site of {family} models ({shown}), but got {s.name!r}.")
+            raise SiteError(
+                f"Expected a feature site of {family} models ({shown}), but got {s.name!r}."
+            )
         if s.kind == "llm-answer" and s.level is None:
             raise SiteError(
                 f"Site {s.name!r} needs the level whose question it answers: {s.name}:L with L the "

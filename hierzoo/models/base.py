@@ -319,7 +319,8 @@ class HierClassifier(ABC):
 
         Returns:
             :class:`Features`: per site an ``(N, D)`` float32 CPU tensor; an image that cannot be
-            read gets a NaN row and its message in ``errors``, never an exception.
+            read gets a NaN row and its message in ``errors``, never an exception (``(N, 0)``
+            when no image could be read).
 
         Raises:
             hierzoo.models._sites.SiteError: a site this family does not have, or a layer out of

@@ -188,7 +188,10 @@ def _tap_module(module: Any, where: str) -> Iterator[list[Any]]:
     time it runs."""
     kept: list[Any] = []
     if where == "input":
-        hook = module.register_forward_pre_hook(lambda m, args, kwargs: kept.append(args[0] if args else next(iter(kwargs.values()))), with_kwargs=True)
+        hook = module.register_forward_pre_hook(
+            lambda m, args, kwargs: kept.append(args[0] if args else next(iter(kwargs.values()))),
+            with_kwargs=True,
+        )
     else:
         hook = module.register_forward_hook(lambda m, args, output: kept.append(output))
     try:
@@ -513,7 +516,11 @@ class VisionLLMClassifier(HierClassifier):
                 key = (k, label)
                 if key not in questions_text:
                     questions_text[key] = prompts.question_text(
-                        protocol.taxonomy, protocol.first_level + k, variant=variant, mode=mode, label=label
+                        protocol.taxonomy,
+                        protocol.first_level + k,
+                        variant=variant,
+                        mode=mode,
+                        label=label,
                     )
                 for r in range(len(order) if protocol.circular else 1):
                     rotated = order[r:] + order[:r]
@@ -913,7 +920,9 @@ class VisionLLMClassifier(HierClassifier):
 
     def _llm_layers(self, sites: Sequence[Site], kind: str) -> dict[str, int]:
         n = len(self._language_model().layers)
-        return {s.name: s.resolve_layer(n, f"the LLM of {self.name!r}") for s in sites if s.kind == kind}
+        return {
+            s.name: s.resolve_layer(n, f"the LLM of {self.name!r}") for s in sites if s.kind == kind
+        }
 
     def _answer_contexts(
         self, sites: Sequence[Site], taxonomy: Taxonomy | None, mode: str, label: str | None = None
@@ -988,7 +997,9 @@ class VisionLLMClassifier(HierClassifier):
         answer_layers = self._llm_layers(sites, "llm-answer")
         contexts = self._answer_contexts(sites, taxonomy, "image")
         tok = self.processor.tokenizer
-        context_ids = {lev: tok(text, add_special_tokens=False)["input_ids"] for lev, text in contexts.items()}
+        context_ids = {
+            lev: tok(text, add_special_tokens=False)["input_ids"] for lev, text in contexts.items()
+        }
         out: dict[str, torch.Tensor] = {}
         errors: list[str | None] = [None] * len(items)
         batch_size = batch_size or self.batch_size
@@ -1008,7 +1019,9 @@ class VisionLLMClassifier(HierClassifier):
 
             for group in self._image_groups(items, batch_size, cost, failed):
                 rows = [j for j, _ in group]
-                values = self._image_features([img for _, img in group], sites, pooled, answer_layers, context_ids, batch_size)
+                values = self._image_features(
+                    [img for _, img in group], sites, pooled, answer_layers, context_ids, batch_size
+                )
                 for name, value in values.items():
                     if name not in out:
                         out[name] = torch.full((len(items), value.shape[1]), float("nan"))
@@ -1037,14 +1050,23 @@ class VisionLLMClassifier(HierClassifier):
         module, where = self.vision_site() if want_vision else (None, "")
         values: dict[str, torch.Tensor] = {}
         out = None
-        with _tap(lm, layers, stop_at) as hidden, nullcontext() if module is None else _tap_module(module, where) as kept:
-            out = self.model(**enc, position_ids=positions, use_cache=bool(context_ids), logits_to_keep=1)
+        with (
+            _tap(lm, layers, stop_at) as hidden,
+            nullcontext() if module is None else _tap_module(module, where) as kept,
+        ):
+            out = self.model(
+                **enc, position_ids=positions, use_cache=bool(context_ids), logits_to_keep=1
+            )
         image_mask = enc["input_ids"] == self.model.config.image_token_id
         for s in sites:
             if s.kind == "vision":
-                values[s.name] = torch.stack([t.float().mean(0) for t in self.vision_tokens(kept[0], enc)]).cpu()
+                values[s.name] = torch.stack(
+                    [t.float().mean(0) for t in self.vision_tokens(kept[0], enc)]
+                ).cpu()
             elif s.kind in ("llm", "projector"):
-                values[s.name] = _masked_mean(hidden[pooled[s.name if s.kind == "llm" else "projector"]], image_mask)
+                values[s.name] = _masked_mean(
+                    hidden[pooled[s.name if s.kind == "llm" else "projector"]], image_mask
+                )
         if not context_ids:
             return values
         prefix = _Prefix(_cache_of(out), enc["attention_mask"], start)
@@ -1056,7 +1078,9 @@ class VisionLLMClassifier(HierClassifier):
             chunk = rows[part]
             wanted = set(answer_layers.values())
             with _tap(lm, wanted, max(wanted)) as hidden:
-                self._continue(prefix, [g for g, _ in chunk], [context_ids[lev] for _, lev in chunk])
+                self._continue(
+                    prefix, [g for g, _ in chunk], [context_ids[lev] for _, lev in chunk]
+                )
             for k in wanted:
                 kept_rows[k].append(hidden[k][:, -1].float().cpu())
         for s in sites:
@@ -1095,7 +1119,9 @@ class VisionLLMClassifier(HierClassifier):
         head, tail = self.template("text")
         tok = self.processor.tokenizer
         head_ids = tok(head, add_special_tokens=False)["input_ids"]
-        rows: list[tuple[str, int, list[int], int, int]] = []  # (kind, name index, ids, span start, span end)
+        rows: list[
+            tuple[str, int, list[int], int, int]
+        ] = []  # (kind, name index, ids, span start, span end)
         for i, name in enumerate(names):
             if pooled:
                 name_ids = tok(name, add_special_tokens=False)["input_ids"]
@@ -1105,7 +1131,9 @@ class VisionLLMClassifier(HierClassifier):
                         f"The tokens of {name!r} merge with the end of the user turn for {self.name!r}; "
                         "its hidden states cannot be told apart."
                     )
-                rows.append(("llm", i, head_ids + ids, len(head_ids), len(head_ids) + len(name_ids)))
+                rows.append(
+                    ("llm", i, head_ids + ids, len(head_ids), len(head_ids) + len(name_ids))
+                )
             for lev, text in self._answer_contexts(sites, taxonomy, "text", label=name).items():
                 ids = head_ids + tok(text, add_special_tokens=False)["input_ids"]
                 rows.append((f"answer:{lev}", i, ids, len(ids) - 1, len(ids)))
@@ -1116,7 +1144,10 @@ class VisionLLMClassifier(HierClassifier):
         kept: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
         from tqdm.auto import tqdm
 
-        with torch.inference_mode(), tqdm(total=len(rows), unit="prompt", disable=not progress, desc=self.name) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(rows), unit="prompt", disable=not progress, desc=self.name) as bar,
+        ):
             for part in self._row_chunks(len(rows), width, batch_size):
                 chunk = rows[part]
                 ids, mask = _right_pad([r[2] for r in chunk], pad)
@@ -1126,7 +1157,13 @@ class VisionLLMClassifier(HierClassifier):
                 for j, r in enumerate(chunk):
                     span[j, r[3] : r[4]] = 1
                 with _tap(lm, layers, max(layers)) as hidden:
-                    self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1)
+                    self.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=False,
+                        logits_to_keep=1,
+                    )
                 for k in layers:
                     kept[k].append(_masked_mean(hidden[k], span))
                 bar.update(len(chunk))
@@ -1212,7 +1249,9 @@ class LlavaOnevisionClassifier(VisionLLMClassifier):
         config = self.model.config
         crops = [
             image_size_to_num_patches(
-                image_size=size, grid_pinpoints=config.image_grid_pinpoints, patch_size=config.vision_config.image_size
+                image_size=size,
+                grid_pinpoints=config.image_grid_pinpoints,
+                patch_size=config.vision_config.image_size,
             )
             for size in inputs["image_sizes"]
         ]
@@ -1236,7 +1275,9 @@ class InternVLClassifier(VisionLLMClassifier):
         feats = kept.last_hidden_state if layer == -1 else kept.hidden_states[layer]
         if config.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
-        tiles = ((inputs["input_ids"] == config.image_token_id).sum(-1) // config.image_seq_length).tolist()
+        tiles = (
+            (inputs["input_ids"] == config.image_token_id).sum(-1) // config.image_seq_length
+        ).tolist()
         return [t.flatten(0, 1) for t in torch.split(feats, tiles)]
 
 
