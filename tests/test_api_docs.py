@@ -39,3 +39,13 @@ def test_wrap_is_exported_lazily_and_stays_a_function():
         "assert wrap is first\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_training_loop_example_runs():
+    import runpy
+
+    pytest.importorskip("open_clip")
+    example = runpy.run_path(str(ROOT / "docs" / "examples" / "training_loop.py"))
+    results = example["main"](["--epochs", "1", "--steps", "2"])
+    assert results["n"] == 24 and 0.0 <= results["hca"] <= results["leaf_acc"] <= 1.0
+    assert 0.0 <= results["questions_hca"] <= 1.0
