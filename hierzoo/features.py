@@ -186,6 +186,7 @@ def extract_features(
         {
             "format": FORMAT,
             "model": model,
+            "dtype": str(getattr(clf, "dtype", "")).replace("torch.", ""),
             "n_images": len(ids),
             "ids_sha1": _ids_digest(ids),
             "shard_size": shard_size,

@@ -431,6 +431,10 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         for j, k in enumerate(levels):
             x = stored[per_level[j]]
             rows = train[present[train, k]]
+            if len(rows) == 0:  # no training image reaches this level: its test images count wrong
+                train_acc.append(None)
+                n_classes.append(0)
+                continue
             probe = fit_probe(
                 x[rows], truth[rows, k], l2=cfg.l2, max_iter=cfg.max_iter, device=device
             )
