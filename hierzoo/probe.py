@@ -186,7 +186,6 @@ class ProbeConfig:
     limit: int | None = None
     threads: int | None = None
     progress: bool = True
-    plot: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -523,7 +522,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         "majority": majority,
         "features": str(store),
         "failed_images": dict(list(first_error.items())[:20]),
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "plot")},
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "wall_seconds": round(time.time() - started, 3),
         "command": " ".join(sys.argv),
     }
@@ -572,13 +571,13 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
     """``probe_levels.png``: held-out accuracy per level (coarse to fine), one line per feature
     site (coloured from the vision end to the LLM's last layer), the model's zero-shot answers
     (dashed) and the majority-class baseline (dotted); HCA in the legend."""
-    from matplotlib import colormaps
-
     from hierzoo.report import _MARKERS, _figure, _level_ticks, _save
 
     levels = result["levels"]
     xs = list(range(len(levels)))
-    fig = _figure(figsize=(min(14, 3.2 + 0.9 * len(levels)) + 2.6, 4.4))
+    fig = _figure(figsize=(min(14, 3.2 + 0.9 * len(levels)) + 2.6, 4.4))  # names the pip line
+    from matplotlib import colormaps
+
     ax = fig.subplots()
     lines = list(result["sites"].items())
     cmap = colormaps["viridis"]
