@@ -619,13 +619,16 @@ class OpenClipClassifier(ClipClassifier):
         dtype: str | torch.dtype | None = None,
         **kw: Any,
     ) -> OpenClipClassifier:
-        """Wrap an open_clip model held in memory (its weights are used, not copied).
+        """Wrap an open_clip model held in memory (its weights are used, not copied; ``device``
+        defaults to where the model already is).
 
         ``model_key`` names the weights in the text-embedding cache; without it the cache stays
         in memory, since hierzoo cannot tell two in-memory models apart.
         """
         from hierzoo.models._factory import resolve_device
 
+        if device is None:  # an in-memory model stays where its owner put it
+            device = next(model.parameters()).device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
         dtype = resolve_dtype(dtype, next(model.parameters()).dtype)
         model = model.to(device=device, dtype=dtype).eval()
@@ -730,7 +733,8 @@ class HFClipClassifier(ClipClassifier):
         dtype: str | torch.dtype | None = None,
         **kw: Any,
     ) -> HFClipClassifier:
-        """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory."""
+        """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory
+        (``device`` defaults to where the model already is)."""
         from hierzoo.models._factory import resolve_device
 
         if model.config.model_type == "siglip2":
@@ -738,6 +742,8 @@ class HFClipClassifier(ClipClassifier):
                 f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
                 "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
             )
+        if device is None:  # an in-memory model stays where its owner put it
+            device = next(model.parameters()).device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
         dtype = resolve_dtype(dtype, model.dtype)
         model = model.to(device=device, dtype=dtype).eval()
