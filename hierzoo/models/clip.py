@@ -142,6 +142,48 @@ class ClipClassifier(HierClassifier):
         self.image_encoder_seconds = 0.0
         self.time_image_encoder = False
 
+    @classmethod
+    def _placed(
+        cls,
+        model: Any,
+        text_side: Any,
+        transform: Callable[[Image.Image], torch.Tensor],
+        *,
+        name: str,
+        spec: ModelSpec | None,
+        model_key: str | None,
+        device: torch.device | str | None,
+        dtype: str | torch.dtype | None,
+        **kw: Any,
+    ) -> Any:
+        """The classifier around a loaded model (tokenizer or processor in ``text_side``), moved
+        to ``device`` (default: where it is) in ``dtype`` (default: its own), with its own logit
+        scale and bias; without a ``model_key`` the text cache stays in memory."""
+        from hierzoo.models._factory import resolve_device
+
+        first = next(model.parameters())
+        device = first.device if device is None else device
+        device = resolve_device(device) if not isinstance(device, torch.device) else device
+        dtype = resolve_dtype(dtype, first.dtype)
+        model = model.to(device=device, dtype=dtype).eval()
+        if model_key is None:
+            kw["cache_dir"] = False
+        bias = getattr(model, "logit_bias", None)
+        return cls(
+            model,
+            text_side,
+            name=name,
+            spec=spec,
+            device=device,
+            dtype=dtype,
+            transform=transform,
+            logit_scale=float(model.logit_scale.detach().exp()),
+            logit_bias=float(bias.detach()) if bias is not None else 0.0,
+            model_key=model_key or f"in-memory:{id(model)}",
+            templates=kw.pop("templates", None),
+            **kw,
+        )
+
     # ----------------------------------------------------------------- hooks
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -625,30 +667,8 @@ class OpenClipClassifier(ClipClassifier):
         ``model_key`` names the weights in the text-embedding cache; without it the cache stays
         in memory, since hierzoo cannot tell two in-memory models apart.
         """
-        from hierzoo.models._factory import resolve_device
-
-        if device is None:  # an in-memory model stays where its owner put it
-            device = next(model.parameters()).device
-        device = resolve_device(device) if not isinstance(device, torch.device) else device
-        dtype = resolve_dtype(dtype, next(model.parameters()).dtype)
-        model = model.to(device=device, dtype=dtype).eval()
-        if model_key is None:
-            kw["cache_dir"] = False
-        bias = getattr(model, "logit_bias", None)
-        return cls(
-            model,
-            tokenizer,
-            name=name,
-            spec=spec,
-            device=device,
-            dtype=dtype,
-            transform=preprocess,
-            logit_scale=float(model.logit_scale.detach().exp()),
-            logit_bias=float(bias.detach()) if bias is not None else 0.0,
-            model_key=model_key or f"in-memory:{id(model)}",
-            templates=kw.pop("templates", None),
-            **kw,
-        )
+        return cls._placed(model, tokenizer, preprocess, name=name, spec=spec, model_key=model_key,
+                           device=device, dtype=dtype, **kw)
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]
@@ -735,35 +755,13 @@ class HFClipClassifier(ClipClassifier):
     ) -> HFClipClassifier:
         """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory
         (``device`` defaults to where the model already is)."""
-        from hierzoo.models._factory import resolve_device
-
         if model.config.model_type == "siglip2":
             raise ValueError(
                 f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
                 "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
             )
-        if device is None:  # an in-memory model stays where its owner put it
-            device = next(model.parameters()).device
-        device = resolve_device(device) if not isinstance(device, torch.device) else device
-        dtype = resolve_dtype(dtype, model.dtype)
-        model = model.to(device=device, dtype=dtype).eval()
-        if model_key is None:
-            kw["cache_dir"] = False
-        bias = getattr(model, "logit_bias", None)
-        return cls(
-            model,
-            processor,
-            name=name,
-            spec=spec,
-            device=device,
-            dtype=dtype,
-            transform=_HFImageTransform(processor.image_processor),
-            logit_scale=float(model.logit_scale.detach().exp()),
-            logit_bias=float(bias.detach()) if bias is not None else 0.0,
-            model_key=model_key or f"in-memory:{id(model)}",
-            templates=kw.pop("templates", None),
-            **kw,
-        )
+        return cls._placed(model, processor, _HFImageTransform(processor.image_processor), name=name, spec=spec,
+                           model_key=model_key, device=device, dtype=dtype, **kw)
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]
