@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import print_table, write_json
-from _images import make_jpegs
 from PIL import Image
 
 import hierzoo
+from hierzoo.bench import make_images
 from hierzoo.tasks import read_questions
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     model_dir = work / f"openclip-{args.arch}-random"
     if not (model_dir / "open_clip_config.json").exists():
         build_tiny_openclip(model_dir, seed=0, model_cfg=open_clip.get_model_config(args.arch))
-    paths = make_jpegs(work / "jpeg-500x375", args.images)
+    paths = make_images(work / "jpeg-500x375", args.images)
     questions = read_questions("cub200-similar")[: args.images]
     for q, p in zip(questions, paths):
         q.path = p

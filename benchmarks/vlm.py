@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import print_table, write_json
-from _images import make_jpegs
 
 import hierzoo
 from hierzoo.baselines import vlm_forward_loop, vlm_paper_loop
+from hierzoo.bench import make_images
 from hierzoo.models import Protocol, tiny
 from hierzoo.tasks import read_questions
 
@@ -116,7 +116,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = make_jpegs(root / "images", args.images)
+        paths = make_images(root / "images", args.images)
         questions = read_questions("cub200-random")[: args.images]
         for q, p in zip(questions, paths):
             q.path = Path(p)

@@ -51,7 +51,7 @@ class BenchConfig:
     warmup_images: int = 16
 
 
-def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+def make_images(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[str]:
     """``n`` JPEG photos of ``size`` (smooth colour fields with noise), written in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (folder / f"{i:05d}.jpg").exists()]

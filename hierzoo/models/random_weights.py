@@ -82,6 +82,7 @@ def build_random(
     if name not in supported():
         raise ValueError(f"No bundled architecture for {name!r}; --random-weights covers {supported()}.")
     device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     spec = ZOO[name]
     torch.manual_seed(seed)
     if spec.family == "openclip":
@@ -91,7 +92,7 @@ def build_random(
     return _qwen2_5_vl(spec, device, dtype, size)
 
 
-def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, size: str) -> HierClassifier:
+def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
     import open_clip
 
     from hierzoo.models.clip import OpenClipClassifier
@@ -107,11 +108,11 @@ def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, 
         tokenizer = open_clip.get_tokenizer(spec.arch)
     return OpenClipClassifier.from_model(
         model, tokenizer, preprocess, name=f"{spec.name} (random weights)", device=device,
-        dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
+        dtype=dtype,
     )
 
 
-def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, size: str) -> HierClassifier:
+def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -158,11 +159,11 @@ def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, s
         model = model_cls(config)
     return HFClipClassifier.from_model(
         model, processor, name=f"{spec.name} (random weights)", device=device,
-        dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
+        dtype=dtype,
     )
 
 
-def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None, size: str) -> HierClassifier:
+def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -174,7 +175,6 @@ def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None
     from hierzoo.models import tiny
     from hierzoo.models.vlm import Qwen2_5_VLClassifier
 
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if size == "tiny":
         path = tiny.build_tiny_qwen2_5_vl(_scratch_dir(spec.name))
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
