@@ -126,6 +126,59 @@ def default_workers(n_items: int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+CHUNK = 32
+"""Images a worker loads per task. Workers load chunks, not whole batches, so that a batch of
+512 is decoded by many workers at once: the first batch arrives after ``512 / workers`` decodes,
+not 512, and the last batches do not wait on one busy worker."""
+
+
+def _chunks(n_items: int, batch_size: int, chunk: int) -> tuple[list[list[int]], list[int]]:
+    """Index chunks of at most ``chunk`` items that never straddle a batch boundary, and how
+    many chunks make up each batch (so batches are exactly those of a ``batch_size`` loader)."""
+    chunks: list[list[int]] = []
+    per_batch: list[int] = []
+    for start in range(0, n_items, batch_size):
+        end = min(start + batch_size, n_items)
+        parts = [list(range(a, min(a + chunk, end))) for a in range(start, end, chunk)]
+        chunks += parts
+        per_batch.append(len(parts))
+    return chunks, per_batch
+
+
+def _merge(parts: list[ImageBatch]) -> ImageBatch:
+    """Chunks of one batch as one batch: tensors concatenated (where they already are, e.g. on
+    the device), anything else as a list."""
+    indices = [i for c in parts for i in c.indices]
+    failed = {k: v for c in parts for k, v in c.failed.items()}
+    data = [c.data for c in parts if c.indices]
+    if len(data) == 1:
+        return ImageBatch(indices, data[0], failed)
+    if data and all(isinstance(d, torch.Tensor) for d in data) and len({tuple(d.shape[1:]) for d in data}) == 1:
+        return ImageBatch(indices, torch.cat(data), failed)
+    return ImageBatch(indices, [x for d in data for x in d], failed)
+
+
+def rebatch(
+    chunks: Iterator[ImageBatch], per_batch: Sequence[int], place: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Iterator[ImageBatch]:
+    """Chunks regrouped into batches, ``per_batch[k]`` chunks for batch ``k``; ``place`` moves
+    each chunk's stacked tensor (to the device, say) before the batch is concatenated, so that
+    the concatenation happens there and not in host memory."""
+    counts = iter(per_batch)
+    want = next(counts, 0)
+    parts: list[ImageBatch] = []
+    for chunk in chunks:
+        if place is not None and isinstance(chunk.data, torch.Tensor):
+            chunk = ImageBatch(chunk.indices, place(chunk.data), chunk.failed)
+        parts.append(chunk)
+        if len(parts) == want:
+            yield _merge(parts)
+            parts = []
+            want = next(counts, 0)
+    if parts:
+        yield _merge(parts)
+
+
 def iterate_images(
     items: Sequence[ImageInput | None],
     transform: Callable[[Image.Image], Any] | None,
@@ -133,20 +186,86 @@ def iterate_images(
     *,
     num_workers: int | None = None,
     pin_memory: bool = False,
+    place: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int | None = None,
 ) -> Iterator[ImageBatch]:
-    """Batches of decoded, transformed images, in input order, decoded in worker processes."""
+    """Batches of decoded, transformed images, in input order, decoded in worker processes.
+
+    Workers load chunks of ``chunk_size`` images (default :data:`CHUNK`; the whole batch without
+    workers); ``place`` is applied to each chunk's tensor before a batch is put together.
+    """
     workers = default_workers(len(items)) if num_workers is None else num_workers
+    chunk = batch_size if workers == 0 else max(1, min(batch_size, chunk_size or CHUNK))
+    index_chunks, per_batch = _chunks(len(items), batch_size, chunk)
     loader = torch.utils.data.DataLoader(
         ImageDataset(items, transform),
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=index_chunks,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
-        prefetch_factor=2 if workers else None,
+        prefetch_factor=_prefetch(workers, batch_size, chunk),
     )
-    yield from loader
+    yield from rebatch(iter(loader), per_batch, place)
+
+
+def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
+    """Chunks each worker keeps in flight: enough for two batches across all workers."""
+    if not workers:
+        return None
+    return max(2, -(-2 * batch_size // (chunk * workers)))
+
+
+# --------------------------------------------------------------------------- uint8 on the host, floats on the device
+class HostGeometry:
+    """The PIL steps of a torchvision ``Compose`` before its ``ToTensor`` (resize, crop, RGB),
+    returning a ``(3, H, W)`` uint8 tensor: a quarter of the bytes of the float image to move
+    between processes, pin and copy, and no float work in the workers."""
+
+    def __init__(self, steps: Sequence[Callable[[Any], Any]]):
+        self.steps = list(steps)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        for step in self.steps:
+            img = step(img)
+        return _pil_to_tensor(img)
+
+
+@dataclass
+class Normalize:
+    """``(x / 255 - mean) / std`` of a uint8 ``(B, 3, H, W)`` tensor, as float32: the float
+    half of a split ``Compose``, run where the tensor is (the device)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = pixels.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=out.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)
+        return out.sub_(mean).div_(std)
+
+
+_PIL_STEPS = ("Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad", "MaybeConvertMode", "function")
+_TO_TENSOR = ("ToTensor", "MaybeToTensor")
+
+
+def split_transform(transform: Any) -> tuple[HostGeometry, Normalize] | None:
+    """A torchvision ``Compose`` of PIL resize / crop / RGB steps, then ``ToTensor`` and one
+    ``Normalize``, split into its uint8 host half and its float device half (the same numbers:
+    ``ToTensor`` is ``x.float() / 255`` and ``Normalize`` is ``(x - mean) / std``). ``None``
+    for any other pipeline (a transformers processor, augmentations, a custom step)."""
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(steps, list):
+        return None
+    names = [type(t).__name__ for t in steps]
+    cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
+    if cut is None or names[cut + 1 :] != ["Normalize"] or any(n not in _PIL_STEPS for n in names[:cut]):
+        return None
+    if "function" in names[:cut] and any(getattr(t, "__name__", "") != "_convert_to_rgb" for t in steps[:cut] if type(t).__name__ == "function"):
+        return None
+    norm = steps[-1]
+    return HostGeometry(steps[:cut]), Normalize(tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std))
 
 
 # --------------------------------------------------------------------------- decoding on the device
@@ -260,11 +379,13 @@ def iterate_images_on_device(
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     workers = default_workers(len(items)) if num_workers is None else num_workers
+    chunk = batch_size if workers == 0 else min(batch_size, CHUNK)
+    index_chunks, per_batch = _chunks(len(items), batch_size, chunk)
     loader = torch.utils.data.DataLoader(
-        _BytesDataset(items), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate_raw,
-        prefetch_factor=2 if workers else None,
+        _BytesDataset(items), batch_sampler=index_chunks, num_workers=workers, collate_fn=_collate_raw,
+        prefetch_factor=_prefetch(workers, batch_size, chunk),
     )
-    for batch in loader:
+    for batch in rebatch(iter(loader), per_batch):
         failed = dict(batch.failed)
         jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
         decoded: dict[int, torch.Tensor] = {}
@@ -312,7 +433,7 @@ def iterate_images_on_device(
 def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
     import numpy as np
 
-    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 _END = object()

@@ -34,6 +34,11 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
     for r in rec["sweep"]:
         assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(4 * r["images_per_second"])
         assert 0 < r["forward_share"] <= 1.0 and r["batch_latency_median_s"] > 0 and r["peak_rss_gib"] > 0
+        assert 0 < r["first_batch_seconds"] < r["seconds"]
+        assert r["steady_questions_per_second"] == pytest.approx(4 * r["steady_images_per_second"])
+        # the rate after the first batch is the rest of the images over the rest of the time
+        rest = 6 - r["batch_size"]
+        assert r["steady_images_per_second"] == pytest.approx(rest / (r["seconds"] - r["first_batch_seconds"]), rel=1e-6)
     assert rec["best_batch_size"] in (2, 3)
     assert rec["baseline"]["agreement"] == 1.0 and rec["baseline"]["speedup"] > 0
     assert "best batch size" in capsys.readouterr().out

@@ -26,6 +26,7 @@ from hierzoo.images import (
     iterate_images,
     iterate_images_on_device,
     prefetch,
+    split_transform,
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
@@ -119,6 +120,7 @@ class ClipClassifier(HierClassifier):
         batch_size: int = 64,
         num_workers: int | None = None,
         decode_on_device: bool = False,
+        normalize_on_device: bool | None = None,
     ):
         self.name = name
         self.spec = spec
@@ -137,6 +139,7 @@ class ClipClassifier(HierClassifier):
                 f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a plain "
                 "resize / crop / normalise that hierzoo can run on tensors; leave it off."
             )
+        self.normalize_on_device = normalize_on_device
         self.texts_encoded = 0
         self.images_encoded = 0
         self.image_encoder_seconds = 0.0
@@ -244,6 +247,7 @@ class ClipClassifier(HierClassifier):
         the model's dtype (``None`` when every image of the batch failed), failures."""
         cuda = self.device.type == "cuda"
         bs = batch_size or self.batch_size
+        split = None
         if self.device_preprocess is not None:
             batches = prefetch(
                 lambda: iterate_images_on_device(
@@ -252,15 +256,30 @@ class ClipClassifier(HierClassifier):
                 self.device,
             )
         else:
-            batches = iterate_images(items, self.transform, bs, num_workers=self.num_workers, pin_memory=cuda)
+            split = self._split_transform(items)
+            batches = iterate_images(
+                items, split[0] if split else self.transform, bs, num_workers=self.num_workers, pin_memory=cuda,
+                place=lambda t: t.to(self.device, non_blocking=cuda),
+            )
         for batch in batches:
             pixels = None
             if batch.indices:
                 pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
                 pixels = pixels.to(self.device, non_blocking=cuda)
+                if split is not None:
+                    pixels = split[1](pixels)
                 if self.dtype != torch.float32:
                     pixels = pixels.to(self.dtype)
             yield batch.indices, pixels, batch.failed
+
+    def _split_transform(self, items: Sequence[ImageInput | None]) -> tuple[Callable, Callable] | None:
+        """The transform as a uint8 half for the workers and a float half for the device, when
+        ``normalize_on_device`` (default: on CUDA) and the transform splits; never when some
+        inputs are already preprocessed tensors."""
+        on = self.device.type == "cuda" if self.normalize_on_device is None else self.normalize_on_device
+        if not on or any(isinstance(x, torch.Tensor) for x in items):
+            return None
+        return split_transform(self.transform)
 
     def _stream_images(
         self, items: list[ImageInput | None], batch_size: int | None

@@ -1,0 +1,138 @@
+"""Image loading: chunked workers regrouped into the same batches, and the uint8 / float split
+of CLIP transforms, checked against the plain one-batch-per-worker, float-in-workers pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hierzoo.images import (
+    CHUNK,
+    ImageBatch,
+    _chunks,
+    iterate_images,
+    rebatch,
+    split_transform,
+)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(23):
+        w, h = int(rng.integers(30, 90)), int(rng.integers(30, 90))
+        p = root / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        out.append(str(p))
+    (root / "bad.jpg").write_bytes(b"\xff\xd8 broken")
+    out[5] = str(root / "bad.jpg")
+    out[17] = str(root / "missing.jpg")
+    return out
+
+
+def _clip_transform():
+    import open_clip
+
+    return open_clip.image_transform(32, is_train=False, mean=(0.48, 0.45, 0.40), std=(0.26, 0.26, 0.27))
+
+
+@pytest.mark.parametrize("n, batch, chunk", [(23, 7, 3), (23, 8, 4), (5, 8, 32), (64, 64, 32), (1, 1, 1)])
+def test_chunks_tile_each_batch_and_never_straddle(n, batch, chunk):
+    chunks, per_batch = _chunks(n, batch, chunk)
+    assert [i for c in chunks for i in c] == list(range(n))
+    assert all(0 < len(c) <= chunk for c in chunks)
+    k = 0
+    for b, count in enumerate(per_batch):
+        got = [i for c in chunks[k : k + count] for i in c]
+        assert got == list(range(b * batch, min((b + 1) * batch, n)))
+        k += count
+    assert k == len(chunks)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chunked_loading_gives_the_batches_of_a_plain_loader(paths, workers):
+    """Same indices, tensors and failures per batch as one DataLoader batch per batch."""
+    transform = _clip_transform()
+    plain = list(iterate_images(paths, transform, 7, num_workers=0))
+    got = list(iterate_images(paths, transform, 7, num_workers=workers, chunk_size=3))
+    assert len(got) == len(plain) == 4
+    for a, b in zip(plain, got):
+        assert a.indices == b.indices
+        assert a.failed.keys() == b.failed.keys()
+        assert torch.equal(a.data, b.data)
+    assert 5 in got[0].failed and "Cannot decode" in got[0].failed[5]
+    assert 17 in got[2].failed and "No image file" in got[2].failed[17]
+
+
+def _worker_id(img):
+    info = torch.utils.data.get_worker_info()
+    return torch.tensor([info.id if info else -1])
+
+
+def test_one_batch_is_loaded_by_several_workers(paths):
+    """The reason for chunks: the first batch does not wait on a single worker."""
+    good = [p for i, p in enumerate(paths) if i not in (5, 17)]
+    first = next(iter(iterate_images(good, _worker_id, 8, num_workers=2, chunk_size=2)))
+    assert set(first.data[:, 0].tolist()) == {0, 1}
+    whole = next(iter(iterate_images(good, _worker_id, 8, num_workers=2, chunk_size=8)))
+    assert len(set(whole.data[:, 0].tolist())) == 1
+
+
+def test_rebatch_places_chunks_before_concatenating():
+    placed = []
+
+    def place(t):
+        placed.append(t.shape[0])
+        return t * 10
+
+    chunks = [ImageBatch([0, 1], torch.ones(2, 1), {}), ImageBatch([], [], {2: "bad"}), ImageBatch([3], torch.ones(1, 1), {}),
+              ImageBatch([4], torch.ones(1, 1), {})]
+    out = list(rebatch(iter(chunks), [3, 1], place))
+    assert [b.indices for b in out] == [[0, 1, 3], [4]]
+    assert out[0].failed == {2: "bad"} and placed == [2, 1, 1]
+    assert torch.equal(out[0].data, torch.full((3, 1), 10.0))
+
+
+def test_split_transform_reproduces_the_compose_exactly(paths):
+    transform = _clip_transform()
+    host, device = split_transform(transform)
+    for p in [p for i, p in enumerate(paths) if i not in (5, 17)][:8]:
+        img = Image.open(p).convert("RGB")
+        u8 = host(img)
+        assert u8.dtype == torch.uint8 and u8.shape == (3, 32, 32)
+        assert torch.equal(device(u8[None])[0], transform(img))
+
+
+def test_split_transform_refuses_other_pipelines():
+    from torchvision import transforms as T
+
+    assert split_transform(T.Compose([T.RandomResizedCrop(32), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])) is None
+    assert split_transform(T.Compose([T.Resize(32), T.ToTensor()])) is None  # no Normalize: not a CLIP pipeline
+    assert split_transform(T.Compose([T.Resize(32), T.Lambda(lambda x: x), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])) is None
+    assert split_transform(lambda img: img) is None
+
+
+def test_uint8_workers_give_the_float_pipelines_embeddings(paths, tmp_path):
+    """normalize_on_device (the CUDA default) against the float-in-workers pipeline, on the CPU."""
+    import hierzoo
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    model_dir = build_tiny_openclip(tmp_path / "oc", seed=0)
+    floats = hierzoo.load(str(model_dir), device="cpu", cache_dir=False)
+    u8 = hierzoo.load(str(model_dir), device="cpu", cache_dir=False, normalize_on_device=True)
+    assert floats._split_transform(paths) is None and u8._split_transform(paths) is not None
+    a, err_a = floats.encode_images(paths, batch_size=6)
+    u8.num_workers = 2
+    b, err_b = u8.encode_images(paths, batch_size=6)
+    assert err_a == err_b and err_a[5] and err_a[17]
+    ok = [i for i in range(len(paths)) if err_a[i] is None]
+    torch.testing.assert_close(a[ok], b[ok], atol=1e-6, rtol=0)
+    assert torch.isnan(b[[5, 17]]).all()
+    pre = torch.stack([floats.transform(Image.open(paths[0]).convert("RGB"))])
+    assert u8._split_transform([pre[0]]) is None  # preprocessed tensors stay as given
+    torch.testing.assert_close(u8.encode_images(pre)[0], a[:1], atol=1e-6, rtol=0)
+    assert CHUNK >= 1
