@@ -18,7 +18,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_
 
 if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   SIZE=real
-  CLIP=(--images 4096 --batch-size 256,512 --baseline-images 24)
+  CLIP=(--images 12288 --batch-size 256,512 --baseline-images 24)
   VLM=(--images 256 --batch-size 16,32 --baseline-images 3)
   CPUS=$(nproc)
   $PY -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
@@ -40,12 +40,12 @@ run() {  # name, timeout, bench arguments...
 }
 
 if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline and fewer images
-  CLIP=(--images 3072 --batch-size 256,512 --baseline-images 16)
+  CLIP=(--images 8192 --batch-size 256,512 --baseline-images 16)
   VLM=(--images 96 --batch-size 16 --baseline-images 2)
   [ "$SIZE" = tiny ] && CLIP=(--images 32 --batch-size 16 --baseline-images 2) && VLM=(--images 4 --batch-size 4 --baseline-images 1)
 else
-  run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+  run clip-pil-workers 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
 fi
-run clip-nvjpeg 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline
+run clip-nvjpeg 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline  # 8 threads read the bytes
 [ -n "${CLIP_ONLY:-}" ] || run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
 $PY benchmarks/gpu_summary.py "$OUT"

@@ -360,6 +360,39 @@ def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
     return ImageBatch([i for i, _ in ok], [x for _, x in ok], {i: err for i, _, err in rows if err is not None})
 
 
+def read_bytes(items: Sequence[ImageInput | None], batch_size: int, threads: int) -> Iterator[ImageBatch]:
+    """Batches of raw file bytes (PIL images pass through), read by ``threads`` threads, one
+    batch ahead. Threads, not worker processes: reading a file releases the GIL, and worker
+    processes cost more to start and to hand bytes back than the reading itself."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = _BytesDataset(items)
+    starts = list(range(0, len(items), batch_size))
+    if threads <= 0:
+        for s in starts:
+            yield _collate_raw([ds[i] for i in range(s, min(s + batch_size, len(items)))])
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hierzoo-read") as pool:
+
+        def submit(s: int) -> list[Any]:
+            return [pool.submit(ds.__getitem__, i) for i in range(s, min(s + batch_size, len(items)))]
+
+        pending = deque(submit(s) for s in starts[:2])
+        ahead = 2
+        try:
+            while pending:
+                futures = pending.popleft()
+                if ahead < len(starts):
+                    pending.append(submit(starts[ahead]))
+                    ahead += 1
+                yield _collate_raw([f.result() for f in futures])
+        finally:
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
+
+
 def iterate_images_on_device(
     items: Sequence[ImageInput | None],
     preprocess: TensorPreprocess,
@@ -369,23 +402,18 @@ def iterate_images_on_device(
     num_workers: int | None = None,
     fallback: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> Iterator[ImageBatch]:
-    """Batches of preprocessed tensors on ``device``: workers read bytes, JPEGs are decoded on
-    the device in one batched call (nvJPEG on CUDA), then resized and normalised there. Other
-    formats, and JPEGs the decoder rejects, go through PIL (and ``fallback`` when given)."""
+    """Batches of preprocessed tensors on ``device``: ``num_workers`` threads read the files'
+    bytes (:func:`read_bytes`), JPEGs are decoded on the device in one batched call (nvJPEG on
+    CUDA), then resized and normalised there. Other formats, and JPEGs the decoder rejects, go
+    through PIL (and ``fallback`` when given)."""
     import warnings
 
     with warnings.catch_warnings():  # torchvision 0.29 deprecates these in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-    workers = default_workers(len(items)) if num_workers is None else num_workers
-    chunk = batch_size if workers == 0 else min(batch_size, CHUNK)
-    index_chunks, per_batch = _chunks(len(items), batch_size, chunk)
-    loader = torch.utils.data.DataLoader(
-        _BytesDataset(items), batch_sampler=index_chunks, num_workers=workers, collate_fn=_collate_raw,
-        prefetch_factor=_prefetch(workers, batch_size, chunk),
-    )
-    for batch in rebatch(iter(loader), per_batch):
+    threads = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    for batch in read_bytes(items, batch_size, threads):
         failed = dict(batch.failed)
         jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
         decoded: dict[int, torch.Tensor] = {}

@@ -136,3 +136,20 @@ def test_uint8_workers_give_the_float_pipelines_embeddings(paths, tmp_path):
     assert u8._split_transform([pre[0]]) is None  # preprocessed tensors stay as given
     torch.testing.assert_close(u8.encode_images(pre)[0], a[:1], atol=1e-6, rtol=0)
     assert CHUNK >= 1
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_read_bytes_in_threads_keeps_order_and_failures(paths, threads):
+    from hierzoo.images import read_bytes
+
+    batches = list(read_bytes(paths, 7, threads))
+    assert [sorted(b.indices + list(b.failed)) for b in batches] == [list(range(s, min(s + 7, 23))) for s in range(0, 23, 7)]
+    assert 5 not in batches[0].failed  # a corrupt file is still bytes; the decoder rejects it
+    assert "No image file" in batches[2].failed[17]
+    for b in batches:
+        for i, data in zip(b.indices, b.data):
+            with open(paths[i], "rb") as f:
+                assert data.numpy().tobytes() == f.read()
+    it = read_bytes(paths, 2, threads)
+    next(it)
+    it.close()  # leaving early cancels the reads still queued

@@ -1,0 +1,142 @@
+"""The CLIP image pipeline's host side, measured on this CPU: what each worker spends per image,
+how many bytes it hands over, and how long the first batch takes with whole-batch workers
+against chunked ones.
+
+1. Worker cost per image (one process, no model): BioCLIP-2's preprocessing on synthetic
+   500x375 JPEGs, as floats (open_clip's Compose: decode, resize, crop, ToTensor, Normalize),
+   as uint8 (the split's host half: decode, resize, crop; normalising runs on the device), and
+   raw bytes (``--decode-on-device``: the file is read, decoding runs on the GPU).
+2. The first batch: ``iterate_images`` with ``--workers`` workers and a batch of ``--batch``,
+   each worker loading a whole batch (the old loader) against chunks of ``CHUNK`` images.
+2b. ``--decode-on-device`` reads only bytes: worker processes (the old reader) against a thread
+   pool (the new one), ``--read-workers`` of each.
+3. End to end on a tiny ViT (toy-size twin of BioCLIP-2) on this CPU, old loader against new,
+   in the same process: images/s of ``answer()`` with the workers.
+
+    python benchmarks/pipeline.py [--images 512] [--batch 256] [--workers 2] [--json FILE]
+
+The "cores for 2,000 images/s" column is arithmetic on the measured per-image cost (2,000 x
+ms per image), not a measurement on a GPU host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import print_table, write_json
+
+import hierzoo.images as images_mod
+from hierzoo.bench import make_images, make_questions
+from hierzoo.images import ImageDataset, _BytesDataset, iterate_images, read_bytes, split_transform
+from hierzoo.models.random_weights import build_random
+
+
+def per_image_ms(dataset: ImageDataset, n: int) -> float:
+    dataset[0]
+    start = time.perf_counter()
+    for i in range(n):
+        _, _, err = dataset[i]
+        assert err is None, err
+    return 1e3 * (time.perf_counter() - start) / n
+
+
+def first_batch_seconds(paths: list[str], transform, batch: int, workers: int, chunk: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    it = iterate_images(paths, transform, batch, num_workers=workers, chunk_size=chunk)
+    next(it)
+    first = time.perf_counter() - start
+    for _ in it:
+        pass
+    return first, time.perf_counter() - start
+
+
+def _bytes_by_processes(paths: list[str], batch: int, workers: int) -> list:
+    """The old reader: a DataLoader whose worker processes read the bytes."""
+    from hierzoo.images import _collate_raw
+
+    loader = torch.utils.data.DataLoader(_BytesDataset(paths), batch_size=batch, num_workers=workers, collate_fn=_collate_raw)
+    return list(loader)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--read-workers", type=int, default=8, help="processes / threads reading bytes (2b)")
+    ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "hierzoo-bench"))
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "pipeline.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    tiny = build_random("bioclip2", device="cpu", size="tiny")
+    import open_clip
+
+    real_transform = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+    paths = make_images(Path(args.work_dir) / "jpeg-500x375", args.images)
+    host, _ = split_transform(real_transform)
+
+    n = min(200, len(paths))
+    workers = []
+    for name, ds in [("floats (open_clip Compose)", ImageDataset(paths, real_transform)),
+                     ("uint8 (split: normalise on the device)", ImageDataset(paths, host)),
+                     ("bytes (decode on the device)", _BytesDataset(paths))]:
+        ms = per_image_ms(ds, n)
+        item = ds[0][1]
+        workers.append({"worker pipeline": name, "ms per image": ms, "images/s per core": 1e3 / ms,
+                        "bytes handed over": item.numel() * item.element_size(),
+                        "cores for 2,000 images/s": 2000 * ms / 1e3})
+    print("1. worker cost per image (BioCLIP-2 preprocessing, 500x375 JPEGs, one core)")
+    print_table(workers, list(workers[0]))
+
+    fill = []
+    for label, chunk in [("one batch per worker (old)", args.batch), (f"chunks of {images_mod.CHUNK} (new)", images_mod.CHUNK)]:
+        first, total = first_batch_seconds(paths, host, args.batch, args.workers, chunk)
+        fill.append({"loader": label, "first batch (s)": first, "all (s)": total, "images/s": len(paths) / total})
+    for row in fill:
+        row["first batch vs old"] = fill[0]["first batch (s)"] / row["first batch (s)"]
+    print(f"\n2. {len(paths)} images, batch {args.batch}, {args.workers} workers, uint8 half")
+    print_table(fill, list(fill[0]))
+
+    reads = []
+    for label, fn in [(f"{args.read_workers} worker processes (old)", lambda: _bytes_by_processes(paths, args.batch, args.read_workers)),
+                      (f"{args.read_workers} threads (new)", lambda: list(read_bytes(paths, args.batch, args.read_workers)))]:
+        start = time.perf_counter()
+        batches = fn()
+        seconds = time.perf_counter() - start
+        assert sum(len(b.indices) for b in batches) == len(paths)
+        reads.append({"reader": label, "seconds": seconds, "images/s": len(paths) / seconds})
+    for row in reads:
+        row["vs old"] = row["images/s"] / reads[0]["images/s"]
+    print(f"\n2b. --decode-on-device: reading the bytes of {len(paths)} files, batch {args.batch}, page cache warm")
+    print_table(reads, list(reads[0]))
+
+    qs = make_questions(paths, 4)
+    tiny.num_workers = args.workers
+    e2e = []
+    default_chunk = images_mod.CHUNK
+    runs = [("whole-batch workers, floats (old)", args.batch, False), ("chunks, floats", default_chunk, False),
+            ("chunks, uint8 (normalised in the main process)", default_chunk, True)]
+    for label, chunk, split in runs:
+        images_mod.CHUNK = chunk
+        tiny.normalize_on_device = split
+        tiny.answer(qs[: args.batch], batch_size=args.batch)  # warm
+        start = time.perf_counter()
+        tiny.answer(qs, batch_size=args.batch)
+        wall = time.perf_counter() - start
+        e2e.append({"pipeline": label, "images/s": len(qs) / wall, "seconds": wall})
+    images_mod.CHUNK = default_chunk
+    for row in e2e:
+        row["vs old"] = row["images/s"] / e2e[0]["images/s"]
+    print(f"\n3. answer() end to end, tiny ViT on this CPU, {len(qs)} images, batch {args.batch}, {args.workers} workers")
+    print_table(e2e, list(e2e[0]))
+    write_json(args.json, {"images": len(paths), "batch": args.batch, "workers": args.workers,
+                           "worker_cost": workers, "first_batch": fill, "read_bytes": reads, "end_to_end": e2e})
+
+
+if __name__ == "__main__":
+    main()
