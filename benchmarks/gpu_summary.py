@@ -31,6 +31,8 @@ def main(out: str) -> None:
             "after 1st batch q/s": best.get("steady_questions_per_second"),
             "1st batch s": best.get("first_batch_seconds"),
             "forward share": best.get("forward_share"),
+            "waiting for input": best.get("input_wait_share"),
+            "decode s": best.get("decode_seconds"),
             "peak GiB": best.get("peak_gpu_memory_gib", best.get("peak_rss_gib")),
             "TFLOP/s": rec.get("achieved_tflops"),
             "loop q/s": base.get("questions_per_second"),

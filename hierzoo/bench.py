@@ -180,6 +180,9 @@ def measure(clf: HierClassifier, questions: list[Question], batch_size: int | No
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    stats = getattr(clf, "pipeline_stats", None)
+    if stats is not None:
+        stats.reset()
     timer = _ForwardTimer(_forward_module(clf), device)
     latencies: list[float] = []
     per_question = [sum(a is not None for a in q.answers) for q in questions]
@@ -216,12 +219,24 @@ def measure(clf: HierClassifier, questions: list[Question], batch_size: int | No
         "steady_questions_per_second": (n_q - first_questions) / rest if rest > 0 else None,
         "forward_seconds": forward,
         "forward_share": forward / wall,
+        **_pipeline(stats, wall),
         "batch_latency_median_s": statistics.median(lat) if lat else None,
         "batch_latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))] if lat else None,
         "batches": len(lat),
         **_peak_memory(device),
         "_chosen": chosen,
     }
+
+
+def _pipeline(stats: Any, wall: float) -> dict[str, float]:
+    """Where the image pipeline's time went (CLIP models): the model loop's wait for batches,
+    and with decoding on the device the decoder's wait for bytes and its decode calls."""
+    if stats is None:
+        return {}
+    out = {"input_wait_seconds": stats.input_wait, "input_wait_share": stats.input_wait / wall}
+    if stats.decode or stats.read_wait:
+        out.update(read_wait_seconds=stats.read_wait, decode_seconds=stats.decode)
+    return out
 
 
 def forward_only(clf: HierClassifier, paths: list[str], batch_size: int, repeats: int = 5) -> float | None:
@@ -351,7 +366,7 @@ def format_bench(record: dict[str, Any]) -> str:
     """The bench table."""
     names = {"batch_size": "batch", "images_per_second": "images/s", "questions_per_second": "questions/s",
              "steady_images_per_second": "after 1st batch img/s", "first_batch_seconds": "1st batch (s)",
-             "forward_share": "forward share", "batch_latency_median_s": "latency median (s)",
+             "forward_share": "forward share", "input_wait_share": "waiting for input", "batch_latency_median_s": "latency median (s)",
              "batch_latency_p90_s": "latency p90 (s)", "peak_gpu_memory_gib": "peak GPU mem (GiB)",
              "peak_rss_gib": "peak RSS (GiB)"}
     cols = [c for c in names if any(c in r for r in record["sweep"])]

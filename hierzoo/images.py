@@ -360,6 +360,26 @@ def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
     return ImageBatch([i for i, _ in ok], [x for _, x in ok], {i: err for i, _, err in rows if err is not None})
 
 
+@dataclass
+class PipelineStats:
+    """Where an image pipeline's time went, summed over batches (seconds).
+
+    ``input_wait``: the model's loop waiting for its next batch (the pipeline could not keep
+    up); ``read_wait``: the device decoder waiting for file bytes; ``decode``: inside the
+    batched JPEG decode calls (synchronous: torchvision's nvJPEG call returns when its stream
+    is done). Decoding runs on the prefetch thread, so it overlaps the model's work.
+    """
+
+    input_wait: float = 0.0
+    read_wait: float = 0.0
+    decode: float = 0.0
+    batches: int = 0
+
+    def reset(self) -> None:
+        self.input_wait = self.read_wait = self.decode = 0.0
+        self.batches = 0
+
+
 def read_bytes(items: Sequence[ImageInput | None], batch_size: int, threads: int) -> Iterator[ImageBatch]:
     """Batches of raw file bytes (PIL images pass through), read by ``threads`` threads, one
     batch ahead. Threads, not worker processes: reading a file releases the GIL, and worker
@@ -401,26 +421,39 @@ def iterate_images_on_device(
     *,
     num_workers: int | None = None,
     fallback: Callable[[Image.Image], torch.Tensor] | None = None,
+    stats: PipelineStats | None = None,
 ) -> Iterator[ImageBatch]:
     """Batches of preprocessed tensors on ``device``: ``num_workers`` threads read the files'
     bytes (:func:`read_bytes`), JPEGs are decoded on the device in one batched call (nvJPEG on
     CUDA), then resized and normalised there. Other formats, and JPEGs the decoder rejects, go
-    through PIL (and ``fallback`` when given)."""
+    through PIL (and ``fallback`` when given). Time spent waiting and decoding is added to
+    ``stats``."""
     import warnings
 
     with warnings.catch_warnings():  # torchvision 0.29 deprecates these in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+    import time
+
+    stats = stats if stats is not None else PipelineStats()
     threads = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    for batch in read_bytes(items, batch_size, threads):
+    reader = read_bytes(items, batch_size, threads)
+    while True:
+        start = time.perf_counter()
+        batch = next(reader, None)
+        stats.read_wait += time.perf_counter() - start
+        if batch is None:
+            return
         failed = dict(batch.failed)
         jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
+            start = time.perf_counter()
             try:
                 out = decode_jpeg([batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
                 decoded.update(zip(jpeg, out))
+                stats.decode += time.perf_counter() - start
             except RuntimeError:
                 for j in jpeg:  # one bad file fails the batched call: decode one by one
                     try:

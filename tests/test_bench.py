@@ -35,6 +35,8 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
         assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(4 * r["images_per_second"])
         assert 0 < r["forward_share"] <= 1.0 and r["batch_latency_median_s"] > 0 and r["peak_rss_gib"] > 0
         assert 0 < r["first_batch_seconds"] < r["seconds"]
+        if model != "qwen2.5-vl-7b":
+            assert 0 < r["input_wait_seconds"] < r["seconds"] and r["input_wait_share"] == pytest.approx(r["input_wait_seconds"] / r["seconds"])
         assert r["steady_questions_per_second"] == pytest.approx(4 * r["steady_images_per_second"])
         # the rate after the first batch is the rest of the images over the rest of the time
         rest = 6 - r["batch_size"]
@@ -42,3 +44,14 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
     assert rec["best_batch_size"] in (2, 3)
     assert rec["baseline"]["agreement"] == 1.0 and rec["baseline"]["speedup"] > 0
     assert "best batch size" in capsys.readouterr().out
+
+
+def test_bench_with_decoding_on_the_device_reports_where_time_went(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "8", "--batch-size", "4",
+                 "--decode-on-device", "--num-workers", "2", "--device", "cpu", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    row = rec["sweep"][0]
+    assert rec["decode_on_device"] is True
+    assert 0 < row["decode_seconds"] < row["seconds"] and 0 <= row["read_wait_seconds"] < row["seconds"]
+    assert 0 < row["input_wait_seconds"] < row["seconds"]

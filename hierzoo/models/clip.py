@@ -21,6 +21,7 @@ from PIL import Image
 
 from hierzoo.images import (
     ImageInput,
+    PipelineStats,
     TensorPreprocess,
     as_list,
     iterate_images,
@@ -140,6 +141,7 @@ class ClipClassifier(HierClassifier):
                 "resize / crop / normalise that hierzoo can run on tensors; leave it off."
             )
         self.normalize_on_device = normalize_on_device
+        self.pipeline_stats = PipelineStats()
         self.texts_encoded = 0
         self.images_encoded = 0
         self.image_encoder_seconds = 0.0
@@ -251,7 +253,8 @@ class ClipClassifier(HierClassifier):
         if self.device_preprocess is not None:
             batches = prefetch(
                 lambda: iterate_images_on_device(
-                    items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform
+                    items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform,
+                    stats=self.pipeline_stats,
                 ),
                 self.device,
             )
@@ -261,7 +264,13 @@ class ClipClassifier(HierClassifier):
                 items, split[0] if split else self.transform, bs, num_workers=self.num_workers, pin_memory=cuda,
                 place=lambda t: t.to(self.device, non_blocking=cuda),
             )
-        for batch in batches:
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.pipeline_stats.input_wait += time.perf_counter() - start
+            if batch is None:
+                return
+            self.pipeline_stats.batches += 1
             pixels = None
             if batch.indices:
                 pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
