@@ -65,7 +65,9 @@ def wrap(
         dtype: cast the model's weights first (in place); default: their dtype.
         **options: the family's options: ``templates``, ``batch_size``, ``num_workers``,
             ``decode_on_device``, ``model_key`` / ``cache_dir`` (CLIP); ``token_budget``,
-            ``batch_size``, ``prefix_cache`` (vision LLMs).
+            ``batch_size``, ``prefix_cache``, ``batched_vision_attention`` (vision LLMs; on by
+            default for Qwen-VL, it patches the attention modules of ``model``'s vision tower in
+            place, with the same outputs; ``False`` puts transformers' forward back).
 
     Returns:
         The family's classifier. Its ``model`` is the very module passed in (for a ``PeftModel``,

@@ -70,9 +70,14 @@ def supported() -> list[str]:
 
 
 def build_random(
-    name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, size: str = "real", seed: int = 0
+    name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, size: str = "real", seed: int = 0,
+    batched_vision_attention: bool = True,
 ) -> HierClassifier:
     """A zoo model's architecture with random weights, as a ready ``HierClassifier``.
+
+    ``batched_vision_attention`` (Qwen2.5-VL): window-batched vision attention, as
+    :meth:`~hierzoo.models.vlm.VisionLLMClassifier.batch_vision_attention`; ``False`` keeps
+    transformers' per-window loop.
 
     Raises:
         ValueError: a name with no bundled architecture, listing those there are.
@@ -89,7 +94,7 @@ def build_random(
         return _openclip(spec, device, dtype, size)
     if name in _HF_CLIP:
         return _hf_clip(spec, device, dtype, size)
-    return _qwen2_5_vl(spec, device, dtype, size)
+    return _qwen2_5_vl(spec, device, dtype, size, batched_vision_attention)
 
 
 def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
@@ -163,7 +168,9 @@ def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: st
     )
 
 
-def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
+def _qwen2_5_vl(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str, batched_vision_attention: bool
+) -> HierClassifier:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -179,7 +186,10 @@ def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size:
         path = tiny.build_tiny_qwen2_5_vl(_scratch_dir(spec.name))
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
         processor = __import__("transformers").AutoProcessor.from_pretrained(path)
-        return Qwen2_5_VLClassifier(model.eval(), processor, name=f"{spec.name} (tiny random weights)")
+        return Qwen2_5_VLClassifier(
+            model.eval(), processor, name=f"{spec.name} (tiny random weights)",
+            batched_vision_attention=batched_vision_attention,
+        )
     tokenizer = tiny._qwen_tokenizer(vocab_size=8192, texts=_prompt_corpus())
     text = dict(_QWEN2_5_VL[spec.name])
     text.update(
@@ -206,7 +216,10 @@ def _qwen2_5_vl(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size:
         chat_template=tiny._QWEN2_5_VL_CHAT_TEMPLATE,
     )
     processor.tokenizer.chat_template = processor.chat_template
-    return Qwen2_5_VLClassifier(model.eval(), processor, name=f"{spec.name} (random weights)", spec=spec)
+    return Qwen2_5_VLClassifier(
+        model.eval(), processor, name=f"{spec.name} (random weights)", spec=spec,
+        batched_vision_attention=batched_vision_attention,
+    )
 
 
 def _prompt_corpus() -> list[str]:

@@ -224,6 +224,8 @@ class VisionLLMClassifier(HierClassifier):
         batch_size: images (question-set entries) per fused pass, overriding the budget.
         prefix_cache: run the system message and image once per image and continue every
             question from its KV cache (``False``: one full prompt per row).
+        batched_vision_attention: whether the vision tower runs window-batched attention (see
+            :meth:`batch_vision_attention`); ``False`` for families that have nothing to batch.
     """
 
     model_class: str = ""
@@ -239,6 +241,7 @@ class VisionLLMClassifier(HierClassifier):
         token_budget: int | None = None,
         batch_size: int | None = None,
         prefix_cache: bool = True,
+        batched_vision_attention: bool = True,
     ):
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
@@ -257,6 +260,7 @@ class VisionLLMClassifier(HierClassifier):
         forward = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
+        self.batched_vision_attention = self.batch_vision_attention(batched_vision_attention)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -271,6 +275,7 @@ class VisionLLMClassifier(HierClassifier):
         batch_size: int | None = None,
         attn_implementation: str | None = None,
         prefix_cache: bool = True,
+        batched_vision_attention: bool = True,
         **kwargs: Any,
     ) -> VisionLLMClassifier:
         """Load a checkpoint (hub id at ``spec.revision``, or a ``save_pretrained`` directory).
@@ -282,6 +287,9 @@ class VisionLLMClassifier(HierClassifier):
             device_map: transformers' ``device_map`` (``"auto"`` spreads a model over GPUs).
             token_budget, batch_size, prefix_cache: see the class attributes.
             attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...
+            batched_vision_attention: Qwen-VL families under ``sdpa`` / ``eager``: run the vision
+                tower's attention as one call per window length instead of one per window
+                (:meth:`batch_vision_attention`); ``False`` keeps transformers' own loop.
             **kwargs: passed to the model's ``from_pretrained``.
         """
         from hierzoo.models._factory import resolve_dtype
@@ -314,9 +322,22 @@ class VisionLLMClassifier(HierClassifier):
             token_budget=token_budget,
             batch_size=batch_size,
             prefix_cache=prefix_cache,
+            batched_vision_attention=batched_vision_attention,
         )
 
     # ------------------------------------------------------------------ family hooks
+    def batch_vision_attention(self, on: bool = True) -> bool:
+        """Turn window-batched attention in the vision tower on or off; returns whether it is on.
+
+        Families whose vision attention loops over windows or images (Qwen2.5-VL, Qwen3-VL, under
+        ``sdpa`` or ``eager`` attention) run one attention call per distinct window length instead
+        of one per window; the output equals transformers' own up to floating-point summation
+        order. The attention modules of this model's vision tower are patched in place (the
+        language model and other models are untouched); ``on=False`` puts transformers' forward
+        back. Default: nothing to batch, always ``False``.
+        """
+        return False
+
     def image_transform(self) -> Callable[[Image.Image], Any] | None:
         """A picklable function applied to each decoded image in the loader workers, or ``None``."""
         return None
@@ -1205,6 +1226,16 @@ class _QwenVLClassifier(VisionLLMClassifier):
 
     def vision_site(self) -> tuple[Any, str]:
         return self.model.model.visual, "output"
+
+    def batch_vision_attention(self, on: bool = True) -> bool:
+        from hierzoo.models import _vision_attention
+
+        tower = self.model.model.visual
+        if not on:
+            _vision_attention.unpatch_vision_attention(tower)
+            return False
+        _vision_attention.patch_vision_attention(tower)
+        return any(_vision_attention.is_patched(m) for m in tower.modules())
 
     def vision_tokens(self, kept: Any, inputs: Any) -> list[torch.Tensor]:
         # the last vision block's output, before the patch merger; Qwen2.5-VL keeps it in window
