@@ -13,6 +13,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
 mkdir -p "$OUT"
+OUT_ABS=$(cd "$OUT" && pwd)
+rm -f "$OUT/gpu_vision_attention.json"
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -48,4 +50,11 @@ else
 fi
 run clip-nvjpeg 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline  # 8 threads read the bytes
 [ -n "${CLIP_ONLY:-}" ] || run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
+if [ -z "${QUICK:-}${CLIP_ONLY:-}" ]; then  # the 7B vision tower alone: per-window attention loop vs window-batched
+  echo "== vision-attention"
+  if [ "$SIZE" = real ]; then VA=(--device cuda --dtype bfloat16 --heads 16 --mlp 3420); else VA=(--repeats 1); fi
+  (cd benchmarks && timeout 90 $PY vision_attention.py "${VA[@]}" --json "$OUT_ABS/gpu_vision_attention.json") 2>&1 \
+    | tee "$OUT/gpu_vision_attention.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || echo "FAILED: vision-attention (see $OUT/gpu_vision_attention.log)"
+fi
 $PY benchmarks/gpu_summary.py "$OUT"

@@ -229,13 +229,16 @@ def measure(clf: HierClassifier, questions: list[Question], batch_size: int | No
 
 
 def _pipeline(stats: Any, wall: float) -> dict[str, float]:
-    """Where the image pipeline's time went (CLIP models): the model loop's wait for batches,
-    and with decoding on the device the decoder's wait for bytes and its decode calls."""
+    """Where the image pipeline's time went: the model loop's wait for batches; with decoding
+    on the device the decoder's wait for bytes and its decode calls; for vision LLMs the time
+    inside the processor."""
     if stats is None:
         return {}
     out = {"input_wait_seconds": stats.input_wait, "input_wait_share": stats.input_wait / wall}
     if stats.decode or stats.read_wait:
         out.update(read_wait_seconds=stats.read_wait, decode_seconds=stats.decode)
+    if stats.preprocess:
+        out.update(preprocess_seconds=stats.preprocess, preprocess_share=stats.preprocess / wall)
     return out
 
 
@@ -366,7 +369,8 @@ def format_bench(record: dict[str, Any]) -> str:
     """The bench table."""
     names = {"batch_size": "batch", "images_per_second": "images/s", "questions_per_second": "questions/s",
              "steady_images_per_second": "after 1st batch img/s", "first_batch_seconds": "1st batch (s)",
-             "forward_share": "forward share", "input_wait_share": "waiting for input", "batch_latency_median_s": "latency median (s)",
+             "forward_share": "forward share", "input_wait_share": "waiting for input",
+             "preprocess_share": "in processor", "batch_latency_median_s": "latency median (s)",
              "batch_latency_p90_s": "latency p90 (s)", "peak_gpu_memory_gib": "peak GPU mem (GiB)",
              "peak_rss_gib": "peak RSS (GiB)"}
     cols = [c for c in names if any(c in r for r in record["sweep"])]

@@ -368,15 +368,17 @@ class PipelineStats:
     up); ``read_wait``: the device decoder waiting for file bytes; ``decode``: inside the
     batched JPEG decode calls (synchronous: torchvision's nvJPEG call returns when its stream
     is done). Decoding runs on the prefetch thread, so it overlaps the model's work.
+    ``preprocess`` (vision LLMs): inside the processor, on the model's thread.
     """
 
     input_wait: float = 0.0
     read_wait: float = 0.0
     decode: float = 0.0
+    preprocess: float = 0.0
     batches: int = 0
 
     def reset(self) -> None:
-        self.input_wait = self.read_wait = self.decode = 0.0
+        self.input_wait = self.read_wait = self.decode = self.preprocess = 0.0
         self.batches = 0
 
 

@@ -55,3 +55,36 @@ def test_bench_with_decoding_on_the_device_reports_where_time_went(tmp_path):
     assert rec["decode_on_device"] is True
     assert 0 < row["decode_seconds"] < row["seconds"] and 0 <= row["read_wait_seconds"] < row["seconds"]
     assert 0 < row["input_wait_seconds"] < row["seconds"]
+
+
+def test_vlm_bench_reports_the_processor_time(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "qwen2.5-vl-7b", "--random-weights", "--size", "tiny", "--images", "4", "--batch-size", "2",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["sweep"][0]
+    assert 0 < row["preprocess_seconds"] < row["seconds"]
+    assert row["preprocess_share"] == pytest.approx(row["preprocess_seconds"] / row["seconds"])
+    assert 0 <= row["input_wait_seconds"] < row["seconds"]
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh end to end at toy sizes (what it does without CUDA): every pass
+    writes its record, the summary merges them, and a dry run claims no target."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED" not in done.stdout, done.stdout[-3000:]
+    merged = json.loads((tmp_path / "gpu.json").read_text())
+    assert {r["run"] for r in merged["summary"]} == {"clip-pil-workers", "clip-nvjpeg", "vlm"}
+    assert all(r["met"] is None and r["speedup"] > 0 for r in merged["summary"])
+    assert merged["records"]["clip-nvjpeg"]["decode_on_device"] is True
+    va = merged["vision_attention"]
+    assert va["max_abs_diff"] == 0 or va["max_abs_diff"] < 1e-5

@@ -254,6 +254,25 @@ def test_batch_sizes_and_prefix_cache_agree(model, questions):
         assert np.array_equal(got.choice, base.choice), key
 
 
+def test_processing_images_on_the_device_gives_the_same_answers(model, questions):
+    """``process_on_device`` (the CUDA default) hands the processor a ``device``; here the CPU,
+    so the answers must be the same, and the processor time is recorded."""
+    protocol = Protocol(taxonomy="cub200")
+    model.process_on_device = False
+    model.pipeline_stats.reset()
+    base = model.answer(questions, protocol=protocol)
+    assert model.pipeline_stats.preprocess > 0 and model.pipeline_stats.batches > 0
+    model.process_on_device = True
+    try:
+        supported = model._images_on_device()
+        got = model.answer(questions, protocol=protocol)
+    finally:
+        model.process_on_device = None
+    assert supported  # all four families' processors are torchvision-backed in transformers 5
+    np.testing.assert_allclose(got.extra["letter_logits"], base.extra["letter_logits"], atol=TOL, rtol=0)
+    assert np.array_equal(got.choice, base.choice)
+
+
 def test_shuffled_options_follow_the_seeded_generator(model, questions):
     from hierzoo import prompts
 

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.images import ImageInput, as_list, iterate_images
+from hierzoo.images import ImageInput, PipelineStats, as_list, iterate_images
 from hierzoo.models._sites import Site, SiteError, check_kinds, parse_sites
 from hierzoo.models.base import Answers, Features, HierClassifier, NodeScores, Protocol
 from hierzoo.tasks import Question
@@ -226,10 +227,17 @@ class VisionLLMClassifier(HierClassifier):
             question from its KV cache (``False``: one full prompt per row).
         batched_vision_attention: whether the vision tower runs window-batched attention (see
             :meth:`batch_vision_attention`); ``False`` for families that have nothing to batch.
+        process_on_device: run the image processor's resizing, normalising and patching on the
+            model's device (transformers' torchvision-backed processors take a ``device``);
+            ``None`` (default): on CUDA, where the processor supports it.
+        pipeline_stats: host time of the last calls (:class:`hierzoo.images.PipelineStats`):
+            waiting for decoded images (``input_wait``) and inside the processor
+            (``preprocess``: tokenising, and the image work unless it runs on the device).
     """
 
     model_class: str = ""
     model_type: str = ""
+    process_on_device: bool | None = None
 
     def __init__(
         self,
@@ -260,6 +268,7 @@ class VisionLLMClassifier(HierClassifier):
         forward = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
+        self.pipeline_stats = PipelineStats()
         self.batched_vision_attention = self.batch_vision_attention(batched_vision_attention)
 
     # ------------------------------------------------------------------ loading
@@ -624,7 +633,14 @@ class VisionLLMClassifier(HierClassifier):
         ``cost(first image)`` tokens each; failures go to ``failed(index, message)``."""
         per_group = batch_size
         pending: list[tuple[int, Image.Image]] = []
-        for batch in iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH):
+        batches = iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.pipeline_stats.input_wait += time.perf_counter() - start
+            if batch is None:
+                break
+            self.pipeline_stats.batches += 1
             for j, msg in batch.failed.items():
                 failed(j, msg)
             pending.extend(zip(batch.indices, batch.data))
@@ -664,10 +680,27 @@ class VisionLLMClassifier(HierClassifier):
             yield slice(start, min(start + step, n_rows))
 
     def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
+        start = time.perf_counter()
+        kw = {"device": str(self.device)} if images is not None and self._images_on_device() else {}
         enc = self.processor(
-            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt"
+            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt", **kw
         )
-        return enc.to(device=self.device, dtype=self.dtype)
+        enc = enc.to(device=self.device, dtype=self.dtype)
+        self.pipeline_stats.preprocess += time.perf_counter() - start
+        return enc
+
+    def _images_on_device(self) -> bool:
+        """Whether images go through the processor on the model's device (see the attribute)."""
+        on = self.device.type == "cuda" if self.process_on_device is None else self.process_on_device
+        if not on:
+            return False
+        import typing
+
+        kwargs = getattr(getattr(self.processor, "image_processor", None), "valid_kwargs", None)
+        try:
+            return kwargs is not None and "device" in typing.get_type_hints(kwargs)
+        except Exception:  # an unresolvable annotation: do not guess
+            return False
 
     def _letter_logits(self, logits: torch.Tensor, letter_ids: list[int]) -> torch.Tensor:
         return logits[:, -1, letter_ids].float().cpu()
