@@ -48,8 +48,9 @@ if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline
 else
   run clip-pil-workers 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
 fi
-run clip-nvjpeg 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline  # 8 threads read the bytes
-[ -n "${CLIP_ONLY:-}" ] || run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline
+run clip-nvjpeg 170 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline \
+  --profile "$OUT/profile-clip-nvjpeg.txt"  # 8 threads read the bytes; one batch profiled
+[ -n "${CLIP_ONLY:-}" ] || run vlm 250 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline --profile "$OUT/profile-vlm.txt"
 if [ -z "${QUICK:-}${CLIP_ONLY:-}" ]; then  # the 7B vision tower alone: per-window attention loop vs window-batched
   echo "== vision-attention"
   if [ "$SIZE" = real ]; then VA=(--device cuda --dtype bfloat16 --heads 16 --mlp 3420); else VA=(--repeats 1); fi

@@ -36,6 +36,7 @@ def main(out: str) -> None:
             "decode s": best.get("decode_seconds"),
             "peak GiB": best.get("peak_gpu_memory_gib", best.get("peak_rss_gib")),
             "TFLOP/s": rec.get("achieved_tflops"),
+            "kernels/batch": rec.get("profile", {}).get("device_kernels"),
             "loop q/s": base.get("questions_per_second"),
             "speedup": base.get("speedup"),
             "agreement": base.get("agreement"),

@@ -49,6 +49,8 @@ class BenchConfig:
     decode_on_device: bool = False
     work_dir: str | None = None
     warmup_images: int = 16
+    profile: str | None = None
+    trace: bool = False
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[str]:
@@ -323,7 +325,52 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             record["fraction_of_peak"] = flops * best["images_per_second"] / peak
     if cfg.baseline:
         record["baseline"] = _baseline(clf, questions[: cfg.baseline_images], best)
+    if cfg.profile:
+        size = int(best["batch_size"] or getattr(clf, "batch_size", None) or 16)
+        record["profile"] = profile_batch(clf, questions[:size], size, cfg.profile, trace=cfg.trace)
     return record
+
+
+def profile_batch(clf: HierClassifier, questions: list[Question], batch_size: int, path: str | Path,
+                  *, trace: bool = False, top: int = 25) -> dict[str, Any]:
+    """One ``answer()`` of ``questions`` under ``torch.profiler`` (CPU, and CUDA where it runs):
+    the op table sorted by self device time (CPU time on a CPU) goes to ``path``, a Chrome trace
+    to ``path.trace.json`` with ``trace``; returns the ``top`` ops (name, calls, self times in
+    ms) and the number of device kernels launched."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = clf.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    protocol = _protocol(clf)
+    with profile(activities=activities) as prof:
+        clf.answer(questions, protocol=protocol, batch_size=batch_size)
+        if cuda:
+            torch.cuda.synchronize(clf.device)
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    sort = device_key if cuda else "self_cpu_time_total"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(events.table(sort_by=sort, row_limit=60, max_name_column_width=100))
+    if trace:
+        prof.export_chrome_trace(str(path) + ".trace.json")
+    rows = sorted(events, key=lambda e: getattr(e, sort), reverse=True)[:top]
+    kernels = None
+    if cuda:
+        try:  # kernels are the profiler's events on the CUDA device
+            from torch.autograd import DeviceType
+
+            kernels = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+        except Exception:  # a profiler without that view: leave the count out
+            kernels = None
+    return {
+        "file": str(path),
+        "images": len(questions),
+        "sorted_by": sort,
+        "device_kernels": kernels,
+        "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                 "self_device_ms": getattr(e, device_key, 0.0) / 1e3} for e in rows],
+    }
 
 
 def _agreement(a: list[list[str | None]], b: list[list[str | None]]) -> float:

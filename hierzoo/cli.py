@@ -270,6 +270,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-images", type=int, default=8)
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     p.add_argument("--json", help="write the record to this file")
+    p.add_argument("--profile", metavar="FILE", help="profile one batch at the best batch size with torch.profiler: "
+                   "its op table goes to FILE, the top ops into the record (and FILE.trace.json with --trace)")
+    p.add_argument("--trace", action="store_true", help="with --profile: also write a Chrome trace")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -286,6 +289,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, random_weights=args.random_weights, size=args.size, images=args.images, levels=args.levels,
         batch_sizes=sizes, device=args.device, baseline=args.baseline, baseline_images=args.baseline_images,
         image_size=(w, h), num_workers=args.num_workers, decode_on_device=args.decode_on_device,
+        profile=args.profile, trace=args.trace,
     )
     record = run_bench(cfg)
     print(format_bench(record))

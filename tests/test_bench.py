@@ -86,5 +86,19 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert {r["run"] for r in merged["summary"]} == {"clip-pil-workers", "clip-nvjpeg", "vlm"}
     assert all(r["met"] is None and r["speedup"] > 0 for r in merged["summary"])
     assert merged["records"]["clip-nvjpeg"]["decode_on_device"] is True
+    assert merged["records"]["vlm"]["profile"]["top"] and (tmp_path / "profile-vlm.txt").exists()
     va = merged["vision_attention"]
     assert va["max_abs_diff"] == 0 or va["max_abs_diff"] < 1e-5
+
+
+def test_profile_writes_the_op_table_and_top_ops(tmp_path):
+    out, table = tmp_path / "bench.json", tmp_path / "prof" / "clip.txt"
+    assert main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "4", "--batch-size", "2",
+                 "--device", "cpu", "--profile", str(table), "--trace", "--json", str(out)]) == 0
+    prof = json.loads(out.read_text())["profile"]
+    text = table.read_text()
+    assert prof["images"] == 2 and prof["sorted_by"] == "self_cpu_time_total"
+    assert len(prof["top"]) > 5 and all(r["calls"] >= 1 and r["self_cpu_ms"] >= 0 for r in prof["top"])
+    assert prof["top"][0]["self_cpu_ms"] >= prof["top"][-1]["self_cpu_ms"]
+    assert prof["top"][0]["name"][:90] in text and "aten::" in text
+    assert json.loads((tmp_path / "prof" / "clip.txt.trace.json").read_text())["traceEvents"]
