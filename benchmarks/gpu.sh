@@ -8,7 +8,7 @@
 #
 # On a machine without CUDA it runs the same steps at toy sizes on the CPU (a dry run).
 # Targets on one H200: ViT-L/14 >= 2,000 images/s end to end, Qwen2.5-VL-7B >= 150 questions/s,
-# each >= 8x the paper's loop. Budget: at most 9 minutes (each pass has its own time limit; typically about 5).
+# each >= 8x the paper's loop. Budget: at most 9 minutes (each pass has its own time limit).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
