@@ -20,7 +20,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_
 
 if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   SIZE=real
-  CLIP=(--images 12288 --batch-size 256,512 --baseline-images 24)
+  CLIP=(--images 8192 --batch-size 256,512 --baseline-images 24)
   VLM=(--images 256 --batch-size 16,32,64 --baseline-images 3)  # batched vision attention: bigger batches may pay now
   CPUS=$(nproc)
   $PY -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
@@ -46,15 +46,16 @@ if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline
   VLM=(--images 128 --batch-size 32 --baseline-images 2)
   [ "$SIZE" = tiny ] && CLIP=(--images 32 --batch-size 16 --baseline-images 2) && VLM=(--images 4 --batch-size 4 --baseline-images 1)
 else
-  run clip-pil-workers 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+  run clip-pil-workers 110 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
+  run clip-tensor-workers 110 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --worker-decode tensor --baseline
 fi
-run clip-nvjpeg 140 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline \
+run clip-nvjpeg 110 bioclip2 --random-weights "${CLIP[@]}" --num-workers 8 --decode-on-device --baseline \
   --profile "$OUT/profile-clip-nvjpeg.txt"  # 8 threads read the bytes; one batch profiled
 [ -n "${CLIP_ONLY:-}" ] || run vlm 200 qwen2.5-vl-7b --random-weights "${VLM[@]}" --baseline --profile "$OUT/profile-vlm.txt"
 if [ -z "${QUICK:-}${CLIP_ONLY:-}" ]; then  # the 7B vision tower alone: per-window attention loop vs window-batched
   echo "== vision-attention"
   if [ "$SIZE" = real ]; then VA=(--device cuda --dtype bfloat16 --heads 16 --mlp 3420); else VA=(--repeats 1); fi
-  (cd benchmarks && timeout 60 $PY vision_attention.py "${VA[@]}" --json "$OUT_ABS/gpu_vision_attention.json") 2>&1 \
+  (cd benchmarks && timeout 50 $PY vision_attention.py "${VA[@]}" --json "$OUT_ABS/gpu_vision_attention.json") 2>&1 \
     | tee "$OUT/gpu_vision_attention.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || echo "FAILED: vision-attention (see $OUT/gpu_vision_attention.log)"
 fi

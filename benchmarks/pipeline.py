@@ -4,8 +4,9 @@ against chunked ones.
 
 1. Worker cost per image (one process, no model): BioCLIP-2's preprocessing on synthetic
    500x375 JPEGs, as floats (open_clip's Compose: decode, resize, crop, ToTensor, Normalize),
-   as uint8 (the split's host half: decode, resize, crop; normalising runs on the device), and
-   raw bytes (``--decode-on-device``: the file is read, decoding runs on the GPU).
+   as uint8 (the split's host half: decode, resize, crop; normalising runs on the device), as
+   uint8 decoded by torchvision and resized by torch (``--worker-decode tensor``), and raw bytes
+   (``--decode-on-device``: the file is read, decoding runs on the GPU).
 2. The first batch: ``iterate_images`` with ``--workers`` workers and a batch of ``--batch``,
    each worker loading a whole batch (the old loader) against chunks of ``CHUNK`` images.
 2b. ``--decode-on-device`` reads only bytes: worker processes (the old reader) against a thread
@@ -31,7 +32,14 @@ from _common import print_table, write_json
 
 import hierzoo.images as images_mod
 from hierzoo.bench import make_images, make_questions
-from hierzoo.images import ImageDataset, _BytesDataset, iterate_images, read_bytes, split_transform
+from hierzoo.images import (
+    ImageDataset,
+    _BytesDataset,
+    iterate_images,
+    read_bytes,
+    split_transform,
+    tensor_decode_split,
+)
 from hierzoo.models.random_weights import build_random
 
 REPEATS = 3  # this machine is a shared VM: every figure is the best of REPEATS interleaved runs
@@ -89,8 +97,10 @@ def main() -> None:
 
     n = min(200, len(paths))
     workers = []
+    fast, _ = tensor_decode_split(real_transform)
     datasets = {"floats (open_clip Compose)": ImageDataset(paths, real_transform),
                 "uint8 (split: normalise on the device)": ImageDataset(paths, host),
+                "uint8, torchvision decode + torch resize (--worker-decode tensor)": ImageDataset(paths, fast),
                 "bytes (decode on the device)": _BytesDataset(paths)}
     for name, ms in per_image_ms(datasets, n).items():
         item = datasets[name][0][1]
@@ -132,13 +142,15 @@ def main() -> None:
     qs = make_questions(paths, 4)
     tiny.num_workers = args.workers
     default_chunk = images_mod.CHUNK
-    runs = [("whole-batch workers, floats (old)", args.batch, False), ("chunks, floats", default_chunk, False),
-            ("chunks, uint8 (normalised in the main process)", default_chunk, True)]
-    walls: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    runs = [("whole-batch workers, floats (old)", args.batch, False, "pil"), ("chunks, floats", default_chunk, False, "pil"),
+            ("chunks, uint8 (normalised in the main process)", default_chunk, True, "pil"),
+            ("chunks, uint8, --worker-decode tensor", default_chunk, True, "tensor")]
+    walls: dict[str, list[float]] = {label: [] for label, *_ in runs}
     for _ in range(REPEATS):
-        for label, chunk, split in runs:
+        for label, chunk, split, decode in runs:
             images_mod.CHUNK = chunk
             tiny.normalize_on_device = split
+            tiny.worker_decode = decode
             tiny.answer(qs[: args.batch], batch_size=args.batch)  # warm
             start = time.perf_counter()
             tiny.answer(qs, batch_size=args.batch)

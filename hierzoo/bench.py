@@ -47,6 +47,7 @@ class BenchConfig:
     image_size: tuple[int, int] = (500, 375)
     num_workers: int | None = None
     decode_on_device: bool = False
+    worker_decode: str = "pil"
     work_dir: str | None = None
     warmup_images: int = 16
     profile: str | None = None
@@ -280,6 +281,12 @@ def load_for_bench(cfg: BenchConfig) -> HierClassifier:
         clf = hierzoo.load(cfg.model, device=device, **kw)
     if cfg.num_workers is not None and hasattr(clf, "num_workers"):
         clf.num_workers = cfg.num_workers
+    if cfg.worker_decode != "pil":
+        from hierzoo.images import tensor_decode_split
+
+        if clf.family not in CLIP_FAMILIES or tensor_decode_split(clf.transform) is None:
+            raise ValueError(f"--worker-decode {cfg.worker_decode} is for CLIP-style models with a plain resize / crop / normalise.")
+        clf.worker_decode = cfg.worker_decode
     if cfg.decode_on_device:
         from hierzoo.images import TensorPreprocess
 
@@ -310,6 +317,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "levels": cfg.levels,
         "image_size": list(cfg.image_size),
         "decode_on_device": bool(getattr(clf, "device_preprocess", None)),
+        "worker_decode": getattr(clf, "worker_decode", None),
         "sweep": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
         "best_batch_size": best["batch_size"],
     }

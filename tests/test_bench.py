@@ -83,7 +83,8 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "FAILED" not in done.stdout, done.stdout[-3000:]
     merged = json.loads((tmp_path / "gpu.json").read_text())
-    assert {r["run"] for r in merged["summary"]} == {"clip-pil-workers", "clip-nvjpeg", "vlm"}
+    assert {r["run"] for r in merged["summary"]} == {"clip-pil-workers", "clip-tensor-workers", "clip-nvjpeg", "vlm"}
+    assert merged["records"]["clip-tensor-workers"]["worker_decode"] == "tensor"
     assert all(r["met"] is None and r["speedup"] > 0 for r in merged["summary"])
     assert merged["records"]["clip-nvjpeg"]["decode_on_device"] is True
     assert merged["records"]["vlm"]["profile"]["top"] and (tmp_path / "profile-vlm.txt").exists()

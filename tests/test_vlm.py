@@ -492,3 +492,8 @@ def test_first_level_names_the_rank_of_a_set_that_starts_lower(model, questions)
     assert "family of the bird" in plan.asks[0].text and "species of the bird" in plan.asks[-1].text
     top = model._plan(lower, Protocol(taxonomy="cub200"))
     assert "order of the bird" in top.asks[0].text
+
+
+def test_clip_only_options_are_refused_by_name(tiny_dirs):
+    with pytest.raises(ValueError, match="worker_decode, decode_on_device|decode_on_device, worker_decode"):
+        hierzoo.load(str(tiny_dirs["qwen2.5-vl"]), device="cpu", worker_decode="tensor", decode_on_device=True)

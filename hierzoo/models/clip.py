@@ -28,6 +28,7 @@ from hierzoo.images import (
     iterate_images_on_device,
     prefetch,
     split_transform,
+    tensor_decode_split,
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
@@ -100,6 +101,13 @@ class ClipClassifier(HierClassifier):
     Hooks: :meth:`_encode_images` (a preprocessed batch -> ``(B, D)``), :meth:`_encode_texts`
     (strings -> ``(T, D)``), ``transform`` (PIL image -> tensor, picklable for DataLoader
     workers), ``logit_scale`` and ``logit_bias`` (the model's own), ``score_kind``.
+
+    Image pipeline options (constructor keywords, also attributes): ``num_workers``;
+    ``decode_on_device`` (JPEGs decoded, resized and normalised on the GPU);
+    ``normalize_on_device`` (workers stop at uint8, ``ToTensor`` + ``Normalize`` run on the
+    device; default on CUDA; the same numbers); ``worker_decode="tensor"`` (workers decode with
+    torchvision and resize with torch instead of PIL: about 2.6x less CPU per image, pixels a
+    grey level or two from PIL's here and there).
     """
 
     score_kind = "softmax"
@@ -122,6 +130,7 @@ class ClipClassifier(HierClassifier):
         num_workers: int | None = None,
         decode_on_device: bool = False,
         normalize_on_device: bool | None = None,
+        worker_decode: str = "pil",
     ):
         self.name = name
         self.spec = spec
@@ -141,6 +150,14 @@ class ClipClassifier(HierClassifier):
                 "resize / crop / normalise that hierzoo can run on tensors; leave it off."
             )
         self.normalize_on_device = normalize_on_device
+        if worker_decode not in ("pil", "tensor"):
+            raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {worker_decode!r}.")
+        if worker_decode == "tensor" and tensor_decode_split(transform) is None:
+            raise ValueError(
+                f"worker_decode='tensor', but the model's preprocessing ({transform!r}) is not a plain "
+                "resize / crop / normalise that hierzoo can run on tensors; use worker_decode='pil'."
+            )
+        self.worker_decode = worker_decode
         self.pipeline_stats = PipelineStats()
         self.texts_encoded = 0
         self.images_encoded = 0
@@ -282,13 +299,16 @@ class ClipClassifier(HierClassifier):
             yield batch.indices, pixels, batch.failed
 
     def _split_transform(self, items: Sequence[ImageInput | None]) -> tuple[Callable, Callable] | None:
-        """The transform as a uint8 half for the workers and a float half for the device, when
-        ``normalize_on_device`` (default: on CUDA) and the transform splits; never when some
-        inputs are already preprocessed tensors."""
-        on = self.device.type == "cuda" if self.normalize_on_device is None else self.normalize_on_device
-        if not on or any(isinstance(x, torch.Tensor) for x in items):
+        """The transform as a uint8 half for the workers and a float half for the device: with
+        ``worker_decode="tensor"`` torchvision decoding and torch resizing; else, when
+        ``normalize_on_device`` (default: on CUDA) and the transform splits, its own PIL steps.
+        Never when some inputs are already preprocessed tensors."""
+        if any(isinstance(x, torch.Tensor) for x in items):
             return None
-        return split_transform(self.transform)
+        if self.worker_decode == "tensor":
+            return tensor_decode_split(self.transform)
+        on = self.device.type == "cuda" if self.normalize_on_device is None else self.normalize_on_device
+        return split_transform(self.transform) if on else None
 
     def _stream_images(
         self, items: list[ImageInput | None], batch_size: int | None

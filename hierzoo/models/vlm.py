@@ -303,6 +303,12 @@ class VisionLLMClassifier(HierClassifier):
         """
         from hierzoo.models._factory import resolve_dtype
 
+        clip_only = sorted({"decode_on_device", "normalize_on_device", "worker_decode", "cache_dir", "templates"} & kwargs.keys())
+        if clip_only:
+            raise ValueError(
+                f"{', '.join(clip_only)}: options of CLIP-style models, but {spec.name!r} is a vision LLM; "
+                "drop them (its images go through the model's own processor)."
+            )
         transformers = _import_transformers()
         dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
