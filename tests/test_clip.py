@@ -326,3 +326,24 @@ def test_prefetch_thread_yields_the_same_batches_and_raises_errors():
     it = prefetch(batches, torch.device("cpu"), depth=1)
     assert next(it).indices == [0]
     it.close()  # leaving early stops the thread
+
+
+# ---------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_cuda_pipelines_match_the_cpu(name, model_dirs, images, tmp_path):
+    """On CUDA: uint8 workers with normalising on the GPU (the default; bit-equal pixels are
+    proven on the CPU in test_images) give the CPU's embeddings up to bf16 autocast; the tensor
+    decode and nvJPEG decode stay close."""
+    cpu = hierzoo.load(str(model_dirs[name]), device="cpu", cache_dir=False)
+    a, _ = cpu.encode_images(images, batch_size=5)
+    exact = hierzoo.load(str(model_dirs[name]), device="cuda", dtype="float32", cache_dir=False)
+    assert (exact._split_transform(images) is not None) == (name == "openclip")  # a Compose splits; a processor does not
+    b, _ = exact.encode_images(images, batch_size=5)
+    assert (b.cpu() * a).sum(-1).min() > 0.999  # float32 weights run under bf16 autocast on CUDA
+    for kw, floor in (({"worker_decode": "tensor"}, 0.99), ({"decode_on_device": True}, 0.98)):
+        other = hierzoo.load(str(model_dirs[name]), device="cuda", dtype="float32", cache_dir=False, **kw)
+        c, err = other.encode_images(images, batch_size=5)
+        assert err == [None] * len(images)
+        assert (c.cpu() * a).sum(-1).min() > floor, kw
