@@ -6,6 +6,7 @@ naming the file and the fix, and the other images go on.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -246,8 +247,7 @@ class Normalize:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         out = pixels.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=out.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)
+        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)
         return out.sub_(mean).div_(std)
 
 
@@ -309,6 +309,13 @@ def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None
     return TensorDecode(plan.resize, plan.crop, plan.interpolation), Normalize(plan.mean, plan.std)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as ``(C, 1, 1)`` tensors on ``device``, made once: a fresh host-to-device
+    copy per batch would wait for the GPU's queued work."""
+    return (torch.tensor(mean, device=device).view(-1, 1, 1), torch.tensor(std, device=device).view(-1, 1, 1))
+
+
 _PIL_STEPS = ("Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad", "MaybeConvertMode", "function")
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
@@ -357,8 +364,7 @@ class TensorPreprocess:
         if self.crop is not None:
             out = F.center_crop(out, list(self.crop))
         out = out.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=out.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=out.device).view(-1, 1, 1)  # broadcasts over a batch too
+        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)  # (C, 1, 1): broadcast over a batch too
         return out.sub_(mean).div_(std)
 
     @classmethod
