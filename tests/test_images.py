@@ -178,11 +178,14 @@ def test_tensor_decode_follows_the_pil_pipeline_within_a_few_grey_levels(paths, 
     torch.testing.assert_close(norm(a[:1].to(torch.uint8)), norm(b[:1].to(torch.uint8)), atol=5 / 255 / 0.26 + 1e-6, rtol=0)
 
 
-def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(paths, tmp_path):
+@pytest.mark.parametrize("builder", ["build_tiny_openclip", "build_tiny_hf_clip", "build_tiny_siglip"])
+def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(paths, tmp_path, builder):
+    """open_clip's Compose and the transformers processors (CLIP: resize + crop; SigLIP: a
+    square resize) all have a tensor twin."""
     import hierzoo
-    from hierzoo.models.tiny_clip import build_tiny_openclip
+    from hierzoo.models import tiny_clip
 
-    model_dir = build_tiny_openclip(tmp_path / "oc", seed=0)
+    model_dir = getattr(tiny_clip, builder)(tmp_path / "m", seed=0)
     exact = hierzoo.load(str(model_dir), device="cpu", cache_dir=False)
     fast = hierzoo.load(str(model_dir), device="cpu", cache_dir=False, worker_decode="tensor", num_workers=2)
     a, err_a = exact.encode_images(paths, batch_size=6)
