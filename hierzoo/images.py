@@ -263,6 +263,7 @@ class TensorDecode:
     resize: int | tuple[int, int]
     crop: tuple[int, int] | None
     interpolation: str = "bicubic"
+    crop_offset: str = "round"
     reads_files = True
 
     def __call__(self, item: str | Path | Image.Image) -> torch.Tensor:
@@ -277,13 +278,30 @@ class TensorDecode:
         return self.geometry(image)
 
     def geometry(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as F
+        return _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
 
-        mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
-        size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
-        out = F.resize(image, size, interpolation=mode, antialias=True)
-        return F.center_crop(out, list(self.crop)) if self.crop is not None else out
+
+def _resize_crop(
+    image: torch.Tensor, resize: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: str, offset: str
+) -> torch.Tensor:
+    """Antialiased resize (shortest side, or an exact size), then a centre crop whose offset is
+    rounded as torchvision does (``"round"``: open_clip's pipelines) or truncated as
+    transformers' image processors do (``"floor"``); the two differ by a pixel when the margin
+    is odd."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    size = [resize] if isinstance(resize, int) else list(resize)
+    out = F.resize(image, size, interpolation=mode, antialias=True)
+    if crop is None:
+        return out
+    if offset == "round":
+        return F.center_crop(out, list(crop))
+    h, w = out.shape[-2:]
+    if crop[0] > h or crop[1] > w:  # smaller than the crop: padded as torchvision pads
+        return F.center_crop(out, list(crop))
+    return F.crop(out, int((h - crop[0]) / 2.0), int((w - crop[1]) / 2.0), crop[0], crop[1])
 
 
 def _decode_tensor(data: torch.Tensor) -> torch.Tensor:
@@ -306,7 +324,7 @@ def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None
     plan = TensorPreprocess.from_transform(transform)
     if plan is None:
         return None
-    return TensorDecode(plan.resize, plan.crop, plan.interpolation), Normalize(plan.mean, plan.std)
+    return TensorDecode(plan.resize, plan.crop, plan.interpolation, plan.crop_offset), Normalize(plan.mean, plan.std)
 
 
 @functools.lru_cache(maxsize=64)
@@ -353,16 +371,10 @@ class TensorPreprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
+    crop_offset: str = "round"
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as F
-
-        mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
-        size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
-        out = F.resize(image, size, interpolation=mode, antialias=True)
-        if self.crop is not None:
-            out = F.center_crop(out, list(self.crop))
+        out = _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
         out = out.float().div_(255.0)
         mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)  # (C, 1, 1): broadcast over a batch too
         return out.sub_(mean).div_(std)
@@ -409,7 +421,8 @@ class TensorPreprocess:
         crop = (int(crop_size["height"]), int(crop_size["width"])) if getattr(ip, "do_center_crop", False) and crop_size else None
         resample = getattr(ip, "resample", 3)
         interpolation = "bilinear" if int(resample) == 2 else "bicubic"
-        return cls(resize=resize, crop=crop, mean=tuple(ip.image_mean), std=tuple(ip.image_std), interpolation=interpolation)
+        return cls(resize=resize, crop=crop, mean=tuple(ip.image_mean), std=tuple(ip.image_std), interpolation=interpolation,
+                   crop_offset="floor")
 
 
 class _BytesDataset(ImageDataset):

@@ -303,7 +303,9 @@ def test_decoding_on_the_device_matches_the_pil_pipeline(name, load, images, tmp
     b, err_b = dev.encode_images(items, batch_size=4)
     assert [e is None for e in err_a] == [e is None for e in err_b] == [True] * 6 + [False, True, False]
     cos = (a[:6] * b[:6]).sum(-1)
-    assert cos.min() > 0.98, cos  # antialiased tensor resize vs PIL: close, not bit-equal
+    # antialiased tensor resize vs PIL (open_clip) or transformers' processor: close, not
+    # bit-equal; the crop offsets must follow each library's rounding, or cosines fall to 0.97
+    assert cos.min() > 0.999, cos
     torch.testing.assert_close(a[7], b[7], atol=0.05, rtol=0)
 
 
