@@ -48,6 +48,7 @@ class BenchConfig:
     num_workers: int | None = None
     decode_on_device: bool = False
     worker_decode: str = "pil"
+    batched_vision_attention: bool = True
     work_dir: str | None = None
     warmup_images: int = 16
     profile: str | None = None
@@ -281,6 +282,10 @@ def load_for_bench(cfg: BenchConfig) -> HierClassifier:
         clf = hierzoo.load(cfg.model, device=device, **kw)
     if cfg.num_workers is not None and hasattr(clf, "num_workers"):
         clf.num_workers = cfg.num_workers
+    if not cfg.batched_vision_attention:
+        if clf.family in CLIP_FAMILIES:
+            raise ValueError("--no-batched-vision-attention is for vision LLMs.")
+        clf.batched_vision_attention = clf.batch_vision_attention(False)
     if cfg.worker_decode != "pil":
         from hierzoo.images import tensor_decode_split
 
@@ -318,6 +323,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "image_size": list(cfg.image_size),
         "decode_on_device": bool(getattr(clf, "device_preprocess", None)),
         "worker_decode": getattr(clf, "worker_decode", None),
+        "batched_vision_attention": getattr(clf, "batched_vision_attention", None),
         "sweep": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
         "best_batch_size": best["batch_size"],
     }

@@ -113,6 +113,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU (nvJPEG)")
     run.add_argument("--worker-decode", choices=["pil", "tensor"], help="CLIP models: how workers decode and resize: PIL "
                      "(default, the paper's pixels) or torchvision + torch (about 2.6x less CPU, pixels within a few grey levels)")
+    run.add_argument("--no-batched-vision-attention", dest="batched_vision_attention", action="store_false",
+                     help="Qwen-VL: keep transformers' per-window attention loop in the vision tower")
     run.add_argument("--retry-errors", action="store_true", help="redo samples recorded with an error")
     run.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     run.add_argument("--no-progress", action="store_true")
@@ -131,7 +133,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
         limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress, threads=args.threads,
         model_kwargs={k: v for k, v in (("device_map", args.device_map), ("decode_on_device", args.decode_on_device or None),
-                                        ("worker_decode", args.worker_decode)) if v},
+                                        ("worker_decode", args.worker_decode)) if v}
+        | ({} if args.batched_vision_attention else {"batched_vision_attention": False}),
     )
     try:
         summary = run_eval(cfg)
@@ -270,6 +273,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU")
     p.add_argument("--worker-decode", choices=["pil", "tensor"], default="pil",
                    help="CLIP models: workers decode and resize with PIL, or with torchvision + torch")
+    p.add_argument("--no-batched-vision-attention", dest="batched_vision_attention", action="store_false",
+                   help="Qwen-VL: keep transformers' per-window attention loop in the vision tower")
     p.add_argument("--image-size", default="500x375", help="synthetic photo size WxH")
     p.add_argument("--baseline", action="store_true", help="also time the paper's per-question loop")
     p.add_argument("--baseline-images", type=int, default=8)
@@ -294,7 +299,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, random_weights=args.random_weights, size=args.size, images=args.images, levels=args.levels,
         batch_sizes=sizes, device=args.device, baseline=args.baseline, baseline_images=args.baseline_images,
         image_size=(w, h), num_workers=args.num_workers, decode_on_device=args.decode_on_device,
-        worker_decode=args.worker_decode, profile=args.profile, trace=args.trace,
+        worker_decode=args.worker_decode, batched_vision_attention=args.batched_vision_attention,
+        profile=args.profile, trace=args.trace,
     )
     record = run_bench(cfg)
     print(format_bench(record))

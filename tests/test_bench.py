@@ -103,3 +103,13 @@ def test_profile_writes_the_op_table_and_top_ops(tmp_path):
     assert prof["top"][0]["self_cpu_ms"] >= prof["top"][-1]["self_cpu_ms"]
     assert prof["top"][0]["name"][:90] in text and "aten::" in text
     assert json.loads((tmp_path / "prof" / "clip.txt.trace.json").read_text())["traceEvents"]
+
+
+def test_bench_can_time_the_vision_tower_without_batched_attention(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "qwen2.5-vl-7b", "--random-weights", "--size", "tiny", "--images", "2", "--batch-size", "2",
+                 "--no-batched-vision-attention", "--device", "cpu", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["batched_vision_attention"] is False
+    code = main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "2", "--no-batched-vision-attention",
+                 "--device", "cpu"])
+    assert code != 0 and "is for vision LLMs" in capsys.readouterr().err

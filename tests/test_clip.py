@@ -349,3 +349,8 @@ def test_cuda_pipelines_match_the_cpu(name, model_dirs, images, tmp_path):
         c, err = other.encode_images(images, batch_size=5)
         assert err == [None] * len(images)
         assert (c.cpu() * a).sum(-1).min() > floor, kw
+
+
+def test_vision_llm_options_are_refused_by_name(model_dirs):
+    with pytest.raises(ValueError, match="batched_vision_attention: options of vision LLMs"):
+        hierzoo.load(str(model_dirs["openclip"]), device="cpu", batched_vision_attention=False)

@@ -183,6 +183,9 @@ class ClipClassifier(HierClassifier):
         scale and bias; without a ``model_key`` the text cache stays in memory."""
         from hierzoo.models._factory import resolve_device
 
+        vlm_only = sorted({"batched_vision_attention", "token_budget", "prefix_cache", "attn_implementation"} & kw.keys())
+        if vlm_only:
+            raise ValueError(f"{', '.join(vlm_only)}: options of vision LLMs, but {name!r} is a CLIP-style model; drop them.")
         first = next(model.parameters())
         device = first.device if device is None else device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
