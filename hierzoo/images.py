@@ -314,6 +314,8 @@ def _decode_tensor(data: torch.Tensor) -> torch.Tensor:
         image = decode_image(data, mode=ImageReadMode.RGB)
     if image.ndim == 4:  # an animated GIF: its first frame, as PIL gives
         image = image[0]
+    if image.dtype != torch.uint8:  # a 16-bit PNG: PIL's conversion to 8-bit RGB decides
+        raise RuntimeError(f"decoded as {image.dtype}, not uint8")
     return image
 
 

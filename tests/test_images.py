@@ -196,3 +196,15 @@ def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(pat
     assert (a[ok] * b[ok]).sum(-1).min() > 0.999
     with pytest.raises(ValueError, match="worker_decode"):
         hierzoo.load(str(model_dir), device="cpu", cache_dir=False, worker_decode="turbo")
+
+
+def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
+    from hierzoo.images import tensor_decode_split
+
+    fast, _ = tensor_decode_split(_clip_transform())
+    pil, _ = split_transform(_clip_transform())
+    deep = np.random.default_rng(0).integers(0, 65535, (40, 50), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = fast(tmp_path / "deep.png")
+    assert got.dtype == torch.uint8
+    assert torch.equal(got, pil(Image.open(tmp_path / "deep.png").convert("RGB")))
