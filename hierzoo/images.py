@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,11 @@ import torch
 from PIL import Image
 
 ImageInput = str | Path | Image.Image | torch.Tensor
+
+# torchvision 0.29 deprecates its image decoders in favour of torchcodec, warning at every call;
+# hierzoo uses them on purpose (nvJPEG, libjpeg-turbo), so that one message is silenced once
+# here (a catch_warnings block per call would race between the decoding and model threads)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
 
 class ImageError(OSError):
@@ -305,13 +311,9 @@ def _resize_crop(
 
 
 def _decode_tensor(data: torch.Tensor) -> torch.Tensor:
-    import warnings
+    from torchvision.io import ImageReadMode, decode_image
 
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates these in favour of torchcodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_image
-
-        image = decode_image(data, mode=ImageReadMode.RGB)
+    image = decode_image(data, mode=ImageReadMode.RGB)
     if image.ndim == 4:  # an animated GIF: its first frame, as PIL gives
         image = image[0]
     if image.dtype != torch.uint8:  # a 16-bit PNG: PIL's conversion to 8-bit RGB decides
@@ -514,13 +516,9 @@ def iterate_images_on_device(
     CUDA), then resized and normalised there. Other formats, and JPEGs the decoder rejects, go
     through PIL (and ``fallback`` when given). Time spent waiting and decoding is added to
     ``stats``."""
-    import warnings
-
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates these in favour of torchcodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
     import time
+
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     stats = stats if stats is not None else PipelineStats()
     threads = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -563,7 +561,11 @@ def iterate_images_on_device(
                 if j in done:
                     t = done[j]
                 elif isinstance(x, torch.Tensor) and x.ndim == 1:
-                    t = preprocess(decode_image(x, mode=ImageReadMode.RGB).to(device))
+                    try:
+                        t = preprocess(_decode_tensor(x).to(device))
+                    except RuntimeError:  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
+                        img = load_image(items[i])
+                        t = fallback(img).to(device) if fallback else preprocess(_pil_to_tensor(img).to(device))
                 elif isinstance(x, torch.Tensor):
                     t = x.to(device)
                 else:

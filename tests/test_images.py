@@ -208,3 +208,20 @@ def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
     got = fast(tmp_path / "deep.png")
     assert got.dtype == torch.uint8
     assert torch.equal(got, pil(Image.open(tmp_path / "deep.png").convert("RGB")))
+
+
+def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path):
+    """--decode-on-device: BMP, TIFF and 16-bit PNG are decoded by PIL, not recorded as errors."""
+    from hierzoo.images import TensorPreprocess, _pil_to_tensor, iterate_images_on_device
+
+    prep = TensorPreprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    src = Image.open(paths[0]).convert("RGB")
+    src.save(tmp_path / "x.bmp")
+    src.save(tmp_path / "x.tiff")
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (40, 50), dtype=np.uint16)).save(tmp_path / "deep.png")
+    items = [str(tmp_path / n) for n in ("x.bmp", "x.tiff", "deep.png")] + [paths[0]]
+    (batch,) = list(iterate_images_on_device(items, prep, 8, torch.device("cpu"), num_workers=0))
+    assert batch.failed == {} and batch.indices == [0, 1, 2, 3]
+    want = [prep(_pil_to_tensor(Image.open(p).convert("RGB"))) for p in items]
+    for got, ref in zip(batch.data, want):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
