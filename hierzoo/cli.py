@@ -384,6 +384,9 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--where", action="append", required=True, metavar="SITE",
                    help="feature site (repeatable, or a comma list), e.g. vision,projector,llm:-1")
     p.add_argument("--out", required=True, help="run directory (a rerun resumes the feature extraction)")
+    p.add_argument("--text", action="store_true",
+                   help="probe the taxonomy's leaf names instead of images (sites: text for CLIP; llm:K, llm:K:answer "
+                   "for vision LLMs); split by name, levels above the leaves")
     p.add_argument("--test-size", type=float, default=0.3, help="share of images held out (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of built questions (default 0)")
     p.add_argument("--zero-shot", choices=["auto", "path", "questions", "none"], default="auto",
@@ -417,7 +420,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         model=args.model, taxonomy=args.taxonomy, out=args.out, where=args.where, images=args.images,
         labels=args.labels, test_size=args.test_size, seed=args.seed, zero_shot=args.zero_shot, l2=args.l2,
         max_iter=args.max_iter, shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, limit=args.limit, threads=args.threads, progress=not args.no_progress,
+        dtype=args.dtype, limit=args.limit, threads=args.threads, progress=not args.no_progress, text=args.text,
     )
     try:
         result = run_probe(cfg)

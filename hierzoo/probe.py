@@ -186,6 +186,7 @@ class ProbeConfig:
     limit: int | None = None
     threads: int | None = None
     progress: bool = True
+    text: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -365,6 +366,51 @@ def _cached_zero_shot(
     return {i: by_id[i] for i in ids}
 
 
+def _fit_lines(
+    lines: dict[str, list[str]],
+    features: Any,
+    truth: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    levels: list[int],
+    cfg: ProbeConfig,
+    device: Any,
+    depth: int,
+) -> dict[str, Any]:
+    """One probe per line (site) and level on ``features(site)`` rows: train on ``train``,
+    score on ``test``; per line the held-out level accuracies, HCA, train accuracy, classes."""
+    present = truth >= 0
+    results: dict[str, Any] = {}
+    for line, per_level in lines.items():
+        stored = {site: features(site) for site in dict.fromkeys(per_level)}
+        pred = np.full((len(test), depth), -1, dtype=np.int64)
+        train_acc: list[float | None] = []
+        n_classes: list[int] = []
+        for j, k in enumerate(levels):
+            x = stored[per_level[j]]
+            rows = train[present[train, k]]
+            if len(rows) == 0:  # no training image reaches this level: its test images count wrong
+                train_acc.append(None)
+                n_classes.append(0)
+                continue
+            probe = fit_probe(
+                x[rows], truth[rows, k], l2=cfg.l2, max_iter=cfg.max_iter, device=device
+            )
+            seen = probe.predict(x[rows]).numpy()
+            train_acc.append(round(100.0 * float((seen == truth[rows, k]).mean()), 4))
+            n_classes.append(len(probe.classes))
+            pred[:, k] = probe.predict(x[test]).numpy()
+        scores = level_scores(pred == truth[test], present[test], levels)
+        results[line] = {
+            **scores,
+            "train_acc": train_acc,
+            "n_classes": n_classes,
+            "dim": int(stored[per_level[0]].shape[1]),
+            "sites": per_level if len(set(per_level)) > 1 else per_level[0],
+        }
+    return results
+
+
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Run (or resume) a probe and return its result (also written to ``probe.json``)."""
     import torch
@@ -380,6 +426,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     taxonomy = load_taxonomy(cfg.taxonomy)
+    if cfg.text:
+        return _run_text_probe(cfg, taxonomy, started)
     paths, ids, labels = _samples(cfg, taxonomy)
     truth = taxonomy.paths[[taxonomy.leaf_index(lab) for lab in labels]]
     levels = scored_levels(truth)
@@ -421,34 +469,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     train, test = valid[train_pos], valid[test_pos]
     present = truth >= 0
     device = torch.device(cfg.device) if cfg.device else clf.device
-    results: dict[str, Any] = {}
-    for line, per_level in lines.items():
-        stored = {site: load_features(store, site).data for site in dict.fromkeys(per_level)}
-        pred = np.full((len(test), taxonomy.depth), -1, dtype=np.int64)
-        train_acc: list[float | None] = []
-        n_classes: list[int] = []
-        for j, k in enumerate(levels):
-            x = stored[per_level[j]]
-            rows = train[present[train, k]]
-            if len(rows) == 0:  # no training image reaches this level: its test images count wrong
-                train_acc.append(None)
-                n_classes.append(0)
-                continue
-            probe = fit_probe(
-                x[rows], truth[rows, k], l2=cfg.l2, max_iter=cfg.max_iter, device=device
-            )
-            seen = probe.predict(x[rows]).numpy()
-            train_acc.append(round(100.0 * float((seen == truth[rows, k]).mean()), 4))
-            n_classes.append(len(probe.classes))
-            pred[:, k] = probe.predict(x[test]).numpy()
-        scores = level_scores(pred == truth[test], present[test], levels)
-        results[line] = {
-            **scores,
-            "train_acc": train_acc,
-            "n_classes": n_classes,
-            "dim": int(stored[per_level[0]].shape[1]),
-            "sites": per_level if len(set(per_level)) > 1 else per_level[0],
-        }
+    results = _fit_lines(
+        lines, lambda site: load_features(store, site).data, truth, train, test, levels, cfg, device, taxonomy.depth
+    )
     zero = None
     if method is not None:
         identity = {
@@ -532,6 +555,83 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     return result
 
 
+def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dict[str, Any]:
+    """The probe on the names of the taxonomy's leaves (``--text``): features of each name
+    (:meth:`~hierzoo.models.base.HierClassifier.text_features`), split by name, one probe per
+    level above the leaves. The leaf level is not probed: a held-out name is a class the probe
+    never saw."""
+    import torch
+    from safetensors.torch import save_file
+
+    if cfg.images or cfg.labels:
+        raise ProbeError("--text probes the taxonomy's leaf names, not images; drop --images and --labels.")
+    names = list(taxonomy.leaves)
+    truth = taxonomy.paths
+    if cfg.limit:
+        names, truth = names[: cfg.limit], truth[: cfg.limit]
+    present = truth >= 0
+    levels = [
+        k for k in scored_levels(truth) if len(np.unique(truth[present[:, k], k])) < int(present[:, k].sum())
+    ]
+    if not levels:
+        raise ProbeError(
+            f"No level of {taxonomy.name!r} above the leaves has two of these {len(names)} names in one class; "
+            "nothing to generalise to. Use more names (--limit) or another taxonomy."
+        )
+    extract, lines = expand_sites(cfg.where, levels)
+    lines = {name: lines[name] for name in sorted(lines, key=site_order)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clf = _load_model(cfg)
+    feats = clf.text_features(names, extract, taxonomy=taxonomy, batch_size=cfg.batch_size, progress=cfg.progress)
+    store = out / "text_features.safetensors"
+    save_file({site: feats[site].float().contiguous() for site in extract}, str(store),
+              metadata={"model": cfg.model, "taxonomy": taxonomy.name, "names": json.dumps(names)})
+    train, test = split_indices(len(names), cfg.test_size, cfg.seed)
+    device = torch.device(cfg.device) if cfg.device else clf.device
+    results = _fit_lines(lines, lambda site: feats[site], truth, train, test, levels, cfg, device, taxonomy.depth)
+    majority = []
+    for k in levels:
+        tr, te = truth[train[present[train, k]], k], truth[test[present[test, k]], k]
+        values, counts = np.unique(tr, return_counts=True)
+        majority.append(round(100.0 * float((te == values[counts.argmax()]).mean()), 4) if len(te) and len(tr) else None)
+    level_names = [taxonomy.rank(k) or f"level{k + 1}" for k in range(taxonomy.depth)]
+    result = {
+        "model": cfg.model,
+        "family": clf.family,
+        "taxonomy": taxonomy.name,
+        "input": "text",
+        "levels": [level_names[k] for k in levels],
+        "level_index": levels,
+        "n_images": len(names),
+        "n_failed": 0,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "test_size": cfg.test_size,
+        "seed": cfg.seed,
+        "probe": {
+            "kind": "multinomial logistic regression",
+            "solver": "L-BFGS (full batch, strong Wolfe)",
+            "standardize": True,
+            "l2": cfg.l2,
+            "max_iter": cfg.max_iter,
+            "device": str(device),
+        },
+        "sites": results,
+        "zero_shot": None,
+        "majority": majority,
+        "features": str(store),
+        "failed_images": {},
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "wall_seconds": round(time.time() - started, 3),
+        "command": " ".join(sys.argv),
+    }
+    tmp = out / "probe.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "probe.json")
+    return result
+
+
 # --------------------------------------------------------------------------- table and plot
 def _cell(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
@@ -551,7 +651,7 @@ def format_probe_table(result: dict[str, Any]) -> str:
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     lines = [
         f"probe: {result['model']} on {result['taxonomy']}, {result['n_train']} train / {result['n_test']} test "
-        f"images (seed {result['seed']}), accuracy in %"
+        f"{'leaf names' if result.get('input') == 'text' else 'images'} (seed {result['seed']}), accuracy in %"
         + (f"; {result['n_failed']} images failed" if result["n_failed"] else "")
     ]
     for c in [header, *cells]:

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from hierzoo.probe import (  # noqa: E402
     expand_sites,
     fit_probe,
+    format_probe_table,
     level_scores,
     scored_levels,
     site_order,
@@ -263,3 +264,53 @@ def test_probe_on_a_tiny_vision_llm_with_answer_sites(image_folder, tmp_path):
     assert "zero-shot (4-choice)" in table and "chance 25%" in table
     zero = json.loads((tmp_path / "run" / "zero_shot.json").read_text())
     assert len(zero["by_id"]) == result["n_test"]
+
+
+# ----------------------------------------------------------------------------- text probing
+def test_text_probe_on_a_tiny_clip_equals_probes_fitted_by_hand(tmp_path, capsys):
+    """``--text``: the leaf names' text embeddings, split by name, a probe per level above the
+    leaves; the numbers are those of probes fitted directly on ``text_features``."""
+    pytest.importorskip("open_clip")
+    from safetensors.torch import load_file
+
+    import hierzoo
+    from hierzoo.cli import main
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    model = build_tiny_openclip(tmp_path / "model")
+    out = tmp_path / "run"
+    args = ["probe", "--model", str(model), "--taxonomy", "cub200", "--text", "--where", "text", "--out", str(out),
+            "--limit", "40", "--max-iter", "100", "--no-progress", "--no-plot"]
+    assert main(args) == 0
+    assert "leaf names" in capsys.readouterr().out
+    result = json.loads((out / "probe.json").read_text())
+    tax = hierzoo.load_taxonomy("cub200")
+    names, truth = tax.leaves[:40], tax.paths[:40]
+    assert result["input"] == "text" and result["n_images"] == 40 and result["n_train"] + result["n_test"] == 40
+    assert "species" not in result["levels"] and result["levels"][0] == "order"  # held-out names are unseen classes
+    clf = hierzoo.load(str(model), device="cpu", cache_dir=False)
+    x = clf.text_features(names, "text")["text"]
+    torch.testing.assert_close(load_file(str(out / "text_features.safetensors"))["text"], x)
+    train, test = split_indices(40, 0.3, 0)
+    for k, acc in zip(result["level_index"], result["sites"]["text"]["level_acc"]):
+        probe = fit_probe(x[train], truth[train, k], max_iter=100, l2=1e-4)
+        assert acc == pytest.approx(100 * float((probe.predict(x[test]).numpy() == truth[test, k]).mean()), abs=1e-4)
+    assert "leaf names" in format_probe_table(result)
+
+
+def test_text_probe_on_a_tiny_vision_llm_and_its_errors(tmp_path):
+    pytest.importorskip("transformers")
+    from hierzoo.models import tiny
+    from hierzoo.probe import ProbeConfig, ProbeError, run_probe
+
+    model = tiny.build_tiny_qwen2_5_vl(tmp_path / "model")
+    cfg = ProbeConfig(model=str(model), taxonomy="cub200", out=str(tmp_path / "run"), where=["llm:-1,llm:-1:answer"],
+                      text=True, progress=False, limit=24, max_iter=50)
+    result = run_probe(cfg)
+    assert list(result["sites"]) == ["llm:-1", "llm:-1:answer"]
+    assert result["sites"]["llm:-1:answer"]["sites"] == [f"llm:-1:answer:{k}" for k in result["level_index"]]
+    assert result["zero_shot"] is None and all(0 <= r["hca"] <= 100 for r in result["sites"].values())
+    with pytest.raises(ProbeError, match="drop --images"):
+        run_probe(ProbeConfig(**{**cfg.__dict__, "images": str(tmp_path)}))
+    with pytest.raises(ProbeError, match="No level"):
+        run_probe(ProbeConfig(**{**cfg.__dict__, "limit": 1}))
