@@ -147,6 +147,38 @@ def test_openclip_features_equal_open_clip(model_dirs, images):
         torch.testing.assert_close(got[site][:3], cls[k], atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("pool", ["token", "avg", "map"])
+def test_openclip_timm_tower_layers_equal_timm(images, tmp_path, pool):
+    """layer:K of an open_clip model with a timm ViT tower (as hf-hub:timm/... SigLIP models
+    have): the output of block K-1 from timm's own forward_intermediates, pooled as timm pools
+    (class token, or the mean of the patch tokens)."""
+    import open_clip
+
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                                           "timm_pool": pool, "timm_proj": "none" if pool == "map" else "linear",
+                                           "image_size": 224},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    if pool == "map":
+        cfg["embed_dim"] = 192
+    model_dir = build_tiny_openclip(tmp_path / "timm", model_cfg=cfg)
+    clf = hierzoo.load(str(model_dir), device="cpu", cache_dir=False)
+    got = clf.features(images, "layer:3,layer:-1,image:raw", batch_size=2)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    model.eval()
+    trunk = model.visual.trunk
+    pixels = torch.stack([preprocess(_rgb(p)) for p in images])
+    with torch.no_grad():
+        spatial = trunk.forward_intermediates(pixels, indices=[2, 11], return_prefix_tokens=True, norm=False,
+                                              output_fmt="NLC", intermediates_only=True)
+        raw = model.encode_image(pixels)
+    for site, (patches, prefix) in zip(["layer:3", "layer:-1"], spatial):
+        want = prefix[:, 0] if pool == "token" else patches.mean(1)
+        torch.testing.assert_close(got[site], want, atol=TOL, rtol=0)
+    torch.testing.assert_close(got["image:raw"], raw, atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["hf-clip", "siglip"])
 def test_transformers_clip_features_equal_output_hidden_states(model_dirs, images, name):
     from transformers import AutoModel, AutoProcessor

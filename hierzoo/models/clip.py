@@ -730,6 +730,15 @@ class OpenClipClassifier(ClipClassifier):
 
     def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
         visual = self.model.visual
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens"):
+            # a timm VisionTransformer tower (open_clip's TimmModel): batch-first blocks; the
+            # class token where timm pools it, else the mean of the patch tokens (SigLIP's
+            # attention-pooled towers have no prefix tokens)
+            prefix = int(trunk.num_prefix_tokens)
+            if getattr(trunk, "global_pool", "") == "token" and prefix > 0:
+                return trunk.blocks, _class_token
+            return trunk.blocks, lambda hidden: hidden[:, prefix:].mean(1)
         transformer = getattr(visual, "transformer", None)
         if transformer is None or not hasattr(transformer, "resblocks"):
             raise SiteError(
