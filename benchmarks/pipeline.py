@@ -13,11 +13,14 @@ against chunked ones.
    pool (the new one), ``--read-workers`` of each.
 3. End to end on a tiny ViT (toy-size twin of BioCLIP-2) on this CPU, old loader against new,
    in the same process: images/s of ``answer()`` with the workers.
+4. (Vision LLMs) Qwen2.5-VL's image processor on 16 of the images, on the CPU: what the thread
+   that drives the GPU spends per batch when the processor does not run on the device.
 
     python benchmarks/pipeline.py [--images 512] [--batch 256] [--workers 2] [--json FILE]
 
-Every figure is the best of three interleaved runs. The "cores for 2,000 images/s" column is arithmetic on the measured per-image cost (2,000 x
-ms per image), not a measurement on a GPU host.
+Every figure is the best of three interleaved runs. The "cores for 2,000 images/s" column is
+arithmetic on the measured per-image cost (2,000 x ms per image), not a measurement on a GPU
+host.
 """
 
 from __future__ import annotations
@@ -161,8 +164,25 @@ def main() -> None:
         row["vs old"] = row["images/s"] / e2e[0]["images/s"]
     print(f"\n3. answer() end to end, tiny ViT on this CPU, {len(qs)} images, batch {args.batch}, {args.workers} workers")
     print_table(e2e, list(e2e[0]))
+    from PIL import Image
+
+    from hierzoo.models.random_weights import qwen_image_processor
+
+    processor = qwen_image_processor()
+    pil = [Image.open(p).convert("RGB") for p in paths[:16]]
+    processor(images=pil, return_tensors="pt")  # warm
+    seconds = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        out = processor(images=pil, return_tensors="pt")
+        seconds.append(time.perf_counter() - start)
+    vlm = {"images": len(pil), "seconds": min(seconds), "patches": int(out["pixel_values"].shape[0]),
+           "threads": torch.get_num_threads()}
+    print(f"\n4. Qwen2.5-VL's image processor (the checkpoints' settings) on {len(pil)} images, on the CPU, "
+          f"{vlm['threads']} thread(s): {vlm['seconds']:.3f} s per call ({vlm['patches']} patches)")
     write_json(args.json, {"images": len(paths), "batch": args.batch, "workers": args.workers,
-                           "worker_cost": workers, "first_batch": fill, "read_bytes": reads, "end_to_end": e2e})
+                           "worker_cost": workers, "first_batch": fill, "read_bytes": reads, "end_to_end": e2e,
+                           "qwen_processor": vlm})
 
 
 if __name__ == "__main__":

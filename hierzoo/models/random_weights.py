@@ -168,6 +168,18 @@ def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: st
     )
 
 
+_QWEN_PATCHES = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
+_QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+
+
+def qwen_image_processor() -> Any:
+    """The Qwen2.5-VL checkpoints' image processor (patch 14, merge 2, 56x56 to 28x28x1280
+    pixels), built locally."""
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(size=dict(_QWEN_PIXELS), **_QWEN_PATCHES)
+
+
 def _qwen2_5_vl(
     spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str, batched_vision_attention: bool
 ) -> HierClassifier:
@@ -175,7 +187,6 @@ def _qwen2_5_vl(
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
     )
 
@@ -207,12 +218,10 @@ def _qwen2_5_vl(
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default_dtype)
-    shared = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
-    pixels = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=dict(pixels), **shared),
+        image_processor=qwen_image_processor(),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(size=dict(pixels), **shared),
+        video_processor=Qwen2VLVideoProcessor(size=dict(_QWEN_PIXELS), **_QWEN_PATCHES),
         chat_template=tiny._QWEN2_5_VL_CHAT_TEMPLATE,
     )
     processor.tokenizer.chat_template = processor.chat_template
