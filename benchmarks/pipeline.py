@@ -15,6 +15,8 @@ against chunked ones.
    in the same process: images/s of ``answer()`` with the workers.
 4. (Vision LLMs) Qwen2.5-VL's image processor on 16 of the images, on the CPU: what the thread
    that drives the GPU spends per batch when the processor does not run on the device.
+5. ``--worker-decode tensor`` against PIL: how far apart their pixels are, on 60 photo-like
+   JPEGs of random sizes.
 
     python benchmarks/pipeline.py [--images 512] [--batch 256] [--workers 2] [--json FILE]
 
@@ -180,9 +182,35 @@ def main() -> None:
            "threads": torch.get_num_threads()}
     print(f"\n4. Qwen2.5-VL's image processor (the checkpoints' settings) on {len(pil)} images, on the CPU, "
           f"{vlm['threads']} thread(s): {vlm['seconds']:.3f} s per call ({vlm['patches']} patches)")
+    pixels = tensor_decode_pixels(Path(args.work_dir) / "jpeg-mixed", fast, host)
+    print(f"\n5. --worker-decode tensor against PIL on {pixels['images']} photo-like JPEGs of 200-900 px: "
+          f"pixels at most {pixels['max_abs_diff']} grey levels apart, {pixels['mean_abs_diff']:.3f} on average "
+          f"(histogram of per-image maxima: {pixels['max_histogram']})")
     write_json(args.json, {"images": len(paths), "batch": args.batch, "workers": args.workers,
                            "worker_cost": workers, "first_batch": fill, "read_bytes": reads, "end_to_end": e2e,
-                           "qwen_processor": vlm})
+                           "qwen_processor": vlm, "tensor_decode_pixels": pixels})
+
+
+def tensor_decode_pixels(folder: Path, fast, pil_half, n: int = 60) -> dict:
+    """Pixel differences between the tensor decode and the PIL half of BioCLIP-2's transform on
+    ``n`` synthetic photos of random sizes (200-900 px a side; seeded)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    maxima, means = [], []
+    for i in range(n):
+        w, h = int(rng.integers(200, 900)), int(rng.integers(200, 900))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack([np.sin(xx * 0.03 + i), np.cos(yy * 0.02), np.sin((xx + yy) * 0.01)], -1)
+        path = folder / f"{i:03d}.jpg"
+        Image.fromarray((127 + 100 * base + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        diff = (fast(path).int() - pil_half(Image.open(path).convert("RGB")).int()).abs()
+        maxima.append(int(diff.max()))
+        means.append(float(diff.float().mean()))
+    return {"images": n, "max_abs_diff": max(maxima), "mean_abs_diff": float(np.mean(means)),
+            "max_histogram": np.bincount(maxima).tolist()}
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--device-map", help="vision LLMs larger than one GPU: a transformers device_map such as auto")
     run.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU (nvJPEG)")
     run.add_argument("--worker-decode", choices=["pil", "tensor"], help="CLIP models: how workers decode and resize: PIL "
-                     "(default, the paper's pixels) or torchvision + torch (about 2.6x less CPU, pixels within a few grey levels)")
+                     "(default, the paper's pixels) or torchvision + torch (about 3x less CPU per image, pixels within a few grey levels)")
     run.add_argument("--no-batched-vision-attention", dest="batched_vision_attention", action="store_false",
                      help="Qwen-VL: keep transformers' per-window attention loop in the vision tower")
     run.add_argument("--retry-errors", action="store_true", help="redo samples recorded with an error")

@@ -262,9 +262,9 @@ class TensorDecode:
     """Read, decode and resize / crop an image to a ``(3, H, W)`` uint8 tensor without PIL:
     JPEG, PNG, WebP and GIF decoded by torchvision (libjpeg-turbo for JPEG), then torch's
     antialiased uint8 resize, which follows PIL's closely but not exactly (on photo-like JPEGs
-    of 200-900 px: at most 2 grey levels apart, 0.03 on average). About 2.6 times less CPU per
-    500x375 JPEG than PIL's decode and resize (``benchmarks/pipeline.py``); for worker
-    processes feeding a GPU. Formats torchvision cannot decode go through PIL."""
+    of 200-900 px: at most 2 grey levels apart, 0.035 on average). About 3 times less CPU per
+    500x375 JPEG than PIL's decode and resize (both measured by ``benchmarks/pipeline.py``);
+    for worker processes feeding a GPU. Formats torchvision cannot decode go through PIL."""
 
     resize: int | tuple[int, int]
     crop: tuple[int, int] | None

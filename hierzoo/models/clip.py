@@ -106,7 +106,7 @@ class ClipClassifier(HierClassifier):
     ``decode_on_device`` (JPEGs decoded, resized and normalised on the GPU);
     ``normalize_on_device`` (workers stop at uint8, ``ToTensor`` + ``Normalize`` run on the
     device; default on CUDA; the same numbers); ``worker_decode="tensor"`` (workers decode with
-    torchvision and resize with torch instead of PIL: about 2.6x less CPU per image, pixels a
+    torchvision and resize with torch instead of PIL: about 3x less CPU per image, pixels a
     grey level or two from PIL's here and there).
     """
 
