@@ -31,6 +31,7 @@ def main(out: str) -> None:
             "after 1st batch q/s": best.get("steady_questions_per_second"),
             "1st batch s": best.get("first_batch_seconds"),
             "forward share": best.get("forward_share"),
+            "forward-only q/s": best.get("forward_questions_per_second"),
             "waiting for input": best.get("input_wait_share"),
             "in processor": best.get("preprocess_share"),
             "decode s": best.get("decode_seconds"),

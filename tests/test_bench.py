@@ -35,6 +35,8 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
         assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(4 * r["images_per_second"])
         assert 0 < r["forward_share"] <= 1.0 and r["batch_latency_median_s"] > 0 and r["peak_rss_gib"] > 0
         assert 0 < r["first_batch_seconds"] < r["seconds"]
+        assert r["forward_questions_per_second"] == pytest.approx(24 / r["forward_seconds"])  # 6 images x 4 levels
+        assert r["forward_questions_per_second"] > r["questions_per_second"]
         if model != "qwen2.5-vl-7b":
             assert 0 < r["input_wait_seconds"] < r["seconds"] and r["input_wait_share"] == pytest.approx(r["input_wait_seconds"] / r["seconds"])
         assert r["steady_questions_per_second"] == pytest.approx(4 * r["steady_images_per_second"])
