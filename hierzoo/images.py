@@ -131,11 +131,12 @@ def _collate(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
 
 def default_workers(n_items: int) -> int:
     """DataLoader workers: none for a handful of images, else one per core but one (at most
-    32): decoding a 500x375 JPEG and resizing it costs a core about 7 ms, so a GPU that
-    encodes 2,000 images/s needs about 14 of them."""
+    32, and no more than there are chunks of :data:`CHUNK` images to load): decoding a 500x375
+    JPEG and resizing it costs a core about 5-8 ms, so a GPU that encodes 2,000 images/s needs
+    10-16 of them."""
     if n_items < 64:
         return 0
-    return max(0, min(32, (os.cpu_count() or 1) - 1))
+    return max(0, min(32, (os.cpu_count() or 1) - 1, -(-n_items // CHUNK)))
 
 
 CHUNK = 32

@@ -225,3 +225,14 @@ def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path)
     want = [prep(_pil_to_tensor(Image.open(p).convert("RGB"))) for p in items]
     for got, ref in zip(batch.data, want):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_default_workers_follow_cores_and_the_work(monkeypatch):
+    from hierzoo.images import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert default_workers(10) == 0  # a handful: decoded in the process
+    assert default_workers(100) == 4  # four chunks of 32: four workers
+    assert default_workers(100_000) == 32  # capped
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers(100_000) == 1  # one core left for the model's loop
