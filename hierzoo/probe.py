@@ -511,48 +511,11 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             **level_scores(correct[ok], present[test][ok], levels),
             "n_errors": int((~ok).sum()),
         }
-    majority = []
-    for k in levels:
-        tr = truth[train[present[train, k]], k]
-        te = truth[test[present[test, k]], k]
-        values, counts = np.unique(tr, return_counts=True)
-        majority.append(
-            round(100.0 * float((te == values[counts.argmax()]).mean()), 4) if len(te) else None
-        )
-    level_names = [taxonomy.rank(k) or f"level{k + 1}" for k in range(taxonomy.depth)]
-    result = {
-        "model": cfg.model,
-        "family": clf.family,
-        "taxonomy": taxonomy.name,
-        "levels": [level_names[k] for k in levels],
-        "level_index": levels,
-        "n_images": len(ids),
-        "n_failed": int(failed.sum()),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "test_size": cfg.test_size,
-        "seed": cfg.seed,
-        "probe": {
-            "kind": "multinomial logistic regression",
-            "solver": "L-BFGS (full batch, strong Wolfe)",
-            "standardize": True,
-            "l2": cfg.l2,
-            "max_iter": cfg.max_iter,
-            "device": str(device),
-        },
-        "sites": results,
-        "zero_shot": zero,
-        "majority": majority,
-        "features": str(store),
-        "failed_images": dict(list(first_error.items())[:20]),
-        "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "wall_seconds": round(time.time() - started, 3),
-        "command": " ".join(sys.argv),
-    }
-    tmp = out / "probe.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "probe.json")
-    return result
+    return _write_result(
+        cfg, clf, taxonomy, levels, truth, train, test, device, results, started,
+        n=len(ids), n_failed=int(failed.sum()), zero=zero, features=store,
+        failed_images=dict(list(first_error.items())[:20]),
+    )
 
 
 def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dict[str, Any]:
@@ -590,6 +553,34 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
     train, test = split_indices(len(names), cfg.test_size, cfg.seed)
     device = torch.device(cfg.device) if cfg.device else clf.device
     results = _fit_lines(lines, lambda site: feats[site], truth, train, test, levels, cfg, device, taxonomy.depth)
+    return _write_result(
+        cfg, clf, taxonomy, levels, truth, train, test, device, results, started,
+        n=len(names), n_failed=0, zero=None, features=store, failed_images={}, text=True,
+    )
+
+
+def _write_result(
+    cfg: ProbeConfig,
+    clf: Any,
+    taxonomy: Taxonomy,
+    levels: list[int],
+    truth: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    device: Any,
+    results: dict[str, Any],
+    started: float,
+    *,
+    n: int,
+    n_failed: int,
+    zero: dict[str, Any] | None,
+    features: Path,
+    failed_images: dict[str, str],
+    text: bool = False,
+) -> dict[str, Any]:
+    """The run's result with the majority-class baseline per level, written atomically to
+    ``probe.json``; ``n`` counts images (or names, with ``text``)."""
+    present = truth >= 0
     majority = []
     for k in levels:
         tr, te = truth[train[present[train, k]], k], truth[test[present[test, k]], k]
@@ -600,11 +591,11 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
         "model": cfg.model,
         "family": clf.family,
         "taxonomy": taxonomy.name,
-        "input": "text",
+        **({"input": "text"} if text else {}),
         "levels": [level_names[k] for k in levels],
         "level_index": levels,
-        "n_images": len(names),
-        "n_failed": 0,
+        "n_images": n,
+        "n_failed": n_failed,
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "test_size": cfg.test_size,
@@ -618,14 +609,15 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
             "device": str(device),
         },
         "sites": results,
-        "zero_shot": None,
+        "zero_shot": zero,
         "majority": majority,
-        "features": str(store),
-        "failed_images": {},
+        "features": str(features),
+        "failed_images": failed_images,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "wall_seconds": round(time.time() - started, 3),
         "command": " ".join(sys.argv),
     }
+    out = Path(cfg.out)
     tmp = out / "probe.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out / "probe.json")
