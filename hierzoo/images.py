@@ -468,6 +468,18 @@ class PipelineStats:
         self.input_wait = self.read_wait = self.decode = self.preprocess = 0.0
         self.batches = 0
 
+    def waited(self, items: Iterator[Any], field: str = "input_wait") -> Iterator[Any]:
+        """``items``, adding the time spent waiting for each to ``field``."""
+        import time
+
+        while True:
+            start = time.perf_counter()
+            item = next(items, _END)
+            setattr(self, field, getattr(self, field) + time.perf_counter() - start)
+            if item is _END:
+                return
+            yield item
+
 
 def read_bytes(items: Sequence[ImageInput | None], batch_size: int, threads: int) -> Iterator[ImageBatch]:
     """Batches of raw file bytes (PIL images pass through), read by ``threads`` threads, one
@@ -523,13 +535,10 @@ def iterate_images_on_device(
 
     stats = stats if stats is not None else PipelineStats()
     threads = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    reader = read_bytes(items, batch_size, threads)
-    while True:
-        start = time.perf_counter()
-        batch = next(reader, None)
-        stats.read_wait += time.perf_counter() - start
-        if batch is None:
-            return
+    def via_pil(image: Image.Image) -> torch.Tensor:
+        return fallback(image).to(device) if fallback else preprocess(_pil_to_tensor(image).to(device))
+
+    for batch in stats.waited(read_bytes(items, batch_size, threads), "read_wait"):
         failed = dict(batch.failed)
         jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
         decoded: dict[int, torch.Tensor] = {}
@@ -565,13 +574,11 @@ def iterate_images_on_device(
                     try:
                         t = preprocess(_decode_tensor(x).to(device))
                     except RuntimeError:  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
-                        img = load_image(items[i])
-                        t = fallback(img).to(device) if fallback else preprocess(_pil_to_tensor(img).to(device))
+                        t = via_pil(load_image(items[i]))
                 elif isinstance(x, torch.Tensor):
                     t = x.to(device)
                 else:
-                    img = load_image(x)
-                    t = fallback(img).to(device) if fallback else preprocess(_pil_to_tensor(img).to(device))
+                    t = via_pil(load_image(x))
             except Exception as e:
                 failed[i] = f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file is corrupt or not an image."
                 continue

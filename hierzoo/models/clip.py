@@ -284,12 +284,7 @@ class ClipClassifier(HierClassifier):
                 items, split[0] if split else self.transform, bs, num_workers=self.num_workers, pin_memory=cuda,
                 place=lambda t: t.to(self.device, non_blocking=cuda),
             )
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            self.pipeline_stats.input_wait += time.perf_counter() - start
-            if batch is None:
-                return
+        for batch in self.pipeline_stats.waited(batches):
             self.pipeline_stats.batches += 1
             pixels = None
             if batch.indices:

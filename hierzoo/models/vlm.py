@@ -640,12 +640,7 @@ class VisionLLMClassifier(HierClassifier):
         per_group = batch_size
         pending: list[tuple[int, Image.Image]] = []
         batches = iterate_images(items, self.image_transform(), batch_size or DECODE_BATCH)
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            self.pipeline_stats.input_wait += time.perf_counter() - start
-            if batch is None:
-                break
+        for batch in self.pipeline_stats.waited(batches):
             self.pipeline_stats.batches += 1
             for j, msg in batch.failed.items():
                 failed(j, msg)
