@@ -150,19 +150,29 @@ class ClipClassifier(HierClassifier):
                 "resize / crop / normalise that hierzoo can run on tensors; leave it off."
             )
         self.normalize_on_device = normalize_on_device
-        if worker_decode not in ("pil", "tensor"):
-            raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {worker_decode!r}.")
-        if worker_decode == "tensor" and tensor_decode_split(transform) is None:
-            raise ValueError(
-                f"worker_decode='tensor', but the model's preprocessing ({transform!r}) is not a plain "
-                "resize / crop / normalise that hierzoo can run on tensors; use worker_decode='pil'."
-            )
-        self.worker_decode = worker_decode
+        self.worker_decode = worker_decode  # checked by the property
         self.pipeline_stats = PipelineStats()
         self.texts_encoded = 0
         self.images_encoded = 0
         self.image_encoder_seconds = 0.0
         self.time_image_encoder = False
+
+    @property
+    def worker_decode(self) -> str:
+        """How image workers decode and resize: ``"pil"`` (the model's own transform) or
+        ``"tensor"`` (torchvision decoding, torch resizing; see :class:`hierzoo.images.TensorDecode`)."""
+        return self._worker_decode
+
+    @worker_decode.setter
+    def worker_decode(self, value: str) -> None:
+        if value not in ("pil", "tensor"):
+            raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {value!r}.")
+        if value == "tensor" and tensor_decode_split(self.transform) is None:
+            raise ValueError(
+                f"worker_decode='tensor', but the model's preprocessing ({self.transform!r}) is not a plain "
+                "resize / crop / normalise that hierzoo can run on tensors; use worker_decode='pil'."
+            )
+        self._worker_decode = value
 
     @classmethod
     def _placed(
