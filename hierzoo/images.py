@@ -380,9 +380,7 @@ class TensorPreprocess:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         out = _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-        out = out.float().div_(255.0)
-        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)  # (C, 1, 1): broadcast over a batch too
-        return out.sub_(mean).div_(std)
+        return Normalize(tuple(self.mean), tuple(self.std))(out)  # (C, H, W) or a (B, C, H, W) batch
 
     @classmethod
     def from_transform(cls, transform: Any) -> TensorPreprocess | None:
