@@ -44,7 +44,9 @@ def paper_loop(model, preprocess, tokenizer, questions):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--loop-images", type=int, default=150)
     ap.add_argument("--arch", default="ViT-B-32")
@@ -73,7 +75,9 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="hierzoo-text-cache-"))
     runs = {}
     for run in ("cold", "warm"):  # cold: node texts encoded; warm: a second run, text cache on disk
-        clf = hierzoo.load(str(model_dir), device=args.device, cache_dir=cache, num_workers=args.workers)
+        clf = hierzoo.load(
+            str(model_dir), device=args.device, cache_dir=cache, num_workers=args.workers
+        )
         clf.time_image_encoder = True
         if run == "cold":
             clf.encode_images(paths[:8])  # warm-up of the image path only
@@ -84,7 +88,9 @@ def main() -> None:
     t_ours, enc_seconds, _ = runs["warm"]
     share = enc_seconds / t_ours
 
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}", device=args.device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{model_dir}", device=args.device
+    )
     tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
     model.eval()
     m = args.loop_images or args.images
@@ -97,25 +103,51 @@ def main() -> None:
     agreement = float((loop_choice == answers.choice[:m]).mean())
 
     rows = [
-        {"method": "paper per-question loop", "seconds": t_loop, "questions/s": n_questions / t_loop,
-         "images/s": args.images / t_loop, "speedup": 1.0},
+        {
+            "method": "paper per-question loop",
+            "seconds": t_loop,
+            "questions/s": n_questions / t_loop,
+            "images/s": args.images / t_loop,
+            "speedup": 1.0,
+        },
         *[
-            {"method": f"hierzoo answer(), {run} text cache ({texts} texts encoded)", "seconds": t,
-             "questions/s": n_questions / t, "images/s": args.images / t, "speedup": t_loop / t,
-             "image_encoder_share": enc / t}
+            {
+                "method": f"hierzoo answer(), {run} text cache ({texts} texts encoded)",
+                "seconds": t,
+                "questions/s": n_questions / t,
+                "images/s": args.images / t,
+                "speedup": t_loop / t,
+                "image_encoder_share": enc / t,
+            }
             for run, (t, enc, texts) in runs.items()
         ],
     ]
-    print(f"{args.arch} (random weights), {args.images} images x 4 levels = {n_questions} questions, "
-          f"{torch.get_num_threads()} threads; loop timed on {m} images and scaled")
-    print_table(rows, ["method", "seconds", "questions/s", "images/s", "speedup", "image_encoder_share"])
-    print(f"agreement with the loop on {m} images: {agreement:.4f}; "
-          f"image-encoder share of hierzoo's wall time (warm): {share:.3f}")
-    write_json(args.json, {
-        "benchmark": "clip", "arch": args.arch, "images": args.images, "questions": n_questions,
-        "loop_images": m, "rows": rows, "agreement": agreement, "image_encoder_share": share,
-        "batch_size": args.batch_size, "device": args.device,
-    })
+    print(
+        f"{args.arch} (random weights), {args.images} images x 4 levels = {n_questions} questions, "
+        f"{torch.get_num_threads()} threads; loop timed on {m} images and scaled"
+    )
+    print_table(
+        rows, ["method", "seconds", "questions/s", "images/s", "speedup", "image_encoder_share"]
+    )
+    print(
+        f"agreement with the loop on {m} images: {agreement:.4f}; "
+        f"image-encoder share of hierzoo's wall time (warm): {share:.3f}"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "clip",
+            "arch": args.arch,
+            "images": args.images,
+            "questions": n_questions,
+            "loop_images": m,
+            "rows": rows,
+            "agreement": agreement,
+            "image_encoder_share": share,
+            "batch_size": args.batch_size,
+            "device": args.device,
+        },
+    )
 
 
 if __name__ == "__main__":

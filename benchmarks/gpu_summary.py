@@ -13,39 +13,46 @@ MIN_SPEEDUP = 8.0
 
 def main(out: str) -> None:
     folder = Path(out)
-    records = {p.stem[len("gpu-"):]: json.loads(p.read_text()) for p in sorted(folder.glob("gpu-*.json"))}
+    records = {
+        p.stem[len("gpu-") :]: json.loads(p.read_text()) for p in sorted(folder.glob("gpu-*.json"))
+    }
     rows = []
     for name, rec in records.items():
         best = max(rec["sweep"], key=lambda r: r["images_per_second"])
         kind = "clip" if name.startswith("clip") else "vlm"
         metric, target = TARGETS[kind]
         base = rec.get("baseline", {})
-        rows.append({
-            "run": name,
-            "model": rec["model"],
-            "device": rec["device"],
-            "batch": best["batch_size"],
-            "images/s": best["images_per_second"],
-            "questions/s": best["questions_per_second"],
-            "after 1st batch img/s": best.get("steady_images_per_second"),
-            "after 1st batch q/s": best.get("steady_questions_per_second"),
-            "1st batch s": best.get("first_batch_seconds"),
-            "forward share": best.get("forward_share"),
-            "forward-only q/s": best.get("forward_questions_per_second"),
-            "waiting for input": best.get("input_wait_share"),
-            "in processor": best.get("preprocess_share"),
-            "decode s": best.get("decode_seconds"),
-            "peak GiB": best.get("peak_gpu_memory_gib", best.get("peak_rss_gib")),
-            "TFLOP/s": rec.get("achieved_tflops"),
-            "kernels/batch": rec.get("profile", {}).get("device_kernels"),
-            "loop q/s": base.get("questions_per_second"),
-            "speedup": base.get("speedup"),
-            "agreement": base.get("agreement"),
-            "target": f"{metric.split('_')[0]}/s >= {target:g}, >= {MIN_SPEEDUP:g}x",
-            # the targets are for real sizes on an H200; a toy-size dry run meets nothing
-            "met": (bool(best[metric] >= target and (base.get("speedup") or 0) >= MIN_SPEEDUP)
-                    if rec.get("size", "real") == "real" else None),
-        })
+        rows.append(
+            {
+                "run": name,
+                "model": rec["model"],
+                "device": rec["device"],
+                "batch": best["batch_size"],
+                "images/s": best["images_per_second"],
+                "questions/s": best["questions_per_second"],
+                "after 1st batch img/s": best.get("steady_images_per_second"),
+                "after 1st batch q/s": best.get("steady_questions_per_second"),
+                "1st batch s": best.get("first_batch_seconds"),
+                "forward share": best.get("forward_share"),
+                "forward-only q/s": best.get("forward_questions_per_second"),
+                "waiting for input": best.get("input_wait_share"),
+                "in processor": best.get("preprocess_share"),
+                "decode s": best.get("decode_seconds"),
+                "peak GiB": best.get("peak_gpu_memory_gib", best.get("peak_rss_gib")),
+                "TFLOP/s": rec.get("achieved_tflops"),
+                "kernels/batch": rec.get("profile", {}).get("device_kernels"),
+                "loop q/s": base.get("questions_per_second"),
+                "speedup": base.get("speedup"),
+                "agreement": base.get("agreement"),
+                "target": f"{metric.split('_')[0]}/s >= {target:g}, >= {MIN_SPEEDUP:g}x",
+                # the targets are for real sizes on an H200; a toy-size dry run meets nothing
+                "met": (
+                    bool(best[metric] >= target and (base.get("speedup") or 0) >= MIN_SPEEDUP)
+                    if rec.get("size", "real") == "real"
+                    else None
+                ),
+            }
+        )
     cols = list(rows[0]) if rows else []
     cells = [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]

@@ -163,8 +163,10 @@ def main() -> None:
     print(
         f"{args.images} images of 500x375 px -> grid {grid[0].tolist()} each, {tokens} patches; "
         f"vision tower depth {config.depth}, {args.heads} heads x {HEAD_DIM}, MLP {args.mlp}, "
-        f"window {config.window_size}, full attention in {config.fullatt_block_indexes}; {args.dtype} "
-        f"on {device}, {torch.get_num_threads()} torch thread(s), best of {args.repeats} interleaved runs; "
+        f"window {config.window_size}, full attention in {config.fullatt_block_indexes}; "
+        f"{args.dtype} "
+        f"on {device}, {torch.get_num_threads()} torch thread(s), best of {args.repeats} "
+        "interleaved runs; "
         f"max abs diff {err:.2g}"
     )
     print_table(

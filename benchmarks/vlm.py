@@ -124,7 +124,8 @@ def main() -> None:
             rows.extend(bench_family(family, root, questions, args.repeats))
     print(
         f"{args.images} CUB entries x 4 levels = {4 * args.images} questions, 500x375 JPEG, "
-        f"tiny random models, {torch.get_num_threads()} torch thread(s), best of {args.repeats} interleaved runs"
+        f"tiny random models, {torch.get_num_threads()} torch thread(s), best of {args.repeats} "
+        "interleaved runs"
     )
     print_table(rows, ["family", "method", "seconds", "q_per_s", "speedup"])
     for r in rows:

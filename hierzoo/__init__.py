@@ -21,7 +21,14 @@ _LAZY = {
     "wrap": "hierzoo.wrapping",
 }
 
-__all__ = ["Taxonomy", "TaxonomyError", "bundled_taxonomies", "load_taxonomy", "__version__", *_LAZY]
+__all__ = [
+    "Taxonomy",
+    "TaxonomyError",
+    "bundled_taxonomies",
+    "load_taxonomy",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

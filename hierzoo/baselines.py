@@ -18,7 +18,9 @@ from PIL import Image
 from hierzoo.tasks import Question
 
 
-def clip_paper_loop(clf: Any, questions: Sequence[Question]) -> tuple[float, list[list[str | None]]]:
+def clip_paper_loop(
+    clf: Any, questions: Sequence[Question]
+) -> tuple[float, list[list[str | None]]]:
     """Seconds and the chosen option's name per question and level, with ``clf``'s own model."""
     choices = []
     dev = clf.device
@@ -48,7 +50,11 @@ def vlm_forward_loop(
 
 
 def vlm_paper_loop(
-    clf: Any, questions: Sequence[Question], taxonomy: str | None = "cub200", seed: int = 42, max_new_tokens: int = 10
+    clf: Any,
+    questions: Sequence[Question],
+    taxonomy: str | None = "cub200",
+    seed: int = 42,
+    max_new_tokens: int = 10,
 ) -> tuple[float, list[list[str | None]]]:
     """Seconds and the chosen option's name (``None``: no letter in the reply) per question and
     level, options shuffled as the paper's scripts shuffle them."""
@@ -66,17 +72,26 @@ def vlm_paper_loop(
                 options = [q.choices[k][j] for j in order]
                 letters = prompts.letters(len(options))
                 user = prompts.user_text(prompts.question_text(taxonomy, k), options)
-                text = processor.apply_chat_template(prompts.messages(user), tokenize=False, add_generation_prompt=True)
-                inputs = processor(text=[text], images=[image], padding=True, return_tensors="pt").to(net.device)
+                text = processor.apply_chat_template(
+                    prompts.messages(user), tokenize=False, add_generation_prompt=True
+                )
+                inputs = processor(
+                    text=[text], images=[image], padding=True, return_tensors="pt"
+                ).to(net.device)
                 if max_new_tokens == 0:
                     letter_ids = clf.letter_token_ids(len(options))
                     logits = net(**inputs).logits[0, -1, letter_ids]
                     row.append(options[int(logits.argmax())])
                     continue
                 out = net.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=processor.tokenizer.pad_token_id,
                 )
-                reply = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+                reply = processor.batch_decode(
+                    out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+                )[0]
                 letter = next((c for c in letters if c in reply), None)
                 row.append(options[letters.index(letter)] if letter else None)
             choices.append(row)

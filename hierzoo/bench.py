@@ -29,8 +29,16 @@ from hierzoo.models.base import HierClassifier, Protocol
 from hierzoo.tasks import Question, build_questions, read_questions
 
 # dense bf16 tensor-core peaks (FLOP/s) of common accelerators, by a substring of the device name
-DEVICE_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "A6000": 155e12,
-                    "4090": 165e12, "A10": 125e12}
+DEVICE_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "A6000": 155e12,
+    "4090": 165e12,
+    "A10": 125e12,
+}
 
 
 @dataclass
@@ -55,7 +63,9 @@ class BenchConfig:
     trace: bool = False
 
 
-def make_images(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[str]:
+def make_images(
+    folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0
+) -> list[str]:
     """``n`` JPEG photos of ``size`` (smooth colour fields with noise), written in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (folder / f"{i:05d}.jpg").exists()]
@@ -77,7 +87,9 @@ def _write_jpegs(args: tuple[str, list[int], tuple[int, int], int]) -> None:
     for i in idx:
         rng = np.random.default_rng(seed + i)
         a, b, c = rng.uniform(0.005, 0.05, size=3)
-        base = np.stack([np.sin(xx * a + i), np.cos(yy * b + 2 * i), np.sin((xx + yy) * c)], axis=-1)
+        base = np.stack(
+            [np.sin(xx * a + i), np.cos(yy * b + 2 * i), np.sin((xx + yy) * c)], axis=-1
+        )
         img = (127 + 100 * base + rng.normal(0, 12, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(img).save(Path(folder) / f"{i:05d}.jpg", quality=90)
 
@@ -93,10 +105,20 @@ def make_questions(paths: list[str], levels: int) -> list[Question]:
 
         tax = load_taxonomy("inat21-animal")
         rng = np.random.default_rng(0)
-        qs = build_questions(tax, [(p, tax.labels[int(rng.integers(tax.n_leaves))]) for p in paths], seed=0)
+        qs = build_questions(
+            tax, [(p, tax.labels[int(rng.integers(tax.n_leaves))]) for p in paths], seed=0
+        )
     out = []
     for q, p in zip(qs, paths):
-        out.append(Question(image=p, label=q.label, answers=list(q.answers[:levels]), choices=[list(c) for c in q.choices[:levels]], path=Path(p)))
+        out.append(
+            Question(
+                image=p,
+                label=q.label,
+                answers=list(q.answers[:levels]),
+                choices=[list(c) for c in q.choices[:levels]],
+                path=Path(p),
+            )
+        )
     return out
 
 
@@ -107,7 +129,10 @@ class _ForwardTimer:
         self.cuda = device.type == "cuda"
         self.spans: list[Any] = []
         self._start: Any = None
-        self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        self.handles = [
+            module.register_forward_pre_hook(self._pre),
+            module.register_forward_hook(self._post),
+        ]
 
     def _pre(self, *_: Any) -> None:
         if self.cuda:
@@ -149,7 +174,9 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return {"peak_rss_gib": rss_kib / 2**20}
 
 
-def _flops_per_image(clf: HierClassifier, questions: list[Question], protocol: Protocol) -> float | None:
+def _flops_per_image(
+    clf: HierClassifier, questions: list[Question], protocol: Protocol
+) -> float | None:
     """FLOPs of answering a few entries, counted by torch's FlopCounterMode, per entry."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -175,7 +202,9 @@ def _protocol(clf: HierClassifier) -> Protocol:
     return Protocol(taxonomy="cub200", shuffle_options=True)
 
 
-def measure(clf: HierClassifier, questions: list[Question], batch_size: int | None, warm: list[Question]) -> dict[str, Any]:
+def measure(
+    clf: HierClassifier, questions: list[Question], batch_size: int | None, warm: list[Question]
+) -> dict[str, Any]:
     """One end-to-end timing of ``iter_answers`` over ``questions`` at one batch size, after a
     warm-up on ``warm`` (other images; it also fills the text-embedding cache)."""
     protocol = _protocol(clf)
@@ -195,14 +224,19 @@ def measure(clf: HierClassifier, questions: list[Question], batch_size: int | No
     chosen: list[list[str | None]] = [[] for _ in questions]
     try:
         start = last = time.perf_counter()
-        for positions, part in clf.iter_answers(questions, protocol=protocol, batch_size=batch_size):
+        for positions, part in clf.iter_answers(
+            questions, protocol=protocol, batch_size=batch_size
+        ):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
             latencies.append(now - last)
             last = now
             if len(latencies) == 1:
-                first_images, first_questions = len(positions), sum(per_question[p] for p in positions)
+                first_images, first_questions = (
+                    len(positions),
+                    sum(per_question[p] for p in positions),
+                )
             for j, p in enumerate(positions):
                 chosen[p] = part.predicted(j)
         wall = time.perf_counter() - start
@@ -249,13 +283,17 @@ def _pipeline(stats: Any, wall: float) -> dict[str, float]:
     return out
 
 
-def forward_only(clf: HierClassifier, paths: list[str], batch_size: int, repeats: int = 5) -> float | None:
+def forward_only(
+    clf: HierClassifier, paths: list[str], batch_size: int, repeats: int = 5
+) -> float | None:
     """CLIP image encoder alone on preprocessed tensors already on the device: images/s."""
     if clf.family not in CLIP_FAMILIES:
         return None
     from PIL import Image
 
-    pixels = torch.stack([clf.transform(Image.open(p).convert("RGB")) for p in paths[:batch_size]]).to(clf.device)
+    pixels = torch.stack(
+        [clf.transform(Image.open(p).convert("RGB")) for p in paths[:batch_size]]
+    ).to(clf.device)
     if clf.dtype != torch.float32:
         pixels = pixels.to(clf.dtype)
     with torch.inference_mode(), clf._autocast():
@@ -346,8 +384,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return record
 
 
-def profile_batch(clf: HierClassifier, questions: list[Question], batch_size: int, path: str | Path,
-                  *, trace: bool = False, top: int = 25) -> dict[str, Any]:
+def profile_batch(
+    clf: HierClassifier,
+    questions: list[Question],
+    batch_size: int,
+    path: str | Path,
+    *,
+    trace: bool = False,
+    top: int = 25,
+) -> dict[str, Any]:
     """One ``answer()`` of ``questions`` under ``torch.profiler`` (CPU, and CUDA where it runs):
     the op table sorted by self device time (CPU time on a CPU) goes to ``path``, a Chrome trace
     to ``path.trace.json`` with ``trace``; returns the ``top`` ops (name, calls, self times in
@@ -362,7 +407,11 @@ def profile_batch(clf: HierClassifier, questions: list[Question], batch_size: in
         if cuda:
             torch.cuda.synchronize(clf.device)
     events = prof.key_averages()
-    device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    device_key = (
+        "self_device_time_total"
+        if hasattr(events[0], "self_device_time_total")
+        else "self_cuda_time_total"
+    )
     sort = device_key if cuda else "self_cpu_time_total"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,8 +432,15 @@ def profile_batch(clf: HierClassifier, questions: list[Question], batch_size: in
         "images": len(questions),
         "sorted_by": sort,
         "device_kernels": kernels,
-        "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                 "self_device_ms": getattr(e, device_key, 0.0) / 1e3} for e in rows],
+        "top": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                "self_device_ms": getattr(e, device_key, 0.0) / 1e3,
+            }
+            for e in rows
+        ],
     }
 
 
@@ -415,7 +471,9 @@ def _baseline(clf: HierClassifier, sub: list[Question], best: dict[str, Any]) ->
         }
     n_q = sum(len(r) for r in names)
     out.update(
-        images=len(sub), questions=n_q, questions_per_second=n_q / seconds,
+        images=len(sub),
+        questions=n_q,
+        questions_per_second=n_q / seconds,
         speedup=best["questions_per_second"] / (n_q / seconds),
     )
     return out
@@ -429,33 +487,56 @@ def _device_name(device: torch.device) -> str:
 
 def format_bench(record: dict[str, Any]) -> str:
     """The bench table."""
-    names = {"batch_size": "batch", "images_per_second": "images/s", "questions_per_second": "questions/s",
-             "steady_images_per_second": "after 1st batch img/s", "first_batch_seconds": "1st batch (s)",
-             "forward_share": "forward share", "forward_questions_per_second": "forward-only q/s",
-             "input_wait_share": "waiting for input",
-             "preprocess_share": "in processor", "batch_latency_median_s": "latency median (s)",
-             "batch_latency_p90_s": "latency p90 (s)", "peak_gpu_memory_gib": "peak GPU mem (GiB)",
-             "peak_rss_gib": "peak RSS (GiB)"}
+    names = {
+        "batch_size": "batch",
+        "images_per_second": "images/s",
+        "questions_per_second": "questions/s",
+        "steady_images_per_second": "after 1st batch img/s",
+        "first_batch_seconds": "1st batch (s)",
+        "forward_share": "forward share",
+        "forward_questions_per_second": "forward-only q/s",
+        "input_wait_share": "waiting for input",
+        "preprocess_share": "in processor",
+        "batch_latency_median_s": "latency median (s)",
+        "batch_latency_p90_s": "latency p90 (s)",
+        "peak_gpu_memory_gib": "peak GPU mem (GiB)",
+        "peak_rss_gib": "peak RSS (GiB)",
+    }
     cols = [c for c in names if any(c in r for r in record["sweep"])]
     header = [names[c] for c in cols]
-    lines = [f"{record['model']}{' (random weights)' if record['random_weights'] else ''} on {record['device']}, "
-             f"{record['images']} images x {record['levels']} levels"]
+    lines = [
+        f"{record['model']}{' (random weights)' if record['random_weights'] else ''} on "
+        f"{record['device']}, "
+        f"{record['images']} images x {record['levels']} levels"
+    ]
     rows = [[_fmt(r.get(c)) for c in cols] for r in record["sweep"]]
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
     lines.append(f"best batch size: {record['best_batch_size']}")
     if record.get("forward_only_images_per_second"):
-        lines.append(f"image encoder alone: {record['forward_only_images_per_second']:.1f} images/s")
+        lines.append(
+            f"image encoder alone: {record['forward_only_images_per_second']:.1f} images/s"
+        )
     if record.get("achieved_tflops") is not None:
-        peak = f" ({100 * record['fraction_of_peak']:.1f}% of {record['device_peak_tflops']:.0f})" if record.get("fraction_of_peak") else ""
+        peak = (
+            f" ({100 * record['fraction_of_peak']:.1f}% of {record['device_peak_tflops']:.0f})"
+            if record.get("fraction_of_peak")
+            else ""
+        )
         lines.append(f"achieved: {record['achieved_tflops']:.2f} TFLOP/s{peak}")
     if "baseline" in record:
         b = record["baseline"]
-        lines.append(f"{b['method']}: {b['questions_per_second']:.2f} questions/s on {b['images']} images; "
-                     f"hierzoo is {b['speedup']:.1f}x; agreement {b['agreement']:.3f}"
-                     + (f" (with generate: {b['agreement_with_generate']:.3f}, unparseable {b['unparseable_share']:.2f})"
-                        if "agreement_with_generate" in b else ""))
+        lines.append(
+            f"{b['method']}: {b['questions_per_second']:.2f} questions/s on {b['images']} images; "
+            f"hierzoo is {b['speedup']:.1f}x; agreement {b['agreement']:.3f}"
+            + (
+                f" (with generate: {b['agreement_with_generate']:.3f}, unparseable "
+                f"{b['unparseable_share']:.2f})"
+                if "agreement_with_generate" in b
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The ``hierzoo`` command line: ``hierzoo <command> ...`` or ``python -m hierzoo <command> ...``."""
+"""The ``hierzoo`` command line: ``hierzoo <command> ...`` or ``python -m hierzoo <command>``."""
 
 from __future__ import annotations
 
@@ -78,44 +78,117 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="run a model on a question set (resumable; torchrun shards it)",
-        description="Answer a four-choice question set (or predict paths) with a model and score it. "
-        "Results go to --out: predictions.jsonl (paper format, appended batch by batch), summary.json. "
+        description="Answer a four-choice question set (or predict paths) with a model and score "
+        "it. "
+        "Results go to --out: predictions.jsonl (paper format, appended batch by batch), "
+        "summary.json. "
         "Run again with the same --out to resume after a crash.",
     )
-    p.add_argument("--model", required=True, help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory",
+    )
     p.add_argument("--out", required=True, help="run directory")
     src = p.add_argument_group("questions")
-    src.add_argument("--questions", help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar")
+    src.add_argument(
+        "--questions",
+        help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar",
+    )
     src.add_argument("--image-root", help="remap recorded image paths to files under this folder")
     src.add_argument("--taxonomy", help="the bundled taxonomy (or file) the questions come from")
-    src.add_argument("--images", help="instead of --questions: images in an ImageFolder layout (one folder per leaf)")
-    src.add_argument("--labels", help="with --images: a CSV of image,leaf instead of the folder layout")
+    src.add_argument(
+        "--images",
+        help="instead of --questions: images in an ImageFolder layout (one folder per leaf)",
+    )
+    src.add_argument(
+        "--labels", help="with --images: a CSV of image,leaf instead of the folder layout"
+    )
     src.add_argument("--distractors", choices=["random", "similar"], default="random")
-    src.add_argument("--seed", type=int, default=42, help="seed of built questions and of option shuffling (42, as the paper)")
+    src.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of built questions and of option shuffling (42, as the paper)",
+    )
     src.add_argument("--limit", type=int, help="only the first N samples")
     how = p.add_argument_group("protocol")
-    how.add_argument("--task", choices=["questions", "path"], default="questions",
-                     help="four-choice questions, or predict_path over the whole taxonomy")
-    how.add_argument("--strategy", choices=["independent", "topdown", "joint", "marginal"], default="joint",
-                     help="predict_path strategy for --task path")
+    how.add_argument(
+        "--task",
+        choices=["questions", "path"],
+        default="questions",
+        help="four-choice questions, or predict_path over the whole taxonomy",
+    )
+    how.add_argument(
+        "--strategy",
+        choices=["independent", "topdown", "joint", "marginal"],
+        default="joint",
+        help="predict_path strategy for --task path",
+    )
     how.add_argument("--protocol", choices=["paper"], default="paper")
-    how.add_argument("--prompt-variant", type=int, choices=range(5), metavar="K", help="the paper's prompt variant 0-4")
-    how.add_argument("--keep-option-order", action="store_true", help="ask options in the file's order (no shuffling)")
-    how.add_argument("--circular", action="store_true", help="ask every rotation of the options; right only if all are")
-    how.add_argument("--mode", choices=["image", "text"], default="image", help="text: no image, the question names the leaf")
-    how.add_argument("--template", action="append", dest="templates", help="CLIP prompt template with {} (repeatable)")
+    how.add_argument(
+        "--prompt-variant",
+        type=int,
+        choices=range(5),
+        metavar="K",
+        help="the paper's prompt variant 0-4",
+    )
+    how.add_argument(
+        "--keep-option-order",
+        action="store_true",
+        help="ask options in the file's order (no shuffling)",
+    )
+    how.add_argument(
+        "--circular",
+        action="store_true",
+        help="ask every rotation of the options; right only if all are",
+    )
+    how.add_argument(
+        "--mode",
+        choices=["image", "text"],
+        default="image",
+        help="text: no image, the question names the leaf",
+    )
+    how.add_argument(
+        "--template",
+        action="append",
+        dest="templates",
+        help="CLIP prompt template with {} (repeatable)",
+    )
     run = p.add_argument_group("running")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    run.add_argument("--num-workers", type=int, help="image decoding workers (with --decode-on-device: threads reading the files)")
-    run.add_argument("--device-map", help="vision LLMs larger than one GPU: a transformers device_map such as auto")
-    run.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU (nvJPEG)")
-    run.add_argument("--worker-decode", choices=["pil", "tensor"], help="CLIP models: how workers decode and resize: PIL "
-                     "(default, the paper's pixels) or torchvision + torch (about 3x less CPU per image, pixels within a few grey levels)")
-    run.add_argument("--no-batched-vision-attention", dest="batched_vision_attention", action="store_false",
-                     help="Qwen-VL: keep transformers' per-window attention loop in the vision tower")
-    run.add_argument("--retry-errors", action="store_true", help="redo samples recorded with an error")
+    run.add_argument(
+        "--num-workers",
+        type=int,
+        help="image decoding workers (with --decode-on-device: threads reading the files)",
+    )
+    run.add_argument(
+        "--device-map",
+        help="vision LLMs larger than one GPU: a transformers device_map such as auto",
+    )
+    run.add_argument(
+        "--decode-on-device",
+        action="store_true",
+        help="CLIP models: decode JPEGs on the GPU (nvJPEG)",
+    )
+    run.add_argument(
+        "--worker-decode",
+        choices=["pil", "tensor"],
+        help="CLIP models: how workers decode and resize: PIL "
+        "(default, the paper's pixels) or torchvision + torch (about 3x less CPU per image, "
+        "pixels within a few grey levels)",
+    )
+    run.add_argument(
+        "--no-batched-vision-attention",
+        dest="batched_vision_attention",
+        action="store_false",
+        help="Qwen-VL: keep transformers' per-window attention loop in the vision tower",
+    )
+    run.add_argument(
+        "--retry-errors", action="store_true", help="redo samples recorded with an error"
+    )
     run.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     run.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
@@ -126,14 +199,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hierzoo.runner import EvalConfig, RunError, run_eval
 
     cfg = EvalConfig(
-        model=args.model, out=args.out, questions=args.questions, image_root=args.image_root, taxonomy=args.taxonomy,
-        images=args.images, labels=args.labels, distractors=args.distractors, seed=args.seed, task=args.task,
-        strategy=args.strategy, protocol=args.protocol, prompt_variant=args.prompt_variant,
-        keep_option_order=args.keep_option_order, circular=args.circular, mode=args.mode, templates=args.templates,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
-        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress, threads=args.threads,
-        model_kwargs={k: v for k, v in (("device_map", args.device_map), ("decode_on_device", args.decode_on_device or None),
-                                        ("worker_decode", args.worker_decode)) if v}
+        model=args.model,
+        out=args.out,
+        questions=args.questions,
+        image_root=args.image_root,
+        taxonomy=args.taxonomy,
+        images=args.images,
+        labels=args.labels,
+        distractors=args.distractors,
+        seed=args.seed,
+        task=args.task,
+        strategy=args.strategy,
+        protocol=args.protocol,
+        prompt_variant=args.prompt_variant,
+        keep_option_order=args.keep_option_order,
+        circular=args.circular,
+        mode=args.mode,
+        templates=args.templates,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        num_workers=args.num_workers,
+        limit=args.limit,
+        retry_errors=args.retry_errors,
+        progress=not args.no_progress,
+        threads=args.threads,
+        model_kwargs={
+            k: v
+            for k, v in (
+                ("device_map", args.device_map),
+                ("decode_on_device", args.decode_on_device or None),
+                ("worker_decode", args.worker_decode),
+            )
+            if v
+        }
         | ({} if args.batched_vision_attention else {"batched_vision_attention": False}),
     )
     try:
@@ -146,7 +245,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"results: {args.out}/predictions.jsonl, {args.out}/summary.json")
     if summary["n"] == 0:
-        print("hierzoo eval: every sample failed; see the error field of predictions.jsonl", file=sys.stderr)
+        print(
+            "hierzoo eval: every sample failed; see the error field of predictions.jsonl",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -168,7 +270,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(ZOO[n]) for n in names], indent=2))
         return 0
     rows = [(n, ZOO[n].family, ZOO[n].params, ZOO[n].hub_id) for n in names]
-    widths = [max(len(r[i]) for r in rows + [("name", "family", "size", "hub id")]) for i in range(4)]
+    widths = [
+        max(len(r[i]) for r in rows + [("name", "family", "size", "hub id")]) for i in range(4)
+    ]
     for r in [("name", "family", "size", "hub id"), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     return 0
@@ -218,8 +322,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline offline on a tiny random-weight model (under a minute)",
-        description="Build a tiny open_clip model with random weights and a small synthetic image set over "
-        "CUB-200 leaves, run `hierzoo eval` (questions built from the taxonomy) and `hierzoo report`. "
+        description="Build a tiny open_clip model with random weights and a small synthetic image "
+        "set over "
+        "CUB-200 leaves, run `hierzoo eval` (questions built from the taxonomy) and `hierzoo "
+        "report`. "
         "Nothing is downloaded.",
     )
     p.add_argument("--out", default="hierzoo-demo", help="demo directory (default ./hierzoo-demo)")
@@ -238,18 +344,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     runs = load_runs([out / "run"])
     rows = report_table(runs)
     (out / "report").mkdir(parents=True, exist_ok=True)
-    written = [write_markdown(rows, out / "report" / "report.md"), write_csv(rows, out / "report" / "report.csv")]
+    written = [
+        write_markdown(rows, out / "report" / "report.md"),
+        write_csv(rows, out / "report" / "report.csv"),
+    ]
     try:
         from hierzoo.report import write_plots
 
         written += write_plots(runs, out / "report")
     except ImportError as e:
         print(f"(plots skipped: {e})")
-    print(f"\nwritten: {out / 'run'}/predictions.jsonl, {out / 'run'}/summary.json, " + ", ".join(map(str, written)))
     print(
-        "\nThe demo model has random weights, so it answers at chance: about 1 in 4 per level, and HCA near "
-        "(1/4)^4 = 0.4%. Nothing here measures a real model.\nWith a real model and the CUB-200 images:\n  "
-        + REAL_COMMAND
+        f"\nwritten: {out / 'run'}/predictions.jsonl, {out / 'run'}/summary.json, "
+        + ", ".join(map(str, written))
+    )
+    print(
+        "\nThe demo model has random weights, so it answers at chance: about 1 in 4 per level, "
+        "and HCA near "
+        "(1/4)^4 = 0.4%. Nothing here measures a real model.\nWith a real model and the CUB-200 "
+        "images:\n  " + REAL_COMMAND
     )
     return 0
 
@@ -258,30 +371,62 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="throughput of a model: end to end and forward only, a batch-size sweep",
-        description="Time answer() on synthetic JPEG photos (decoding included): images/s, questions/s, the "
+        description="Time answer() on synthetic JPEG photos (decoding included): images/s, "
+        "questions/s, the "
         "forward passes alone, latency per batch (median, p90), peak memory and achieved FLOP/s. "
         "--random-weights builds the zoo model's real architecture without downloading.",
     )
     p.add_argument("model", help="zoo name, hf-hub:org/repo or a model directory")
-    p.add_argument("--random-weights", action="store_true", help="the real architecture with random weights (no download)")
-    p.add_argument("--size", choices=["real", "tiny"], default="real", help="with --random-weights: tiny is a toy-size twin")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="the real architecture with random weights (no download)",
+    )
+    p.add_argument(
+        "--size",
+        choices=["real", "tiny"],
+        default="real",
+        help="with --random-weights: tiny is a toy-size twin",
+    )
     p.add_argument("--images", type=int, default=256, help="timed images (question-set entries)")
     p.add_argument("--levels", type=int, default=4, help="questions per image")
-    p.add_argument("--batch-size", default=None, help="one size or a comma list to sweep, e.g. 64,128,256")
+    p.add_argument(
+        "--batch-size", default=None, help="one size or a comma list to sweep, e.g. 64,128,256"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--num-workers", type=int, help="image decoding workers (with --decode-on-device: threads reading the files)")
-    p.add_argument("--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU")
-    p.add_argument("--worker-decode", choices=["pil", "tensor"], default="pil",
-                   help="CLIP models: workers decode and resize with PIL, or with torchvision + torch")
-    p.add_argument("--no-batched-vision-attention", dest="batched_vision_attention", action="store_false",
-                   help="Qwen-VL: keep transformers' per-window attention loop in the vision tower")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="image decoding workers (with --decode-on-device: threads reading the files)",
+    )
+    p.add_argument(
+        "--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU"
+    )
+    p.add_argument(
+        "--worker-decode",
+        choices=["pil", "tensor"],
+        default="pil",
+        help="CLIP models: workers decode and resize with PIL, or with torchvision + torch",
+    )
+    p.add_argument(
+        "--no-batched-vision-attention",
+        dest="batched_vision_attention",
+        action="store_false",
+        help="Qwen-VL: keep transformers' per-window attention loop in the vision tower",
+    )
     p.add_argument("--image-size", default="500x375", help="synthetic photo size WxH")
-    p.add_argument("--baseline", action="store_true", help="also time the paper's per-question loop")
+    p.add_argument(
+        "--baseline", action="store_true", help="also time the paper's per-question loop"
+    )
     p.add_argument("--baseline-images", type=int, default=8)
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     p.add_argument("--json", help="write the record to this file")
-    p.add_argument("--profile", metavar="FILE", help="profile one batch at the best batch size with torch.profiler: "
-                   "its op table goes to FILE, the top ops into the record (and FILE.trace.json with --trace)")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile one batch at the best batch size with torch.profiler: "
+        "its op table goes to FILE, the top ops into the record (and FILE.trace.json with --trace)",
+    )
     p.add_argument("--trace", action="store_true", help="with --profile: also write a Chrome trace")
     p.set_defaults(func=_cmd_bench)
 
@@ -296,11 +441,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in args.batch_size.split(",")] if args.batch_size else [None]
     w, h = (int(x) for x in args.image_size.lower().split("x"))
     cfg = BenchConfig(
-        model=args.model, random_weights=args.random_weights, size=args.size, images=args.images, levels=args.levels,
-        batch_sizes=sizes, device=args.device, baseline=args.baseline, baseline_images=args.baseline_images,
-        image_size=(w, h), num_workers=args.num_workers, decode_on_device=args.decode_on_device,
-        worker_decode=args.worker_decode, batched_vision_attention=args.batched_vision_attention,
-        profile=args.profile, trace=args.trace,
+        model=args.model,
+        random_weights=args.random_weights,
+        size=args.size,
+        images=args.images,
+        levels=args.levels,
+        batch_sizes=sizes,
+        device=args.device,
+        baseline=args.baseline,
+        baseline_images=args.baseline_images,
+        image_size=(w, h),
+        num_workers=args.num_workers,
+        decode_on_device=args.decode_on_device,
+        worker_decode=args.worker_decode,
+        batched_vision_attention=args.batched_vision_attention,
+        profile=args.profile,
+        trace=args.trace,
     )
     record = run_bench(cfg)
     print(format_bench(record))
@@ -312,23 +468,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-sft",
-        help="write a question set as supervised fine-tuning conversations (Qwen-VL, LLaVA, ShareGPT)",
-        description="One training conversation per asked level: the paper's system message, the user turn "
-        "(image, question, lettered options, instruction; the strings hierzoo eval asks) and the answer "
+        help="write a question set as supervised fine-tuning conversations (Qwen-VL, LLaVA, "
+        "ShareGPT)",
+        description="One training conversation per asked level: the paper's system message, the "
+        "user turn "
+        "(image, question, lettered options, instruction; the strings hierzoo eval asks) and the "
+        "answer "
         "letter. Options are shuffled by the paper's seeded generator unless --keep-option-order. "
         "The output is a JSON list (.json) or JSON Lines (.jsonl).",
     )
-    p.add_argument("--questions", required=True, help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar")
+    p.add_argument(
+        "--questions",
+        required=True,
+        help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar",
+    )
     p.add_argument("--out", required=True, help="output file, .json (a list) or .jsonl")
-    p.add_argument("--format", choices=["qwen", "llava", "sharegpt"], default="qwen",
-                   help="qwen: messages with content lists; llava: image + conversations; sharegpt: LLaMA-Factory's")
-    p.add_argument("--mode", choices=["image", "text"], default="image", help="text: no image, the question names the leaf")
-    p.add_argument("--image-root", help="remap recorded image paths to files under this folder (each must exist)")
-    p.add_argument("--skip-missing", action="store_true", help="leave out entries whose image is not found (else: an error with --image-root, the recorded path without)")
-    p.add_argument("--taxonomy", help="the taxonomy of the questions: its prompts, and validation of every option")
-    p.add_argument("--prompt-variant", type=int, choices=range(5), metavar="K", help="the paper's prompt variant 0-4")
-    p.add_argument("--family", help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the option shuffling (42, as the paper)")
+    p.add_argument(
+        "--format",
+        choices=["qwen", "llava", "sharegpt"],
+        default="qwen",
+        help="qwen: messages with content lists; llava: image + conversations; sharegpt: "
+        "LLaMA-Factory's",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["image", "text"],
+        default="image",
+        help="text: no image, the question names the leaf",
+    )
+    p.add_argument(
+        "--image-root",
+        help="remap recorded image paths to files under this folder (each must exist)",
+    )
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out entries whose image is not found (else: an error with --image-root, the "
+        "recorded path without)",
+    )
+    p.add_argument(
+        "--taxonomy",
+        help="the taxonomy of the questions: its prompts, and validation of every option",
+    )
+    p.add_argument(
+        "--prompt-variant",
+        type=int,
+        choices=range(5),
+        metavar="K",
+        help="the paper's prompt variant 0-4",
+    )
+    p.add_argument(
+        "--family",
+        help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the option shuffling (42, as the paper)"
+    )
     p.add_argument("--keep-option-order", action="store_true", help="keep the file's option order")
     p.add_argument("--limit", type=int, help="only the first N entries")
     p.set_defaults(func=_cmd_export_sft)
@@ -348,16 +543,31 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
         validate_questions(questions, tax)
         key = tax.name if tax.name in prompts.taxonomies() else None
         if key is None:
-            print(f"prompts: the generic wording ({args.taxonomy} is not one of the paper's taxonomies)")
+            print(
+                f"prompts: the generic wording ({args.taxonomy} is not one of the paper's "
+                "taxonomies)"
+            )
     missing = "skip" if args.skip_missing else ("error" if args.image_root else "recorded")
     done = export_sft(
-        questions, args.out, format=args.format, mode=args.mode, taxonomy=key,
-        prompt_variant=args.prompt_variant, family=args.family, shuffle_options=not args.keep_option_order,
-        seed=args.seed, missing_images=missing,
+        questions,
+        args.out,
+        format=args.format,
+        mode=args.mode,
+        taxonomy=key,
+        prompt_variant=args.prompt_variant,
+        family=args.family,
+        shuffle_options=not args.keep_option_order,
+        seed=args.seed,
+        missing_images=missing,
     )
-    order = f"options shuffled (seed {done.seed})" if done.seed is not None else "options in the file's order"
+    order = (
+        f"options shuffled (seed {done.seed})"
+        if done.seed is not None
+        else "options in the file's order"
+    )
     print(
-        f"wrote {done.n_conversations} {done.format} conversations ({done.mode} mode) from {done.n_entries} "
+        f"wrote {done.n_conversations} {done.format} conversations ({done.mode} mode) from "
+        f"{done.n_entries} "
         f"entries to {done.path}; prompt variant {done.prompt_variant}, {order}"
         + (f"; {done.n_skipped} entries skipped (image not found)" if done.n_skipped else "")
     )
@@ -370,37 +580,74 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
 def _add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe",
-        help="linear probes per taxonomy level on a model's features (vision, projector, LLM layers)",
-        description="Extract features of your images at one or more sites of a model (resumable shards under "
-        "--out/features), fit a linear probe per taxonomy level on a held-out split by image, and compare with "
-        "the model's own zero-shot answers on the same images. Writes probe.json and probe_levels.png to --out "
-        "and prints a table. Sites: CLIP image, image:raw, layer:K; vision LLMs vision, projector, llm:K, "
+        help="linear probes per taxonomy level on a model's features (vision, projector, LLM "
+        "layers)",
+        description="Extract features of your images at one or more sites of a model (resumable "
+        "shards under "
+        "--out/features), fit a linear probe per taxonomy level on a held-out split by image, and "
+        "compare with "
+        "the model's own zero-shot answers on the same images. Writes probe.json and "
+        "probe_levels.png to --out "
+        "and prints a table. Sites: CLIP image, image:raw, layer:K; vision LLMs vision, "
+        "projector, llm:K, "
         "llm:K:answer (K a layer, negative from the end). See docs/probing.md.",
     )
-    p.add_argument("--model", required=True, help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory",
+    )
     p.add_argument("--taxonomy", required=True, help="bundled name or file")
-    p.add_argument("--images", help="images in an ImageFolder layout (one folder per leaf), or the root of --labels")
+    p.add_argument(
+        "--images",
+        help="images in an ImageFolder layout (one folder per leaf), or the root of --labels",
+    )
     p.add_argument("--labels", help="a CSV of image,leaf instead of the folder layout")
-    p.add_argument("--where", action="append", required=True, metavar="SITE",
-                   help="feature site (repeatable, or a comma list), e.g. vision,projector,llm:-1")
-    p.add_argument("--out", required=True, help="run directory (a rerun resumes the feature extraction)")
-    p.add_argument("--text", action="store_true",
-                   help="probe the taxonomy's leaf names instead of images (sites: text for CLIP; llm:K, llm:K:answer "
-                   "for vision LLMs); split by name, levels above the leaves")
-    p.add_argument("--test-size", type=float, default=0.3, help="share of images held out (default 0.3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and of built questions (default 0)")
-    p.add_argument("--zero-shot", choices=["auto", "path", "questions", "none"], default="auto",
-                   help="the model's own answers: predict_path over all nodes, or four-choice questions "
-                   "(auto: path for CLIP, questions for vision LLMs)")
+    p.add_argument(
+        "--where",
+        action="append",
+        required=True,
+        metavar="SITE",
+        help="feature site (repeatable, or a comma list), e.g. vision,projector,llm:-1",
+    )
+    p.add_argument(
+        "--out", required=True, help="run directory (a rerun resumes the feature extraction)"
+    )
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help="probe the taxonomy's leaf names instead of images (sites: text for CLIP; llm:K, "
+        "llm:K:answer "
+        "for vision LLMs); split by name, levels above the leaves",
+    )
+    p.add_argument(
+        "--test-size", type=float, default=0.3, help="share of images held out (default 0.3)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split and of built questions (default 0)"
+    )
+    p.add_argument(
+        "--zero-shot",
+        choices=["auto", "path", "questions", "none"],
+        default="auto",
+        help="the model's own answers: predict_path over all nodes, or four-choice questions "
+        "(auto: path for CLIP, questions for vision LLMs)",
+    )
     p.add_argument("--l2", type=float, default=1e-4, help="probe weight decay (default 1e-4)")
-    p.add_argument("--max-iter", type=int, default=500, help="probe L-BFGS iterations at most (default 500)")
-    p.add_argument("--shard-size", type=int, default=1024, help="images per feature shard (default 1024)")
+    p.add_argument(
+        "--max-iter", type=int, default=500, help="probe L-BFGS iterations at most (default 500)"
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=1024, help="images per feature shard (default 1024)"
+    )
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
-    p.add_argument("--no-plot", action="store_true", help="no probe_levels.png (no matplotlib needed)")
+    p.add_argument(
+        "--no-plot", action="store_true", help="no probe_levels.png (no matplotlib needed)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
 
@@ -417,10 +664,25 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     )
 
     cfg = ProbeConfig(
-        model=args.model, taxonomy=args.taxonomy, out=args.out, where=args.where, images=args.images,
-        labels=args.labels, test_size=args.test_size, seed=args.seed, zero_shot=args.zero_shot, l2=args.l2,
-        max_iter=args.max_iter, shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, limit=args.limit, threads=args.threads, progress=not args.no_progress, text=args.text,
+        model=args.model,
+        taxonomy=args.taxonomy,
+        out=args.out,
+        where=args.where,
+        images=args.images,
+        labels=args.labels,
+        test_size=args.test_size,
+        seed=args.seed,
+        zero_shot=args.zero_shot,
+        l2=args.l2,
+        max_iter=args.max_iter,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        limit=args.limit,
+        threads=args.threads,
+        progress=not args.no_progress,
+        text=args.text,
     )
     try:
         result = run_probe(cfg)
@@ -435,7 +697,17 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_score, _add_taxonomy, _add_eval, _add_models, _add_report, _add_demo, _add_bench, _add_export_sft, _add_probe]
+COMMANDS = [
+    _add_score,
+    _add_taxonomy,
+    _add_eval,
+    _add_models,
+    _add_report,
+    _add_demo,
+    _add_bench,
+    _add_export_sft,
+    _add_probe,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ DEMO_LEAVES = (
     "Mallard",
 )
 REAL_COMMAND = (
-    "hierzoo eval --model bioclip2 --questions cub200-similar --image-root /path/to/CUB_200_2011/.. "
+    "hierzoo eval --model bioclip2 --questions cub200-similar --image-root "
+    "/path/to/CUB_200_2011/.. "
     "--taxonomy cub200 --out runs/bioclip2-cub200"
 )
 
@@ -38,10 +39,14 @@ def make_images(folder: Path, per_leaf: int = 5, seed: int = 0) -> int:
         sub.mkdir(parents=True, exist_ok=True)
         base = rng.integers(40, 215, size=3)
         for j in range(per_leaf):
-            img = Image.new("RGB", (160, 120), tuple(int(c) for c in base + rng.integers(-30, 30, size=3)))
+            img = Image.new(
+                "RGB", (160, 120), tuple(int(c) for c in base + rng.integers(-30, 30, size=3))
+            )
             draw = ImageDraw.Draw(img)
             x, y = rng.integers(20, 100), rng.integers(10, 60)
-            draw.ellipse([x, y, x + 50, y + 40], fill=tuple(int(c) for c in rng.integers(0, 255, size=3)))
+            draw.ellipse(
+                [x, y, x + 50, y + 40], fill=tuple(int(c) for c in rng.integers(0, 255, size=3))
+            )
             img.save(sub / f"{j:02d}.jpg", quality=90)
             n += 1
     return n

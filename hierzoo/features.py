@@ -121,7 +121,8 @@ def _check_manifest(store: Path, manifest: dict[str, Any]) -> None:
         if diff:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise FeatureStoreError(
-                f"{store} holds features of another run ({shown}); extract into a new directory, or "
+                f"{store} holds features of another run ({shown}); extract into a new directory, "
+                "or "
                 "delete this one to start over."
             )
         return
@@ -243,7 +244,8 @@ def _n_shards(store: Path) -> int:
 
 def _missing(store: Path, name: str, index: int) -> FeatureStoreError:
     return FeatureStoreError(
-        f"Shard {index} of {name!r} in {store} is missing or torn ({shard_path(store, name, index).name}); run "
+        f"Shard {index} of {name!r} in {store} is missing or torn "
+        f"({shard_path(store, name, index).name}); run "
         "the extraction again to finish it."
     )
 

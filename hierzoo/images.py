@@ -22,7 +22,11 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 # torchvision 0.29 deprecates its image decoders in favour of torchcodec, warning at every call;
 # hierzoo uses them on purpose (nvJPEG, libjpeg-turbo), so that one message is silenced once
 # here (a catch_warnings block per call would race between the decoding and model threads)
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
 
 
 class ImageError(OSError):
@@ -43,7 +47,10 @@ def load_image(item: str | Path | Image.Image) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except Exception as e:  # PIL raises several types for corrupt data
-        raise ImageError(f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}); the file is corrupt or not an image.") from e
+        raise ImageError(
+            f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}); the file is corrupt or "
+            "not an image."
+        ) from e
 
 
 def _existing_file(item: str | Path) -> Path:
@@ -68,7 +75,10 @@ def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput]
             return [images], True
         if images.ndim == 4:
             return list(images), False
-        raise ValueError(f"Expected a (C, H, W) or (N, C, H, W) image tensor, but got shape {tuple(images.shape)}.")
+        raise ValueError(
+            "Expected a (C, H, W) or (N, C, H, W) image tensor, but got shape "
+            f"{tuple(images.shape)}."
+        )
     items = list(images)
     if not items:
         raise ValueError("Expected at least one image, but got an empty sequence.")
@@ -83,7 +93,11 @@ class ImageDataset(torch.utils.data.Dataset):
     the path itself and does its own reading. Tensors are taken as already preprocessed.
     """
 
-    def __init__(self, items: Sequence[ImageInput | None], transform: Callable[[Image.Image], Any] | None = None):
+    def __init__(
+        self,
+        items: Sequence[ImageInput | None],
+        transform: Callable[[Image.Image], Any] | None = None,
+    ):
         self.items = items
         self.transform = transform
 
@@ -166,13 +180,19 @@ def _merge(parts: list[ImageBatch]) -> ImageBatch:
     data = [c.data for c in parts if c.indices]
     if len(data) == 1:
         return ImageBatch(indices, data[0], failed)
-    if data and all(isinstance(d, torch.Tensor) for d in data) and len({tuple(d.shape[1:]) for d in data}) == 1:
+    if (
+        data
+        and all(isinstance(d, torch.Tensor) for d in data)
+        and len({tuple(d.shape[1:]) for d in data}) == 1
+    ):
         return ImageBatch(indices, torch.cat(data), failed)
     return ImageBatch(indices, [x for d in data for x in d], failed)
 
 
 def rebatch(
-    chunks: Iterator[ImageBatch], per_batch: Sequence[int], place: Callable[[torch.Tensor], torch.Tensor] | None = None
+    chunks: Iterator[ImageBatch],
+    per_batch: Sequence[int],
+    place: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[ImageBatch]:
     """Chunks regrouped into batches, ``per_batch[k]`` chunks for batch ``k``; ``place`` moves
     each chunk's stacked tensor (to the device, say) before the batch is concatenated, so that
@@ -229,7 +249,7 @@ def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
     return max(2, -(-2 * batch_size // (chunk * workers)))
 
 
-# --------------------------------------------------------------------------- uint8 on the host, floats on the device
+# ------------------------------------------------------- uint8 on the host, floats on the device
 class HostGeometry:
     """The PIL steps of a torchvision ``Compose`` before its ``ToTensor`` (resize, crop, RGB),
     returning a ``(3, H, W)`` uint8 tensor: a quarter of the bytes of the float image to move
@@ -289,7 +309,11 @@ class TensorDecode:
 
 
 def _resize_crop(
-    image: torch.Tensor, resize: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: str, offset: str
+    image: torch.Tensor,
+    resize: int | tuple[int, int],
+    crop: tuple[int, int] | None,
+    interpolation: str,
+    offset: str,
 ) -> torch.Tensor:
     """Antialiased resize (shortest side, or an exact size), then a centre crop whose offset is
     rounded as torchvision does (``"round"``: open_clip's pipelines) or truncated as
@@ -329,17 +353,31 @@ def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None
     plan = TensorPreprocess.from_transform(transform)
     if plan is None:
         return None
-    return TensorDecode(plan.resize, plan.crop, plan.interpolation, plan.crop_offset), Normalize(plan.mean, plan.std)
+    return TensorDecode(plan.resize, plan.crop, plan.interpolation, plan.crop_offset), Normalize(
+        plan.mean, plan.std
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as ``(C, 1, 1)`` tensors on ``device``, made once: a fresh host-to-device
     copy per batch would wait for the GPU's queued work."""
-    return (torch.tensor(mean, device=device).view(-1, 1, 1), torch.tensor(std, device=device).view(-1, 1, 1))
+    return (
+        torch.tensor(mean, device=device).view(-1, 1, 1),
+        torch.tensor(std, device=device).view(-1, 1, 1),
+    )
 
 
-_PIL_STEPS = ("Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad", "MaybeConvertMode", "function")
+_PIL_STEPS = (
+    "Resize",
+    "CenterCrop",
+    "ResizeKeepRatio",
+    "CenterCropOrPad",
+    "MaybeConvertMode",
+    "function",
+)
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
 
@@ -353,12 +391,22 @@ def split_transform(transform: Any) -> tuple[HostGeometry, Normalize] | None:
         return None
     names = [type(t).__name__ for t in steps]
     cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
-    if cut is None or names[cut + 1 :] != ["Normalize"] or any(n not in _PIL_STEPS for n in names[:cut]):
+    if (
+        cut is None
+        or names[cut + 1 :] != ["Normalize"]
+        or any(n not in _PIL_STEPS for n in names[:cut])
+    ):
         return None
-    if "function" in names[:cut] and any(getattr(t, "__name__", "") != "_convert_to_rgb" for t in steps[:cut] if type(t).__name__ == "function"):
+    if "function" in names[:cut] and any(
+        getattr(t, "__name__", "") != "_convert_to_rgb"
+        for t in steps[:cut]
+        if type(t).__name__ == "function"
+    ):
         return None
     norm = steps[-1]
-    return HostGeometry(steps[:cut]), Normalize(tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std))
+    return HostGeometry(steps[:cut]), Normalize(
+        tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
+    )
 
 
 # --------------------------------------------------------------------------- decoding on the device
@@ -380,7 +428,9 @@ class TensorPreprocess:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         out = _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-        return Normalize(tuple(self.mean), tuple(self.std))(out)  # (C, H, W) or a (B, C, H, W) batch
+        return Normalize(tuple(self.mean), tuple(self.std))(
+            out
+        )  # (C, H, W) or a (B, C, H, W) batch
 
     @classmethod
     def from_transform(cls, transform: Any) -> TensorPreprocess | None:
@@ -399,13 +449,27 @@ class TensorPreprocess:
             name = type(t).__name__
             if name == "Resize":
                 size = t.size
-                resize = size if isinstance(size, int) else (size[0] if len(size) == 1 else tuple(size))
-                interpolation = "bilinear" if "BILINEAR" in str(t.interpolation).upper() else "bicubic"
+                resize = (
+                    size if isinstance(size, int) else (size[0] if len(size) == 1 else tuple(size))
+                )
+                interpolation = (
+                    "bilinear" if "BILINEAR" in str(t.interpolation).upper() else "bicubic"
+                )
             elif name == "CenterCrop":
                 crop = tuple(t.size)
             elif name == "Normalize":
                 mean, std = tuple(t.mean), tuple(t.std)
-            elif name not in ("ToTensor", "MaybeToTensor", "MaybeConvertMode", "Lambda", "ConvertImageDtype", "PILToTensor", "ToImage", "ToDtype", "function"):
+            elif name not in (
+                "ToTensor",
+                "MaybeToTensor",
+                "MaybeConvertMode",
+                "Lambda",
+                "ConvertImageDtype",
+                "PILToTensor",
+                "ToImage",
+                "ToDtype",
+                "function",
+            ):
                 return None
         if resize is None or mean is None:
             return None
@@ -421,11 +485,21 @@ class TensorPreprocess:
         else:
             return None
         crop_size = getattr(ip, "crop_size", None)
-        crop = (int(crop_size["height"]), int(crop_size["width"])) if getattr(ip, "do_center_crop", False) and crop_size else None
+        crop = (
+            (int(crop_size["height"]), int(crop_size["width"]))
+            if getattr(ip, "do_center_crop", False) and crop_size
+            else None
+        )
         resample = getattr(ip, "resample", 3)
         interpolation = "bilinear" if int(resample) == 2 else "bicubic"
-        return cls(resize=resize, crop=crop, mean=tuple(ip.image_mean), std=tuple(ip.image_std), interpolation=interpolation,
-                   crop_offset="floor")
+        return cls(
+            resize=resize,
+            crop=crop,
+            mean=tuple(ip.image_mean),
+            std=tuple(ip.image_std),
+            interpolation=interpolation,
+            crop_offset="floor",
+        )
 
 
 class _BytesDataset(ImageDataset):
@@ -442,7 +516,9 @@ class _BytesDataset(ImageDataset):
 
 def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
     ok = [(i, x) for i, x, err in rows if err is None]
-    return ImageBatch([i for i, _ in ok], [x for _, x in ok], {i: err for i, _, err in rows if err is not None})
+    return ImageBatch(
+        [i for i, _ in ok], [x for _, x in ok], {i: err for i, _, err in rows if err is not None}
+    )
 
 
 @dataclass
@@ -479,7 +555,9 @@ class PipelineStats:
             yield item
 
 
-def read_bytes(items: Sequence[ImageInput | None], batch_size: int, threads: int) -> Iterator[ImageBatch]:
+def read_bytes(
+    items: Sequence[ImageInput | None], batch_size: int, threads: int
+) -> Iterator[ImageBatch]:
     """Batches of raw file bytes (PIL images pass through), read by ``threads`` threads, one
     batch ahead. Threads, not worker processes: reading a file releases the GIL, and worker
     processes cost more to start and to hand bytes back than the reading itself."""
@@ -495,7 +573,9 @@ def read_bytes(items: Sequence[ImageInput | None], batch_size: int, threads: int
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hierzoo-read") as pool:
 
         def submit(s: int) -> list[Any]:
-            return [pool.submit(ds.__getitem__, i) for i in range(s, min(s + batch_size, len(items)))]
+            return [
+                pool.submit(ds.__getitem__, i) for i in range(s, min(s + batch_size, len(items)))
+            ]
 
         pending = deque(submit(s) for s in starts[:2])
         ahead = 2
@@ -533,26 +613,41 @@ def iterate_images_on_device(
 
     stats = stats if stats is not None else PipelineStats()
     threads = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+
     def via_pil(image: Image.Image) -> torch.Tensor:
-        return fallback(image).to(device) if fallback else preprocess(_pil_to_tensor(image).to(device))
+        return (
+            fallback(image).to(device) if fallback else preprocess(_pil_to_tensor(image).to(device))
+        )
 
     for batch in stats.waited(read_bytes(items, batch_size, threads), "read_wait"):
         failed = dict(batch.failed)
-        jpeg = [j for j, x in enumerate(batch.data) if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]]
+        jpeg = [
+            j
+            for j, x in enumerate(batch.data)
+            if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]
+        ]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
             start = time.perf_counter()
             try:
-                out = decode_jpeg([batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
+                out = decode_jpeg(
+                    [batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device
+                )
                 decoded.update(zip(jpeg, out))
                 stats.decode += time.perf_counter() - start
             except RuntimeError:
                 for j in jpeg:  # one bad file fails the batched call: decode one by one
                     try:
-                        decoded[j] = decode_jpeg(batch.data[j], mode=ImageReadMode.RGB, device=device)
+                        decoded[j] = decode_jpeg(
+                            batch.data[j], mode=ImageReadMode.RGB, device=device
+                        )
                     except RuntimeError as e:
-                        failed[batch.indices[j]] = f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the file is corrupt."
-        # decoded images of one size are resized together: a few kernels per batch, not one per image
+                        failed[batch.indices[j]] = (
+                            f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the "
+                            "file is corrupt."
+                        )
+        # decoded images of one size are resized together: a few kernels per batch, not one
+        # per image
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j, t in decoded.items():
             if batch.indices[j] not in failed:
@@ -571,14 +666,19 @@ def iterate_images_on_device(
                 elif isinstance(x, torch.Tensor) and x.ndim == 1:
                     try:
                         t = preprocess(_decode_tensor(x).to(device))
-                    except RuntimeError:  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
+                    except (
+                        RuntimeError
+                    ):  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
                         t = via_pil(load_image(items[i]))
                 elif isinstance(x, torch.Tensor):
                     t = x.to(device)
                 else:
                     t = via_pil(load_image(x))
             except Exception as e:
-                failed[i] = f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file is corrupt or not an image."
+                failed[i] = (
+                    f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file "
+                    "is corrupt or not an image."
+                )
                 continue
             tensors.append(t)
             indices.append(i)
@@ -594,7 +694,9 @@ def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
 _END = object()
 
 
-def prefetch(make: Callable[[], Iterator[ImageBatch]], device: torch.device, depth: int = 2) -> Iterator[ImageBatch]:
+def prefetch(
+    make: Callable[[], Iterator[ImageBatch]], device: torch.device, depth: int = 2
+) -> Iterator[ImageBatch]:
     """Run a batch generator in a background thread, ``depth`` batches ahead, so decoding the
     next batch overlaps the model's forward pass on this one. On CUDA the thread's work runs
     on a side stream and each batch is handed over with an event the consumer's stream waits

@@ -84,7 +84,8 @@ def fit_probe(
 
     if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
         raise ValueError(
-            f"Expected (N, D) features and N labels with N > 0, but got {tuple(x.shape)} and {len(y)}."
+            f"Expected (N, D) features and N labels with N > 0, but got {tuple(x.shape)} and "
+            f"{len(y)}."
         )
     if not torch.isfinite(x).all():
         raise ValueError(
@@ -241,7 +242,8 @@ def _samples(cfg: ProbeConfig, taxonomy: Taxonomy) -> tuple[list[str], list[str]
         pairs = samples_from_folder(cfg.images, taxonomy)
     else:
         raise ProbeError(
-            "Give --images DIR (one folder per leaf), or --labels CSV (image,leaf) with --images as their root."
+            "Give --images DIR (one folder per leaf), or --labels CSV (image,leaf) with --images "
+            "as their root."
         )
     if cfg.limit:
         pairs = pairs[: cfg.limit]
@@ -341,7 +343,8 @@ def _load_model(cfg: ProbeConfig) -> HierClassifier:
         raise
     except Exception as e:
         raise ProbeError(
-            f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name (`hierzoo models`), "
+            f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name "
+            "(`hierzoo models`), "
             "the directory, or that the hub is reachable (or the files are in the local cache)."
         ) from e
 
@@ -433,7 +436,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     levels = scored_levels(truth)
     if not levels:
         raise ProbeError(
-            "Every level has one class among these images; probing needs at least two leaves' worth of variety."
+            "Every level has one class among these images; probing needs at least two leaves' "
+            "worth of variety."
         )
     extract, lines = expand_sites(cfg.where, levels)
     lines = {name: lines[name] for name in sorted(lines, key=site_order)}
@@ -470,7 +474,15 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     present = truth >= 0
     device = torch.device(cfg.device) if cfg.device else clf.device
     results = _fit_lines(
-        lines, lambda site: load_features(store, site).data, truth, train, test, levels, cfg, device, taxonomy.depth
+        lines,
+        lambda site: load_features(store, site).data,
+        truth,
+        train,
+        test,
+        levels,
+        cfg,
+        device,
+        taxonomy.depth,
     )
     zero = None
     if method is not None:
@@ -512,8 +524,20 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             "n_errors": int((~ok).sum()),
         }
     return _write_result(
-        cfg, clf, taxonomy, levels, truth, train, test, device, results, started,
-        n=len(ids), n_failed=int(failed.sum()), zero=zero, features=store,
+        cfg,
+        clf,
+        taxonomy,
+        levels,
+        truth,
+        train,
+        test,
+        device,
+        results,
+        started,
+        n=len(ids),
+        n_failed=int(failed.sum()),
+        zero=zero,
+        features=store,
         failed_images=dict(list(first_error.items())[:20]),
     )
 
@@ -527,18 +551,23 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
     from safetensors.torch import save_file
 
     if cfg.images or cfg.labels:
-        raise ProbeError("--text probes the taxonomy's leaf names, not images; drop --images and --labels.")
+        raise ProbeError(
+            "--text probes the taxonomy's leaf names, not images; drop --images and --labels."
+        )
     names = list(taxonomy.leaves)
     truth = taxonomy.paths
     if cfg.limit:
         names, truth = names[: cfg.limit], truth[: cfg.limit]
     present = truth >= 0
     levels = [
-        k for k in scored_levels(truth) if len(np.unique(truth[present[:, k], k])) < int(present[:, k].sum())
+        k
+        for k in scored_levels(truth)
+        if len(np.unique(truth[present[:, k], k])) < int(present[:, k].sum())
     ]
     if not levels:
         raise ProbeError(
-            f"No level of {taxonomy.name!r} above the leaves has two of these {len(names)} names in one class; "
+            f"No level of {taxonomy.name!r} above the leaves has two of these {len(names)} names "
+            "in one class; "
             "nothing to generalise to. Use more names (--limit) or another taxonomy."
         )
     extract, lines = expand_sites(cfg.where, levels)
@@ -546,16 +575,37 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     clf = _load_model(cfg)
-    feats = clf.text_features(names, extract, taxonomy=taxonomy, batch_size=cfg.batch_size, progress=cfg.progress)
+    feats = clf.text_features(
+        names, extract, taxonomy=taxonomy, batch_size=cfg.batch_size, progress=cfg.progress
+    )
     store = out / "text_features.safetensors"
-    save_file({site: feats[site].float().contiguous() for site in extract}, str(store),
-              metadata={"model": cfg.model, "taxonomy": taxonomy.name, "names": json.dumps(names)})
+    save_file(
+        {site: feats[site].float().contiguous() for site in extract},
+        str(store),
+        metadata={"model": cfg.model, "taxonomy": taxonomy.name, "names": json.dumps(names)},
+    )
     train, test = split_indices(len(names), cfg.test_size, cfg.seed)
     device = torch.device(cfg.device) if cfg.device else clf.device
-    results = _fit_lines(lines, lambda site: feats[site], truth, train, test, levels, cfg, device, taxonomy.depth)
+    results = _fit_lines(
+        lines, lambda site: feats[site], truth, train, test, levels, cfg, device, taxonomy.depth
+    )
     return _write_result(
-        cfg, clf, taxonomy, levels, truth, train, test, device, results, started,
-        n=len(names), n_failed=0, zero=None, features=store, failed_images={}, text=True,
+        cfg,
+        clf,
+        taxonomy,
+        levels,
+        truth,
+        train,
+        test,
+        device,
+        results,
+        started,
+        n=len(names),
+        n_failed=0,
+        zero=None,
+        features=store,
+        failed_images={},
+        text=True,
     )
 
 
@@ -585,7 +635,11 @@ def _write_result(
     for k in levels:
         tr, te = truth[train[present[train, k]], k], truth[test[present[test, k]], k]
         values, counts = np.unique(tr, return_counts=True)
-        majority.append(round(100.0 * float((te == values[counts.argmax()]).mean()), 4) if len(te) and len(tr) else None)
+        majority.append(
+            round(100.0 * float((te == values[counts.argmax()]).mean()), 4)
+            if len(te) and len(tr)
+            else None
+        )
     level_names = [taxonomy.rank(k) or f"level{k + 1}" for k in range(taxonomy.depth)]
     result = {
         "model": cfg.model,
@@ -642,9 +696,10 @@ def format_probe_table(result: dict[str, Any]) -> str:
     cells = [[name, *map(_cell, acc), _cell(hca)] for name, acc, hca in rows]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     lines = [
-        f"probe: {result['model']} on {result['taxonomy']}, {result['n_train']} train / {result['n_test']} test "
-        f"{'leaf names' if result.get('input') == 'text' else 'images'} (seed {result['seed']}), accuracy in %"
-        + (f"; {result['n_failed']} images failed" if result["n_failed"] else "")
+        f"probe: {result['model']} on {result['taxonomy']}, {result['n_train']} train / "
+        f"{result['n_test']} test "
+        f"{'leaf names' if result.get('input') == 'text' else 'images'} (seed {result['seed']}), "
+        "accuracy in %" + (f"; {result['n_failed']} images failed" if result["n_failed"] else "")
     ]
     for c in [header, *cells]:
         lines.append(
@@ -654,7 +709,8 @@ def format_probe_table(result: dict[str, Any]) -> str:
         )
     if zero and zero["method"] == "questions":
         lines.append(
-            "zero-shot: the paper's four-choice questions (chance 25%); the probes choose among every class."
+            "zero-shot: the paper's four-choice questions (chance 25%); the probes choose among "
+            "every class."
         )
     return "\n".join(lines)
 

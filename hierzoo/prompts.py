@@ -87,7 +87,8 @@ def _check_variant(variant: int) -> None:
 
 
 def system_message(mode: str = "image") -> str:
-    """The system message of a mode: the expert instruction (image) or the plain assistant (text)."""
+    """The system message of a mode: the expert instruction (image) or the plain assistant
+    (text)."""
     _check_mode(mode)
     return paper_prompts()["system_image" if mode == "image" else "system_text"]
 
@@ -101,7 +102,8 @@ def letters(n: int) -> str:
     """The option letters of an ``n``-option question: ``"ABCD"`` for four, then on up to ``Z``."""
     if not 1 <= n <= len(string.ascii_uppercase):
         raise ValueError(
-            f"Expected between 1 and 26 options, but got {n}; split the question into fewer options."
+            f"Expected between 1 and 26 options, but got {n}; split the question into fewer "
+            "options."
         )
     base = paper_prompts()["letters"]
     return (base + string.ascii_uppercase[len(base) :])[:n]
@@ -201,12 +203,17 @@ def shuffled_orders(n_options: Sequence[Sequence[int | None]], seed: int) -> lis
     return out
 
 
-def asked_options(answers_and_choices: Sequence[tuple[Sequence[object], Sequence[Sequence[str]]]], mode: str = "image") -> list[list[int | None]]:
+def asked_options(
+    answers_and_choices: Sequence[tuple[Sequence[object], Sequence[Sequence[str]]]],
+    mode: str = "image",
+) -> list[list[int | None]]:
     """``n_options`` for :func:`shuffled_orders`: per question and level the number of options, or
     ``None`` where the level is not asked (no answer, or the leaf in text mode)."""
     _check_mode(mode)
     out = []
     for answers, choices in answers_and_choices:
         leaf = len(answers) - 1 if mode == "text" else None
-        out.append([None if a is None or k == leaf else len(choices[k]) for k, a in enumerate(answers)])
+        out.append(
+            [None if a is None or k == leaf else len(choices[k]) for k, a in enumerate(answers)]
+        )
     return out

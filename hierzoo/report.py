@@ -69,7 +69,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     rate = prov.get("questions_per_second")
     extra = f"errors: {summary['n_errors']}"
     if rate:
-        extra += f"; {rate:.1f} questions/s, {prov.get('images_per_second', 0):.1f} images/s on {prov.get('device')}"
+        per_image = prov.get("images_per_second", 0)
+        extra += f"; {rate:.1f} questions/s, {per_image:.1f} images/s on {prov.get('device')}"
     return f"{table}\n{extra}"
 
 
@@ -103,7 +104,8 @@ def _read_summary(path: Path) -> dict[str, Any]:
             )
         if len(acc) != len(levels) or len(first) != len(levels) + 1:
             raise ValueError(
-                f"{path}: expected {len(levels)} level accuracies and {len(levels) + 1} first-error "
+                f"{path}: expected {len(levels)} level accuracies and {len(levels) + 1} "
+                "first-error "
                 f"counts for levels {levels}, but got {len(acc)} and {len(first)}"
             )
     run["run_dir"] = str(path.parent)

@@ -76,8 +76,24 @@ class EvalConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that define the results (a resumed run must match them)."""
-        keys = ("model", "questions", "taxonomy", "images", "labels", "distractors", "seed", "task", "strategy",
-                "protocol", "prompt_variant", "keep_option_order", "circular", "mode", "templates", "limit")
+        keys = (
+            "model",
+            "questions",
+            "taxonomy",
+            "images",
+            "labels",
+            "distractors",
+            "seed",
+            "task",
+            "strategy",
+            "protocol",
+            "prompt_variant",
+            "keep_option_order",
+            "circular",
+            "mode",
+            "templates",
+            "limit",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -143,7 +159,9 @@ def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
         questions = read_questions(cfg.questions, image_root=cfg.image_root)
     elif cfg.images or cfg.labels:
         if taxonomy is None:
-            raise RunError("--images needs --taxonomy NAME: hierzoo builds the questions from the taxonomy.")
+            raise RunError(
+                "--images needs --taxonomy NAME: hierzoo builds the questions from the taxonomy."
+            )
         built = out / "questions.jsonl"
         if d.main and not built.exists():
             if cfg.labels:
@@ -156,7 +174,10 @@ def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
         _barrier(d)
         questions = read_questions(built)
     else:
-        raise RunError("Give --questions FILE, or --taxonomy NAME with --images DIR (and optionally --labels CSV).")
+        raise RunError(
+            "Give --questions FILE, or --taxonomy NAME with --images DIR (and optionally --labels "
+            "CSV)."
+        )
     if cfg.limit:
         questions = questions[: cfg.limit]
     if not questions:
@@ -172,7 +193,9 @@ def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
         try:
             validate_questions(questions, taxonomy)
         except QuestionError as e:
-            raise RunError(f"{e}\nCheck that --taxonomy {cfg.taxonomy} is the taxonomy of these questions.") from None
+            raise RunError(
+                f"{e}\nCheck that --taxonomy {cfg.taxonomy} is the taxonomy of these questions."
+            ) from None
     return questions, taxonomy
 
 
@@ -197,7 +220,8 @@ def check_run_dir(cfg: EvalConfig, d: Dist) -> None:
         if diff:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise RunError(
-                f"{out} holds a run with other settings ({shown}); resume it with the same flags, or pass "
+                f"{out} holds a run with other settings ({shown}); resume it with the same flags, "
+                "or pass "
                 "a new --out."
             )
     elif d.main:
@@ -287,7 +311,8 @@ def _protocol(cfg: EvalConfig, clf: Any):
     return Protocol(
         taxonomy=cfg.taxonomy,
         prompt_variant=None if clip else cfg.prompt_variant,
-        # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP runs keep them
+        # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP
+        # runs keep them
         shuffle_options=False if clip or cfg.mode == "text" else not cfg.keep_option_order,
         seed=cfg.seed,
         circular=cfg.circular,
@@ -300,10 +325,14 @@ def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Que
     """Copies of the questions with their options in the paper's seeded order."""
     from hierzoo import prompts
 
-    orders = prompts.shuffled_orders(prompts.asked_options([(q.answers, q.choices) for q in questions], mode), seed)
+    orders = prompts.shuffled_orders(
+        prompts.asked_options([(q.answers, q.choices) for q in questions], mode), seed
+    )
     out = []
     for q, order_q in zip(questions, orders):
-        choices = [[c[j] for j in order] if order else list(c) for c, order in zip(q.choices, order_q)]
+        choices = [
+            [c[j] for j in order] if order else list(c) for c, order in zip(q.choices, order_q)
+        ]
         out.append(replace(q, choices=choices))
     return out
 
@@ -329,7 +358,9 @@ def _path_rows(questions: list[Question], positions: list[int], pred: Any) -> li
         else:
             for k, ans in enumerate(q.answers, start=1):
                 row[f"ground_truth_level{k}"] = ans
-                row[f"predicted_level{k}"] = pred.names[j][k - 1] if k - 1 < len(pred.names[j]) else None
+                row[f"predicted_level{k}"] = (
+                    pred.names[j][k - 1] if k - 1 < len(pred.names[j]) else None
+                )
             row["predicted_path"] = pred.names[j]
             row["path_scores"] = [round(float(s), 6) for s in pred.scores[j][: len(pred.names[j])]]
             row["consistent"] = bool(pred.consistent[j])
@@ -337,7 +368,14 @@ def _path_rows(questions: list[Question], positions: list[int], pred: Any) -> li
     return rows
 
 
-def _iterate(cfg: EvalConfig, clf: Any, questions: list[Question], todo: list[int], taxonomy: Any, protocol: Any):
+def _iterate(
+    cfg: EvalConfig,
+    clf: Any,
+    questions: list[Question],
+    todo: list[int],
+    taxonomy: Any,
+    protocol: Any,
+):
     """``(positions, rows)`` per piece of work, in the paper's result format."""
     if not todo:
         return
@@ -347,7 +385,9 @@ def _iterate(cfg: EvalConfig, clf: Any, questions: list[Question], todo: list[in
         for start in range(0, len(subset), chunk):
             part = subset[start : start + chunk]
             items = [q.path for q in part]
-            pred = clf.predict_path(items, taxonomy, strategy=cfg.strategy, batch_size=cfg.batch_size)
+            pred = clf.predict_path(
+                items, taxonomy, strategy=cfg.strategy, batch_size=cfg.batch_size
+            )
             positions = todo[start : start + chunk]
             yield positions, _path_rows(questions, positions, pred)
         return
@@ -396,7 +436,8 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
         raise
     except Exception as e:
         raise RunError(
-            f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name (`hierzoo models`), "
+            f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name "
+            "(`hierzoo models`), "
             "the directory, or that the hub is reachable (or the files are in the local cache)."
         ) from e
     if cfg.num_workers is not None:
@@ -411,9 +452,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.task not in TASKS:
         raise RunError(f"Expected --task to be one of {TASKS}, but got {cfg.task!r}.")
     if cfg.protocol != "paper":
-        raise RunError(f"Expected --protocol paper (the only protocol so far), but got {cfg.protocol!r}.")
+        raise RunError(
+            f"Expected --protocol paper (the only protocol so far), but got {cfg.protocol!r}."
+        )
     if cfg.task == "path" and cfg.taxonomy is None:
-        raise RunError("--task path needs --taxonomy NAME: paths are decoded over the whole taxonomy.")
+        raise RunError(
+            "--task path needs --taxonomy NAME: paths are decoded over the whole taxonomy."
+        )
     if cfg.threads:
         import torch
 
@@ -444,7 +489,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     shard = out / (f"predictions.rank{d.rank}.jsonl" if d.world > 1 else "predictions.jsonl")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_q, unit="q", desc=f"eval {Path(cfg.model).name}", disable=not (cfg.progress and d.main), dynamic_ncols=True)
+    bar = tqdm(
+        total=n_q,
+        unit="q",
+        desc=f"eval {Path(cfg.model).name}",
+        disable=not (cfg.progress and d.main),
+        dynamic_ncols=True,
+    )
     writer = _Writer(shard)
     started = time.time()
     n_images = 0
@@ -452,7 +503,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for positions, rows in _iterate(cfg, clf, questions, todo, taxonomy, protocol):
             writer.write(rows)
             n_images += len(positions)
-            bar.update(sum(per_sample or sum(a is not None for a in questions[p].answers) for p in positions))
+            bar.update(
+                sum(
+                    per_sample or sum(a is not None for a in questions[p].answers)
+                    for p in positions
+                )
+            )
     finally:
         writer.close()
         bar.close()
@@ -463,16 +519,23 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         return {}
     rows = merge_predictions(out, len(questions))
     if len(rows) != len(questions):
-        raise RunError(f"Only {len(rows)} of {len(questions)} samples have results; run the same command again.")
+        raise RunError(
+            f"Only {len(rows)} of {len(questions)} samples have results; run the same command "
+            "again."
+        )
     summary = summarize_run(rows, taxonomy, cfg)
     summary["provenance"] = {
-        "model": asdict(clf.spec) if getattr(clf, "spec", None) else {"name": cfg.model, "family": clf.family},
+        "model": asdict(clf.spec)
+        if getattr(clf, "spec", None)
+        else {"name": cfg.model, "family": clf.family},
         "model_class": type(clf).__name__,
         "settings": cfg.identity(),
         "protocol": asdict(protocol) if protocol is not None else None,
         "prompt_variant": cfg.prompt_variant,
         "seed": cfg.seed,
-        "questions_sha1": _sha1_file(cfg.questions) if cfg.questions else _sha1_file(str(out / "questions.jsonl")),
+        "questions_sha1": _sha1_file(cfg.questions)
+        if cfg.questions
+        else _sha1_file(str(out / "questions.jsonl")),
         "versions": _versions(),
         "device": _device_name(clf),
         "world_size": d.world,
@@ -491,13 +554,18 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) -> dict[str, Any]:
-    """Every metric with its 95% interval (percent) from the result rows, as ``hierzoo score`` does."""
+    """Every metric with its 95% interval (percent) from the result rows, as ``hierzoo score``
+    does."""
     from hierzoo.metrics import score_results
 
     n_errors = sum(1 for r in rows if r.get("error"))
     label = cfg.model if not Path(cfg.model).exists() else Path(cfg.model).resolve().name
     summary: dict[str, Any] = {
-        "model": cfg.model, "model_label": label, "taxonomy": cfg.taxonomy, "task": cfg.task, "mode": cfg.mode,
+        "model": cfg.model,
+        "model_label": label,
+        "taxonomy": cfg.taxonomy,
+        "task": cfg.task,
+        "mode": cfg.mode,
     }
     if n_errors == len(rows):
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
@@ -525,5 +593,5 @@ def _circular_misses(row: dict[str, Any]) -> dict[str, Any]:
         return row
     row = dict(row)
     for k in misses:
-        row[f"predicted_level{k[len('correct_level'):]}"] = None
+        row[f"predicted_level{k[len('correct_level') :]}"] = None
     return row

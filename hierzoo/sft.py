@@ -92,7 +92,8 @@ def _check_images(questions: Sequence[Question]) -> None:
     missing = [q for q in questions if q.path is None]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(questions)} images were not found (the first: {missing[0].image!r}); "
+            f"{len(missing)} of {len(questions)} images were not found (the first: "
+            f"{missing[0].image!r}); "
             "check the image root (image_root= / --image-root), or leave such entries out "
             "(missing_images='skip' / --skip-missing)."
         )
@@ -213,7 +214,8 @@ def _record(
 def _check_suffix(path: Path) -> None:
     if path.suffix not in (".json", ".jsonl"):
         raise ValueError(
-            f"Expected an output file ending in .json (a JSON list) or .jsonl (JSON Lines), but got {str(path)!r}."
+            "Expected an output file ending in .json (a JSON list) or .jsonl (JSON Lines), but "
+            f"got {str(path)!r}."
         )
 
 

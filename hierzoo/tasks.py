@@ -87,7 +87,8 @@ class Question:
         for key in ("image", "label", "level1", "choices_level1"):
             if key not in row:
                 raise QuestionError(
-                    f"{where}: missing field {key!r}; a question needs image, label, levelK and choices_levelK."
+                    f"{where}: missing field {key!r}; a question needs image, label, levelK and "
+                    "choices_levelK."
                 )
         answers: list[str | None] = []
         choices: list[list[str]] = []
@@ -172,7 +173,8 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> li
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(
-                f"No question file at {str(path)!r}; give a .jsonl path or one of {bundled_questions()}."
+                f"No question file at {str(path)!r}; give a .jsonl path or one of "
+                f"{bundled_questions()}."
             )
         text = p.read_text(encoding="utf-8")
         where = str(p)
@@ -239,7 +241,8 @@ def validate_questions(
             lowered = [o.lower() for o in opts]
             if ans.lower() not in lowered:
                 problems.append(
-                    f"{where}: the answer {ans!r} of level{k + 1} is not among its options {opts!r}; "
+                    f"{where}: the answer {ans!r} of level{k + 1} is not among its options "
+                    f"{opts!r}; "
                     f"add it to choices_level{k + 1} or fix level{k + 1}"
                 )
                 continue

@@ -125,7 +125,8 @@ class Taxonomy:
                 if seen_path[nlabel] != key:
                     raise TaxonomyError(
                         f"Leaf {label!r} is listed twice with different paths: "
-                        f"{PATH_SEPARATOR.join(seen_path[nlabel])!r} and {PATH_SEPARATOR.join(key)!r}. "
+                        f"{PATH_SEPARATOR.join(seen_path[nlabel])!r} and "
+                        f"{PATH_SEPARATOR.join(key)!r}. "
                         "Keep one path per leaf."
                     )
                 continue
@@ -177,7 +178,8 @@ class Taxonomy:
             depth = int(raw_level_arr.max()) + 1
             if len(ranks) != depth:
                 raise TaxonomyError(
-                    f"Expected {depth} rank names (one per level), but got {len(ranks)}: {list(ranks)!r}."
+                    f"Expected {depth} rank names (one per level), but got {len(ranks)}: "
+                    f"{list(ranks)!r}."
                 )
         return cls(
             names=tuple(raw_names[i] for i in order),
@@ -220,7 +222,8 @@ class Taxonomy:
                         walk(sub, prefix)
             else:
                 raise TaxonomyError(
-                    f"Expected a mapping or a list under {PATH_SEPARATOR.join(prefix) or 'the top'!r}, "
+                    "Expected a mapping or a list under "
+                    f"{PATH_SEPARATOR.join(prefix) or 'the top'!r}, "
                     f"but got {node!r}."
                 )
 
@@ -235,7 +238,8 @@ class Taxonomy:
         ranks: Sequence[str] | None = None,
         name: str | None = None,
     ) -> Taxonomy:
-        """Build from child -> parent edges (``None`` for a top-level node); names are node ids here.
+        """Build from child -> parent edges (``None`` for a top-level node); names are node ids
+        here.
 
         Raises:
             TaxonomyError: on a cycle or an unknown parent, naming the nodes involved.
@@ -245,7 +249,8 @@ class Taxonomy:
         for child, par in parents.items():
             if par is not None and _norm(par) not in lower:
                 raise TaxonomyError(
-                    f"Node {child!r} names the parent {par!r}, which is not a node; add {par!r} with "
+                    f"Node {child!r} names the parent {par!r}, which is not a node; add {par!r} "
+                    "with "
                     "its own parent (or None for a top-level node)."
                 )
         paths: dict[str, list[str]] = {}
@@ -254,7 +259,8 @@ class Taxonomy:
             while node is not None:
                 if _norm(node) in seen:
                     raise TaxonomyError(
-                        f"The parent links form a cycle through {PATH_SEPARATOR.join(reversed(path))!r}; "
+                        "The parent links form a cycle through "
+                        f"{PATH_SEPARATOR.join(reversed(path))!r}; "
                         "every chain of parents must end at a top-level node (parent None)."
                     )
                 seen.add(_norm(node))
@@ -290,7 +296,8 @@ class Taxonomy:
 
     @cached_property
     def level_offsets(self) -> np.ndarray:
-        """``(depth + 1,)``: nodes of level ``k`` are ids ``level_offsets[k]:level_offsets[k+1]``."""
+        """``(depth + 1,)``: nodes of level ``k`` are ids
+        ``level_offsets[k]:level_offsets[k+1]``."""
         return np.concatenate([[0], np.cumsum(np.bincount(self.level, minlength=self.depth))])
 
     @property
@@ -430,8 +437,10 @@ class Taxonomy:
             raise TaxonomyError(f"No node named {shown!r}{where} in taxonomy {self.name!r}.{hint}")
         options = [PATH_SEPARATOR.join(self.path_names(i)) for i in ids]
         raise TaxonomyError(
-            f"The name {shown!r}{where} is ambiguous in taxonomy {self.name!r}: it names {len(ids)} "
-            f"nodes {options}. Pass a level, or the path as {PATH_SEPARATOR.join(self.path_names(ids[0]))!r}."
+            f"The name {shown!r}{where} is ambiguous in taxonomy {self.name!r}: it names "
+            f"{len(ids)} "
+            f"nodes {options}. Pass a level, or the path as "
+            f"{PATH_SEPARATOR.join(self.path_names(ids[0]))!r}."
         )
 
     def leaf_index(self, label: str) -> int:
@@ -513,7 +522,8 @@ def _unique_pairs(pairs: Iterable[tuple[str, list[str]]]) -> list[tuple[str, lis
     for key, path in pairs:
         if _norm(key) in seen and [_norm(n) for n in seen[_norm(key)]] != [_norm(n) for n in path]:
             raise TaxonomyError(
-                f"Leaf {key!r} appears twice with different paths: {PATH_SEPARATOR.join(seen[_norm(key)])!r} "
+                f"Leaf {key!r} appears twice with different paths: "
+                f"{PATH_SEPARATOR.join(seen[_norm(key)])!r} "
                 f"and {PATH_SEPARATOR.join(path)!r}. Keep one path per leaf."
             )
         seen.setdefault(_norm(key), path)
@@ -628,7 +638,8 @@ def _load_csv(path: Path, ranks: Sequence[str] | None) -> Taxonomy:
                 names.pop()
             if not names or any(not n for n in names):
                 raise TaxonomyError(
-                    f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every rank "
+                    f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every "
+                    "rank "
                     "from the first column down to the leaf (trailing ranks may be empty)."
                 )
             has_label = label_col is not None and label_col < len(row) and row[label_col].strip()

@@ -95,8 +95,10 @@ def wrap(
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type is None:
             raise TypeError(
-                f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: expected an "
-                "open_clip CLIP / CustomTextCLIP, a transformers model whose config.model_type is one of "
+                f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
+                "expected an "
+                "open_clip CLIP / CustomTextCLIP, a transformers model whose config.model_type is "
+                "one of "
                 f"{sorted(MODEL_TYPES)}, or a peft PeftModel around one."
             )
         if model_type not in MODEL_TYPES:
@@ -138,9 +140,12 @@ def _unwrap(model: Any) -> tuple[Any, str]:
             config = model.active_peft_config
             if getattr(config, "is_prompt_learning", False):
                 raise ValueError(
-                    f"The peft adapter {model.active_adapter!r} is {config.peft_type} (prompt learning): its "
-                    "virtual tokens are added by PeftModel.forward, which hierzoo's batched scoring does "
-                    "not call. hierzoo scores adapters that live in the base model's layers (LoRA, IA3, "
+                    f"The peft adapter {model.active_adapter!r} is {config.peft_type} (prompt "
+                    "learning): its "
+                    "virtual tokens are added by PeftModel.forward, which hierzoo's batched "
+                    "scoring does "
+                    "not call. hierzoo scores adapters that live in the base model's layers "
+                    "(LoRA, IA3, "
                     "...), or a merged checkpoint directory (hierzoo.load(dir))."
                 )
             kind = getattr(config.peft_type, "value", config.peft_type)
@@ -194,7 +199,8 @@ def _wrap_open_clip(
         tokenizer = open_clip.get_tokenizer(str(tokenizer))
     if not callable(tokenizer):
         raise ValueError(
-            f"Expected an open_clip tokenizer (callable on a list of texts) or a model name, but got "
+            "Expected an open_clip tokenizer (callable on a list of texts) or a model name, but "
+            "got "
             f"{type(tokenizer).__name__}; pass open_clip.get_tokenizer(NAME)."
         )
     if preprocess is None:
@@ -226,8 +232,10 @@ def _default_open_clip_tokenizer(model: Any) -> Any:
     if type(model).__name__ == "CLIP" and getattr(model, "vocab_size", None) == 49408:
         return open_clip.SimpleTokenizer(context_length=int(model.context_length))
     raise ValueError(
-        f"Cannot derive the tokenizer of this open_clip {type(model).__name__} (its text tower is not "
-        "open_clip's own CLIP transformer): pass it, hierzoo.wrap(model, open_clip.get_tokenizer(NAME), "
+        f"Cannot derive the tokenizer of this open_clip {type(model).__name__} (its text tower is "
+        "not "
+        "open_clip's own CLIP transformer): pass it, hierzoo.wrap(model, "
+        "open_clip.get_tokenizer(NAME), "
         "preprocess=...), or the model name as the second argument."
     )
 
@@ -239,7 +247,8 @@ def _processor(model: Any, given: Any, family: str) -> Any:
         given = getattr(model, "name_or_path", "") or None
         if given is None:
             raise ValueError(
-                f"A {family} model needs its processor: hierzoo.wrap(model, AutoProcessor.from_pretrained(CHECKPOINT)) "
+                f"A {family} model needs its processor: hierzoo.wrap(model, "
+                "AutoProcessor.from_pretrained(CHECKPOINT)) "
                 "(this model does not say where it was loaded from)."
             )
     if isinstance(given, (str, Path)):
@@ -254,7 +263,8 @@ def _processor(model: Any, given: Any, family: str) -> Any:
             ) from e
     if not (hasattr(given, "image_processor") and hasattr(given, "tokenizer")):
         raise ValueError(
-            f"A {family} model needs its processor (image processor + tokenizer, AutoProcessor), but got a "
+            f"A {family} model needs its processor (image processor + tokenizer, AutoProcessor), "
+            "but got a "
             f"{type(given).__name__}; pass AutoProcessor.from_pretrained(CHECKPOINT)."
         )
     return given
@@ -303,7 +313,8 @@ def _wrap_vision_llm(
     spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
     if device is not None and spread:
         raise ValueError(
-            "This model is spread over devices with device_map; wrap it without `device` (it runs where it is)."
+            "This model is spread over devices with device_map; wrap it without `device` (it runs "
+            "where it is)."
         )
     moved = (
         {"device": resolve_device(device)}

@@ -307,7 +307,8 @@ def render() -> str:
         "",
         "Generated from the signatures and docstrings by `python scripts/gen_api_docs.py`; do not",
         "edit by hand (`tests/test_api_docs.py` fails when this page is stale). Guides: "
-        "[embedding.md](embedding.md) (calling hierzoo from your own code), [models.md](models.md), "
+        "[embedding.md](embedding.md) (calling hierzoo from your own code), "
+        "[models.md](models.md), "
         "[metrics.md](metrics.md), [questions.md](questions.md).",
         "",
     ]

@@ -1,4 +1,4 @@
-"""hierzoo bench on toy-size twins of the zoo's architectures, and the real sizes on the meta device."""
+"""hierzoo bench on toy-size twins of the zoo's architectures, and real sizes on the meta device."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from hierzoo.cli import main
 from hierzoo.models.random_weights import build_random, supported
 
 
-@pytest.mark.parametrize(("name", "params"), [("qwen2.5-vl-3b", 3.75e9), ("qwen2.5-vl-7b", 8.29e9), ("qwen2.5-vl-72b", 73.4e9)])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("qwen2.5-vl-3b", 3.75e9), ("qwen2.5-vl-7b", 8.29e9), ("qwen2.5-vl-72b", 73.4e9)],
+)
 def test_real_size_qwen_architectures(name, params):
     clf = build_random(name, device="meta", dtype=torch.bfloat16)
     assert sum(p.numel() for p in clf.model.parameters()) == pytest.approx(params, rel=0.01)
@@ -26,23 +29,53 @@ def test_unknown_architecture_names_the_supported_ones():
 @pytest.mark.parametrize("model", ["bioclip2", "siglip-so400m", "qwen2.5-vl-7b"])
 def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", model, "--random-weights", "--size", "tiny", "--images", "6", "--batch-size", "2,3",
-                 "--baseline", "--baseline-images", "2", "--device", "cpu", "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            model,
+            "--random-weights",
+            "--size",
+            "tiny",
+            "--images",
+            "6",
+            "--batch-size",
+            "2,3",
+            "--baseline",
+            "--baseline-images",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     rec = json.loads(out.read_text())
     assert [r["batch_size"] for r in rec["sweep"]] == [2, 3]
     for r in rec["sweep"]:
-        assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(4 * r["images_per_second"])
-        assert 0 < r["forward_share"] <= 1.0 and r["batch_latency_median_s"] > 0 and r["peak_rss_gib"] > 0
+        assert r["images_per_second"] > 0 and r["questions_per_second"] == pytest.approx(
+            4 * r["images_per_second"]
+        )
+        assert (
+            0 < r["forward_share"] <= 1.0
+            and r["batch_latency_median_s"] > 0
+            and r["peak_rss_gib"] > 0
+        )
         assert 0 < r["first_batch_seconds"] < r["seconds"]
-        assert r["forward_questions_per_second"] == pytest.approx(24 / r["forward_seconds"])  # 6 images x 4 levels
+        assert r["forward_questions_per_second"] == pytest.approx(
+            24 / r["forward_seconds"]
+        )  # 6 images x 4 levels
         assert r["forward_questions_per_second"] > r["questions_per_second"]
         if model != "qwen2.5-vl-7b":
-            assert 0 < r["input_wait_seconds"] < r["seconds"] and r["input_wait_share"] == pytest.approx(r["input_wait_seconds"] / r["seconds"])
+            assert 0 < r["input_wait_seconds"] < r["seconds"] and r[
+                "input_wait_share"
+            ] == pytest.approx(r["input_wait_seconds"] / r["seconds"])
         assert r["steady_questions_per_second"] == pytest.approx(4 * r["steady_images_per_second"])
         # the rate after the first batch is the rest of the images over the rest of the time
         rest = 6 - r["batch_size"]
-        assert r["steady_images_per_second"] == pytest.approx(rest / (r["seconds"] - r["first_batch_seconds"]), rel=1e-6)
+        assert r["steady_images_per_second"] == pytest.approx(
+            rest / (r["seconds"] - r["first_batch_seconds"]), rel=1e-6
+        )
     assert rec["best_batch_size"] in (2, 3)
     assert rec["baseline"]["agreement"] == 1.0 and rec["baseline"]["speedup"] > 0
     assert "best batch size" in capsys.readouterr().out
@@ -50,19 +83,61 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
 
 def test_bench_with_decoding_on_the_device_reports_where_time_went(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "8", "--batch-size", "4",
-                 "--decode-on-device", "--num-workers", "2", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "bioclip2",
+                "--random-weights",
+                "--size",
+                "tiny",
+                "--images",
+                "8",
+                "--batch-size",
+                "4",
+                "--decode-on-device",
+                "--num-workers",
+                "2",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rec = json.loads(out.read_text())
     row = rec["sweep"][0]
     assert rec["decode_on_device"] is True
-    assert 0 < row["decode_seconds"] < row["seconds"] and 0 <= row["read_wait_seconds"] < row["seconds"]
+    assert (
+        0 < row["decode_seconds"] < row["seconds"]
+        and 0 <= row["read_wait_seconds"] < row["seconds"]
+    )
     assert 0 < row["input_wait_seconds"] < row["seconds"]
 
 
 def test_vlm_bench_reports_the_processor_time(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "qwen2.5-vl-7b", "--random-weights", "--size", "tiny", "--images", "4", "--batch-size", "2",
-                 "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "qwen2.5-vl-7b",
+                "--random-weights",
+                "--size",
+                "tiny",
+                "--images",
+                "4",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["sweep"][0]
     assert 0 < row["preprocess_seconds"] < row["seconds"]
     assert row["preprocess_share"] == pytest.approx(row["preprocess_seconds"] / row["seconds"])
@@ -80,12 +155,23 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), str(tmp_path)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh"), str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "FAILED" not in done.stdout, done.stdout[-3000:]
     merged = json.loads((tmp_path / "gpu.json").read_text())
-    assert {r["run"] for r in merged["summary"]} == {"clip-pil-workers", "clip-tensor-workers", "clip-nvjpeg", "vlm"}
+    assert {r["run"] for r in merged["summary"]} == {
+        "clip-pil-workers",
+        "clip-tensor-workers",
+        "clip-nvjpeg",
+        "vlm",
+    }
     assert merged["records"]["clip-tensor-workers"]["worker_decode"] == "tensor"
     assert all(r["met"] is None and r["speedup"] > 0 for r in merged["summary"])
     assert merged["records"]["clip-nvjpeg"]["decode_on_device"] is True
@@ -96,12 +182,35 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
 
 def test_profile_writes_the_op_table_and_top_ops(tmp_path):
     out, table = tmp_path / "bench.json", tmp_path / "prof" / "clip.txt"
-    assert main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "4", "--batch-size", "2",
-                 "--device", "cpu", "--profile", str(table), "--trace", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "bioclip2",
+                "--random-weights",
+                "--size",
+                "tiny",
+                "--images",
+                "4",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--profile",
+                str(table),
+                "--trace",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     prof = json.loads(out.read_text())["profile"]
     text = table.read_text()
     assert prof["images"] == 2 and prof["sorted_by"] == "self_cpu_time_total"
-    assert len(prof["top"]) > 5 and all(r["calls"] >= 1 and r["self_cpu_ms"] >= 0 for r in prof["top"])
+    assert len(prof["top"]) > 5 and all(
+        r["calls"] >= 1 and r["self_cpu_ms"] >= 0 for r in prof["top"]
+    )
     assert prof["top"][0]["self_cpu_ms"] >= prof["top"][-1]["self_cpu_ms"]
     assert prof["top"][0]["name"][:90] in text and "aten::" in text
     assert json.loads((tmp_path / "prof" / "clip.txt.trace.json").read_text())["traceEvents"]
@@ -109,9 +218,40 @@ def test_profile_writes_the_op_table_and_top_ops(tmp_path):
 
 def test_bench_can_time_the_vision_tower_without_batched_attention(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "qwen2.5-vl-7b", "--random-weights", "--size", "tiny", "--images", "2", "--batch-size", "2",
-                 "--no-batched-vision-attention", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "qwen2.5-vl-7b",
+                "--random-weights",
+                "--size",
+                "tiny",
+                "--images",
+                "2",
+                "--batch-size",
+                "2",
+                "--no-batched-vision-attention",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["batched_vision_attention"] is False
-    code = main(["bench", "bioclip2", "--random-weights", "--size", "tiny", "--images", "2", "--no-batched-vision-attention",
-                 "--device", "cpu"])
+    code = main(
+        [
+            "bench",
+            "bioclip2",
+            "--random-weights",
+            "--size",
+            "tiny",
+            "--images",
+            "2",
+            "--no-batched-vision-attention",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code != 0 and "is for vision LLMs" in capsys.readouterr().err

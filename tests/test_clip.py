@@ -14,7 +14,11 @@ from hierzoo.models.tiny_clip import build_tiny_hf_clip, build_tiny_openclip, bu
 from hierzoo.paths import decode_paths
 from hierzoo.tasks import QuestionError, build_questions, read_questions
 
-BUILDERS = {"openclip": build_tiny_openclip, "hf-clip": build_tiny_hf_clip, "siglip": build_tiny_siglip}
+BUILDERS = {
+    "openclip": build_tiny_openclip,
+    "hf-clip": build_tiny_hf_clip,
+    "siglip": build_tiny_siglip,
+}
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +140,10 @@ def test_batch_size_and_cache_do_not_change_results(name, load, images, tmp_path
     tax = hierzoo.load_taxonomy("cub200")
     cold = load(name, cache_dir=tmp_path / "c1")
     a = cold.score_nodes(images, tax, batch_size=1)
-    assert cold.texts_encoded == len({n.lower() for n in tax.names}) or cold.texts_encoded <= tax.n_nodes
+    assert (
+        cold.texts_encoded == len({n.lower() for n in tax.names})
+        or cold.texts_encoded <= tax.n_nodes
+    )
     encoded = cold.texts_encoded
     b = cold.score_nodes(images, tax, batch_size=7)
     assert cold.texts_encoded == encoded  # memory cache
@@ -158,7 +165,9 @@ def test_score_nodes_is_one_product_of_the_embeddings(load, images):
     scores = clf.score_nodes(images[:4], tax)
     img, _ = clf.encode_images(images[:4])
     txt = clf.text_embeddings(list(tax.names))
-    torch.testing.assert_close(scores.logits, clf.logit_scale * img @ txt.T + clf.logit_bias, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        scores.logits, clf.logit_scale * img @ txt.T + clf.logit_bias, atol=1e-5, rtol=1e-5
+    )
     assert scores.kind == "sigmoid"
     assert scores.level(2).shape == (4, tax.level_sizes[2])
 
@@ -199,7 +208,9 @@ def test_bad_images_are_recorded_not_raised(load, images, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not a jpeg")
     tax = hierzoo.load_taxonomy("cub200")
-    scores = clf.score_nodes([images[0], str(tmp_path / "missing.jpg"), str(empty), str(corrupt)], tax)
+    scores = clf.score_nodes(
+        [images[0], str(tmp_path / "missing.jpg"), str(empty), str(corrupt)], tax
+    )
     assert scores.errors[0] is None
     assert "No image file" in scores.errors[1]
     assert "empty" in scores.errors[2]
@@ -216,12 +227,18 @@ def test_bad_images_are_recorded_not_raised(load, images, tmp_path):
 def test_templates_and_protocol_checks(load, images):
     clf = load("openclip")
     qs = _questions(images, 2)
-    ensemble = clf.answer(qs, protocol=Protocol(templates=("a photo of a {}.", "an image of {}, a bird.")))
+    ensemble = clf.answer(
+        qs, protocol=Protocol(templates=("a photo of a {}.", "an image of {}, a bird."))
+    )
     assert ensemble.extra["templates"] == ["a photo of a {}.", "an image of {}, a bird."]
-    ranked = clf.answer(qs, protocol=Protocol(taxonomy="cub200", templates=("a photo of the {rank} {}.",)))
+    ranked = clf.answer(
+        qs, protocol=Protocol(taxonomy="cub200", templates=("a photo of the {rank} {}.",))
+    )
     assert ranked.choice.shape == (2, 4)
     with pytest.raises(ValueError, match="rank names"):
-        clf.answer(qs, protocol=Protocol(taxonomy="food101", templates=("a photo of the {rank} {}.",)))
+        clf.answer(
+            qs, protocol=Protocol(taxonomy="food101", templates=("a photo of the {rank} {}.",))
+        )
     with pytest.raises(ValueError, match="language model"):
         clf.answer(qs, protocol=Protocol(mode="text"))
     with pytest.raises(ValueError, match="[Cc]ircular"):
@@ -241,7 +258,9 @@ def test_rank_aware_templates_embed_each_level_with_its_rank(load):
 
 def test_built_questions_run_on_any_taxonomy(load, images):
     tax = hierzoo.load_taxonomy("imagenet-animal")
-    qs = build_questions(tax, [(p, tax.labels[i]) for i, p in enumerate(images[:4])], distractors="similar")
+    qs = build_questions(
+        tax, [(p, tax.labels[i]) for i, p in enumerate(images[:4])], distractors="similar"
+    )
     for q, p in zip(qs, images):
         q.path = p
     answers = load("siglip").answer(qs)
@@ -301,7 +320,11 @@ def test_decoding_on_the_device_matches_the_pil_pipeline(name, load, images, tmp
     items = [*images[:6], str(bad), str(png), str(tmp_path / "missing.jpg")]
     a, err_a = pil.encode_images(items, batch_size=4)
     b, err_b = dev.encode_images(items, batch_size=4)
-    assert [e is None for e in err_a] == [e is None for e in err_b] == [True] * 6 + [False, True, False]
+    assert (
+        [e is None for e in err_a]
+        == [e is None for e in err_b]
+        == [True] * 6 + [False, True, False]
+    )
     cos = (a[:6] * b[:6]).sum(-1)
     # antialiased tensor resize vs PIL (open_clip) or transformers' processor: close, not
     # bit-equal; the crop offsets must follow each library's rounding, or cosines fall to 0.97
@@ -341,11 +364,15 @@ def test_cuda_pipelines_match_the_cpu(name, model_dirs, images, tmp_path):
     cpu = hierzoo.load(str(model_dirs[name]), device="cpu", cache_dir=False)
     a, _ = cpu.encode_images(images, batch_size=5)
     exact = hierzoo.load(str(model_dirs[name]), device="cuda", dtype="float32", cache_dir=False)
-    assert (exact._split_transform(images) is not None) == (name == "openclip")  # a Compose splits; a processor does not
+    assert (exact._split_transform(images) is not None) == (
+        name == "openclip"
+    )  # a Compose splits; a processor does not
     b, _ = exact.encode_images(images, batch_size=5)
     assert (b.cpu() * a).sum(-1).min() > 0.999  # float32 weights run under bf16 autocast on CUDA
     for kw, floor in (({"worker_decode": "tensor"}, 0.99), ({"decode_on_device": True}, 0.98)):
-        other = hierzoo.load(str(model_dirs[name]), device="cuda", dtype="float32", cache_dir=False, **kw)
+        other = hierzoo.load(
+            str(model_dirs[name]), device="cuda", dtype="float32", cache_dir=False, **kw
+        )
         c, err = other.encode_images(images, batch_size=5)
         assert err == [None] * len(images)
         assert (c.cpu() * a).sum(-1).min() > floor, kw

@@ -36,13 +36,32 @@ def setup(tmp_path_factory):
     for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"]):
         (folder / leaf).mkdir(parents=True)
         for j in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / leaf / f"{i}{j}.jpg")
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                folder / leaf / f"{i}{j}.jpg"
+            )
     return {"root": root, "model": str(model), "images": str(root / "data"), "folder": str(folder)}
 
 
 def _args(setup, out, *extra):
-    return ["eval", "--model", setup["model"], "--questions", "cub200-similar", "--image-root", setup["images"],
-            "--taxonomy", "cub200", "--limit", str(N), "--out", str(out), "--no-progress", "--device", "cpu", *extra]
+    return [
+        "eval",
+        "--model",
+        setup["model"],
+        "--questions",
+        "cub200-similar",
+        "--image-root",
+        setup["images"],
+        "--taxonomy",
+        "cub200",
+        "--limit",
+        str(N),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _lines(path):
@@ -60,12 +79,28 @@ def test_eval_end_to_end(setup, tmp_path, capsys):
             assert set(r[f"probs_level{k}"]) == set(r[f"choices_level{k}"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == N and summary["n_errors"] == 0
-    assert set(summary["metrics"]) >= {"hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency", "level_acc"}
+    assert set(summary["metrics"]) >= {
+        "hca",
+        "leaf_acc",
+        "por",
+        "strict_por",
+        "tor",
+        "hf1",
+        "consistency",
+        "level_acc",
+    }
     assert set(summary["metrics"]["hca"]) == {"value", "low", "high"}
     prov = summary["provenance"]
-    assert prov["model_class"] == "OpenClipClassifier" and prov["seed"] == 42 and prov["versions"]["torch"]
+    assert (
+        prov["model_class"] == "OpenClipClassifier"
+        and prov["seed"] == 42
+        and prov["versions"]["torch"]
+    )
     assert prov["questions_per_second"] > 0 and prov["device"].startswith("cpu")
-    rescored = score_results(read_results(out / "predictions.jsonl"), taxonomy=__import__("hierzoo").load_taxonomy("cub200"))
+    rescored = score_results(
+        read_results(out / "predictions.jsonl"),
+        taxonomy=__import__("hierzoo").load_taxonomy("cub200"),
+    )
     assert rescored["hca"] == pytest.approx(summary["metrics"]["hca"]["value"])
     assert "HCA" in capsys.readouterr().out
 
@@ -122,17 +157,63 @@ def test_bad_images_are_recorded_and_the_run_goes_on(setup, tmp_path):
 
 
 def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):
-    qs = [json.loads(x) for x in (Path(__file__).parent.parent / "hierzoo/data/questions/CUB200_with_similar_choice.jsonl").read_text().splitlines()[:3]]
+    qs = [
+        json.loads(x)
+        for x in (
+            Path(__file__).parent.parent / "hierzoo/data/questions/CUB200_with_similar_choice.jsonl"
+        )
+        .read_text()
+        .splitlines()[:3]
+    ]
     bad = dict(qs[0], choices_level2=["alcidae", "laridae", "corvidae", "sternidae"])
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps(bad) + "\n")
-    code = main(["eval", "--model", setup["model"], "--questions", str(f), "--out", str(tmp_path / "o1"), "--no-progress"])
-    assert code == 2 and "'diomedeidae' of level 2 is not among its options" in capsys.readouterr().err
+    code = main(
+        [
+            "eval",
+            "--model",
+            setup["model"],
+            "--questions",
+            str(f),
+            "--out",
+            str(tmp_path / "o1"),
+            "--no-progress",
+        ]
+    )
+    assert (
+        code == 2 and "'diomedeidae' of level 2 is not among its options" in capsys.readouterr().err
+    )
     odd = dict(qs[0], choices_level3=["stercorarius", "phoebastria", "fregata", "not-a-genus"])
     f.write_text(json.dumps(odd) + "\n")
-    code = main(["eval", "--model", setup["model"], "--questions", str(f), "--taxonomy", "cub200", "--out", str(tmp_path / "o2"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            setup["model"],
+            "--questions",
+            str(f),
+            "--taxonomy",
+            "cub200",
+            "--out",
+            str(tmp_path / "o2"),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "['not-a-genus']" in capsys.readouterr().err
-    code = main(["eval", "--model", "bioclip3", "--questions", "cub200-similar", "--limit", "2", "--out", str(tmp_path / "o3"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "bioclip3",
+            "--questions",
+            "cub200-similar",
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path / "o3"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "bioclip3" in err and "bioclip2" in err
     assert not (tmp_path / "o3" / "predictions.jsonl").exists()
@@ -147,15 +228,47 @@ def test_resume_refuses_other_settings(setup, tmp_path, capsys):
 
 def test_questions_built_from_an_image_folder(setup, tmp_path):
     out = tmp_path / "run"
-    args = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--images", setup["folder"],
-            "--distractors", "similar", "--seed", "1", "--out", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        setup["model"],
+        "--taxonomy",
+        "cub200",
+        "--images",
+        setup["folder"],
+        "--distractors",
+        "similar",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     built = read_questions(out / "questions.jsonl")
-    assert len(built) == 9 and {q.label for q in built} == {"Laysan Albatross", "Sooty Albatross", "Common Raven"}
+    assert len(built) == 9 and {q.label for q in built} == {
+        "Laysan Albatross",
+        "Sooty Albatross",
+        "Common Raven",
+    }
     assert len(_lines(out / "predictions.jsonl")) == 9
     path_out = tmp_path / "paths"
-    args = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--images", setup["folder"], "--task", "path",
-            "--strategy", "marginal", "--out", str(path_out), "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        setup["model"],
+        "--taxonomy",
+        "cub200",
+        "--images",
+        setup["folder"],
+        "--task",
+        "path",
+        "--strategy",
+        "marginal",
+        "--out",
+        str(path_out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     rows = _lines(path_out / "predictions.jsonl")
     assert all(r["consistent"] and len(r["predicted_path"]) == 4 for r in rows)
@@ -169,7 +282,17 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "hierzoo"]
     subprocess.run(base + _args(setup, one), env=env, check=True, capture_output=True)
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", "-m", "hierzoo"]
+    run = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "hierzoo",
+    ]
     res = subprocess.run(run + _args(setup, two), env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()
@@ -210,14 +333,19 @@ def test_vision_llm_resumed_run_equals_a_fresh_one(setup, vlm_dir, tmp_path):
     assert asked != original and all(sorted(a) == sorted(o) for a, o in zip(asked, original))
     kept = tmp_path / "kept"
     assert main(_vlm_args(setup, vlm_dir, kept, "--keep-option-order")) == 0
-    assert [list(r["choices_level1"].values()) for r in _lines(kept / "predictions.jsonl")] == original
+    assert [
+        list(r["choices_level1"].values()) for r in _lines(kept / "predictions.jsonl")
+    ] == original
 
 
 def test_vision_llm_text_mode_records_the_named_leaf_as_given(setup, vlm_dir, tmp_path):
     out = tmp_path / "text"
     assert main(_vlm_args(setup, vlm_dir, out, "--mode", "text")) == 0
     rows = _lines(out / "predictions.jsonl")
-    assert all(r["predicted_level4_given"] and r["predicted_level4"] == r["ground_truth_level4"] for r in rows)
+    assert all(
+        r["predicted_level4_given"] and r["predicted_level4"] == r["ground_truth_level4"]
+        for r in rows
+    )
     assert all("probs_level4" not in r and "probs_level3" in r for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["leaf_acc"]["value"] == 100.0 and summary["mode"] == "text"

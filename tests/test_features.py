@@ -156,10 +156,23 @@ def test_openclip_timm_tower_layers_equal_timm(images, tmp_path, pool):
 
     from hierzoo.models.tiny_clip import build_tiny_openclip
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                                           "timm_pool": pool, "timm_proj": "none" if pool == "map" else "linear",
-                                           "image_size": 224},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "timm_model_name": "vit_tiny_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": pool,
+            "timm_proj": "none" if pool == "map" else "linear",
+            "image_size": 224,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
     if pool == "map":
         cfg["embed_dim"] = 192
     model_dir = build_tiny_openclip(tmp_path / "timm", model_cfg=cfg)
@@ -170,8 +183,14 @@ def test_openclip_timm_tower_layers_equal_timm(images, tmp_path, pool):
     trunk = model.visual.trunk
     pixels = torch.stack([preprocess(_rgb(p)) for p in images])
     with torch.no_grad():
-        spatial = trunk.forward_intermediates(pixels, indices=[2, 11], return_prefix_tokens=True, norm=False,
-                                              output_fmt="NLC", intermediates_only=True)
+        spatial = trunk.forward_intermediates(
+            pixels,
+            indices=[2, 11],
+            return_prefix_tokens=True,
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
         raw = model.encode_image(pixels)
     for site, (patches, prefix) in zip(["layer:3", "layer:-1"], spatial):
         want = prefix[:, 0] if pool == "token" else patches.mean(1)

@@ -37,10 +37,14 @@ def paths(tmp_path_factory):
 def _clip_transform():
     import open_clip
 
-    return open_clip.image_transform(32, is_train=False, mean=(0.48, 0.45, 0.40), std=(0.26, 0.26, 0.27))
+    return open_clip.image_transform(
+        32, is_train=False, mean=(0.48, 0.45, 0.40), std=(0.26, 0.26, 0.27)
+    )
 
 
-@pytest.mark.parametrize("n, batch, chunk", [(23, 7, 3), (23, 8, 4), (5, 8, 32), (64, 64, 32), (1, 1, 1)])
+@pytest.mark.parametrize(
+    "n, batch, chunk", [(23, 7, 3), (23, 8, 4), (5, 8, 32), (64, 64, 32), (1, 1, 1)]
+)
 def test_chunks_tile_each_batch_and_never_straddle(n, batch, chunk):
     chunks, per_batch = _chunks(n, batch, chunk)
     assert [i for c in chunks for i in c] == list(range(n))
@@ -89,8 +93,12 @@ def test_rebatch_places_chunks_before_concatenating():
         placed.append(t.shape[0])
         return t * 10
 
-    chunks = [ImageBatch([0, 1], torch.ones(2, 1), {}), ImageBatch([], [], {2: "bad"}), ImageBatch([3], torch.ones(1, 1), {}),
-              ImageBatch([4], torch.ones(1, 1), {})]
+    chunks = [
+        ImageBatch([0, 1], torch.ones(2, 1), {}),
+        ImageBatch([], [], {2: "bad"}),
+        ImageBatch([3], torch.ones(1, 1), {}),
+        ImageBatch([4], torch.ones(1, 1), {}),
+    ]
     out = list(rebatch(iter(chunks), [3, 1], place))
     assert [b.indices for b in out] == [[0, 1, 3], [4]]
     assert out[0].failed == {2: "bad"} and placed == [2, 1, 1]
@@ -110,9 +118,28 @@ def test_split_transform_reproduces_the_compose_exactly(paths):
 def test_split_transform_refuses_other_pipelines():
     from torchvision import transforms as T
 
-    assert split_transform(T.Compose([T.RandomResizedCrop(32), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])) is None
-    assert split_transform(T.Compose([T.Resize(32), T.ToTensor()])) is None  # no Normalize: not a CLIP pipeline
-    assert split_transform(T.Compose([T.Resize(32), T.Lambda(lambda x: x), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])) is None
+    assert (
+        split_transform(
+            T.Compose([T.RandomResizedCrop(32), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+        )
+        is None
+    )
+    assert (
+        split_transform(T.Compose([T.Resize(32), T.ToTensor()])) is None
+    )  # no Normalize: not a CLIP pipeline
+    assert (
+        split_transform(
+            T.Compose(
+                [
+                    T.Resize(32),
+                    T.Lambda(lambda x: x),
+                    T.ToTensor(),
+                    T.Normalize((0.5,) * 3, (0.5,) * 3),
+                ]
+            )
+        )
+        is None
+    )
     assert split_transform(lambda img: img) is None
 
 
@@ -143,7 +170,9 @@ def test_read_bytes_in_threads_keeps_order_and_failures(paths, threads):
     from hierzoo.images import read_bytes
 
     batches = list(read_bytes(paths, 7, threads))
-    assert [sorted(b.indices + list(b.failed)) for b in batches] == [list(range(s, min(s + 7, 23))) for s in range(0, 23, 7)]
+    assert [sorted(b.indices + list(b.failed)) for b in batches] == [
+        list(range(s, min(s + 7, 23))) for s in range(0, 23, 7)
+    ]
     assert 5 not in batches[0].failed  # a corrupt file is still bytes; the decoder rejects it
     assert "No image file" in batches[2].failed[17]
     for b in batches:
@@ -175,11 +204,17 @@ def test_tensor_decode_follows_the_pil_pipeline_within_a_few_grey_levels(paths, 
     for item in (tmp_path / "x.png", tmp_path / "gray.jpg", Image.open(good[0])):
         assert fast(item).shape == (3, 32, 32)
     assert (fast(tmp_path / "x.png").int() - b[0]).abs().max() <= 1
-    torch.testing.assert_close(norm(a[:1].to(torch.uint8)), norm(b[:1].to(torch.uint8)), atol=5 / 255 / 0.26 + 1e-6, rtol=0)
+    torch.testing.assert_close(
+        norm(a[:1].to(torch.uint8)), norm(b[:1].to(torch.uint8)), atol=5 / 255 / 0.26 + 1e-6, rtol=0
+    )
 
 
-@pytest.mark.parametrize("builder", ["build_tiny_openclip", "build_tiny_hf_clip", "build_tiny_siglip"])
-def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(paths, tmp_path, builder):
+@pytest.mark.parametrize(
+    "builder", ["build_tiny_openclip", "build_tiny_hf_clip", "build_tiny_siglip"]
+)
+def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(
+    paths, tmp_path, builder
+):
     """open_clip's Compose and the transformers processors (CLIP: resize + crop; SigLIP: a
     square resize) all have a tensor twin."""
     import hierzoo
@@ -187,7 +222,9 @@ def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(pat
 
     model_dir = getattr(tiny_clip, builder)(tmp_path / "m", seed=0)
     exact = hierzoo.load(str(model_dir), device="cpu", cache_dir=False)
-    fast = hierzoo.load(str(model_dir), device="cpu", cache_dir=False, worker_decode="tensor", num_workers=2)
+    fast = hierzoo.load(
+        str(model_dir), device="cpu", cache_dir=False, worker_decode="tensor", num_workers=2
+    )
     a, err_a = exact.encode_images(paths, batch_size=6)
     b, err_b = fast.encode_images(paths, batch_size=6)
     assert [e is None for e in err_a] == [e is None for e in err_b]
@@ -218,7 +255,9 @@ def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path)
     src = Image.open(paths[0]).convert("RGB")
     src.save(tmp_path / "x.bmp")
     src.save(tmp_path / "x.tiff")
-    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (40, 50), dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (40, 50), dtype=np.uint16)).save(
+        tmp_path / "deep.png"
+    )
     items = [str(tmp_path / n) for n in ("x.bmp", "x.tiff", "deep.png")] + [paths[0]]
     (batch,) = list(iterate_images_on_device(items, prep, 8, torch.device("cpu"), num_workers=0))
     assert batch.failed == {} and batch.indices == [0, 1, 2, 3]

@@ -56,7 +56,9 @@ def brute_force(tax, logits, kind, strategy):
 @pytest.mark.parametrize("strategy", ["independent", "topdown", "joint", "marginal"])
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_strategies_equal_brute_force(seed, strategy, kind):
-    tax = random_taxonomy(seed, n_leaves=25, min_depth=1 + seed % 3, max_depth=5, branching=2 + seed % 2)
+    tax = random_taxonomy(
+        seed, n_leaves=25, min_depth=1 + seed % 3, max_depth=5, branching=2 + seed % 2
+    )
     rng = np.random.default_rng(seed)
     logits = torch.from_numpy(rng.normal(scale=3.0, size=(8, tax.n_nodes)))
     pred = decode_paths(NodeScores(logits.float(), kind, tax), strategy)
@@ -68,7 +70,10 @@ def test_strategies_equal_brute_force(seed, strategy, kind):
         if strategy != "independent":
             assert pred.consistent[i]
     if strategy == "independent":
-        links = [all(tax.parent[p[k]] == p[k - 1] for k in range(1, len(p))) for p in pred.node_ids.tolist()]
+        links = [
+            all(tax.parent[p[k]] == p[k - 1] for k in range(1, len(p)))
+            for p in pred.node_ids.tolist()
+        ]
         assert pred.consistent.tolist() == links
 
 

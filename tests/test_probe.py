@@ -279,22 +279,46 @@ def test_text_probe_on_a_tiny_clip_equals_probes_fitted_by_hand(tmp_path, capsys
 
     model = build_tiny_openclip(tmp_path / "model")
     out = tmp_path / "run"
-    args = ["probe", "--model", str(model), "--taxonomy", "cub200", "--text", "--where", "text", "--out", str(out),
-            "--limit", "40", "--max-iter", "100", "--no-progress", "--no-plot"]
+    args = [
+        "probe",
+        "--model",
+        str(model),
+        "--taxonomy",
+        "cub200",
+        "--text",
+        "--where",
+        "text",
+        "--out",
+        str(out),
+        "--limit",
+        "40",
+        "--max-iter",
+        "100",
+        "--no-progress",
+        "--no-plot",
+    ]
     assert main(args) == 0
     assert "leaf names" in capsys.readouterr().out
     result = json.loads((out / "probe.json").read_text())
     tax = hierzoo.load_taxonomy("cub200")
     names, truth = tax.leaves[:40], tax.paths[:40]
-    assert result["input"] == "text" and result["n_images"] == 40 and result["n_train"] + result["n_test"] == 40
-    assert "species" not in result["levels"] and result["levels"][0] == "order"  # held-out names are unseen classes
+    assert (
+        result["input"] == "text"
+        and result["n_images"] == 40
+        and result["n_train"] + result["n_test"] == 40
+    )
+    assert (
+        "species" not in result["levels"] and result["levels"][0] == "order"
+    )  # held-out names are unseen classes
     clf = hierzoo.load(str(model), device="cpu", cache_dir=False)
     x = clf.text_features(names, "text")["text"]
     torch.testing.assert_close(load_file(str(out / "text_features.safetensors"))["text"], x)
     train, test = split_indices(40, 0.3, 0)
     for k, acc in zip(result["level_index"], result["sites"]["text"]["level_acc"]):
         probe = fit_probe(x[train], truth[train, k], max_iter=100, l2=1e-4)
-        assert acc == pytest.approx(100 * float((probe.predict(x[test]).numpy() == truth[test, k]).mean()), abs=1e-4)
+        assert acc == pytest.approx(
+            100 * float((probe.predict(x[test]).numpy() == truth[test, k]).mean()), abs=1e-4
+        )
     assert "leaf names" in format_probe_table(result)
 
 
@@ -304,12 +328,24 @@ def test_text_probe_on_a_tiny_vision_llm_and_its_errors(tmp_path):
     from hierzoo.probe import ProbeConfig, ProbeError, run_probe
 
     model = tiny.build_tiny_qwen2_5_vl(tmp_path / "model")
-    cfg = ProbeConfig(model=str(model), taxonomy="cub200", out=str(tmp_path / "run"), where=["llm:-1,llm:-1:answer"],
-                      text=True, progress=False, limit=24, max_iter=50)
+    cfg = ProbeConfig(
+        model=str(model),
+        taxonomy="cub200",
+        out=str(tmp_path / "run"),
+        where=["llm:-1,llm:-1:answer"],
+        text=True,
+        progress=False,
+        limit=24,
+        max_iter=50,
+    )
     result = run_probe(cfg)
     assert list(result["sites"]) == ["llm:-1", "llm:-1:answer"]
-    assert result["sites"]["llm:-1:answer"]["sites"] == [f"llm:-1:answer:{k}" for k in result["level_index"]]
-    assert result["zero_shot"] is None and all(0 <= r["hca"] <= 100 for r in result["sites"].values())
+    assert result["sites"]["llm:-1:answer"]["sites"] == [
+        f"llm:-1:answer:{k}" for k in result["level_index"]
+    ]
+    assert result["zero_shot"] is None and all(
+        0 <= r["hca"] <= 100 for r in result["sites"].values()
+    )
     with pytest.raises(ProbeError, match="drop --images"):
         run_probe(ProbeConfig(**{**cfg.__dict__, "images": str(tmp_path)}))
     with pytest.raises(ProbeError, match="No level"):

@@ -219,6 +219,9 @@ def test_random_taxonomies_are_consistent(seed):
 
 
 def test_import_stays_light():
-    code = "import sys, hierzoo, hierzoo.metrics, hierzoo.tasks; print(sorted(m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules))"
+    code = (
+        "import sys, hierzoo, hierzoo.metrics, hierzoo.tasks; "
+        "print(sorted(m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -269,7 +269,9 @@ def test_processing_images_on_the_device_gives_the_same_answers(model, questions
     finally:
         model.process_on_device = None
     assert supported  # all four families' processors are torchvision-backed in transformers 5
-    np.testing.assert_allclose(got.extra["letter_logits"], base.extra["letter_logits"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        got.extra["letter_logits"], base.extra["letter_logits"], atol=TOL, rtol=0
+    )
     assert np.array_equal(got.choice, base.choice)
 
 
@@ -495,5 +497,12 @@ def test_first_level_names_the_rank_of_a_set_that_starts_lower(model, questions)
 
 
 def test_clip_only_options_are_refused_by_name(tiny_dirs):
-    with pytest.raises(ValueError, match="worker_decode, decode_on_device|decode_on_device, worker_decode"):
-        hierzoo.load(str(tiny_dirs["qwen2.5-vl"]), device="cpu", worker_decode="tensor", decode_on_device=True)
+    with pytest.raises(
+        ValueError, match="worker_decode, decode_on_device|decode_on_device, worker_decode"
+    ):
+        hierzoo.load(
+            str(tiny_dirs["qwen2.5-vl"]),
+            device="cpu",
+            worker_decode="tensor",
+            decode_on_device=True,
+        )

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if rank == 0:
             print(
                 f"epoch {epoch}: loss {loss.item():.3f}  HCA {results['hca']:.3f}  leaf "
-                f"{results['leaf_acc']:.3f}  consistency {results['consistency']:.3f}  (n={results['n']})"
+                f"{results['leaf_acc']:.3f}  consistency {results['consistency']:.3f}  "
+                f"(n={results['n']})"
             )
 
     # the paper's protocol after training: four-choice questions at every level
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         scores = asked.compute()
     if rank == 0:
         print(
-            f"four-choice questions: HCA {scores['hca']:.3f}, accuracy per level {scores['level_acc']}"
+            f"four-choice questions: HCA {scores['hca']:.3f}, accuracy per level "
+            f"{scores['level_acc']}"
         )
     if world > 1:
         dist.destroy_process_group()

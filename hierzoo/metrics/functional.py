@@ -85,7 +85,8 @@ def prepare(
         )
     if pred.dtype.kind not in "iu" or target.dtype.kind not in "iu":
         raise ValueError(
-            f"Expected integer node codes, but got dtypes {pred.dtype} and {target.dtype}; pass names "
+            f"Expected integer node codes, but got dtypes {pred.dtype} and {target.dtype}; pass "
+            "names "
             "as lists of strings or encode them with `hierzoo.metrics.encode`."
         )
     mask = target >= 0 if mask is None else np.asarray(mask, dtype=bool).reshape(target.shape)
@@ -93,7 +94,8 @@ def prepare(
     if any((cols[k] & ~cols[k - 1]).any() for k in range(1, cols.shape[0])):
         row = int(np.flatnonzero((mask[:, 1:] & ~mask[:, :-1]).any(1))[0])
         raise ValueError(
-            f"Expected the levels of each path to be contiguous from the first column, but row {row} "
+            "Expected the levels of each path to be contiguous from the first column, but row "
+            f"{row} "
             f"has mask {mask[row].tolist()}; pad variable-depth paths on the right."
         )
     if pred.shape[0] and not cols[0].all():
@@ -124,7 +126,8 @@ def encode(
     """
     if len(pred) != len(target):
         raise ValueError(
-            f"Expected as many predicted paths as true paths, but got {len(pred)} and {len(target)}."
+            f"Expected as many predicted paths as true paths, but got {len(pred)} and "
+            f"{len(target)}."
         )
     n = len(target)
     width = max((len(r) for r in target), default=0)
@@ -155,7 +158,8 @@ def encode(
             if not cands:
                 raise ValueError(
                     f"Ground truth {name!r} of sample {i} is not a node of level {lev} of taxonomy "
-                    f"{taxonomy.name!r}; check that the results match this taxonomy (and `first_level`)."
+                    f"{taxonomy.name!r}; check that the results match this taxonomy (and "
+                    "`first_level`)."
                 )
             t_id = _pick(cands, parent, t_prev)
             t_out[i, k] = t_id
@@ -251,7 +255,8 @@ def path_stats(
 def consistent_paths(
     pred: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, first_level: int = 0
 ) -> np.ndarray:
-    """``(N,)`` bool: the masked predictions are nodes of their levels, each the child of the one above."""
+    """``(N,)`` bool: the masked predictions are nodes of their levels, each the child of the one
+    above."""
     n, width = pred.shape
     if first_level >= taxonomy.depth:
         return ~mask.any(1)
@@ -437,7 +442,8 @@ strict_por = _metric(
 )
 tor = _metric(
     "tor",
-    "Top-overlap ratio: the mean share of consecutive level pairs with both levels right. As in the "
+    "Top-overlap ratio: the mean share of consecutive level pairs with both levels right. As in "
+    "the "
     "paper's script, a path with a single level scores 0.",
 )
 
@@ -519,7 +525,8 @@ def level_accuracy(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> np.ndarray | list[Estimate]:
-    """Accuracy of each level over the samples whose path has it: ``(L,)`` (NaN for an empty level)."""
+    """Accuracy of each level over the samples whose path has it: ``(L,)`` (NaN for an empty
+    level)."""
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
     right = ((p == t) & m).sum(0)
     total = m.sum(0)

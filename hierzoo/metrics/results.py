@@ -21,7 +21,8 @@ SCORE_KEYS = ("hca", "leaf_acc", "por", "strict_por", "tor")
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a result file: a JSON list, or JSON Lines (a torn last line is skipped with a warning)."""
+    """Read a result file: a JSON list, or JSON Lines (a torn last line is skipped with a
+    warning)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No result file at {str(path)!r}.")

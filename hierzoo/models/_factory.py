@@ -25,7 +25,8 @@ def family_class(family: str) -> type[HierClassifier]:
         extra = EXTRAS.get(family, "clip" if family in CLIP_FAMILIES else "vlm")
         missing = getattr(e, "name", None) or str(e)
         raise ImportError(
-            f"Model family {family!r} needs {missing!r}, which is not installed: pip install 'hierzoo[{extra}]'"
+            f"Model family {family!r} needs {missing!r}, which is not installed: pip install "
+            f"'hierzoo[{extra}]'"
         ) from e
 
 
@@ -35,7 +36,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {str(device)!r} asked for, but CUDA is not available here; use --device cpu.")
+        raise ValueError(
+            f"Device {str(device)!r} asked for, but CUDA is not available here; use --device cpu."
+        )
     return device
 
 
@@ -44,8 +47,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torc
         return default
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"Expected `dtype` to be one of {sorted(names)}, but got {dtype!r}.")
     return names[dtype]

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
 
-PAPER = "Tan, Qing, Gong. Vision LLMs Are Bad at Hierarchical Visual Understanding, and LLMs Are the Bottleneck (2025)"
+PAPER = (
+    "Tan, Qing, Gong. Vision LLMs Are Bad at Hierarchical Visual Understanding, and LLMs Are the "
+    "Bottleneck (2025)"
+)
 PAPER_TEMPLATE = ("a photo of a {}.",)
 
 # family -> "module:Class"; the module is imported on first use
@@ -78,44 +81,134 @@ def _s(name: str, family: str, hub_id: str, **kw) -> ModelSpec:
 
 _ZOO = [
     # CLIP family
-    _s("bioclip", "openclip", "imageomics/bioclip", arch="ViT-B-16", image_size=224, params="150M", licence="MIT",
-       paper="Stevens et al. BioCLIP: A Vision Foundation Model for the Tree of Life (CVPR 2024)"),
-    _s("bioclip2", "openclip", "imageomics/bioclip-2", arch="ViT-L-14", image_size=224, params="428M", licence="MIT",
-       paper="Gu et al. BioCLIP 2: Emergent Properties from Scaling Hierarchical Contrastive Learning (2025)"),
-    _s("openclip-vit-l-14.laion2b", "openclip", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", arch="ViT-L-14", image_size=224,
-       params="428M", licence="MIT", paper=f"OpenCLIP (LAION-2B, s32B b82K); used in {PAPER}"),
-    _s("openclip-vit-b-32.laion2b", "openclip", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", arch="ViT-B-32", image_size=224,
-       params="151M", licence="MIT", paper="OpenCLIP (LAION-2B, s34B b79K)"),
-    _s("clip-vit-l-14.openai", "hf-clip", "openai/clip-vit-large-patch14", image_size=224, params="428M", licence="MIT",
-       paper="Radford et al. Learning Transferable Visual Models From Natural Language Supervision (2021)"),
-    _s("siglip-so400m", "hf-siglip", "google/siglip-so400m-patch14-384", image_size=384, params="878M",
-       licence="Apache-2.0", paper=f"Zhai et al. Sigmoid Loss for Language Image Pre-Training (2023); used in {PAPER}"),
-    _s("siglip2-so400m", "hf-siglip", "google/siglip2-so400m-patch14-384", image_size=384, params="1.1B",
-       licence="Apache-2.0", paper="Tschannen et al. SigLIP 2 (2025)"),
+    _s(
+        "bioclip",
+        "openclip",
+        "imageomics/bioclip",
+        arch="ViT-B-16",
+        image_size=224,
+        params="150M",
+        licence="MIT",
+        paper="Stevens et al. BioCLIP: A Vision Foundation Model for the Tree of Life (CVPR 2024)",
+    ),
+    _s(
+        "bioclip2",
+        "openclip",
+        "imageomics/bioclip-2",
+        arch="ViT-L-14",
+        image_size=224,
+        params="428M",
+        licence="MIT",
+        paper="Gu et al. BioCLIP 2: Emergent Properties from Scaling Hierarchical Contrastive "
+        "Learning (2025)",
+    ),
+    _s(
+        "openclip-vit-l-14.laion2b",
+        "openclip",
+        "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
+        arch="ViT-L-14",
+        image_size=224,
+        params="428M",
+        licence="MIT",
+        paper=f"OpenCLIP (LAION-2B, s32B b82K); used in {PAPER}",
+    ),
+    _s(
+        "openclip-vit-b-32.laion2b",
+        "openclip",
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        arch="ViT-B-32",
+        image_size=224,
+        params="151M",
+        licence="MIT",
+        paper="OpenCLIP (LAION-2B, s34B b79K)",
+    ),
+    _s(
+        "clip-vit-l-14.openai",
+        "hf-clip",
+        "openai/clip-vit-large-patch14",
+        image_size=224,
+        params="428M",
+        licence="MIT",
+        paper="Radford et al. Learning Transferable Visual Models From Natural Language "
+        "Supervision (2021)",
+    ),
+    _s(
+        "siglip-so400m",
+        "hf-siglip",
+        "google/siglip-so400m-patch14-384",
+        image_size=384,
+        params="878M",
+        licence="Apache-2.0",
+        paper=f"Zhai et al. Sigmoid Loss for Language Image Pre-Training (2023); used in {PAPER}",
+    ),
+    _s(
+        "siglip2-so400m",
+        "hf-siglip",
+        "google/siglip2-so400m-patch14-384",
+        image_size=384,
+        params="1.1B",
+        licence="Apache-2.0",
+        paper="Tschannen et al. SigLIP 2 (2025)",
+    ),
     # vision LLMs
     *[
-        _s(f"qwen2.5-vl-{size}", "qwen2.5-vl", f"Qwen/Qwen2.5-VL-{size.upper()}-Instruct", params=size.upper(), licence=lic,
-           paper=f"Qwen2.5-VL Technical Report (2025); used in {PAPER}")
-        for size, lic in (("3b", "Qwen Research"), ("7b", "Apache-2.0"), ("32b", "Apache-2.0"), ("72b", "Qwen"))
+        _s(
+            f"qwen2.5-vl-{size}",
+            "qwen2.5-vl",
+            f"Qwen/Qwen2.5-VL-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence=lic,
+            paper=f"Qwen2.5-VL Technical Report (2025); used in {PAPER}",
+        )
+        for size, lic in (
+            ("3b", "Qwen Research"),
+            ("7b", "Apache-2.0"),
+            ("32b", "Apache-2.0"),
+            ("72b", "Qwen"),
+        )
     ],
     *[
-        _s(f"qwen3-vl-{size}", "qwen3-vl", f"Qwen/Qwen3-VL-{size.upper()}-Instruct", params=size.upper(),
-           licence="Apache-2.0", paper="Qwen3-VL (2025)")
+        _s(
+            f"qwen3-vl-{size}",
+            "qwen3-vl",
+            f"Qwen/Qwen3-VL-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence="Apache-2.0",
+            paper="Qwen3-VL (2025)",
+        )
         for size in ("2b", "4b", "8b", "32b")
     ],
     *[
-        _s(f"llava-ov-{size}", "llava-onevision", f"llava-hf/llava-onevision-qwen2-{size}-ov-hf", params=size.upper(),
-           licence="Apache-2.0", paper=f"Li et al. LLaVA-OneVision (2024); used in {PAPER}")
+        _s(
+            f"llava-ov-{size}",
+            "llava-onevision",
+            f"llava-hf/llava-onevision-qwen2-{size}-ov-hf",
+            params=size.upper(),
+            licence="Apache-2.0",
+            paper=f"Li et al. LLaVA-OneVision (2024); used in {PAPER}",
+        )
         for size in ("0.5b", "7b", "72b")
     ],
     *[
-        _s(f"internvl3-{size}", "internvl", f"OpenGVLab/InternVL3-{size.upper()}-hf", params=size.upper(), licence="MIT",
-           paper=f"InternVL3 (2025); used in {PAPER}")
+        _s(
+            f"internvl3-{size}",
+            "internvl",
+            f"OpenGVLab/InternVL3-{size.upper()}-hf",
+            params=size.upper(),
+            licence="MIT",
+            paper=f"InternVL3 (2025); used in {PAPER}",
+        )
         for size in ("1b", "2b", "8b", "14b", "38b", "78b")
     ],
     *[
-        _s(f"internvl3.5-{size}", "internvl", f"OpenGVLab/InternVL3_5-{size.upper()}-HF", params=size.upper(),
-           licence="Apache-2.0", paper="InternVL3.5 (2025)")
+        _s(
+            f"internvl3.5-{size}",
+            "internvl",
+            f"OpenGVLab/InternVL3_5-{size.upper()}-HF",
+            params=size.upper(),
+            licence="Apache-2.0",
+            paper="InternVL3.5 (2025)",
+        )
         for size in ("1b", "2b", "4b", "8b", "38b")
     ],
 ]
@@ -135,7 +228,10 @@ def list_models(family: str | None = None) -> list[str]:
     groups = {"clip": CLIP_FAMILIES, "vlm": tuple(f for f in FAMILIES if f not in CLIP_FAMILIES)}
     wanted = groups.get(family, (family,))
     if not set(wanted) <= set(FAMILIES):
-        raise ValueError(f"Expected `family` to be one of {sorted(FAMILIES) + sorted(groups)}, but got {family!r}.")
+        raise ValueError(
+            f"Expected `family` to be one of {sorted(FAMILIES) + sorted(groups)}, but got "
+            f"{family!r}."
+        )
     return [n for n, s in ZOO.items() if s.family in wanted]
 
 
@@ -168,10 +264,13 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
         if family is None:
             raise UnknownModelError(
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
-                "open_clip_config.json + weights, or a transformers config.json whose model_type is one of "
+                "open_clip_config.json + weights, or a transformers config.json whose model_type "
+                "is one of "
                 f"{sorted(MODEL_TYPES)}."
             )
-        return ModelSpec(name=str(path), family=family, hub_id=str(path), source=str(path.resolve()))
+        return ModelSpec(
+            name=str(path), family=family, hub_id=str(path), source=str(path.resolve())
+        )
     hub = key[len("hf-hub:") :] if key.startswith("hf-hub:") else key
     for spec in ZOO.values():
         if spec.hub_id.lower() == hub.lower():
@@ -191,7 +290,9 @@ def _family_of_hub(repo: str) -> str:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
-        raise ImportError("Loading hf-hub: ids needs huggingface_hub: pip install 'hierzoo[vlm]'.") from e
+        raise ImportError(
+            "Loading hf-hub: ids needs huggingface_hub: pip install 'hierzoo[vlm]'."
+        ) from e
     errors = []
     for filename in ("open_clip_config.json", "config.json"):
         try:
@@ -203,6 +304,7 @@ def _family_of_hub(repo: str) -> str:
         if family is not None:
             return family
     raise UnknownModelError(
-        f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without network, "
+        f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without "
+        "network, "
         "download it elsewhere (`huggingface-cli download ...`) and pass the directory."
     )

@@ -59,7 +59,8 @@ class Site:
         if not -(n_layers + 1) <= k <= n_layers:
             raise SiteError(
                 f"Expected the layer of {self.name!r} in {-(n_layers + 1)}..{n_layers} ({what} has "
-                f"{n_layers} layers: 0 is its input, {n_layers} its last layer, -1 the same), but got {k}."
+                f"{n_layers} layers: 0 is its input, {n_layers} its last layer, -1 the same), but "
+                f"got {k}."
             )
         return k if k >= 0 else n_layers + 1 + k
 

@@ -62,7 +62,10 @@ class Protocol:
         if self.templates is not None and (
             isinstance(self.templates, str) or not all("{}" in t for t in self.templates)
         ):
-            raise ValueError(f"Expected `templates` to be a tuple of strings with '{{}}', but got {self.templates!r}.")
+            raise ValueError(
+                f"Expected `templates` to be a tuple of strings with '{{}}', but got "
+                f"{self.templates!r}."
+            )
 
 
 @dataclass
@@ -94,7 +97,9 @@ class NodeScores:
         if self.kind == "sigmoid":
             return torch.nn.functional.logsigmoid(self.logits)
         o = self.taxonomy.level_offsets.tolist()
-        return torch.cat([torch.log_softmax(self.logits[:, a:b], dim=1) for a, b in zip(o[:-1], o[1:])], dim=1)
+        return torch.cat(
+            [torch.log_softmax(self.logits[:, a:b], dim=1) for a, b in zip(o[:-1], o[1:])], dim=1
+        )
 
 
 @dataclass
@@ -126,7 +131,8 @@ class PathPrediction:
 
 @dataclass
 class Answers:
-    """Answers to four-choice questions, one row per question-set entry (image), one column per level.
+    """Answers to four-choice questions, one row per question-set entry (image), one column per
+    level.
 
     Attributes:
         choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
@@ -152,7 +158,9 @@ class Answers:
 
     def predicted(self, i: int) -> list[str | None]:
         """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
-        return [opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())]
+        return [
+            opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
+        ]
 
     def to_records(self, questions: Sequence[Question]) -> list[dict[str, Any]]:
         """The paper's result format, one dict per sample, plus each option's probability.
@@ -178,7 +186,9 @@ class Answers:
                 row[f"predicted_level{n}"] = opts[c]
                 row[f"predicted_level{n}_letter"] = letters[c]
                 row[f"choices_level{n}"] = dict(zip(letters, opts))
-                row[f"probs_level{n}"] = {L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])}
+                row[f"probs_level{n}"] = {
+                    L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
+                }
                 if self.correct is not None:
                     row[f"correct_level{n}"] = bool(self.correct[i, k])
             out.append(row)
@@ -213,7 +223,9 @@ class Features:
     def tensor(self) -> torch.Tensor:
         """The ``(N, D)`` tensor of the only site (raises when there are several)."""
         if len(self.data) != 1:
-            raise ValueError(f"These features hold {len(self.data)} sites {list(self.data)}; index by site.")
+            raise ValueError(
+                f"These features hold {len(self.data)} sites {list(self.data)}; index by site."
+            )
         return next(iter(self.data.values()))
 
 
@@ -274,7 +286,12 @@ class HierClassifier(ABC):
         stream from one image loader; the default answers ``chunk_size`` questions at a time."""
         for start in range(0, len(questions), chunk_size):
             positions = list(range(start, min(start + chunk_size, len(questions))))
-            yield positions, self.answer([questions[p] for p in positions], protocol=protocol, batch_size=batch_size)
+            yield (
+                positions,
+                self.answer(
+                    [questions[p] for p in positions], protocol=protocol, batch_size=batch_size
+                ),
+            )
 
     def predict_path(
         self,
@@ -285,7 +302,8 @@ class HierClassifier(ABC):
         batch_size: int | None = None,
         progress: bool = False,
     ) -> PathPrediction:
-        """A root-to-leaf path per image, decoded from :meth:`score_nodes` (see :mod:`hierzoo.paths`).
+        """A root-to-leaf path per image, decoded from :meth:`score_nodes` (see
+        :mod:`hierzoo.paths`).
 
         Strategies: ``independent`` (best node per level, what the paper measures; may be
         inconsistent), ``topdown`` (greedy among the children of the chosen node), ``joint``
@@ -295,7 +313,9 @@ class HierClassifier(ABC):
         from hierzoo.paths import decode_paths
 
         if strategy not in STRATEGIES:
-            raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, but got {strategy!r}.")
+            raise ValueError(
+                f"Expected `strategy` to be one of {STRATEGIES}, but got {strategy!r}."
+            )
         scores = self.score_nodes(images, taxonomy, batch_size=batch_size, progress=progress)
         return decode_paths(scores, strategy)
 
@@ -327,7 +347,9 @@ class HierClassifier(ABC):
                 range.
             NotImplementedError: the family extracts no features.
         """
-        raise NotImplementedError(f"{type(self).__name__} ({self.family or 'this family'}) does not extract features.")
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.family or 'this family'}) does not extract features."
+        )
 
     def text_features(
         self,
@@ -345,7 +367,8 @@ class HierClassifier(ABC):
             NotImplementedError: the family extracts no text features.
         """
         raise NotImplementedError(
-            f"{type(self).__name__} ({self.family or 'this family'}) does not extract text features."
+            f"{type(self).__name__} ({self.family or 'this family'}) does not extract text "
+            "features."
         )
 
     def __repr__(self) -> str:

@@ -53,13 +53,19 @@ class TextEmbeddingCache:
 
     def __init__(self, model_key: str, cache_dir: str | Path | bool | None = None):
         self.model_key = model_key
-        self.root = None if cache_dir is False else Path(default_cache_dir() if cache_dir in (None, True) else cache_dir) / "text"
+        self.root = (
+            None
+            if cache_dir is False
+            else Path(default_cache_dir() if cache_dir in (None, True) else cache_dir) / "text"
+        )
         self._mem: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
 
     def _file(self, templates: tuple[str, ...]) -> Path | None:
         if self.root is None:
             return None
-        digest = hashlib.sha1(json.dumps([self.model_key, list(templates)]).encode()).hexdigest()[:20]
+        digest = hashlib.sha1(json.dumps([self.model_key, list(templates)]).encode()).hexdigest()[
+            :20
+        ]
         return self.root / f"{digest}.safetensors"
 
     def table(self, templates: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -90,7 +96,11 @@ class TextEmbeddingCache:
         save_file(
             {"embeddings": torch.stack([table[k] for k in all_keys]).contiguous()},
             str(tmp),
-            metadata={"keys": json.dumps(all_keys), "model": self.model_key, "templates": json.dumps(list(templates))},
+            metadata={
+                "keys": json.dumps(all_keys),
+                "model": self.model_key,
+                "templates": json.dumps(list(templates)),
+            },
         )
         tmp.replace(path)
 
@@ -143,10 +153,13 @@ class ClipClassifier(HierClassifier):
         self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.device_preprocess = TensorPreprocess.from_transform(transform) if decode_on_device else None
+        self.device_preprocess = (
+            TensorPreprocess.from_transform(transform) if decode_on_device else None
+        )
         if decode_on_device and self.device_preprocess is None:
             raise ValueError(
-                f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a plain "
+                f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a "
+                "plain "
                 "resize / crop / normalise that hierzoo can run on tensors; leave it off."
             )
         self.normalize_on_device = normalize_on_device
@@ -160,7 +173,8 @@ class ClipClassifier(HierClassifier):
     @property
     def worker_decode(self) -> str:
         """How image workers decode and resize: ``"pil"`` (the model's own transform) or
-        ``"tensor"`` (torchvision decoding, torch resizing; see :class:`hierzoo.images.TensorDecode`)."""
+        ``"tensor"`` (torchvision decoding, torch resizing; see
+        :class:`hierzoo.images.TensorDecode`)."""
         return self._worker_decode
 
     @worker_decode.setter
@@ -169,8 +183,10 @@ class ClipClassifier(HierClassifier):
             raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {value!r}.")
         if value == "tensor" and tensor_decode_split(self.transform) is None:
             raise ValueError(
-                f"worker_decode='tensor', but the model's preprocessing ({self.transform!r}) is not a plain "
-                "resize / crop / normalise that hierzoo can run on tensors; use worker_decode='pil'."
+                f"worker_decode='tensor', but the model's preprocessing ({self.transform!r}) is "
+                "not a plain "
+                "resize / crop / normalise that hierzoo can run on tensors; use "
+                "worker_decode='pil'."
             )
         self._worker_decode = value
 
@@ -193,9 +209,15 @@ class ClipClassifier(HierClassifier):
         scale and bias; without a ``model_key`` the text cache stays in memory."""
         from hierzoo.models._factory import resolve_device
 
-        vlm_only = sorted({"batched_vision_attention", "token_budget", "prefix_cache", "attn_implementation"} & kw.keys())
+        vlm_only = sorted(
+            {"batched_vision_attention", "token_budget", "prefix_cache", "attn_implementation"}
+            & kw.keys()
+        )
         if vlm_only:
-            raise ValueError(f"{', '.join(vlm_only)}: options of vision LLMs, but {name!r} is a CLIP-style model; drop them.")
+            raise ValueError(
+                f"{', '.join(vlm_only)}: options of vision LLMs, but {name!r} is a CLIP-style "
+                "model; drop them."
+            )
         first = next(model.parameters())
         device = first.device if device is None else device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -239,7 +261,10 @@ class ClipClassifier(HierClassifier):
 
     @torch.inference_mode()
     def text_embeddings(
-        self, names: Sequence[str], templates: Sequence[str] | None = None, ranks: Sequence[str | None] | None = None
+        self,
+        names: Sequence[str],
+        templates: Sequence[str] | None = None,
+        ranks: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
         """``(len(names), D)`` unit-norm embeddings on the model's device: each name's templates
         embedded, averaged and renormalised. Cached; only names never seen are encoded.
@@ -250,10 +275,13 @@ class ClipClassifier(HierClassifier):
         uses_rank = any("{rank}" in t for t in templates)
         if uses_rank and (ranks is None or any(r is None for r in ranks)):
             raise ValueError(
-                f"Templates {templates!r} use {{rank}}, but the taxonomy has no rank names; use templates "
+                f"Templates {templates!r} use {{rank}}, but the taxonomy has no rank names; use "
+                "templates "
                 "without {rank} for this taxonomy."
             )
-        keys = [f"{r}\x1f{n}" if uses_rank else n for n, r in zip(names, ranks or [None] * len(names))]
+        keys = [
+            f"{r}\x1f{n}" if uses_rank else n for n, r in zip(names, ranks or [None] * len(names))
+        ]
         table = self.text_cache.table(templates)
         missing = list(dict.fromkeys(k for k in keys if k not in table))
         if missing:
@@ -283,7 +311,12 @@ class ClipClassifier(HierClassifier):
         if self.device_preprocess is not None:
             batches = prefetch(
                 lambda: iterate_images_on_device(
-                    items, self.device_preprocess, bs, self.device, num_workers=self.num_workers, fallback=self.transform,
+                    items,
+                    self.device_preprocess,
+                    bs,
+                    self.device,
+                    num_workers=self.num_workers,
+                    fallback=self.transform,
                     stats=self.pipeline_stats,
                 ),
                 self.device,
@@ -291,14 +324,20 @@ class ClipClassifier(HierClassifier):
         else:
             split = self._split_transform(items)
             batches = iterate_images(
-                items, split[0] if split else self.transform, bs, num_workers=self.num_workers, pin_memory=cuda,
+                items,
+                split[0] if split else self.transform,
+                bs,
+                num_workers=self.num_workers,
+                pin_memory=cuda,
                 place=lambda t: t.to(self.device, non_blocking=cuda),
             )
         for batch in self.pipeline_stats.waited(batches):
             self.pipeline_stats.batches += 1
             pixels = None
             if batch.indices:
-                pixels = batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
+                pixels = (
+                    batch.data if isinstance(batch.data, torch.Tensor) else torch.stack(batch.data)
+                )
                 pixels = pixels.to(self.device, non_blocking=cuda)
                 if split is not None:
                     pixels = split[1](pixels)
@@ -306,7 +345,9 @@ class ClipClassifier(HierClassifier):
                     pixels = pixels.to(self.dtype)
             yield batch.indices, pixels, batch.failed
 
-    def _split_transform(self, items: Sequence[ImageInput | None]) -> tuple[Callable, Callable] | None:
+    def _split_transform(
+        self, items: Sequence[ImageInput | None]
+    ) -> tuple[Callable, Callable] | None:
         """The transform as a uint8 half for the workers and a float half for the device: with
         ``worker_decode="tensor"`` torchvision decoding and torch resizing; else, when
         ``normalize_on_device`` (default: on CUDA) and the transform splits, its own PIL steps.
@@ -315,7 +356,11 @@ class ClipClassifier(HierClassifier):
             return None
         if self.worker_decode == "tensor":
             return tensor_decode_split(self.transform)
-        on = self.device.type == "cuda" if self.normalize_on_device is None else self.normalize_on_device
+        on = (
+            self.device.type == "cuda"
+            if self.normalize_on_device is None
+            else self.normalize_on_device
+        )
         return split_transform(self.transform) if on else None
 
     def _stream_images(
@@ -336,11 +381,15 @@ class ClipClassifier(HierClassifier):
             yield indices, emb, failed
 
     # ----------------------------------------------------------------- features
-    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+    def _vision_blocks(
+        self,
+    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
         """The image transformer's blocks (batch-first ``(B, T, D)`` hidden states) and how a
         block's hidden states pool to ``(B, D)``: the class token where the tower pools one,
         else the mean over its patch tokens."""
-        raise SiteError(f"{type(self).__name__} does not expose its image transformer's blocks; use 'image'.")
+        raise SiteError(
+            f"{type(self).__name__} does not expose its image transformer's blocks; use 'image'."
+        )
 
     def features(
         self,
@@ -374,7 +423,9 @@ class ClipClassifier(HierClassifier):
                     layers[s.name] = s.resolve_layer(len(blocks), "the image transformer")
         for k in sorted(set(layers.values())):
             if k == 0:
-                hooks.append(blocks[0].register_forward_pre_hook(_keep_input(captured, 0), with_kwargs=True))
+                hooks.append(
+                    blocks[0].register_forward_pre_hook(_keep_input(captured, 0), with_kwargs=True)
+                )
             else:
                 hooks.append(blocks[k - 1].register_forward_hook(_keep_output(captured, k)))
         out: dict[str, torch.Tensor] = {}
@@ -429,7 +480,11 @@ class ClipClassifier(HierClassifier):
         return Features({"text": emb}, [None] * len(names))
 
     def encode_images(
-        self, images: ImageInput | Sequence[ImageInput | None], *, batch_size: int | None = None, progress: bool = False
+        self,
+        images: ImageInput | Sequence[ImageInput | None],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> tuple[torch.Tensor, list[str | None]]:
         """``(N, D)`` unit-norm float32 image embeddings on the model's device (NaN rows for
         images that failed) and the per-image errors. Decoding and preprocessing run in
@@ -460,7 +515,9 @@ class ClipClassifier(HierClassifier):
     def _probs(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if self.score_kind == "sigmoid":
             return torch.sigmoid(logits).masked_fill(~valid, float("nan"))
-        return torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("nan"))
+        return torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(
+            ~valid, float("nan")
+        )
 
     def score_nodes(
         self,
@@ -480,7 +537,9 @@ class ClipClassifier(HierClassifier):
             logits = self._logits(img, txt).float().cpu()
         return NodeScores(logits=logits, kind=self.score_kind, taxonomy=taxonomy, errors=errors)
 
-    def _answer_plan(self, questions: Sequence[Question], protocol: Protocol) -> tuple[np.ndarray, torch.Tensor, list[Any], list[int]]:
+    def _answer_plan(
+        self, questions: Sequence[Question], protocol: Protocol
+    ) -> tuple[np.ndarray, torch.Tensor, list[Any], list[int]]:
         """Option index ``(N, L, C)`` into the distinct (option, rank) texts, their embeddings,
         the distinct images and each question's slot among them."""
         _check_clip_protocol(protocol)
@@ -504,20 +563,29 @@ class ClipClassifier(HierClassifier):
                 for j, o in enumerate(opts):
                     index[i, k, j] = vocab.setdefault((o, rank), len(vocab))
         keys = list(vocab)
-        txt = self.text_embeddings([n for n, _ in keys], protocol.templates, [r for _, r in keys] if ranks else None)
+        txt = self.text_embeddings(
+            [n for n, _ in keys], protocol.templates, [r for _, r in keys] if ranks else None
+        )
         items, slot = _unique_images(questions)
         return index, txt, items, slot
 
     def _answers(
-        self, questions: Sequence[Question], index: np.ndarray, img: torch.Tensor, txt: torch.Tensor,
-        errors: list[str | None], protocol: Protocol,
+        self,
+        questions: Sequence[Question],
+        index: np.ndarray,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        errors: list[str | None],
+        protocol: Protocol,
     ) -> Answers:
         """One matrix product of the images against the option texts, and a gather."""
         gather = torch.from_numpy(index).to(self.device)
         valid = gather >= 0
         with torch.inference_mode():
             logits = self._logits(img, txt)
-            picked = torch.gather(logits, 1, gather.clamp(min=0).view(len(questions), -1)).view(gather.shape)
+            picked = torch.gather(logits, 1, gather.clamp(min=0).view(len(questions), -1)).view(
+                gather.shape
+            )
             probs = self._probs(picked.float(), valid)
             choice = picked.masked_fill(~valid, float("-inf")).argmax(-1)
         choice = choice.cpu().numpy()
@@ -529,9 +597,15 @@ class ClipClassifier(HierClassifier):
         return Answers(
             choice=choice,
             probs=probs,
-            options=[[list(c) if q.answers[k] is not None else [] for k, c in enumerate(q.choices)] for q in questions],
+            options=[
+                [list(c) if q.answers[k] is not None else [] for k, c in enumerate(q.choices)]
+                for q in questions
+            ],
             errors=list(errors),
-            extra={"templates": list(protocol.templates or self.templates), "score": self.score_kind},
+            extra={
+                "templates": list(protocol.templates or self.templates),
+                "score": self.score_kind,
+            },
         )
 
     def iter_answers(
@@ -564,9 +638,16 @@ class ClipClassifier(HierClassifier):
             if next_q > start:
                 pos = list(range(start, next_q))
                 sl = torch.as_tensor([slot[p] for p in pos], device=self.device)
-                yield pos, self._answers(
-                    [questions[p] for p in pos], index[start:next_q], img[sl], txt,
-                    [img_errors[slot[p]] for p in pos], protocol,
+                yield (
+                    pos,
+                    self._answers(
+                        [questions[p] for p in pos],
+                        index[start:next_q],
+                        img[sl],
+                        txt,
+                        [img_errors[slot[p]] for p in pos],
+                        protocol,
+                    ),
                 )
 
     def answer(
@@ -584,21 +665,34 @@ class ClipClassifier(HierClassifier):
         index, txt, items, slot = self._answer_plan(questions, protocol)
         img, img_errors = self.encode_images(items, batch_size=batch_size, progress=progress)
         sl = torch.as_tensor(slot, device=self.device)
-        return self._answers(questions, index, img[sl], txt, [img_errors[s] for s in slot], protocol)
+        return self._answers(
+            questions, index, img[sl], txt, [img_errors[s] for s in slot], protocol
+        )
 
 
 def _fill(template: str, key: str) -> str:
     rank, _, name = key.rpartition("\x1f")
-    return template.replace("{rank}", rank).format(name) if "{rank}" in template else template.format(name)
+    return (
+        template.replace("{rank}", rank).format(name)
+        if "{rank}" in template
+        else template.format(name)
+    )
 
 
 def _check_clip_protocol(protocol: Protocol) -> None:
     if protocol.mode != "image":
-        raise ValueError(f"Protocol mode {protocol.mode!r} needs a language model; CLIP models answer in image mode only.")
+        raise ValueError(
+            f"Protocol mode {protocol.mode!r} needs a language model; CLIP models answer in image "
+            "mode only."
+        )
     if protocol.circular:
-        raise ValueError("Circular mode is for vision LLMs: a CLIP model's scores do not depend on option order.")
+        raise ValueError(
+            "Circular mode is for vision LLMs: a CLIP model's scores do not depend on option order."
+        )
     if protocol.prompt_variant is not None:
-        raise ValueError("`prompt_variant` selects a vision-LLM prompt; CLIP models use `templates`.")
+        raise ValueError(
+            "`prompt_variant` selects a vision-LLM prompt; CLIP models use `templates`."
+        )
 
 
 def _protocol_ranks(protocol: Protocol) -> tuple[str, ...] | None:
@@ -688,7 +782,12 @@ class OpenClipClassifier(ClipClassifier):
 
     @classmethod
     def from_spec(
-        cls, spec: ModelSpec, *, device: torch.device, dtype: str | torch.dtype | None = None, **kw: Any
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: str | torch.dtype | None = None,
+        **kw: Any,
     ) -> OpenClipClassifier:
         import open_clip
 
@@ -699,8 +798,15 @@ class OpenClipClassifier(ClipClassifier):
         model, _, preprocess = open_clip.create_model_and_transforms(ident)
         tokenizer = open_clip.get_tokenizer(ident)
         return cls.from_model(
-            model, tokenizer, preprocess, name=spec.name, spec=spec if not spec.source else None,
-            model_key=key, device=device, dtype=dtype, **kw,
+            model,
+            tokenizer,
+            preprocess,
+            name=spec.name,
+            spec=spec if not spec.source else None,
+            model_key=key,
+            device=device,
+            dtype=dtype,
+            **kw,
         )
 
     @classmethod
@@ -723,8 +829,17 @@ class OpenClipClassifier(ClipClassifier):
         ``model_key`` names the weights in the text-embedding cache; without it the cache stays
         in memory, since hierzoo cannot tell two in-memory models apart.
         """
-        return cls._placed(model, tokenizer, preprocess, name=name, spec=spec, model_key=model_key,
-                           device=device, dtype=dtype, **kw)
+        return cls._placed(
+            model,
+            tokenizer,
+            preprocess,
+            name=name,
+            spec=spec,
+            model_key=model_key,
+            device=device,
+            dtype=dtype,
+            **kw,
+        )
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]
@@ -733,7 +848,9 @@ class OpenClipClassifier(ClipClassifier):
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+    def _vision_blocks(
+        self,
+    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
         visual = self.model.visual
         trunk = getattr(visual, "trunk", None)
         if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens"):
@@ -751,7 +868,10 @@ class OpenClipClassifier(ClipClassifier):
                 f"{type(visual).__name__} image tower; use 'image' or 'image:raw'."
             )
         if not getattr(transformer, "batch_first", True):
-            raise SiteError(f"The image transformer of {self.name!r} is sequence-first; layer:K needs open_clip >= 2.24.")
+            raise SiteError(
+                f"The image transformer of {self.name!r} is sequence-first; layer:K needs "
+                "open_clip >= 2.24."
+            )
         if getattr(visual, "pool_type", "tok") == "tok":
             return transformer.resblocks, _class_token
         return transformer.resblocks, _mean_after_class_token
@@ -760,7 +880,11 @@ class OpenClipClassifier(ClipClassifier):
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
     def _embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else super()._embed_dim()
+        return (
+            int(self.model.text_projection.shape[1])
+            if hasattr(self.model, "text_projection")
+            else super()._embed_dim()
+        )
 
 
 class _HFImageTransform:
@@ -790,7 +914,12 @@ class HFClipClassifier(ClipClassifier):
 
     @classmethod
     def from_spec(
-        cls, spec: ModelSpec, *, device: torch.device, dtype: str | torch.dtype | None = None, **kw: Any
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: str | torch.dtype | None = None,
+        **kw: Any,
     ) -> HFClipClassifier:
         from transformers import AutoModel, AutoProcessor
 
@@ -801,8 +930,14 @@ class HFClipClassifier(ClipClassifier):
         processor = AutoProcessor.from_pretrained(where, revision=revision)
         key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
         return cls.from_model(
-            model, processor, name=spec.name, spec=spec if not spec.source else None, model_key=key,
-            device=device, dtype=dtype, **kw,
+            model,
+            processor,
+            name=spec.name,
+            spec=spec if not spec.source else None,
+            model_key=key,
+            device=device,
+            dtype=dtype,
+            **kw,
         )
 
     @classmethod
@@ -822,11 +957,22 @@ class HFClipClassifier(ClipClassifier):
         (``device`` defaults to where the model already is)."""
         if model.config.model_type == "siglip2":
             raise ValueError(
-                f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo does not score; "
-                "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
+                f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo "
+                "does not score; "
+                "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: "
+                "siglip2-so400m)."
             )
-        return cls._placed(model, processor, _HFImageTransform(processor.image_processor), name=name, spec=spec,
-                           model_key=model_key, device=device, dtype=dtype, **kw)
+        return cls._placed(
+            model,
+            processor,
+            _HFImageTransform(processor.image_processor),
+            name=name,
+            spec=spec,
+            model_key=model_key,
+            device=device,
+            dtype=dtype,
+            **kw,
+        )
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]
@@ -835,14 +981,25 @@ class HFClipClassifier(ClipClassifier):
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))
 
-    def _vision_blocks(self) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
+    def _vision_blocks(
+        self,
+    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
         # CLIP pools its class token (position 0); SigLIP has none (an attention head pools)
-        return self.model.vision_model.encoder.layers, _mean_tokens if self.is_siglip else _class_token
+        return (
+            self.model.vision_model.encoder.layers,
+            _mean_tokens if self.is_siglip else _class_token,
+        )
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tok = self.processor.tokenizer
         if self.is_siglip:  # SigLIP pools the last position: pad to the trained length
-            enc = tok(texts, padding="max_length", max_length=self.model.config.text_config.max_position_embeddings, truncation=True, return_tensors="pt")
+            enc = tok(
+                texts,
+                padding="max_length",
+                max_length=self.model.config.text_config.max_position_embeddings,
+                truncation=True,
+                return_tensors="pt",
+            )
         else:
             enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}

@@ -22,44 +22,113 @@ from hierzoo.models.base import HierClassifier
 _HF_CLIP = {
     "clip-vit-l-14.openai": {
         "kind": "clip",
-        "text": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                 "num_attention_heads": 12, "max_position_embeddings": 77},
-        "vision": {"image_size": 224, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
-                   "num_hidden_layers": 24, "num_attention_heads": 16},
+        "text": {
+            "vocab_size": 49408,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 77,
+        },
+        "vision": {
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+        },
         "projection_dim": 768,
     },
     "siglip-so400m": {
         "kind": "siglip",
-        "text": {"vocab_size": 32000, "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                 "num_attention_heads": 16, "max_position_embeddings": 64},
-        "vision": {"image_size": 384, "patch_size": 14, "hidden_size": 1152, "intermediate_size": 4304,
-                   "num_hidden_layers": 27, "num_attention_heads": 16},
+        "text": {
+            "vocab_size": 32000,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "max_position_embeddings": 64,
+        },
+        "vision": {
+            "image_size": 384,
+            "patch_size": 14,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+        },
     },
     "siglip2-so400m": {
         "kind": "siglip",
-        "text": {"vocab_size": 256000, "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                 "num_attention_heads": 16, "max_position_embeddings": 64},
-        "vision": {"image_size": 384, "patch_size": 14, "hidden_size": 1152, "intermediate_size": 4304,
-                   "num_hidden_layers": 27, "num_attention_heads": 16},
+        "text": {
+            "vocab_size": 256000,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "max_position_embeddings": 64,
+        },
+        "vision": {
+            "image_size": 384,
+            "patch_size": 14,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+        },
     },
 }
 
 # Qwen2.5-VL language-model sizes (config.json of the Qwen/Qwen2.5-VL-*-Instruct checkpoints);
 # all four share the 32-block, 1280-wide vision tower.
 _QWEN2_5_VL = {
-    "qwen2.5-vl-3b": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                      "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
-    "qwen2.5-vl-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                      "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
-    "qwen2.5-vl-32b": {"hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64,
-                       "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064},
-    "qwen2.5-vl-72b": {"hidden_size": 8192, "intermediate_size": 29568, "num_hidden_layers": 80,
-                       "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 152064},
+    "qwen2.5-vl-3b": {
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-vl-7b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+    },
+    "qwen2.5-vl-32b": {
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+    },
+    "qwen2.5-vl-72b": {
+        "hidden_size": 8192,
+        "intermediate_size": 29568,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+    },
 }
 _QWEN2_5_VISION = {
-    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
-    "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-    "tokens_per_second": 2, "hidden_act": "silu",
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "hidden_act": "silu",
 }
 
 
@@ -70,7 +139,12 @@ def supported() -> list[str]:
 
 
 def build_random(
-    name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, size: str = "real", seed: int = 0,
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    size: str = "real",
+    seed: int = 0,
     batched_vision_attention: bool = True,
 ) -> HierClassifier:
     """A zoo model's architecture with random weights, as a ready ``HierClassifier``.
@@ -85,7 +159,9 @@ def build_random(
     if size not in ("real", "tiny"):
         raise ValueError(f"Expected `size` to be 'real' or 'tiny', but got {size!r}.")
     if name not in supported():
-        raise ValueError(f"No bundled architecture for {name!r}; --random-weights covers {supported()}.")
+        raise ValueError(
+            f"No bundled architecture for {name!r}; --random-weights covers {supported()}."
+        )
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     spec = ZOO[name]
@@ -97,7 +173,9 @@ def build_random(
     return _qwen2_5_vl(spec, device, dtype, size, batched_vision_attention)
 
 
-def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
+def _openclip(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str
+) -> HierClassifier:
     import open_clip
 
     from hierzoo.models.clip import OpenClipClassifier
@@ -112,12 +190,18 @@ def _openclip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: s
             model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
         tokenizer = open_clip.get_tokenizer(spec.arch)
     return OpenClipClassifier.from_model(
-        model, tokenizer, preprocess, name=f"{spec.name} (random weights)", device=device,
+        model,
+        tokenizer,
+        preprocess,
+        name=f"{spec.name} (random weights)",
+        device=device,
         dtype=dtype,
     )
 
 
-def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str) -> HierClassifier:
+def _hf_clip(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str
+) -> HierClassifier:
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -135,18 +219,41 @@ def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: st
     arch = _HF_CLIP[spec.name]
     text, vision = dict(arch["text"]), dict(arch["vision"])
     if size == "tiny":
-        text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-        vision.update(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2)
+        text.update(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+        )
+        vision.update(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
     side = vision["image_size"]
     if arch["kind"] == "clip":
-        tok = _bpe_tokenizer({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                              "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
-        text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        config = CLIPConfig(text_config=text, vision_config=vision,
-                            projection_dim=arch.get("projection_dim", 16) if size == "real" else 16)
+        tok = _bpe_tokenizer(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+        text.update(
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        config = CLIPConfig(
+            text_config=text,
+            vision_config=vision,
+            projection_dim=arch.get("projection_dim", 16) if size == "real" else 16,
+        )
         processor = CLIPProcessor(
-            image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+            image_processor=CLIPImageProcessor(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+            ),
             tokenizer=tok,
         )
         model_cls = CLIPModel
@@ -155,15 +262,19 @@ def _hf_clip(spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: st
         text.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
         config = SiglipConfig(text_config=text, vision_config=vision)
         processor = SiglipProcessor(
-            image_processor=SiglipImageProcessor(size={"height": side, "width": side}, image_mean=[0.5] * 3,
-                                                 image_std=[0.5] * 3),
+            image_processor=SiglipImageProcessor(
+                size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+            ),
             tokenizer=tok,
         )
         model_cls = SiglipModel
     with torch.device(device):
         model = model_cls(config)
     return HFClipClassifier.from_model(
-        model, processor, name=f"{spec.name} (random weights)", device=device,
+        model,
+        processor,
+        name=f"{spec.name} (random weights)",
+        device=device,
         dtype=dtype,
     )
 
@@ -181,7 +292,11 @@ def qwen_image_processor() -> Any:
 
 
 def _qwen2_5_vl(
-    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str, batched_vision_attention: bool
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: str,
+    batched_vision_attention: bool,
 ) -> HierClassifier:
     from transformers import (
         Qwen2_5_VLConfig,
@@ -198,18 +313,26 @@ def _qwen2_5_vl(
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
         processor = __import__("transformers").AutoProcessor.from_pretrained(path)
         return Qwen2_5_VLClassifier(
-            model.eval(), processor, name=f"{spec.name} (tiny random weights)",
+            model.eval(),
+            processor,
+            name=f"{spec.name} (tiny random weights)",
             batched_vision_attention=batched_vision_attention,
         )
     tokenizer = tiny._qwen_tokenizer(vocab_size=8192, texts=_prompt_corpus())
     text = dict(_QWEN2_5_VL[spec.name])
     text.update(
-        max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     vision = dict(_QWEN2_5_VISION, out_hidden_size=text["hidden_size"])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tiny._qwen_vision_token_ids(tokenizer))
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, **tiny._qwen_vision_token_ids(tokenizer)
+    )
     config.tie_word_embeddings = bool(text.get("tie_word_embeddings", False))
     default_dtype = torch.get_default_dtype()
     try:
@@ -226,7 +349,10 @@ def _qwen2_5_vl(
     )
     processor.tokenizer.chat_template = processor.chat_template
     return Qwen2_5_VLClassifier(
-        model.eval(), processor, name=f"{spec.name} (random weights)", spec=spec,
+        model.eval(),
+        processor,
+        name=f"{spec.name} (random weights)",
+        spec=spec,
         batched_vision_attention=batched_vision_attention,
     )
 
@@ -243,8 +369,10 @@ def _prompt_corpus() -> list[str]:
     texts = texts * 20
     for name in bundled_taxonomies():
         tax = load_taxonomy(name)
-        texts += [" ".join(tax.names[i:i + 50]) for i in range(0, tax.n_nodes, 50)]
-        texts += [" ".join(n.lower() for n in tax.names[i:i + 50]) for i in range(0, tax.n_nodes, 50)]
+        texts += [" ".join(tax.names[i : i + 50]) for i in range(0, tax.n_nodes, 50)]
+        texts += [
+            " ".join(n.lower() for n in tax.names[i : i + 50]) for i in range(0, tax.n_nodes, 50)
+        ]
     return texts
 
 

@@ -237,7 +237,8 @@ def _train_tokenizer(
 
 
 def _save(out_dir: str | PathLike[str], model: PreTrainedModel, processor: ProcessorMixin) -> Path:
-    """Save ``model`` and ``processor`` (chat template set on it and its tokenizer) to ``out_dir``."""
+    """Save ``model`` and ``processor`` (chat template set on it and its tokenizer) to
+    ``out_dir``."""
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     processor.tokenizer.chat_template = processor.chat_template

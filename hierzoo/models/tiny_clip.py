@@ -21,24 +21,43 @@ import torch
 __all__ = ["build_tiny_hf_clip", "build_tiny_openclip", "build_tiny_siglip", "tiny_openclip_config"]
 
 _WORDS = (
-    "a photo of a the bird animal plant food object order family genus species kingdom phylum class "
-    "albatross sparrow warbler gull tern heron wren jay crow raven finch dog cat oak fern rose pizza "
-    "procellariiformes passeriformes diomedeidae corvidae phoebastria corvus black footed laysan sooty "
+    "a photo of a the bird animal plant food object order family genus species kingdom phylum "
+    "class "
+    "albatross sparrow warbler gull tern heron wren jay crow raven finch dog cat oak fern rose "
+    "pizza "
+    "procellariiformes passeriformes diomedeidae corvidae phoebastria corvus black footed laysan "
+    "sooty "
 )
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def tiny_openclip_config(image_size: int = 32, width: int = 64, layers: int = 2, embed_dim: int = 32) -> dict[str, Any]:
+def tiny_openclip_config(
+    image_size: int = 32, width: int = 64, layers: int = 2, embed_dim: int = 32
+) -> dict[str, Any]:
     """An open_clip ``model_cfg`` for a tiny ViT CLIP."""
     return {
         "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers},
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": layers,
+            "width": width,
+            "patch_size": 8,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": 2,
+            "layers": layers,
+        },
     }
 
 
-def build_tiny_openclip(out_dir: str | PathLike[str], seed: int = 0, model_cfg: dict[str, Any] | None = None) -> Path:
+def build_tiny_openclip(
+    out_dir: str | PathLike[str], seed: int = 0, model_cfg: dict[str, Any] | None = None
+) -> Path:
     """Write a random-weight open_clip model in the hub-snapshot layout; returns the directory."""
     import open_clip
     from safetensors.torch import save_file
@@ -51,9 +70,19 @@ def build_tiny_openclip(out_dir: str | PathLike[str], seed: int = 0, model_cfg: 
     with torch.no_grad():
         # a visible logit scale, so a bug that drops it changes the probabilities
         model.logit_scale.fill_(torch.log(torch.tensor(50.0)))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
-    preprocess = {"mean": list(_CLIP_MEAN), "std": list(_CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}, indent=2))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        out / "open_clip_model.safetensors",
+    )
+    preprocess = {
+        "mean": list(_CLIP_MEAN),
+        "std": list(_CLIP_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}, indent=2)
+    )
     return out
 
 
@@ -74,37 +103,65 @@ def _bpe_tokenizer(special: dict[str, str], vocab_size: int = 300):
 
 
 def build_tiny_hf_clip(out_dir: str | PathLike[str], seed: int = 0) -> Path:
-    """Write a random-weight transformers ``CLIPModel`` + ``CLIPProcessor``; returns the directory."""
+    """Write a random-weight transformers ``CLIPModel`` + ``CLIPProcessor``; returns the
+    directory."""
     from tokenizers import processors
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     out = Path(out_dir)
-    tokenizer = _bpe_tokenizer({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+    tokenizer = _bpe_tokenizer(
+        {
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }
+    )
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
     )
     tokenizer.model_max_length = 32
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": bos, "eos_token_id": eos,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
         projection_dim=16,
         logit_scale_init_value=float(torch.log(torch.tensor(50.0))),
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                         image_mean=list(_CLIP_MEAN), image_std=list(_CLIP_STD))
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(_CLIP_MEAN),
+        image_std=list(_CLIP_STD),
+    )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     model.save_pretrained(out)
     return out
 
 
 def build_tiny_siglip(out_dir: str | PathLike[str], seed: int = 0) -> Path:
-    """Write a random-weight transformers ``SiglipModel`` + ``SiglipProcessor``; returns the directory.
+    """Write a random-weight transformers ``SiglipModel`` + ``SiglipProcessor``; returns the
+    directory.
 
     SigLIP pools the last token, so its text is padded to ``max_length`` (64 here).
     """
@@ -119,18 +176,35 @@ def build_tiny_siglip(out_dir: str | PathLike[str], seed: int = 0) -> Path:
     )
     tokenizer.model_max_length = 64
     config = SiglipConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 64, "pad_token_id": tokenizer.pad_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None, "projection_size": 32},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": None,
+            "projection_size": 32,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
     )
     torch.manual_seed(seed)
     model = SiglipModel(config)
     with torch.no_grad():
         model.logit_scale.fill_(torch.log(torch.tensor(10.0)))
         model.logit_bias.fill_(-2.0)
-    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_processor = SiglipImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     model.save_pretrained(out)
     return out

@@ -303,10 +303,14 @@ class VisionLLMClassifier(HierClassifier):
         """
         from hierzoo.models._factory import resolve_dtype
 
-        clip_only = sorted({"decode_on_device", "normalize_on_device", "worker_decode", "cache_dir", "templates"} & kwargs.keys())
+        clip_only = sorted(
+            {"decode_on_device", "normalize_on_device", "worker_decode", "cache_dir", "templates"}
+            & kwargs.keys()
+        )
         if clip_only:
             raise ValueError(
-                f"{', '.join(clip_only)}: options of CLIP-style models, but {spec.name!r} is a vision LLM; "
+                f"{', '.join(clip_only)}: options of CLIP-style models, but {spec.name!r} is a "
+                "vision LLM; "
                 "drop them (its images go through the model's own processor)."
             )
         transformers = _import_transformers()
@@ -316,7 +320,8 @@ class VisionLLMClassifier(HierClassifier):
         if config.model_type != cls.model_type:
             raise ValueError(
                 f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
-                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its family."
+                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its "
+                "family."
             )
         processor = transformers.AutoProcessor.from_pretrained(spec.location, **hub)
         model = getattr(transformers, cls.model_class).from_pretrained(
@@ -692,7 +697,9 @@ class VisionLLMClassifier(HierClassifier):
 
     def _images_on_device(self) -> bool:
         """Whether images go through the processor on the model's device (see the attribute)."""
-        on = self.device.type == "cuda" if self.process_on_device is None else self.process_on_device
+        on = (
+            self.device.type == "cuda" if self.process_on_device is None else self.process_on_device
+        )
         if not on:
             return False
         import typing
@@ -989,12 +996,14 @@ class VisionLLMClassifier(HierClassifier):
             return {}
         if taxonomy is None:
             raise SiteError(
-                f"Answer sites ({[s.name for s in sites if s.kind == 'llm-answer']}) ask the question of a "
+                f"Answer sites ({[s.name for s in sites if s.kind == 'llm-answer']}) ask the "
+                "question of a "
                 "taxonomy level: pass taxonomy=."
             )
         if levels[-1] >= taxonomy.depth:
             raise SiteError(
-                f"Expected answer-site levels in 0..{taxonomy.depth - 1} (taxonomy {taxonomy.name!r} has "
+                f"Expected answer-site levels in 0..{taxonomy.depth - 1} (taxonomy "
+                f"{taxonomy.name!r} has "
                 f"{taxonomy.depth} levels), but got {levels[-1]}."
             )
         key, variant = self._prompt_key(taxonomy)
@@ -1183,7 +1192,8 @@ class VisionLLMClassifier(HierClassifier):
                 ids = tok(name + tail, add_special_tokens=False)["input_ids"]
                 if ids[: len(name_ids)] != name_ids:
                     raise ValueError(
-                        f"The tokens of {name!r} merge with the end of the user turn for {self.name!r}; "
+                        f"The tokens of {name!r} merge with the end of the user turn for "
+                        f"{self.name!r}; "
                         "its hidden states cannot be told apart."
                     )
                 rows.append(
