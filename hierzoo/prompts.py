@@ -60,8 +60,16 @@ def paper_prompts() -> dict[str, Any]:
 
 
 def taxonomies() -> list[str]:
-    """Names of the taxonomies with the paper's own prompts (the bundled taxonomy names)."""
+    """Names of the taxonomies with their own prompts in ``prompts.json`` (every bundled
+    taxonomy): the paper's six (:func:`paper_taxonomies`) and hierzoo's own, whose entries say
+    ``"source": "hierzoo"``."""
     return list(paper_prompts()["taxonomies"])
+
+
+def paper_taxonomies() -> list[str]:
+    """Names of the taxonomies whose prompts are the paper's (not marked as hierzoo's)."""
+    table = paper_prompts()["taxonomies"]
+    return [name for name, entry in table.items() if entry.get("source") != "hierzoo"]
 
 
 def _entry(taxonomy: str | None) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def _entry(taxonomy: str | None) -> dict[str, Any]:
     table = paper_prompts()["taxonomies"]
     if taxonomy not in table:
         raise ValueError(
-            f"Expected `taxonomy` to be one of {list(table)} (the paper's prompts) or None "
+            f"Expected `taxonomy` to be one of {list(table)} (prompts in prompts.json) or None "
             f"(generic prompts), but got {taxonomy!r}."
         )
     return table[taxonomy]

@@ -30,8 +30,7 @@ from hierzoo.tasks import (
     QuestionError,
     build_questions,
     read_questions,
-    samples_from_csv,
-    samples_from_folder,
+    samples_from_images,
     validate_questions,
     write_questions,
 )
@@ -164,10 +163,7 @@ def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
             )
         built = out / "questions.jsonl"
         if d.main and not built.exists():
-            if cfg.labels:
-                pairs = samples_from_csv(cfg.labels, image_root=cfg.images)
-            else:
-                pairs = samples_from_folder(cfg.images, taxonomy)
+            pairs = samples_from_images(cfg.images, taxonomy, labels=cfg.labels)
             qs = build_questions(taxonomy, pairs, distractors=cfg.distractors, seed=cfg.seed)
             out.mkdir(parents=True, exist_ok=True)
             write_questions(qs, built)

@@ -220,7 +220,8 @@ def validate_questions(
 
     Checks, per question and level: the label is a leaf; the level's answer is among its
     options; the answer is the label's node at that level; every option names a node of that
-    level; no option is repeated. Names are compared case-insensitively.
+    level; no option is repeated. Names are compared case-insensitively, and a node's synonym
+    counts as its name.
     """
     problems: list[str] = []
     level_names = taxonomy._level_name_ids
@@ -255,12 +256,12 @@ def validate_questions(
                 )
                 continue
             true_name = taxonomy.names[path[lev]]
-            if true_name.lower() != ans.lower():
+            if path[lev] not in level_names[lev].get(ans.strip().lower(), []):
                 problems.append(
                     f"{where}: level{k + 1} answer {ans!r} is not {q.label!r}'s node at that level "
                     f"({true_name!r}); check the taxonomy or first_level"
                 )
-            missing = [o for o in opts if o.lower() not in level_names[lev]]
+            missing = [o for o in opts if o.strip().lower() not in level_names[lev]]
             if missing:
                 problems.append(
                     f"{where}: options {missing!r} of level{k + 1} are not nodes of that level of "
@@ -363,6 +364,212 @@ def _nodes_under(taxonomy: Taxonomy) -> dict[tuple[int, int], np.ndarray]:
         for anc in taxonomy.ancestors(nid)[:-1]:
             groups.setdefault((lev, anc), []).append(nid)
     return {k: np.asarray(v) for k, v in groups.items()}
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+"""File extensions read as images (case-insensitive) when scanning a folder."""
+
+
+def samples_from_images(
+    images: str | Path | None,
+    taxonomy: Taxonomy,
+    labels: str | Path | None = None,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> list[tuple[str, str]]:
+    """(image, leaf) pairs for ``hierzoo eval --images DIR [--labels FILE]``, whatever the layout.
+
+    - ``labels``: a CSV of ``image,leaf`` (:func:`samples_from_csv`; relative paths are relative
+      to ``images``); with the ``oxford-pets`` taxonomy also a list in the dataset's own format
+      (``annotations/list.txt``, ``trainval.txt``, ``test.txt``), naming ``images/NAME.jpg``.
+    - A folder of sub-folders: the ImageFolder layout, one sub-folder per leaf
+      (:func:`samples_from_folder`).
+    - A flat folder of image files: the label is in each file name, ``<Leaf_name>_<n>.<ext>``
+      (the Oxford-IIIT Pet layout, ``american_bulldog_12.jpg``). With ``oxford-pets``, the
+      dataset's ``annotations/list.txt`` beside the folder, when present, gives the labels instead
+      (and which images are labelled); ``DIR`` may also be the dataset's folder that holds
+      ``images/`` and ``annotations/``.
+
+    Raises:
+        QuestionError: a folder or file that names no leaf, a malformed label file, or a folder
+            that mixes image files and sub-folders, naming the culprit and the fix.
+    """
+    if labels is not None:
+        if taxonomy.name == OXFORD_PETS and _is_pet_list(Path(labels)):
+            folder = _pet_images_folder(Path(images)) if images is not None else Path(".")
+            return _samples_from_pet_list(Path(labels), folder, taxonomy, must_exist=False)
+        return samples_from_csv(labels, image_root=images)
+    if images is None:
+        raise QuestionError("Give --images DIR (and optionally --labels FILE).")
+    root = Path(images)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No image folder at {str(root)!r}.")
+    if taxonomy.name == OXFORD_PETS:
+        root = _pet_images_folder(root)
+    exts = {e.lower() for e in extensions}
+    files = sorted(
+        p for p in root.iterdir() if p.suffix.lower() in exts and p.is_file() and p.name[0] != "."
+    )
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name[0] != "."]
+    if files and folders:
+        raise QuestionError(
+            f"{str(root)!r} holds both image files (such as {files[0].name!r}) and sub-folders "
+            f"(such as {folders[0].name!r}); hierzoo reads either one sub-folder per leaf or one "
+            "flat folder of <Leaf_name>_<n> files. Move one kind out, or pass --labels CSV."
+        )
+    if not files:
+        return samples_from_folder(root, taxonomy, extensions)
+    listing = root.parent / "annotations" / "list.txt"
+    if taxonomy.name == OXFORD_PETS and listing.is_file():
+        return _samples_from_pet_list(listing, root, taxonomy, must_exist=True, present=files)
+    return _samples_from_file_names(files, root, taxonomy)
+
+
+def _samples_from_file_names(
+    files: Sequence[Path], root: Path, taxonomy: Taxonomy
+) -> list[tuple[str, str]]:
+    out, bad = [], []
+    for f in files:
+        leaf, why = _file_label(f.stem, taxonomy)
+        if leaf is None:
+            bad.append(f"{f.name!r}: {why}")
+        else:
+            out.append((str(f), leaf))
+    if bad:
+        shown = "\n  - ".join(bad[:5]) + ("\n  - ..." if len(bad) > 5 else "")
+        raise QuestionError(
+            f"{len(bad)} files in {str(root)!r} name no leaf of taxonomy {taxonomy.name!r}:\n  - "
+            f"{shown}\nIn a flat folder each file is named <Leaf_name>_<n>.<ext> (the Oxford-IIIT "
+            "Pet layout: american_bulldog_12.jpg); rename or move those files, or pass "
+            "--labels CSV."
+        )
+    return out
+
+
+def _file_label(stem: str, taxonomy: Taxonomy) -> tuple[str | None, str]:
+    """The leaf a ``<Leaf_name>_<n>`` file stem names, or ``None`` and why not."""
+    import re
+
+    m = re.fullmatch(r"(.+?)_(\d+)", stem)
+    if m is None:
+        return None, "the name does not end in _<n> (a number)"
+    name = m.group(1)
+    leaf = _match_leaf(name, taxonomy)
+    if leaf is not None:
+        return leaf, ""
+    from difflib import get_close_matches
+
+    loose = {_loose(lab): lab for lab in taxonomy.labels}
+    close = [loose[c] for c in get_close_matches(_loose(name), list(loose), n=3)]
+    return None, f"{name!r} is not a leaf" + (f" (closest: {close})" if close else "")
+
+
+def _match_leaf(name: str, taxonomy: Taxonomy) -> str | None:
+    """The label of the leaf a name means: a label, leaf name or synonym, case-insensitively,
+    else with ``_``, ``-`` and spaces read alike; ``None`` when none."""
+    try:
+        return taxonomy.labels[taxonomy.leaf_index(name)]
+    except ValueError:
+        pass
+    loose = {_loose(lab): lab for lab in taxonomy.labels}
+    return loose.get(_loose(name))
+
+
+OXFORD_PETS = "oxford-pets"
+_PET_SPECIES = {1: ("cat", "Felis catus"), 2: ("dog", "Canis familiaris")}
+
+
+def _pet_images_folder(root: Path) -> Path:
+    """The folder of the images: ``root`` itself, or ``root/images`` when ``root`` is the
+    dataset's folder (``images/``, and ``annotations/`` beside it)."""
+    inner = root / "images"
+    if inner.is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
+        return inner
+    return root
+
+
+def _is_pet_list(path: Path) -> bool:
+    """Whether a label file is in the Oxford-IIIT Pet format: ``Image CLASS-ID SPECIES BREED-ID``
+    lines, ``#`` comments."""
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                parts = line.split()
+                return len(parts) == 4 and all(p.isdigit() for p in parts[1:])
+    return False
+
+
+def _samples_from_pet_list(
+    listing: Path,
+    folder: Path,
+    taxonomy: Taxonomy,
+    *,
+    must_exist: bool,
+    present: Sequence[Path] = (),
+) -> list[tuple[str, str]]:
+    """Pairs from an Oxford-IIIT Pet list file. CLASS-ID ``k`` is the ``k``-th breed of the
+    bundled taxonomy (the dataset numbers its breeds alphabetically, as the taxonomy lists
+    them); each line's CLASS-ID and SPECIES are checked against its image name.
+
+    With ``must_exist``, only the listed images among ``present`` are kept, and a warning
+    counts the images left out on either side."""
+    import warnings
+
+    from hierzoo.taxonomy import load_taxonomy
+
+    classes = load_taxonomy(OXFORD_PETS).labels
+    on_disk = {p.stem: p for p in present}
+    out: list[tuple[str, str]] = []
+    missing: list[str] = []
+    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        where = f"{listing}:{lineno}"
+        parts = line.split()
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+            raise QuestionError(
+                f"{where}: expected 'Image CLASS-ID SPECIES BREED-ID' (the dataset's list format, "
+                f"four fields, the last three numbers), but got {line!r}."
+            )
+        name, class_id, species = parts[0], int(parts[1]), int(parts[2])
+        if not 1 <= class_id <= len(classes):
+            raise QuestionError(
+                f"{where}: class {class_id} of {name!r} is outside 1..{len(classes)}, the "
+                "dataset's class ids."
+            )
+        leaf = classes[class_id - 1]
+        by_name, _ = _file_label(name, taxonomy)
+        if by_name is not None and by_name != leaf:
+            raise QuestionError(
+                f"{where}: image {name!r} is given class {class_id} ({leaf!r}), but its name says "
+                f"{by_name!r}; fix the line (class ids number the breeds alphabetically)."
+            )
+        leaf_node = int(taxonomy.leaf_ids[taxonomy.leaf_index(leaf)])
+        lineage = {n.lower() for n in taxonomy.path_names(leaf_node)}
+        expected = 1 if _PET_SPECIES[1][1].lower() in lineage else 2
+        if species != expected:
+            kind = _PET_SPECIES.get(species, ("unknown",))[0]
+            raise QuestionError(
+                f"{where}: image {name!r} is given species {species} ({kind}), but {leaf!r} is a "
+                f"{_PET_SPECIES[expected][0]} (species {expected}); 1 is cat, 2 is dog."
+            )
+        if must_exist and name not in on_disk:
+            missing.append(name)
+            continue
+        image = on_disk.get(name, folder / f"{name}.jpg")
+        out.append((str(image), leaf))
+    if must_exist:
+        kept = {Path(p).stem for p, _ in out}
+        unlisted = sorted(on_disk[n].name for n in set(on_disk) - kept)
+        for names, what in ((unlisted, f"are not in {listing}"), (missing, "listed are missing")):
+            if names:
+                warnings.warn(
+                    f"{len(names)} image(s) of {str(folder)!r} {what} (such as {names[0]!r}); "
+                    "left out.",
+                    stacklevel=3,
+                )
+    return out
 
 
 def samples_from_folder(

@@ -13,6 +13,10 @@ Two consequences, both needed by the bundled data:
 Names are compared case-insensitively everywhere; the first spelling seen is kept for display.
 Node ids are grouped by level: the nodes of level ``k`` are the contiguous range
 ``level_offsets[k]:level_offsets[k + 1]``, in order of first appearance in the source file.
+
+A node may have synonyms: other names that find it (Oxford-Pets' "american_bulldog" for "American
+Bulldog"). A synonym names exactly one node, never another node's name at the same level; node
+names and leaf labels come first in a lookup, then synonyms.
 """
 
 from __future__ import annotations
@@ -20,29 +24,67 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 PATH_SEPARATOR = " > "
 
+_PAPER = "the paper's {} (github.com/yuanqing-ai/LLM-Hierarchical-Consistency, MIT licence)"
+_LINNAEAN = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+class Bundled(NamedTuple):
+    """A taxonomy that ships with hierzoo: its data file, rank names, source and origin."""
+
+    file: str
+    ranks: tuple[str, ...] | None
+    source: str
+    paper: bool
+    """Whether it is one of the paper's six taxonomies (``False``: hierzoo's own)."""
+
+
 BUNDLED = {
-    "cub200": ("hierarchy_CUB200.json", ("order", "family", "genus", "species")),
-    "inat21-animal": (
-        "hierarchy_Inat_animal.json",
-        ("kingdom", "phylum", "class", "order", "family", "genus", "species"),
+    "cub200": Bundled(
+        "hierarchy_CUB200.json",
+        ("order", "family", "genus", "species"),
+        _PAPER.format("hierarchy_CUB200.json"),
+        True,
     ),
-    "inat21-plant": (
-        "hierarchy_Inat_plantae.json",
-        ("kingdom", "phylum", "class", "order", "family", "genus", "species"),
+    "inat21-animal": Bundled(
+        "hierarchy_Inat_animal.json", _LINNAEAN, _PAPER.format("hierarchy_Inat_animal.json"), True
     ),
-    "imagenet-animal": ("hierarchy_imagenet_animal.json", None),
-    "imagenet-artifact": ("hierarchy_imagenet_artifact.json", None),
-    "food101": ("hierarchy_Food.json", None),
+    "inat21-plant": Bundled(
+        "hierarchy_Inat_plantae.json", _LINNAEAN, _PAPER.format("hierarchy_Inat_plantae.json"), True
+    ),
+    "imagenet-animal": Bundled(
+        "hierarchy_imagenet_animal.json",
+        None,
+        _PAPER.format("hierarchy_imagenet_animal.json") + ", from WordNet",
+        True,
+    ),
+    "imagenet-artifact": Bundled(
+        "hierarchy_imagenet_artifact.json",
+        None,
+        _PAPER.format("hierarchy_imagenet_artifact.json") + ", from WordNet",
+        True,
+    ),
+    "food101": Bundled("hierarchy_Food.json", None, _PAPER.format("hierarchy_Food.json"), True),
+    "oxford-pets": Bundled(
+        "hierarchy_oxford_pets.json",
+        ("kingdom", "phylum", "class", "order", "family", "species", "breed"),
+        "hierzoo's: the Oxford-IIIT Pet Dataset's 37 breeds under their Linnaean lineage (the "
+        "study's own Oxford-Pets taxonomy is not public); sources per level in "
+        "hierarchy_oxford_pets.json and docs/taxonomies.md",
+        False,
+    ),
 }
+"""Bundled taxonomies by name. Each entry is a :class:`Bundled` tuple; ``entry[1]`` is the rank
+names (``None`` for the WordNet and Food-101 taxonomies)."""
 
 
 class TaxonomyError(ValueError):
@@ -65,6 +107,10 @@ class Taxonomy:
         labels: the label of every leaf (the key of the source file), aligned with ``leaf_ids``.
         ranks: rank names per level (``("order", "family", ...)``) or ``None``.
         name: the bundled name or the file's stem.
+        synonyms: other names of nodes, ``{synonym: node id}``, found by every lookup
+            (``node``, ``find``, ``leaf_index``) and by the metrics' name encoding.
+        source: where the taxonomy comes from (a bundled one's origin, or the file it was read
+            from).
     """
 
     names: tuple[str, ...]
@@ -74,6 +120,8 @@ class Taxonomy:
     labels: tuple[str, ...]
     ranks: tuple[str, ...] | None = None
     name: str | None = None
+    synonyms: Mapping[str, int] = field(default_factory=dict)
+    source: str | None = None
     _label_index: dict[str, int] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- construction
@@ -84,10 +132,17 @@ class Taxonomy:
         *,
         ranks: Sequence[str] | None = None,
         name: str | None = None,
+        synonyms: Mapping[str, str | Sequence[str]] | None = None,
+        source: str | None = None,
     ) -> Taxonomy:
         """Build from leaf paths: ``{label: [top, ..., leaf]}`` or an iterable of paths.
 
         A label (the key) may differ from its path's last element; it stays an alias of the leaf.
+        ``synonyms`` maps other names to the node each one names (a name, a label, or a path
+        ``"a > b"`` / ``["a", "b"]``).
+
+        Raises:
+            TaxonomyError: a malformed path or synonym, naming it.
         """
         items = (
             list(paths.items())
@@ -181,7 +236,7 @@ class Taxonomy:
                     f"Expected {depth} rank names (one per level), but got {len(ranks)}: "
                     f"{list(ranks)!r}."
                 )
-        return cls(
+        tax = cls(
             names=tuple(raw_names[i] for i in order),
             parent=parent,
             level=raw_level_arr[order],
@@ -189,8 +244,52 @@ class Taxonomy:
             labels=tuple(labels),
             ranks=ranks,
             name=name,
+            source=source,
             _label_index=label_index,
         )
+        if not synonyms:
+            return tax
+        return replace(tax, synonyms=tax._resolve_synonyms(synonyms))
+
+    def _resolve_synonyms(self, synonyms: Mapping[str, str | Sequence[str]]) -> dict[str, int]:
+        if not isinstance(synonyms, Mapping):
+            raise TaxonomyError(
+                "Expected `synonyms` to be an object {synonym: node name or path}, but got "
+                f"{synonyms!r}."
+            )
+        out: dict[str, int] = {}
+        owner: dict[str, int] = {}
+        for syn, target in synonyms.items():
+            if not isinstance(syn, str) or not syn.strip():
+                raise TaxonomyError(
+                    f"Expected every synonym to be a non-empty string, but got {syn!r} (for "
+                    f"{target!r})."
+                )
+            if not isinstance(target, (str, list, tuple)):
+                raise TaxonomyError(
+                    f"Synonym {syn!r} names {target!r}; expected a node name or a path (a list "
+                    "of names from the top level down)."
+                )
+            try:
+                nid = self.node(target)
+            except TaxonomyError as e:
+                raise TaxonomyError(f"Synonym {syn!r} names no single node: {e}") from None
+            key = _norm(syn)
+            if owner.setdefault(key, nid) != nid:
+                raise TaxonomyError(
+                    f"Synonym {syn!r} is given for two nodes, "
+                    f"{PATH_SEPARATOR.join(self.path_names(owner[key]))!r} and "
+                    f"{PATH_SEPARATOR.join(self.path_names(nid))!r}; a synonym names one node."
+                )
+            taken = self._level_name_ids[int(self.level[nid])].get(key, [])
+            if any(other != nid for other in taken):
+                raise TaxonomyError(
+                    f"Synonym {syn!r} of {PATH_SEPARATOR.join(self.path_names(nid))!r} is already "
+                    f"the name of {PATH_SEPARATOR.join(self.path_names(taken[0]))!r} at the same "
+                    "level; drop the synonym or rename one node."
+                )
+            out[syn.strip()] = nid
+        return out
 
     @classmethod
     def from_tree(
@@ -199,6 +298,7 @@ class Taxonomy:
         *,
         ranks: Sequence[str] | None = None,
         name: str | None = None,
+        source: str | None = None,
     ) -> Taxonomy:
         """Build from a nested tree: ``{"Aves": {"Passeriformes": ["Corvus corax", ...]}}``.
 
@@ -228,7 +328,7 @@ class Taxonomy:
                 )
 
         walk(tree, [])
-        return cls.from_paths(dict(_unique_pairs(paths)), ranks=ranks, name=name)
+        return cls.from_paths(dict(_unique_pairs(paths)), ranks=ranks, name=name, source=source)
 
     @classmethod
     def from_parents(
@@ -237,6 +337,7 @@ class Taxonomy:
         *,
         ranks: Sequence[str] | None = None,
         name: str | None = None,
+        source: str | None = None,
     ) -> Taxonomy:
         """Build from child -> parent edges (``None`` for a top-level node); names are node ids
         here.
@@ -273,7 +374,7 @@ class Taxonomy:
         missing = [k for k in parents if _norm(k) not in covered]
         if missing:
             raise TaxonomyError(f"The parent links form a cycle through {missing[0]!r}.")
-        return cls.from_paths(paths, ranks=ranks, name=name)
+        return cls.from_paths(paths, ranks=ranks, name=name, source=source)
 
     # ----------------------------------------------------------------- basic shape
     @property
@@ -376,15 +477,23 @@ class Taxonomy:
 
     @cached_property
     def _level_name_ids(self) -> list[dict[str, list[int]]]:
+        """Per level, ``{lower-cased name or synonym: node ids}`` (the metrics' name encoding)."""
         out: list[dict[str, list[int]]] = [{} for _ in range(self.depth)]
         for nid, n in enumerate(self.names):
             out[int(self.level[nid])].setdefault(_norm(n), []).append(nid)
+        for syn, nid in self.synonyms.items():
+            out[int(self.level[nid])].setdefault(_norm(syn), [nid])
         return out
+
+    @cached_property
+    def _synonym_index(self) -> dict[str, int]:
+        return {_norm(syn): nid for syn, nid in self.synonyms.items()}
 
     def find(self, name: str, level: int | None = None) -> list[int]:
         """All node ids named ``name`` (case-insensitive), optionally only at one level.
 
-        Leaf labels (keys of the source file) are found too.
+        Leaf labels (keys of the source file) and synonyms are found too, when no node has the
+        name.
         """
         key = _norm(name)
         if PATH_SEPARATOR.strip() in name and key not in self._by_name:
@@ -398,6 +507,10 @@ class Taxonomy:
             leaf = int(self.leaf_ids[self._label_index[key]])
             if level is None or self.level[leaf] == level:
                 ids = [leaf]
+        if not ids and key in self._synonym_index:
+            nid = self._synonym_index[key]
+            if level is None or self.level[nid] == level:
+                ids = [nid]
         return list(ids)
 
     def _find_path(self, parts: Sequence[str], level: int | None) -> list[int]:
@@ -501,7 +614,11 @@ class Taxonomy:
         }
         depth = int(self.leaf_depth[keep].max())
         ranks = self.ranks[:depth] if self.ranks else None
-        return Taxonomy.from_paths(paths, ranks=ranks, name=self.name)
+        kept_nodes = set(self.paths[keep].ravel().tolist())
+        synonyms = {s: self.path_names(n) for s, n in self.synonyms.items() if n in kept_nodes}
+        return Taxonomy.from_paths(
+            paths, ranks=ranks, name=self.name, synonyms=synonyms, source=self.source
+        )
 
     def to_paths(self) -> dict[str, list[str]]:
         """``{label: [top, ..., leaf]}``, the paper's file format."""
@@ -556,8 +673,9 @@ def load_taxonomy(
         name_or_path: a bundled name (see :func:`bundled_taxonomies`) or a file path.
         ranks: rank names per level, overriding what the file says.
         format: ``"paths"``, ``"tree"``, ``"parents"`` or ``"csv"``; guessed when ``None``:
-            - ``paths``: JSON ``{leaf: [top, ..., leaf]}`` (the paper's format), or
-              ``{"ranks": [...], "paths": {...}}``;
+            - ``paths``: JSON ``{leaf: [top, ..., leaf]}`` (the paper's format), or an object
+              ``{"paths": {...}, "ranks": [...], "synonyms": {...}, "source": "..."}`` (all
+              but ``paths`` optional; ``synonyms`` maps other names to the node each names);
             - ``tree``: nested JSON (``{"Aves": {"Passeriformes": ["Corvus corax", ...]}}``);
             - ``parents``: JSON ``{node: parent_or_null}``;
             - ``csv``: one column per rank (the header gives the rank names), one row per leaf,
@@ -565,11 +683,19 @@ def load_taxonomy(
     """
     key = str(name_or_path).lower()
     if key in BUNDLED:
-        fname, bundled_ranks = BUNDLED[key]
-        text = (
-            resources.files("hierzoo.data.taxonomies").joinpath(fname).read_text(encoding="utf-8")
+        entry = BUNDLED[key]
+        text = resources.files("hierzoo.data.taxonomies").joinpath(entry.file).read_text("utf-8")
+        data = json.loads(text)
+        synonyms = None
+        if isinstance(data.get("paths"), Mapping):
+            data, synonyms = data["paths"], data.get("synonyms")
+        return Taxonomy.from_paths(
+            data,
+            ranks=ranks or entry.ranks,
+            name=key,
+            synonyms=synonyms,
+            source=entry.source,
         )
-        return Taxonomy.from_paths(json.loads(text), ranks=ranks or bundled_ranks, name=key)
     path = Path(name_or_path)
     if not path.is_file():
         from difflib import get_close_matches
@@ -593,16 +719,21 @@ def load_taxonomy(
             f"{path} holds {type(data).__name__} {str(data)[:60]!r}; expected a JSON object "
             "(leaf -> path, a nested tree, or node -> parent)."
         )
+    source = str(path)
     if isinstance(data.get("paths"), Mapping):
         ranks = ranks or data.get("ranks")
-        data = data["paths"]
-        format = "paths"
+        if isinstance(data.get("source"), str):
+            source = f"{path}: {data['source']}"
+        synonyms = data.get("synonyms")
+        return Taxonomy.from_paths(
+            data["paths"], ranks=ranks, name=path.stem, synonyms=synonyms, source=source
+        )
     format = format or _guess_format(data)
     if format == "parents":
-        return Taxonomy.from_parents(data, ranks=ranks, name=path.stem)
+        return Taxonomy.from_parents(data, ranks=ranks, name=path.stem, source=source)
     if format == "tree":
-        return Taxonomy.from_tree(data, ranks=ranks, name=path.stem)
-    return Taxonomy.from_paths(data, ranks=ranks, name=path.stem)
+        return Taxonomy.from_tree(data, ranks=ranks, name=path.stem, source=source)
+    return Taxonomy.from_paths(data, ranks=ranks, name=path.stem, source=source)
 
 
 def _guess_format(data: Mapping) -> str:
@@ -659,4 +790,4 @@ def _load_csv(path: Path, ranks: Sequence[str] | None) -> Taxonomy:
     if tax_ranks is None:
         depth = max(len(p) for p in paths.values())
         tax_ranks = rank_names[:depth]
-    return Taxonomy.from_paths(paths, ranks=tax_ranks, name=path.stem)
+    return Taxonomy.from_paths(paths, ranks=tax_ranks, name=path.stem, source=str(path))

@@ -33,6 +33,24 @@ def test_bundled_copy_is_loaded_and_covers_every_bundled_taxonomy():
     assert set(TAXONOMIES) == set(bundled_taxonomies())
 
 
+def test_oxford_pets_prompts_are_hierzoos_not_the_papers():
+    from hierzoo.taxonomy import BUNDLED
+
+    entry = RAW["taxonomies"]["oxford-pets"]
+    assert entry["source"] == "hierzoo" and "not the paper's" in entry["note"]
+    assert "oxford-pets" in prompts.taxonomies()
+    assert "oxford-pets" not in prompts.paper_taxonomies()
+    assert prompts.paper_taxonomies() == [n for n, b in BUNDLED.items() if b.paper]
+    assert len(prompts.paper_taxonomies()) == 6
+    assert [k for k, v in RAW["taxonomies"].items() if "source" in v] == ["oxford-pets"]
+    assert prompts.question_text("oxford-pets", 6, variant=0) == (
+        "Based on taxonomy, where does the pet in the image fall in terms of breed?"
+    )
+    assert prompts.question_text("oxford-pets", 4, variant=1, mode="text", label="Pug") == (
+        "Given the Pug, what is its taxonomic classification at the family level?"
+    )
+
+
 def test_system_messages_and_instruction():
     assert prompts.system_message("image") == RAW["system_image"]
     assert prompts.system_message("text") == "You are a helpful assistant."

@@ -18,6 +18,7 @@ README_LEVEL_SIZES = {
     "imagenet-animal": [1, 2, 10, 37, 81, 123, 81, 65, 41, 64, 34, 2],
     "imagenet-artifact": [1, 5, 40, 149, 205, 162, 62, 44],
     "food101": [1, 6, 29, 40, 24],
+    "oxford-pets": [1, 1, 1, 1, 2, 2, 37],
 }
 LEAVES = {
     "cub200": 200,
@@ -26,6 +27,7 @@ LEAVES = {
     "imagenet-animal": 397,
     "imagenet-artifact": 494,
     "food101": 84,
+    "oxford-pets": 37,
 }
 
 
@@ -225,3 +227,142 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The Oxford-IIIT Pet Dataset's class list: its 37 image-file-name stems, in class-id order, and
+# the 12 cats (the stems the dataset writes with a capital letter).
+PET_STEMS = [
+    "abyssinian",
+    "american_bulldog",
+    "american_pit_bull_terrier",
+    "basset_hound",
+    "beagle",
+    "bengal",
+    "birman",
+    "bombay",
+    "boxer",
+    "british_shorthair",
+    "chihuahua",
+    "egyptian_mau",
+    "english_cocker_spaniel",
+    "english_setter",
+    "german_shorthaired",
+    "great_pyrenees",
+    "havanese",
+    "japanese_chin",
+    "keeshond",
+    "leonberger",
+    "maine_coon",
+    "miniature_pinscher",
+    "newfoundland",
+    "persian",
+    "pomeranian",
+    "pug",
+    "ragdoll",
+    "russian_blue",
+    "saint_bernard",
+    "samoyed",
+    "scottish_terrier",
+    "shiba_inu",
+    "siamese",
+    "sphynx",
+    "staffordshire_bull_terrier",
+    "wheaten_terrier",
+    "yorkshire_terrier",
+]
+PET_CATS = [
+    "Abyssinian",
+    "Bengal",
+    "Birman",
+    "Bombay",
+    "British_Shorthair",
+    "Egyptian_Mau",
+    "Maine_Coon",
+    "Persian",
+    "Ragdoll",
+    "Russian_Blue",
+    "Siamese",
+    "Sphynx",
+]
+
+
+def _pet_file_form(stem):
+    return {c.lower(): c for c in PET_CATS}.get(stem, stem)
+
+
+def test_oxford_pets_breeds_under_their_lineage():
+    tax = load_taxonomy("oxford-pets")
+    assert tax.ranks == ("kingdom", "phylum", "class", "order", "family", "species", "breed")
+    readable = [" ".join(w.capitalize() for w in s.split("_")) for s in PET_STEMS]
+    assert list(tax.labels) == readable == tax.leaves  # class-id order
+    assert {"Abyssinian", "American Bulldog", "Yorkshire Terrier"} <= set(tax.labels)
+    top = ["Animalia", "Chordata", "Mammalia", "Carnivora"]
+    cats = {c.lower() for c in PET_CATS}
+    for stem, name in zip(PET_STEMS, readable):
+        lineage = ["Felidae", "Felis catus"] if stem in cats else ["Canidae", "Canis familiaris"]
+        assert tax.path_names(tax.node(name, level=6)) == top + lineage + [name]
+    species = tax.paths[:, 5]
+    assert (species == tax.node("Felis catus")).sum() == 12
+    assert (species == tax.node("Canis familiaris")).sum() == 25
+    assert "oxford-pets" in bundled_taxonomies()
+    assert "not public" in tax.source and "hierzoo" in tax.source
+
+
+def test_oxford_pets_file_names_are_synonyms_everywhere():
+    from hierzoo.metrics import encode
+
+    tax = load_taxonomy("oxford-pets")
+    for row, stem in enumerate(PET_STEMS):
+        form = _pet_file_form(stem)
+        leaf = int(tax.leaf_ids[row])
+        assert tax.leaf_index(form) == row
+        assert tax.node(form) == leaf and tax.node(form, level=6) == leaf
+        assert tax.find(form) == [leaf] and tax.find(form, level=6) == [leaf]
+    assert tax.synonyms["British_Shorthair"] == tax.node("British Shorthair")
+    assert tax.find("american_bulldog", level=5) == []
+    # metrics encode names through the taxonomy: a file-name form scores as the breed
+    truth = [list(tax.path_names(int(i))) for i in tax.leaf_ids[:3]]
+    pred = [p[:-1] + [_pet_file_form(s)] for p, s in zip(truth, PET_STEMS)]
+    p, t, _ = encode(pred, truth, taxonomy=tax)
+    assert (p == t).all()
+    restricted = tax.restrict("Canidae")
+    assert restricted.n_leaves == 25 and restricted.leaf_index(
+        "shiba_inu"
+    ) == restricted.leaf_index("Shiba Inu")
+    assert "Maine_Coon" not in restricted.synonyms
+
+
+def test_synonyms_in_a_taxonomy_file(tmp_path):
+    f = tmp_path / "birds.json"
+    content = {
+        "paths": {"Corvus corax": ["Aves", "Corvus corax"], "Pica pica": ["Aves", "Pica pica"]},
+        "synonyms": {
+            "common raven": "Corvus corax",
+            "birds": "Aves",
+            "magpie": ["Aves", "Pica pica"],
+        },
+    }
+    f.write_text(json.dumps(content))
+    tax = load_taxonomy(f)
+    assert tax.leaf_index("Common Raven") == 0 and tax.node("birds") == tax.node("Aves")
+    assert tax.leaf_index("magpie") == 1 and tax.find("magpie", level=0) == []
+    bad = [
+        ({"raven": "Corvus"}, "Synonym 'raven'.*No node named 'Corvus'"),
+        ({"pica pica": "Corvus corax"}, "Synonym 'pica pica'.*already the name of.*Pica pica"),
+        ({"": "Aves"}, "non-empty string"),
+        (["raven"], "Expected `synonyms` to be an object"),
+    ]
+    for synonyms, message in bad:
+        f.write_text(json.dumps({**content, "synonyms": synonyms}))
+        with pytest.raises(TaxonomyError, match=message):
+            load_taxonomy(f)
+    with pytest.raises(TaxonomyError, match="Synonym 'X'.*two nodes"):
+        Taxonomy.from_paths({"a": ["r", "a"], "b": ["r", "b"]}, synonyms={"x": "a", "X": "b"})
+
+
+def test_the_taxonomy_command_lists_oxford_pets(capsys):
+    from hierzoo.cli import main
+
+    assert main(["taxonomy"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "oxford-pets" in line]
+    assert len(rows) == 1 and "1 / 1 / 1 / 1 / 2 / 2 / 37" in rows[0] and " 37 " in rows[0]
