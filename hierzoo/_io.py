@@ -1,5 +1,6 @@
 """Files written once and checked on reuse: atomic writes, the "settings differ" refusal, content
-fingerprints, and the cache directory. Pure standard library, so every layer may import it."""
+fingerprints, the cache directory, and UTF-8 text read with the file named on failure. Pure
+standard library, so every layer may import it."""
 
 from __future__ import annotations
 
@@ -156,3 +157,20 @@ def directory_fingerprint(root: str | os.PathLike[str], cache_dir: str | Path | 
         h.update(cached_file_digest(p, cache_dir).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def read_text(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark (spreadsheets write one).
+
+    Raises:
+        error: the file is not UTF-8, naming the file, the first bad byte and the fix.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(
+            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} (line "
+            f"{line}) is not valid UTF-8. Save the file as UTF-8 (from a spreadsheet: 'CSV UTF-8')."
+        ) from None

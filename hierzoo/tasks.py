@@ -13,6 +13,7 @@ Levels are numbered from 1 (the top level of the taxonomy); a file may start low
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,8 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from hierzoo._io import read_text
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -29,6 +32,8 @@ BUNDLED_QUESTIONS = {
     "cub200-similar": "CUB200_with_similar_choice.jsonl",
 }
 DISTRACTORS = ("random", "similar")
+MAX_OPTIONS = 26
+"""The most options a question may have: a vision LLM answers with a letter, A to Z."""
 
 
 class QuestionError(ValueError):
@@ -45,7 +50,9 @@ class Question:
         answers: the right name per level (``None`` where a level is not asked).
         choices: the options per level, the answer among them.
         split: the data split, when recorded.
-        path: the resolved local image path (see :class:`ImageResolver`), or ``None``.
+        path: the resolved local image path (see :class:`ImageResolver`), ``None`` when it
+            resolves nowhere, or a :class:`RefusedImagePath` (outside the image root; reading
+            it fails with the reason, recorded as the sample's error).
         extra: other fields of the file, written back unchanged.
     """
 
@@ -54,7 +61,7 @@ class Question:
     answers: list[str | None]
     choices: list[list[str]]
     split: str | None = None
-    path: Path | None = None
+    path: Path | RefusedImagePath | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,7 +106,26 @@ class Question:
                 raise QuestionError(
                     f"{where}: choices_level{k} is {opts!r}; expected a list of option names."
                 )
-            answers.append(row.get(f"level{k}"))
+            if len(opts) > MAX_OPTIONS:
+                raise QuestionError(
+                    f"{where}: choices_level{k} has {len(opts)} options; a question has at most "
+                    f"{MAX_OPTIONS} (a vision LLM answers with a letter, A to Z). Drop options."
+                )
+            seen: set[str] = set()
+            for o in opts:
+                if o.strip().lower() in seen:
+                    raise QuestionError(
+                        f"{where}: choices_level{k} repeats {o!r} (names are compared "
+                        f"case-insensitively): {opts!r}; keep each option once."
+                    )
+                seen.add(o.strip().lower())
+            answer = row.get(f"level{k}")
+            if answer is not None and not isinstance(answer, str):
+                raise QuestionError(
+                    f"{where}: level{k} is {answer!r}; expected the name of the right option (a "
+                    "string), or null where the level is not asked."
+                )
+            answers.append(answer)
             choices.append(list(opts))
             k += 1
         known = (
@@ -117,6 +143,46 @@ class Question:
         )
 
 
+class ImagePathError(PermissionError):
+    """A recorded image path that hierzoo refuses to read: it resolves outside the image root."""
+
+
+class RefusedImagePath(os.PathLike):
+    """The :attr:`Question.path` of a recorded image path that climbs out of the image root
+    (``/x/images/../../out/secret.jpg`` under ``--image-root /x/images``).
+
+    Opening it fails: ``os.fspath`` raises :class:`ImagePathError` naming the recorded path and
+    the root, so every image reader (PIL, the tensor decoders, the byte readers) records that
+    sample as an error and the run goes on. ``str()`` gives the recorded path.
+    """
+
+    __slots__ = ("recorded", "root", "resolved")
+
+    def __init__(self, recorded: str, root: Path, resolved: str):
+        self.recorded = recorded
+        self.root = root
+        self.resolved = resolved
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"The image path {self.recorded!r} resolves to {self.resolved!r}, outside "
+            f"--image-root {str(self.root)!r}; it is not read. Fix the path in the question file."
+        )
+
+    def __fspath__(self) -> str:
+        raise ImagePathError(self.reason)
+
+    def __str__(self) -> str:
+        return self.recorded
+
+    def __repr__(self) -> str:
+        return f"RefusedImagePath({self.recorded!r}, root={str(self.root)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RefusedImagePath, (self.recorded, self.root, self.resolved))
+
+
 class ImageResolver:
     """Map image paths recorded on another machine to files under a local root.
 
@@ -124,20 +190,24 @@ class ImageResolver:
     that exists under the root (``root/CUB_200_2011/images/001.X/y.jpg``, else
     ``root/images/001.X/y.jpg``, ...). A tail is only tried when its first name exists directly
     under the root (remembered per name), so a large set costs about two ``stat`` calls per image.
-    Relative paths resolve the same way.
+    Relative paths resolve the same way. A tail whose ``..`` climbs out of the root (judged on
+    the path's text: symbolic links inside the root are followed as usual) gives a
+    :class:`RefusedImagePath`, which is never read.
     """
 
     def __init__(self, root: str | Path | None):
         self.root = Path(root) if root is not None else None
         self._top_exists: dict[str, bool] = {}
+        self._root_text = os.path.normpath(os.path.abspath(root)) if root is not None else ""
 
     def _exists_top(self, name: str) -> bool:
         if name not in self._top_exists:
             self._top_exists[name] = (self.root / name).exists()
         return self._top_exists[name]
 
-    def __call__(self, recorded: str) -> Path | None:
-        """The local path of a recorded image path, or ``None`` when no tail exists."""
+    def __call__(self, recorded: str) -> Path | RefusedImagePath | None:
+        """The local path of a recorded image path, ``None`` when no tail exists, or a
+        :class:`RefusedImagePath` when the first tail tried leaves the root."""
         if self.root is None:
             p = Path(recorded)
             return p if p.exists() else None
@@ -145,6 +215,9 @@ class ImageResolver:
         for s in range(len(parts)):
             if self._exists_top(parts[s]):
                 cand = self.root.joinpath(*parts[s:])
+                text = os.path.normpath(os.path.abspath(cand))
+                if os.path.commonpath([text, self._root_text]) != self._root_text:
+                    return RefusedImagePath(recorded, self.root, text)
                 if cand.exists():
                     return cand
         return None
@@ -176,29 +249,47 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> li
                 f"No question file at {str(path)!r}; give a .jsonl path or one of "
                 f"{bundled_questions()}."
             )
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, QuestionError)
         where = str(p)
     if text.lstrip().startswith("["):
-        rows = [(i, r) for i, r in enumerate(json.loads(text), start=1)]
+        listed = _json(text, where)
+        if not isinstance(listed, list):
+            raise QuestionError(f"{where}: expected a JSON list of questions (or JSON Lines).")
+        rows = list(enumerate(listed, start=1))
+        index = "question"
     else:
         rows = []
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                try:
-                    rows.append((i, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise QuestionError(f"{where}:{i} is not valid JSON: {e}.") from e
+                rows.append((i, _json(line, where, i)))
+        index = "line"
     resolve = ImageResolver(image_root) if image_root is not None else None
     out = []
     for i, row in rows:
+        at = f"{where}:{i}" if index == "line" else f"{where}: question {i}"
         if not isinstance(row, dict):
-            raise QuestionError(f"{where}:{i}: expected a JSON object, but got {row!r}.")
-        q = Question.from_dict(row, where=f"{where}:{i}")
+            raise QuestionError(f"{at}: expected a JSON object, but got {row!r}.")
+        q = Question.from_dict(row, where=at)
         q.path = (
             resolve(q.image) if resolve else (Path(q.image) if Path(q.image).exists() else None)
         )
         out.append(q)
     return out
+
+
+def _json(text: str, where: str, line: int | None = None) -> Any:
+    """Parsed JSON, or a :class:`QuestionError` naming the file and line (``line``, or the
+    decoder's line in a whole-file list)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuestionError(f"{where}:{line or e.lineno}: not valid JSON: {e}.") from None
+    except RecursionError:
+        at = f"{where}:{line}" if line else where
+        raise QuestionError(
+            f"{at}: nested deeper than the JSON reader allows; a question is a flat object of "
+            "image, label, levelK and choices_levelK."
+        ) from None
 
 
 def write_questions(questions: Iterable[Question], path: str | Path) -> Path:
@@ -522,7 +613,7 @@ def _samples_from_pet_list(
     on_disk = {p.stem: p for p in present}
     out: list[tuple[str, str]] = []
     missing: list[str] = []
-    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(listing, QuestionError).splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         where = f"{listing}:{lineno}"
@@ -632,8 +723,16 @@ def _folder_label(name: str, taxonomy: Taxonomy) -> str:
 def samples_from_csv(
     path: str | Path, image_root: str | Path | None = None
 ) -> list[tuple[str, str]]:
-    """(image, leaf) pairs from a CSV with columns ``image,leaf`` (a header row is optional)."""
+    """(image, leaf) pairs from a CSV with columns ``image,leaf`` (a header row is optional).
+
+    A relative image path is joined to ``image_root`` (``--images``); an absolute one is kept.
+
+    Raises:
+        QuestionError: a file that is not UTF-8, or a row without two cells or with more than
+            two non-empty cells, naming the file and line.
+    """
     import csv
+    import io
 
     path = Path(path)
     if not path.is_file():
@@ -641,21 +740,27 @@ def samples_from_csv(
             f"No label file at {str(path)!r}; expected a CSV with columns image,leaf."
         )
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in row[:2]] in (
-                ["image", "leaf"],
-                ["image", "label"],
-            ):
-                continue
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise QuestionError(
-                    f"{path}:{lineno}: expected two columns image,leaf, but got {row!r}."
-                )
-            image = row[0].strip()
-            if image_root is not None and not Path(image).is_absolute():
-                image = str(Path(image_root) / image)
-            out.append((image, row[1].strip()))
+    reader = csv.reader(io.StringIO(read_text(path, QuestionError), newline=""))
+    for lineno, row in enumerate(reader, start=1):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if lineno == 1 and [c.strip().lower() for c in row[:2]] in (
+            ["image", "leaf"],
+            ["image", "label"],
+        ):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise QuestionError(
+                f"{path}:{lineno}: expected two columns image,leaf, but got {row!r}."
+            )
+        if any(c.strip() for c in row[2:]):
+            raise QuestionError(
+                f"{path}:{lineno}: the row has {2 + sum(bool(c.strip()) for c in row[2:])} cells, "
+                f"{row!r}; expected two, image,leaf. Quote a leaf name that holds a comma "
+                '("Albatross, Laysan").'
+            )
+        image = row[0].strip()
+        if image_root is not None and not Path(image).is_absolute():
+            image = str(Path(image_root) / image)
+        out.append((image, row[1].strip()))
     return out

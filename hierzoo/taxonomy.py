@@ -22,15 +22,19 @@ names and leaf labels come first in a lookup, then synonyms.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from hierzoo._io import read_text
 
 PATH_SEPARATOR = " > "
 
@@ -306,28 +310,33 @@ class Taxonomy:
         a mapping value of ``None`` or ``{}`` marks a leaf.
         """
         paths: list[tuple[str, list[str]]] = []
-
-        def walk(node: object, prefix: list[str]) -> None:
+        # depth-first, in file order, without recursion (a tree may be thousands of levels deep);
+        # a stack entry is (is_leaf, leaf name or subtree, path so far)
+        stack: list[tuple[bool, Any, list[str]]] = [(False, tree, [])]
+        while stack:
+            is_leaf, node, prefix = stack.pop()
+            if is_leaf:
+                paths.append((node, prefix))
+                continue
             if isinstance(node, Mapping):
-                for key, sub in node.items():
-                    if sub is None or (isinstance(sub, (Mapping, list)) and not sub):
-                        paths.append((key, prefix + [key]))
-                    else:
-                        walk(sub, prefix + [key])
+                todo = [
+                    (True, key, prefix + [key])
+                    if sub is None or (isinstance(sub, (Mapping, list)) and not sub)
+                    else (False, sub, prefix + [key])
+                    for key, sub in node.items()
+                ]
             elif isinstance(node, list):
-                for sub in node:
-                    if isinstance(sub, str):
-                        paths.append((sub, prefix + [sub]))
-                    else:
-                        walk(sub, prefix)
+                todo = [
+                    (True, sub, prefix + [sub]) if isinstance(sub, str) else (False, sub, prefix)
+                    for sub in node
+                ]
             else:
                 raise TaxonomyError(
                     "Expected a mapping or a list under "
                     f"{PATH_SEPARATOR.join(prefix) or 'the top'!r}, "
                     f"but got {node!r}."
                 )
-
-        walk(tree, [])
+            stack.extend(reversed(todo))
         return cls.from_paths(dict(_unique_pairs(paths)), ranks=ranks, name=name, source=source)
 
     @classmethod
@@ -710,10 +719,17 @@ def load_taxonomy(
         raise TaxonomyError(f"Expected `format` to be one of {formats}, but got {format!r}.")
     if format == "csv" or (format is None and path.suffix.lower() == ".csv"):
         return _load_csv(path, ranks)
+    text = read_text(path, TaxonomyError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise TaxonomyError(f"{path} is not valid JSON ({e}); expected a taxonomy file.") from e
+    except RecursionError:
+        raise TaxonomyError(
+            f"{path} is nested deeper than the JSON reader allows (about "
+            f"{sys.getrecursionlimit()} levels); write a taxonomy this deep as leaf -> path or "
+            "node -> parent JSON, or as a CSV."
+        ) from None
     if not isinstance(data, Mapping) or not data:
         raise TaxonomyError(
             f"{path} holds {type(data).__name__} {str(data)[:60]!r}; expected a JSON object "
@@ -750,38 +766,51 @@ def _guess_format(data: Mapping) -> str:
 
 
 def _load_csv(path: Path, ranks: Sequence[str] | None) -> Taxonomy:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
+    reader = csv.reader(io.StringIO(read_text(path, TaxonomyError), newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise TaxonomyError(
+            f"{path} is empty; expected a header with one column per rank."
+        ) from None
+    while header and not header[-1]:
+        header.pop()
+    for col, h in enumerate(header, start=1):
+        if not h:
             raise TaxonomyError(
-                f"{path} is empty; expected a header with one column per rank."
-            ) from None
-        label_col = next((i for i, h in enumerate(header) if h.lower() == "label"), None)
-        rank_cols = [i for i in range(len(header)) if i != label_col]
-        seen: dict[str, tuple[str, list[str]]] = {}
-        for lineno, row in enumerate(reader, start=2):
-            if not any(c.strip() for c in row):
-                continue
-            names = [row[i].strip() if i < len(row) else "" for i in rank_cols]
-            while names and not names[-1]:
-                names.pop()
-            if not names or any(not n for n in names):
-                raise TaxonomyError(
-                    f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every "
-                    "rank "
-                    "from the first column down to the leaf (trailing ranks may be empty)."
-                )
-            has_label = label_col is not None and label_col < len(row) and row[label_col].strip()
-            label = row[label_col].strip() if has_label else names[-1]
-            first = seen.setdefault(_norm(label), (label, names))
-            if [_norm(n) for n in first[1]] != [_norm(n) for n in names]:
-                raise TaxonomyError(
-                    f"{path}:{lineno}: leaf {label!r} is listed again with a different path "
-                    f"{PATH_SEPARATOR.join(names)!r} (first: {PATH_SEPARATOR.join(first[1])!r}). "
-                    "Keep one path per leaf."
-                )
+                f"{path}:1: column {col} has no rank name; name every column of the header "
+                "(a rank, or label)."
+            )
+    label_col = next((i for i, h in enumerate(header) if h.lower() == "label"), None)
+    rank_cols = [i for i in range(len(header)) if i != label_col]
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for lineno, row in enumerate(reader, start=2):
+        if not any(c.strip() for c in row):
+            continue
+        extra = [c for c in row[len(header) :] if c.strip()]
+        if extra:
+            raise TaxonomyError(
+                f"{path}:{lineno}: the row has {len(header) + len(extra)} cells but the header "
+                f"{len(header)} ({header!r}); {extra!r} would be lost. Add a column to the header, "
+                "or quote a name that holds a comma."
+            )
+        names = [row[i].strip() if i < len(row) else "" for i in rank_cols]
+        while names and not names[-1]:
+            names.pop()
+        if not names or any(not n for n in names):
+            raise TaxonomyError(
+                f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every "
+                "rank from the first column down to the leaf (trailing ranks may be empty)."
+            )
+        has_label = label_col is not None and label_col < len(row) and row[label_col].strip()
+        label = row[label_col].strip() if has_label else names[-1]
+        first = seen.setdefault(_norm(label), (label, names))
+        if [_norm(n) for n in first[1]] != [_norm(n) for n in names]:
+            raise TaxonomyError(
+                f"{path}:{lineno}: leaf {label!r} is listed again with a different path "
+                f"{PATH_SEPARATOR.join(names)!r} (first: {PATH_SEPARATOR.join(first[1])!r}). "
+                "Keep one path per leaf."
+            )
     paths = dict(seen.values())
     if not paths:
         raise TaxonomyError(f"{path} has a header but no rows; expected one row per leaf.")
