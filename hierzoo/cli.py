@@ -56,21 +56,66 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _add_taxonomy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("taxonomy", help="list the bundled taxonomies or describe one")
-    p.add_argument("name", nargs="?", help="bundled name or file")
+    p = sub.add_parser(
+        "taxonomy",
+        help="list the bundled taxonomies or describe one",
+        description="Without NAME, a table of the bundled taxonomies; with NAME, its source, "
+        "leaves, depth, and per level the rank and the number of nodes.",
+    )
+    p.add_argument(
+        "name", nargs="?", help="a bundled name or a taxonomy file (leave out to list them all)"
+    )
+    show = p.add_mutually_exclusive_group()
+    show.add_argument(
+        "--leaves",
+        action="store_true",
+        help="print the leaf labels, one per line (the leaf column of a --labels CSV)",
+    )
+    show.add_argument("--tree", action="store_true", help="print the taxonomy as an indented tree")
+    p.add_argument(
+        "--depth",
+        type=_at_least_one,
+        help="with --tree: draw only the first N levels (a cut node shows its leaf count)",
+    )
     p.set_defaults(func=_cmd_taxonomy)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, but got {text!r}")
+    return value
 
 
 def _cmd_taxonomy(args: argparse.Namespace) -> int:
     from hierzoo import bundled_taxonomies, load_taxonomy
 
-    names = [args.name] if args.name else bundled_taxonomies()
+    for flag, given in (("--leaves", args.leaves), ("--tree", args.tree)):
+        if given and not args.name:
+            raise ValueError(f"{flag} needs a taxonomy NAME: hierzoo taxonomy cub200 {flag}")
+    if args.depth is not None and not args.tree:
+        raise ValueError("--depth goes with --tree: hierzoo taxonomy NAME --tree --depth N")
+    if args.name:
+        tax = load_taxonomy(args.name)
+        if args.leaves:
+            print("\n".join(tax.labels))
+        elif args.tree:
+            print(tax.format_tree(args.depth))
+        else:
+            print(tax.describe())
+        return 0
+    from hierzoo.taxonomy import BUNDLED
+
     print(f"{'taxonomy':<20} {'leaves':>7} {'depth':>5}  nodes per level / ranks")
-    for name in names:
+    for name in bundled_taxonomies():
         tax = load_taxonomy(name)
         ranks = f"  ({', '.join(tax.ranks)})" if tax.ranks else ""
         sizes = " / ".join(map(str, tax.level_sizes))
-        print(f"{tax.name:<20} {tax.n_leaves:>7} {tax.depth:>5}  {sizes}{ranks}")
+        origin = "" if BUNDLED[name].paper else "  [hierzoo's, not the paper's]"
+        print(f"{tax.name:<20} {tax.n_leaves:>7} {tax.depth:>5}  {sizes}{ranks}{origin}")
     return 0
 
 
@@ -99,7 +144,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--taxonomy", help="the bundled taxonomy (or file) the questions come from")
     src.add_argument(
         "--images",
-        help="instead of --questions: images in an ImageFolder layout (one folder per leaf)",
+        help="instead of --questions: a folder of images, one sub-folder per leaf, or flat files "
+        "named <Leaf_name>_<n>.jpg (Oxford-IIIT Pet: its annotations/list.txt is used if there)",
     )
     src.add_argument(
         "--labels", help="with --images: a CSV of image,leaf instead of the folder layout"

@@ -629,6 +629,55 @@ class Taxonomy:
             paths, ranks=ranks, name=self.name, synonyms=synonyms, source=self.source
         )
 
+    # ----------------------------------------------------------------- describing
+    @cached_property
+    def leaves_below(self) -> np.ndarray:
+        """``(n_nodes,)`` int64: the number of leaves at or below every node."""
+        ids = self.paths[self.paths >= 0]
+        return np.bincount(ids, minlength=self.n_nodes).astype(np.int64)
+
+    def describe(self, examples: int = 3) -> str:
+        """A few lines about the taxonomy: its name, source, leaves, depth, and per level the
+        rank, the number of nodes and the first ``examples`` names (``hierzoo taxonomy NAME``)."""
+        lo, hi = int(self.leaf_depth.min()), int(self.leaf_depth.max())
+        depth = f"{self.depth} levels" + (f" (leaves at depth {lo} to {hi})" if lo != hi else "")
+        lines = [
+            str(self.name),
+            f"  source: {self.source or 'built in Python'}",
+            f"  leaves: {self.n_leaves}",
+            f"  depth: {depth}",
+            f"  ranks: {', '.join(self.ranks) if self.ranks else 'none'}",
+        ]
+        if self.synonyms:
+            lines.append(f"  synonyms: {len(self.synonyms)}")
+        ranks = [self.rank(k) or "-" for k in range(self.depth)]
+        width = max(len("rank"), *(len(r) for r in ranks))
+        lines.append(f"  {'level':<5}  {'rank':<{width}}  {'nodes':>6}  names")
+        for k in range(self.depth):
+            ids = self.level_nodes(k)
+            shown = ", ".join(self.names[i] for i in ids[:examples])
+            more = f", ... ({len(ids) - examples} more)" if len(ids) > examples else ""
+            lines.append(f"  {k + 1:<5}  {ranks[k]:<{width}}  {len(ids):>6}  {shown}{more}")
+        return "\n".join(lines)
+
+    def format_tree(self, max_depth: int | None = None, indent: str = "  ") -> str:
+        """The taxonomy as an indented tree, one node per line, children in id order; an inner
+        node shows how many leaves lie below it. With ``max_depth``, only the first
+        ``max_depth`` levels are drawn."""
+        if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 1):
+            raise ValueError(f"Expected `max_depth` >= 1, but got {max_depth!r}.")
+        below = self.leaves_below
+        lines: list[str] = []
+        stack = [(r, 0) for r in reversed(self.roots)]
+        while stack:  # no recursion: a tree may be thousands of levels deep
+            node, depth = stack.pop()
+            kids = self._children[node]
+            note = f"  ({int(below[node])} leaves)" if kids else ""
+            lines.append(indent * depth + self.names[node] + note)
+            if max_depth is None or depth + 1 < max_depth:
+                stack.extend((c, depth + 1) for c in reversed(kids))
+        return "\n".join(lines)
+
     def to_paths(self) -> dict[str, list[str]]:
         """``{label: [top, ..., leaf]}``, the paper's file format."""
         return {lab: self.path_names(int(n)) for lab, n in zip(self.labels, self.leaf_ids)}

@@ -366,3 +366,114 @@ def test_the_taxonomy_command_lists_oxford_pets(capsys):
     assert main(["taxonomy"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "oxford-pets" in line]
     assert len(rows) == 1 and "1 / 1 / 1 / 1 / 2 / 2 / 37" in rows[0] and " 37 " in rows[0]
+
+
+# --------------------------------------------------------------------------- describing one
+def test_describe_names_shape_ranks_and_source():
+    text = load_taxonomy("cub200").describe()
+    lines = text.splitlines()
+    assert lines[0] == "cub200"
+    assert "leaves: 200" in text and "depth: 4 levels" in text
+    assert "hierarchy_CUB200.json" in text and "the paper's" in text
+    level_rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in level_rows] == [
+        ("1", "order", "13"),
+        ("2", "family", "37"),
+        ("3", "genus", "124"),
+        ("4", "species", "200"),
+    ]
+    wordnet = load_taxonomy("imagenet-animal").describe()
+    assert "depth: 12 levels (leaves at depth 4 to 12)" in wordnet and "ranks: none" in wordnet
+    pets = load_taxonomy("oxford-pets").describe()
+    assert "synonyms: 19" in pets and "not public" in pets
+
+
+def _tree_reference(tax, max_depth=None):
+    """The tree written the obvious way: recursion over children, leaves counted by walking."""
+    lines = []
+
+    def n_leaves(node):
+        kids = tax.children(node)
+        return 1 if not kids else sum(n_leaves(c) for c in kids)
+
+    def walk(node, depth):
+        kids = tax.children(node)
+        cut = max_depth is not None and depth + 1 >= max_depth and kids
+        note = f"  ({n_leaves(node)} leaves)" if kids else ""
+        lines.append("  " * depth + tax.names[node] + note)
+        if not cut:
+            for c in kids:
+                walk(c, depth + 1)
+
+    for r in tax.roots:
+        walk(r, 0)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("max_depth", [None, 1, 3])
+def test_format_tree_equals_the_obvious_walk(seed, max_depth):
+    tax = random_taxonomy(seed, n_leaves=40, min_depth=1, max_depth=6)
+    assert tax.format_tree(max_depth=max_depth) == _tree_reference(tax, max_depth)
+
+
+def test_format_tree_of_oxford_pets():
+    tax = load_taxonomy("oxford-pets")
+    lines = tax.format_tree().splitlines()
+    assert lines[:8] == [
+        "Animalia  (37 leaves)",
+        "  Chordata  (37 leaves)",
+        "    Mammalia  (37 leaves)",
+        "      Carnivora  (37 leaves)",
+        "        Felidae  (12 leaves)",
+        "          Felis catus  (12 leaves)",
+        "            Abyssinian",
+        "            Bengal",
+    ]
+    assert len(lines) == tax.n_nodes
+    cut = tax.format_tree(max_depth=5).splitlines()
+    assert cut[-2:] == ["        Felidae  (12 leaves)", "        Canidae  (25 leaves)"]
+    with pytest.raises(ValueError, match="`max_depth` >= 1, but got 0"):
+        tax.format_tree(max_depth=0)
+
+
+def test_the_taxonomy_command_describes_lists_leaves_and_draws_the_tree(capsys):
+    from hierzoo.cli import main
+
+    assert main(["taxonomy", "cub200"]) == 0
+    assert capsys.readouterr().out == load_taxonomy("cub200").describe() + "\n"
+    assert main(["taxonomy", "cub200", "--leaves"]) == 0
+    leaves = capsys.readouterr().out.splitlines()
+    tax = load_taxonomy("cub200")
+    assert leaves == list(tax.labels) and [tax.leaf_index(x) for x in leaves] == list(range(200))
+    assert main(["taxonomy", "inat21-animal", "--tree", "--depth", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Animalia  (5388 leaves)" and len(lines) == 1 + 6
+    assert sum(int(x.split("(")[1].split()[0]) for x in lines[1:]) == 5388
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["taxonomy", "--leaves"], "--leaves needs a taxonomy NAME"),
+        (["taxonomy", "--tree"], "--tree needs a taxonomy NAME"),
+        (["taxonomy", "cub200", "--depth", "2"], "--depth goes with --tree"),
+    ],
+)
+def test_the_taxonomy_command_refuses_options_it_cannot_honour(capsys, argv, message):
+    from hierzoo.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_taxonomy_command_checks_depth_and_helps_every_option(capsys):
+    from hierzoo.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["taxonomy", "cub200", "--tree", "--depth", "0"])
+    assert e.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    tax_parser = sub.choices["taxonomy"]
+    for action in tax_parser._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help line"
