@@ -102,7 +102,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="instead of --questions: images in an ImageFolder layout (one folder per leaf)",
     )
     src.add_argument(
-        "--labels", help="with --images: a CSV of image,leaf instead of the folder layout"
+        "--labels",
+        help="a CSV of image,leaf instead of the folder layout; relative image paths are "
+        "relative to --images when given, else to the CSV's folder",
     )
     src.add_argument("--distractors", choices=["random", "similar"], default="random")
     src.add_argument(
