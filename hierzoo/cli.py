@@ -148,7 +148,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "named <Leaf_name>_<n>.jpg (Oxford-IIIT Pet: its annotations/list.txt is used if there)",
     )
     src.add_argument(
-        "--labels", help="with --images: a CSV of image,leaf instead of the folder layout"
+        "--labels",
+        help="a CSV of image,leaf instead of the folder layout; relative image paths are "
+        "relative to --images when given, else to the CSV's folder",
     )
     src.add_argument("--distractors", choices=["random", "similar"], default="random")
     src.add_argument(
@@ -242,7 +244,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from hierzoo.report import format_summary
-    from hierzoo.runner import EvalConfig, RunError, run_eval
+    from hierzoo.runner import EvalConfig, RunError, retry_command, run_eval
 
     cfg = EvalConfig(
         model=args.model,
@@ -290,13 +292,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(format_summary(summary))
     print(f"results: {args.out}/predictions.jsonl, {args.out}/summary.json")
-    if summary["n"] == 0:
+    n_errors = summary.get("n_errors") or 0
+    if n_errors:
+        total = summary["n"] + n_errors
+        what = "every sample" if summary["n"] == 0 else f"{n_errors} of {total} samples"
         print(
-            "hierzoo eval: every sample failed; see the error field of predictions.jsonl",
+            f"hierzoo eval: {what} failed (the error field of {args.out}/predictions.jsonl "
+            f"says why). Once the cause is fixed, redo them with:\n  {retry_command(args.argv)}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if summary["n"] == 0 else 0
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -772,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

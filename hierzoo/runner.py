@@ -2,33 +2,63 @@
 
 A run directory holds:
 
-- ``run.json``: what the run is (model, questions, protocol); a rerun with other settings
-  refuses the directory rather than mixing results;
+- ``run.json``: the run's identity (what its numbers are computed from: the model's content,
+  the question set's content, the image root, dtype, protocol and every option that changes
+  numbers) and its id; a rerun whose identity differs refuses the directory, naming each
+  differing item, rather than mixing results;
 - ``questions.jsonl``: the question set, when hierzoo built it;
 - ``predictions.jsonl``: one line per image in the paper's result format, appended and flushed
   batch by batch (``predictions.rank{r}.jsonl`` per rank under torchrun, merged at the end);
-- ``summary.json``: every metric with its 95% interval, counts and provenance.
+  each line carries the run id (``run``), so lines of another run are never adopted;
+- ``summary.json``: every metric with its 95% interval, counts and provenance;
+- ``.lock``: held while a run writes here; a second run into the same folder is refused.
 
-A killed run started again with the same ``--out`` keeps every finished line, tolerates a torn
-last line, and redoes nothing finished.
+Nothing is written before the inputs are validated and the model has loaded. A killed run
+started again with the same ``--out`` keeps every valid line (a damaged line is dropped with a
+warning and redone), and redoes nothing finished.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
+import shlex
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hierzoo._io import (
+    format_diff,
+    write_json,
+)
+from hierzoo.distributed import Dist, barrier, init_distributed, on_main, sum_across
+from hierzoo.rundir import (
+    PredictionWriter,
+    RunError,
+    RunLock,
+    collect_done,
+    identity_diff,
+    merge_predictions,
+    questions_digest,
+    read_run_meta,
+    refusal,
+    run_id,
+    shards,
+    short,
+    taxonomy_digest,
+    write_predictions,
+)
 from hierzoo.tasks import (
     Question,
     QuestionError,
     build_questions,
+    bundled_question_taxonomy,
     read_questions,
     samples_from_images,
     validate_questions,
@@ -36,10 +66,12 @@ from hierzoo.tasks import (
 )
 
 TASKS = ("questions", "path")
+PROTOCOLS = ("paper",)
 
-
-class RunError(ValueError):
-    """A run that cannot start: bad settings, bad inputs, a model that cannot load."""
+# model options that change how work is scheduled or where it runs, not the numbers
+_NEUTRAL_OPTIONS = frozenset({"device_map", "num_workers", "cache_dir", "token_budget"})
+# how many of the first questions must have an image before the model is loaded
+_IMAGE_PROBE = 32
 
 
 @dataclass
@@ -74,15 +106,8 @@ class EvalConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that define the results (a resumed run must match them)."""
+        """The flags that define the results (see :func:`run_identity` for the whole identity)."""
         keys = (
-            "model",
-            "questions",
-            "taxonomy",
-            "images",
-            "labels",
-            "distractors",
-            "seed",
             "task",
             "strategy",
             "protocol",
@@ -91,88 +116,122 @@ class EvalConfig:
             "circular",
             "mode",
             "templates",
+            "seed",
+            "distractors",
             "limit",
         )
         return {k: getattr(self, k) for k in keys}
 
+    def check(self) -> None:
+        """Reject settings no run can use, naming the value and the fix.
 
-# --------------------------------------------------------------------------- distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+        Raises:
+            RunError: an unknown task or protocol, a number out of range, a missing companion.
+        """
+        if self.task not in TASKS:
+            raise RunError(f"Expected --task to be one of {TASKS}, but got {self.task!r}.")
+        if self.protocol not in PROTOCOLS:
+            raise RunError(
+                f"Expected --protocol to be one of {PROTOCOLS}, but got {self.protocol!r}."
+            )
+        for name, low in (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                flag = "--" + name.replace("_", "-")
+                raise RunError(f"Expected {flag} to be an integer >= {low}, but got {value!r}.")
+        if self.task == "path" and self.taxonomy is None and not self._bundled_taxonomy():
+            raise RunError(
+                "--task path needs --taxonomy NAME: paths are decoded over the whole taxonomy."
+            )
+        if self.templates:
+            from hierzoo.models import Protocol
+
+            try:
+                Protocol(templates=tuple(self.templates))
+            except ValueError as e:
+                raise RunError(str(e)) from None
+        if self.questions and (self.images or self.labels):
+            raise RunError(
+                "Give either --questions FILE or --images DIR / --labels CSV (with --taxonomy), "
+                "not both."
+            )
+
+    def _bundled_taxonomy(self) -> str | None:
+        return bundled_question_taxonomy(self.questions) if self.questions else None
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
+    def taxonomy_name(self) -> str | None:
+        """``--taxonomy``, or the taxonomy of a bundled question set."""
+        return self.taxonomy or self._bundled_taxonomy()
 
 
-def init_distributed(device: str | None) -> Dist:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return Dist(rank=rank, world=world, local_rank=local)
+def _note(d: Dist, message: str) -> None:
+    if d.main:
+        print(f"hierzoo eval: {message}", file=sys.stderr)
 
 
-def _sum_across(d: Dist, values: list[float]) -> list[float]:
-    if d.world == 1:
-        return values
-    import torch
-    import torch.distributed as dist
+# --------------------------------------------------------------------------- the run directory
+@contextmanager
+def claimed_folder(out: Path, d: Dist) -> Iterator[None]:
+    """Hold the run lock on ``out`` (rank 0); if the run fails before it claims the folder (no
+    ``run.json``), leave it as it was: a folder created here is removed again."""
 
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return t.cpu().tolist()
+    def take() -> tuple[RunLock, bool]:
+        if out.exists() and not out.is_dir():
+            raise RunError(f"--out {str(out)!r} is a file; give a folder for the run's results.")
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out)
+            lock.acquire()
+        except PermissionError as e:
+            raise RunError(
+                f"Cannot write to --out {str(out)!r} ({e.strerror}); pass a folder you can write."
+            ) from None
+        except OSError as e:
+            if isinstance(e, RunError):
+                raise
+            raise RunError(f"Cannot use --out {str(out)!r}: {e.strerror or e}.") from None
+        return lock, created
 
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    lock, created = on_main(d, take) or (None, False)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+            if created and not (out / "run.json").exists():
+                shutil.rmtree(out, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- inputs
-def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
-    """The question set (read, or built and saved by rank 0), validated before any model work."""
+def prepare_questions(cfg: EvalConfig) -> tuple[list[Question], Any, bool]:
+    """The question set (read, or built from images), validated before any model work, and
+    its taxonomy; ``built`` is true when hierzoo built it (saved as ``questions.jsonl``)."""
     from hierzoo import load_taxonomy
 
-    taxonomy = load_taxonomy(cfg.taxonomy) if cfg.taxonomy else None
-    out = Path(cfg.out)
-    if cfg.questions and cfg.images:
-        raise RunError("Give either --questions FILE or --images DIR (with --taxonomy), not both.")
+    name = cfg.taxonomy_name
+    taxonomy = load_taxonomy(name) if name else None
     if cfg.questions:
         questions = read_questions(cfg.questions, image_root=cfg.image_root)
+        built = False
     elif cfg.images or cfg.labels:
         if taxonomy is None:
             raise RunError(
-                "--images needs --taxonomy NAME: hierzoo builds the questions from the taxonomy."
+                "--images / --labels need --taxonomy NAME: hierzoo builds the questions from the "
+                "taxonomy."
             )
-        built = out / "questions.jsonl"
-        if d.main and not built.exists():
-            pairs = samples_from_images(cfg.images, taxonomy, labels=cfg.labels)
-            qs = build_questions(taxonomy, pairs, distractors=cfg.distractors, seed=cfg.seed)
-            out.mkdir(parents=True, exist_ok=True)
-            write_questions(qs, built)
-        _barrier(d)
-        questions = read_questions(built)
+        # relative paths in a labels file are relative to --images, else to the file's folder
+        root = cfg.images or (str(Path(cfg.labels).resolve().parent) if cfg.labels else None)
+        pairs = samples_from_images(root, taxonomy, labels=cfg.labels)
+        questions = build_questions(taxonomy, pairs, distractors=cfg.distractors, seed=cfg.seed)
+        for q in questions:
+            q.path = Path(q.image) if Path(q.image).is_file() else None
+        built = True
     else:
         raise RunError(
-            "Give --questions FILE, or --taxonomy NAME with --images DIR (and optionally --labels "
-            "CSV)."
+            "Give --questions FILE, or --taxonomy NAME with --images DIR (and optionally "
+            "--labels CSV)."
         )
     if cfg.limit:
         questions = questions[: cfg.limit]
@@ -190,112 +249,79 @@ def prepare_questions(cfg: EvalConfig, d: Dist) -> tuple[list[Question], Any]:
             validate_questions(questions, taxonomy)
         except QuestionError as e:
             raise RunError(
-                f"{e}\nCheck that --taxonomy {cfg.taxonomy} is the taxonomy of these questions."
+                f"{e}\nCheck that --taxonomy {name} is the taxonomy of these questions."
             ) from None
-    return questions, taxonomy
+    return questions, taxonomy, built
 
 
-def _sha1_file(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_run_dir(cfg: EvalConfig, d: Dist) -> None:
-    """Create ``run.json`` or make sure the existing one describes the same run."""
-    out = Path(cfg.out)
-    meta = out / "run.json"
-    ident = cfg.identity()
-    if meta.exists():
-        old = json.loads(meta.read_text())["settings"]
-        diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
-        if diff:
-            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+def check_images_resolve(cfg: EvalConfig, questions: list[Question]) -> None:
+    """Stop before loading the model when none of the first images exist (a wrong root), with
+    the path tried and the flag that fixes it. Text mode and ``--task path`` need no image."""
+    if cfg.mode == "text" or cfg.task == "path":
+        return
+    head = questions[:_IMAGE_PROBE]
+    if any(q.path is not None for q in head):
+        return
+    recorded = head[0].image
+    if cfg.questions:
+        if cfg.image_root:
             raise RunError(
-                f"{out} holds a run with other settings ({shown}); resume it with the same flags, "
-                "or pass "
-                "a new --out."
+                f"None of the first {len(head)} images is under --image-root {cfg.image_root!r} "
+                f"(the first is recorded as {recorded!r}; hierzoo looks for the longest tail of "
+                "that path under the root). Pass the folder that holds the dataset's image "
+                "folders as --image-root (see docs/questions.md)."
             )
-    elif d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": ident}, indent=2))
-        tmp.replace(meta)
-    _barrier(d)
+        raise RunError(
+            f"None of the first {len(head)} images exists (the first is recorded as "
+            f"{recorded!r}); pass --image-root DIR, the local folder the recorded paths map to."
+        )
+    flag = "--images (the folder the CSV's relative paths start from)" if cfg.labels else "--images"
+    raise RunError(
+        f"None of the first {len(head)} images exists (the first tried: {recorded!r}); check "
+        f"{flag}."
+    )
 
 
-# --------------------------------------------------------------------------- predictions files
-def read_done(path: Path, repair: bool) -> dict[int, dict[str, Any]]:
-    """Finished lines of a predictions file by sample index; a torn last line is cut off."""
-    done: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with open(path, "rb") as f:
-        data = f.read()
-    good_end = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        done[int(row["sample"])] = row
-        good_end += len(line)
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return done
+def resolve_spec(cfg: EvalConfig) -> Any:
+    """The model's spec (zoo name, hub id or directory), or a :class:`RunError` naming the fix."""
+    from hierzoo.models import UnknownModelError, resolve
+
+    try:
+        return resolve(cfg.model)
+    except UnknownModelError as e:
+        raise RunError(str(e)) from None
 
 
-def _shards(out: Path) -> list[Path]:
-    return sorted(out.glob("predictions.rank*.jsonl"))
+def run_identity(
+    cfg: EvalConfig,
+    spec: Any,
+    questions: list[Question],
+    taxonomy: Any,
+    *,
+    model_content: str | None,
+    dtype: str | None,
+) -> dict[str, Any]:
+    """What a run's numbers are computed from. Two runs with the same identity may share a
+    folder; ``None`` marks an item not known yet (the model's content before it is downloaded,
+    the dtype before the model has loaded), which :func:`identity_diff` does not compare.
+    A local model is identified by its files' content, not by how its path is written."""
+    ident = cfg.identity()
+    ident["model"] = "local directory" if spec.source else f"{spec.hub_id}@{spec.revision}"
+    ident["model_content"] = model_content
+    ident["questions"] = questions_digest(questions)
+    ident["image_root"] = str(Path(cfg.image_root).resolve()) if cfg.image_root else None
+    ident["taxonomy"] = taxonomy_digest(taxonomy)
+    ident["dtype"] = dtype
+    ident["options"] = {
+        k: v for k, v in sorted(cfg.model_kwargs.items()) if k not in _NEUTRAL_OPTIONS
+    }
+    return ident
 
 
-def collect_done(out: Path, repair: bool) -> dict[int, dict[str, Any]]:
-    done = read_done(out / "predictions.jsonl", repair)
-    for shard in _shards(out):
-        done.update(read_done(shard, repair))
-    return done
+def _model_content(spec: Any) -> str | None:
+    from hierzoo.models._hub import model_fingerprint
 
-
-class _Writer:
-    def __init__(self, path: Path):
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def write_predictions(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace ``predictions.jsonl`` with ``rows`` (sorted by sample) and drop the rank shards."""
-    rows = sorted(rows, key=lambda r: int(r["sample"]))
-    tmp = out / "predictions.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out / "predictions.jsonl")
-    for shard in _shards(out):
-        shard.unlink()
-
-
-def merge_predictions(out: Path, n: int) -> list[dict[str, Any]]:
-    """Merge the rank shards and earlier lines into ``predictions.jsonl``: one line per sample,
-    in question order."""
-    done = collect_done(out, repair=False)
-    rows = [done[i] for i in sorted(done) if i < n]
-    write_predictions(out, rows)
-    return rows
+    return model_fingerprint(spec)
 
 
 # --------------------------------------------------------------------------- running
@@ -305,8 +331,8 @@ def _protocol(cfg: EvalConfig, clf: Any):
 
     clip = clf.family in CLIP_FAMILIES
     return Protocol(
-        taxonomy=cfg.taxonomy,
-        prompt_variant=None if clip else cfg.prompt_variant,
+        taxonomy=cfg.taxonomy_name,
+        prompt_variant=cfg.prompt_variant,
         # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP
         # runs keep them
         shuffle_options=False if clip or cfg.mode == "text" else not cfg.keep_option_order,
@@ -420,6 +446,8 @@ def _device_name(clf: Any) -> str:
 
 def load_model(cfg: EvalConfig, d: Dist) -> Any:
     import hierzoo
+    from hierzoo.models import UnknownModelError
+    from hierzoo.models._hub import ModelUnavailableError
 
     device = cfg.device
     if d.world > 1 and (device is None or device == "cuda"):
@@ -430,11 +458,14 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
         clf = hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **cfg.model_kwargs)
     except ImportError:
         raise
+    except (UnknownModelError, ModelUnavailableError) as e:
+        raise RunError(str(e)) from None
+    except ValueError as e:  # the loaders' checks of device, dtype and options name the fix
+        raise RunError(str(e)) from None
     except Exception as e:
         raise RunError(
             f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name "
-            "(`hierzoo models`), "
-            "the directory, or that the hub is reachable (or the files are in the local cache)."
+            "(`hierzoo models`) or the directory's files."
         ) from e
     if cfg.num_workers is not None:
         if not hasattr(clf, "num_workers"):
@@ -443,43 +474,141 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
     return clf
 
 
+def _dtype_asked(cfg: EvalConfig) -> str | None:
+    """``--dtype`` by its torch name (``bf16`` -> ``bfloat16``), or ``None`` for the default."""
+    if cfg.dtype is None:
+        return None
+    import torch
+
+    from hierzoo.models._factory import resolve_dtype
+
+    return str(resolve_dtype(cfg.dtype, torch.float32)).replace("torch.", "")
+
+
+def _dtype_name(clf: Any) -> str | None:
+    dtype = getattr(clf, "dtype", None)
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Run (or resume) an evaluation and return the summary; see the module docstring."""
-    if cfg.task not in TASKS:
-        raise RunError(f"Expected --task to be one of {TASKS}, but got {cfg.task!r}.")
-    if cfg.protocol != "paper":
-        raise RunError(
-            f"Expected --protocol paper (the only protocol so far), but got {cfg.protocol!r}."
-        )
-    if cfg.task == "path" and cfg.taxonomy is None:
-        raise RunError(
-            "--task path needs --taxonomy NAME: paths are decoded over the whole taxonomy."
-        )
+    """Run (or resume) an evaluation and return the summary; see the module docstring.
+
+    The summary's ``done_before`` counts the samples an earlier run had finished; when nothing
+    was left to do, the model is not loaded and the summary (with the provenance of the run that
+    did the work) is returned as it was.
+    """
+    cfg.check()
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
     out = Path(cfg.out)
-    questions, taxonomy = prepare_questions(cfg, d)
-    check_run_dir(cfg, d)
+    with claimed_folder(out, d):
+        return _run(cfg, d, out)
+
+
+def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
+    spec = resolve_spec(cfg)
+    questions, taxonomy, built = prepare_questions(cfg)
+    check_images_resolve(cfg, questions)
+    ident = run_identity(
+        cfg, spec, questions, taxonomy, model_content=_model_content(spec), dtype=_dtype_asked(cfg)
+    )
+    meta = read_run_meta(out)
+    restart = _check_identity(out, d, meta, ident)
+    stored_run = meta["run"] if meta and not restart else None
+    done, damaged = collect_done(out, repair=False, run=stored_run)
+    if restart:
+        done = {}
+
+    n_done = sum(1 for r in done.values() if "error" not in r or not cfg.retry_errors)
+    todo_all = [i for i in range(len(questions)) if i not in done or _redo(done[i], cfg)]
+    if not todo_all and not damaged and meta is not None and not restart:
+        _note(d, f"{len(questions)} of {len(questions)} samples already done; nothing to run.")
+        return _finish_without_work(cfg, d, out, questions, taxonomy, meta)
+
     clf = load_model(cfg, d)
     protocol = _protocol(cfg, clf) if cfg.task == "questions" else None
+    if protocol is not None:
+        try:
+            clf.check_protocol(protocol)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    ident["dtype"] = _dtype_name(clf)
+    ident["model_content"] = _model_content(spec)
+    if meta is not None and not restart:
+        diff = identity_diff(meta["identity"], ident)
+        if diff:
+            raise refusal(out, diff)
+    rid = run_id(ident)
+
+    def claim() -> None:
+        if restart:
+            for path in [out / "predictions.jsonl", *shards(out)]:
+                path.unlink(missing_ok=True)
+        _, bad = collect_done(out, repair=True, run=rid if meta is None and not restart else None)
+        for name, lines in bad.items():
+            _note(d, f"{name}: damaged line(s) {lines} dropped; those samples are redone")
+        if cfg.retry_errors:
+            kept, _ = collect_done(out, repair=False)
+            if any("error" in r for r in kept.values()):
+                write_predictions(out, [r for r in kept.values() if "error" not in r])
+        if built and not (out / "questions.jsonl").exists():
+            write_questions(questions, out / "questions.jsonl")
+        write_json(out / "run.json", {"run": rid, "identity": ident, "settings": cfg.identity()})
+
+    on_main(d, claim)
+    barrier(d)
+    done, _ = collect_done(out, repair=False, run=rid)
+    todo_all = [i for i in range(len(questions)) if i not in done]
+    todo = todo_all[d.rank :: d.world]
+    return _work(cfg, d, out, clf, protocol, questions, taxonomy, todo, rid, ident, n_done)
+
+
+def _redo(row: dict[str, Any], cfg: EvalConfig) -> bool:
+    return cfg.retry_errors and "error" in row
+
+
+def _check_identity(out: Path, d: Dist, meta: dict[str, Any] | None, ident: dict[str, Any]) -> bool:
+    """Refuse a folder holding another run's results; ``True`` when it holds only failed
+    samples of another run (nothing to mix: they are redone under the new settings)."""
+    if meta is None:
+        return False
+    diff = identity_diff(meta["identity"], ident)
+    if not diff:
+        return False
+    done, _ = collect_done(out, repair=False)
+    if done and all("error" in r for r in done.values()):
+        _note(
+            d,
+            f"{out} held only failed samples of a run with other settings "
+            f"({format_diff({k: (short(a), short(b)) for k, (a, b) in diff.items()})}); "
+            "they are redone with these settings",
+        )
+        return True
+    raise refusal(out, diff)
+
+
+def _work(
+    cfg: EvalConfig,
+    d: Dist,
+    out: Path,
+    clf: Any,
+    protocol: Any,
+    questions: list[Question],
+    taxonomy: Any,
+    todo: list[int],
+    rid: str,
+    ident: dict[str, Any],
+    n_done: int,
+) -> dict[str, Any]:
     if protocol is not None and protocol.shuffle_options:
         # The paper draws every option order from one generator run through the whole set, so
         # the orders are fixed here, over all questions, before any subset (a resumed run, a
         # rank's shard) is asked; the model then keeps the order it is given.
         questions = shuffle_options(questions, protocol.seed, protocol.mode)
         protocol = replace(protocol, shuffle_options=False)
-
-    if d.main:
-        done = collect_done(out, repair=True)
-        if cfg.retry_errors and any("error" in r for r in done.values()):
-            write_predictions(out, [r for r in done.values() if "error" not in r])
-    _barrier(d)
-    done = collect_done(out, repair=False)
-    todo_all = [i for i in range(len(questions)) if i not in done]
-    todo = todo_all[d.rank :: d.world]
     per_sample = 1 if cfg.task == "path" else None
     n_q = sum(per_sample or sum(a is not None for a in questions[p].answers) for p in todo)
     shard = out / (f"predictions.rank{d.rank}.jsonl" if d.world > 1 else "predictions.jsonl")
@@ -492,11 +621,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         disable=not (cfg.progress and d.main),
         dynamic_ncols=True,
     )
-    writer = _Writer(shard)
+    writer = PredictionWriter(shard)
     started = time.time()
     n_images = 0
     try:
         for positions, rows in _iterate(cfg, clf, questions, todo, taxonomy, protocol):
+            for row in rows:
+                row["run"] = rid
             writer.write(rows)
             n_images += len(positions)
             bar.update(
@@ -509,8 +640,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         writer.close()
         bar.close()
     wall = time.time() - started
-    n_images, n_q = (int(x) for x in _sum_across(d, [n_images, n_q]))
-    _barrier(d)
+    n_images, n_q = (int(x) for x in sum_across(d, [n_images, n_q]))
+    barrier(d)
     if not d.main:
         return {}
     rows = merge_predictions(out, len(questions))
@@ -520,18 +651,18 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "again."
         )
     summary = summarize_run(rows, taxonomy, cfg)
+    summary["done_before"] = n_done
     summary["provenance"] = {
         "model": asdict(clf.spec)
         if getattr(clf, "spec", None)
         else {"name": cfg.model, "family": clf.family},
         "model_class": type(clf).__name__,
+        "run": rid,
+        "identity": ident,
         "settings": cfg.identity(),
         "protocol": asdict(protocol) if protocol is not None else None,
         "prompt_variant": cfg.prompt_variant,
         "seed": cfg.seed,
-        "questions_sha1": _sha1_file(cfg.questions)
-        if cfg.questions
-        else _sha1_file(str(out / "questions.jsonl")),
         "versions": _versions(),
         "device": _device_name(clf),
         "world_size": d.world,
@@ -541,11 +672,38 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "images_per_second": round(n_images / wall, 3) if wall > 0 and n_images else None,
         "questions_per_second": round(n_q / wall, 3) if wall > 0 and n_q else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(["hierzoo", *sys.argv[1:]]),
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _finish_without_work(
+    cfg: EvalConfig,
+    d: Dist,
+    out: Path,
+    questions: list[Question],
+    taxonomy: Any,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Every sample is done: the summary of the run that did the work, rebuilt (with no
+    provenance of this call) only if it is missing, damaged or of other rows."""
+    if not d.main:
+        return {}
+    rows = merge_predictions(out, len(questions))
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        if summary.get("provenance", {}).get("run") == meta["run"] and summary.get("n", 0) + (
+            summary.get("n_errors") or 0
+        ) == len(rows):
+            summary["done_before"] = len(rows)
+            return summary
+    except (OSError, ValueError, AttributeError):
+        pass
+    summary = summarize_run(rows, taxonomy, cfg)
+    summary["done_before"] = len(rows)
+    summary["provenance"] = {"run": meta["run"], "identity": meta["identity"]}
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -559,7 +717,7 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
     summary: dict[str, Any] = {
         "model": cfg.model,
         "model_label": label,
-        "taxonomy": cfg.taxonomy,
+        "taxonomy": cfg.taxonomy_name,
         "task": cfg.task,
         "mode": cfg.mode,
     }
@@ -579,6 +737,14 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         }
     )
     return summary
+
+
+def retry_command(argv: list[str] | None = None) -> str:
+    """The command line that redoes a run's failed samples: this one with ``--retry-errors``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--retry-errors" not in args:
+        args.append("--retry-errors")
+    return shlex.join(["hierzoo", *args])
 
 
 def _circular_misses(row: dict[str, Any]) -> dict[str, Any]:

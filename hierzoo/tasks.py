@@ -31,6 +31,7 @@ BUNDLED_QUESTIONS = {
     "cub200-random": "CUB200_with_random_choice.jsonl",
     "cub200-similar": "CUB200_with_similar_choice.jsonl",
 }
+BUNDLED_QUESTION_TAXONOMY = {"cub200-random": "cub200", "cub200-similar": "cub200"}
 DISTRACTORS = ("random", "similar")
 MAX_OPTIONS = 26
 """The most options a question may have: a vision LLM answers with a letter, A to Z."""
@@ -226,6 +227,13 @@ class ImageResolver:
 def bundled_questions() -> list[str]:
     """Names of the question sets that ship with hierzoo."""
     return list(BUNDLED_QUESTIONS)
+
+
+def bundled_question_taxonomy(name: str | Path) -> str | None:
+    """The bundled taxonomy of a bundled question set (``"cub200-similar"`` -> ``"cub200"``),
+    or ``None`` for any other name or file."""
+    key = str(name).lower()
+    return BUNDLED_QUESTION_TAXONOMY.get(key) if key in BUNDLED_QUESTIONS else None
 
 
 def read_questions(path: str | Path, image_root: str | Path | None = None) -> list[Question]:

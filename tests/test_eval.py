@@ -127,13 +127,15 @@ def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
     assert before and all(r in rows for r in before)  # finished lines are kept as they were
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["images_this_run"] == N - len(before)
-    # a finished run resumed does nothing and changes nothing
+    # a finished run resumed does nothing and changes nothing: the summary keeps the
+    # provenance of the run that did the work
+    before_summary = (out / "summary.json").read_text()
     assert main(_args(setup, out)) == 0
     assert _lines(preds) == rows
-    assert json.loads((out / "summary.json").read_text())["provenance"]["images_this_run"] == 0
+    assert (out / "summary.json").read_text() == before_summary
 
 
-def test_bad_images_are_recorded_and_the_run_goes_on(setup, tmp_path):
+def test_bad_images_are_recorded_and_the_run_goes_on(setup, tmp_path, capsys):
     images = tmp_path / "imgs"
     import shutil
 
@@ -150,10 +152,16 @@ def test_bad_images_are_recorded_and_the_run_goes_on(setup, tmp_path):
     errors = [r for r in rows if "error" in r]
     assert len(errors) == 3 and len(rows) == N
     assert json.loads((out / "summary.json").read_text())["n_errors"] == 3
+    # a wrong root stops before the model loads, naming a path tried and the flag, and claims
+    # nothing: the same --out then takes the right root
     out2 = tmp_path / "all-bad"
     args = _args(setup, out2)
     args[args.index("--image-root") + 1] = str(tmp_path / "nowhere")
-    assert main(args) == 1
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--image-root" in err and "Black_Footed_Albatross_0001_796111.jpg" in err
+    assert not out2.exists()
+    assert main(_args(setup, out2)) == 0
 
 
 def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):

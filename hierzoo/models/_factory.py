@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from hierzoo.models._hub import ModelUnavailableError, ensure_available, unavailable_message
 from hierzoo.models._registry import CLIP_FAMILIES, EXTRAS, FAMILIES, ModelSpec, resolve
 from hierzoo.models.base import HierClassifier
 
@@ -34,7 +35,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> the first CUDA device when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"Unknown device {str(device)!r}: expected cpu, cuda, cuda:N (a GPU index) or mps."
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"Device {str(device)!r} asked for, but CUDA is not available here; use --device cpu."
@@ -80,4 +86,24 @@ def load(
     """
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
     cls = family_class(spec.family)
-    return cls.from_spec(spec, device=resolve_device(device), dtype=dtype, **kwargs)
+    device = resolve_device(device)
+    ensure_available(spec)
+    try:
+        return cls.from_spec(spec, device=device, dtype=dtype, **kwargs)
+    except OSError as e:
+        # a partial cache offline: the backends chain three tracebacks; say what to do instead
+        if spec.source is None and _is_hub_miss(e):
+            raise ModelUnavailableError(
+                unavailable_message(spec, "some of its files could not be fetched")
+            ) from e
+        raise
+
+
+def _is_hub_miss(e: BaseException) -> bool:
+    while e is not None:
+        if type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or (
+            "couldn't connect" in str(e) or "cannot find the requested files" in str(e)
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

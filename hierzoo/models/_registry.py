@@ -306,5 +306,5 @@ def _family_of_hub(repo: str) -> str:
     raise UnknownModelError(
         f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without "
         "network, "
-        "download it elsewhere (`huggingface-cli download ...`) and pass the directory."
+        "run `hf download REPO` on a machine with network (same HF_HOME), or pass the directory."
     )

@@ -66,6 +66,16 @@ class Protocol:
                 f"Expected `templates` to be a tuple of strings with '{{}}', but got "
                 f"{self.templates!r}."
             )
+        for t in self.templates or ():
+            try:
+                filled = t.replace("{rank}", "").format("")
+            except (IndexError, KeyError, ValueError):
+                filled = None
+            if filled is None or t.replace("{rank}", "").count("{}") != 1:
+                raise ValueError(
+                    f"Template {t!r} has a placeholder hierzoo cannot fill: expected one '{{}}' "
+                    "for the name and optionally '{rank}' (write a literal brace as '{{' or '}}')."
+                )
 
 
 @dataclass
@@ -272,6 +282,10 @@ class HierClassifier(ABC):
 
         Images come from each question's resolved ``path`` (else its recorded ``image``).
         """
+
+    def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` naming the setting when this model cannot answer under
+        ``protocol`` (a run calls it before it writes anything); the default accepts any."""
 
     def iter_answers(
         self,

@@ -537,6 +537,10 @@ class ClipClassifier(HierClassifier):
             logits = self._logits(img, txt).float().cpu()
         return NodeScores(logits=logits, kind=self.score_kind, taxonomy=taxonomy, errors=errors)
 
+    def check_protocol(self, protocol: Protocol) -> None:
+        _check_clip_protocol(protocol)
+        _protocol_ranks(protocol)
+
     def _answer_plan(
         self, questions: Sequence[Question], protocol: Protocol
     ) -> tuple[np.ndarray, torch.Tensor, list[Any], list[int]]:
@@ -682,16 +686,18 @@ def _fill(template: str, key: str) -> str:
 def _check_clip_protocol(protocol: Protocol) -> None:
     if protocol.mode != "image":
         raise ValueError(
-            f"Protocol mode {protocol.mode!r} needs a language model; CLIP models answer in image "
-            "mode only."
+            f"Protocol mode {protocol.mode!r} (--mode) needs a language model; CLIP models answer "
+            "in image mode only."
         )
     if protocol.circular:
         raise ValueError(
-            "Circular mode is for vision LLMs: a CLIP model's scores do not depend on option order."
+            "Circular mode (--circular) is for vision LLMs: a CLIP model's scores do not depend "
+            "on option order."
         )
     if protocol.prompt_variant is not None:
         raise ValueError(
-            "`prompt_variant` selects a vision-LLM prompt; CLIP models use `templates`."
+            "`prompt_variant` (--prompt-variant) selects a vision-LLM prompt; CLIP models use "
+            "`templates` (--template)."
         )
 
 

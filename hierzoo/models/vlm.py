@@ -500,15 +500,18 @@ class VisionLLMClassifier(HierClassifier):
                 piece = range(lo, min(lo + chunk_size, next_q))
                 yield list(piece), self._collect(plan, logits, errors, protocol, piece)
 
-    def _prepare(
-        self, questions: Sequence[Question], protocol: Protocol | None, batch_size: int | None
-    ) -> tuple[Protocol, _Plan, torch.Tensor, list[str | None]]:
-        protocol = protocol or Protocol()
+    def check_protocol(self, protocol: Protocol) -> None:
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models; {type(self).__name__} asks the paper's "
                 f"questions, so leave it None (got {protocol.templates!r})."
             )
+
+    def _prepare(
+        self, questions: Sequence[Question], protocol: Protocol | None, batch_size: int | None
+    ) -> tuple[Protocol, _Plan, torch.Tensor, list[str | None]]:
+        protocol = protocol or Protocol()
+        self.check_protocol(protocol)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         plan = self._plan(questions, protocol)
