@@ -509,8 +509,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
-    spec = resolve_spec(cfg)
     questions, taxonomy, built = prepare_questions(cfg)
+    spec = resolve_spec(cfg)
     check_images_resolve(cfg, questions)
     ident = run_identity(
         cfg, spec, questions, taxonomy, model_content=_model_content(spec), dtype=_dtype_asked(cfg)
