@@ -144,27 +144,34 @@ def test_vlm_bench_reports_the_processor_time(tmp_path):
     assert 0 <= row["input_wait_seconds"] < row["seconds"]
 
 
-@pytest.mark.slow
-def test_gpu_script_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/gpu.sh end to end at toy sizes (what it does without CUDA): every pass
-    writes its record, the summary merges them, and a dry run claims no target."""
+def _gpu_script(out, **env):
+    """Run benchmarks/gpu.sh into ``out``; the returned message holds the tails of the output
+    and of every step's log, for an assertion that fails."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(
-        ["bash", str(root / "benchmarks" / "gpu.sh"), str(tmp_path)],
+        ["bash", str(root / "benchmarks" / "gpu.sh"), str(out)],
         cwd=root,
-        env=env,
+        env={**os.environ, "PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard only: the dry run has no time limits of its own
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "FAILED" not in done.stdout, done.stdout[-3000:]
+    logs = "".join(f"\n--- {p.name}:\n{p.read_text()[-1500:]}" for p in sorted(out.glob("*.log")))
+    return done, f"{done.stdout[-2000:]}{done.stderr[-2000:]}{logs}"
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh end to end at toy sizes (what it does without CUDA): every pass
+    writes its record, the summary merges them, and a dry run claims no target."""
+    done, message = _gpu_script(tmp_path)
+    assert done.returncode == 0, message
+    assert "FAILED" not in done.stdout, message
     merged = json.loads((tmp_path / "gpu.json").read_text())
     assert {r["run"] for r in merged["summary"]} == {
         "clip-pil-workers",
@@ -178,6 +185,22 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert merged["records"]["vlm"]["profile"]["top"] and (tmp_path / "profile-vlm.txt").exists()
     va = merged["vision_attention"]
     assert va["max_abs_diff"] == 0 or va["max_abs_diff"] < 1e-5
+
+
+def test_gpu_script_step_that_fails_keeps_its_error_in_its_log(tmp_path):
+    """A step that fails (here: open_clip cannot be imported) says so, and its log holds the
+    error the step printed on stderr, not an empty file."""
+    broken = tmp_path / "site" / "open_clip"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('open_clip is broken on purpose')\n")
+    import os
+
+    path = os.pathsep.join(filter(None, [str(broken.parent), os.environ.get("PYTHONPATH")]))
+    done, message = _gpu_script(tmp_path / "out", QUICK="1", CLIP_ONLY="1", PYTHONPATH=path)
+    log = (tmp_path / "out" / "gpu-clip-nvjpeg.log").read_text()
+    assert "FAILED: clip-nvjpeg (exit status 2; see" in done.stdout, message
+    assert "hierzoo bench: error:" in log and "open_clip" in log, message
+    assert log.rstrip().splitlines()[-1].startswith("FAILED: clip-nvjpeg"), message
 
 
 def test_profile_writes_the_op_table_and_top_ops(tmp_path):
