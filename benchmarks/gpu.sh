@@ -23,15 +23,15 @@ export PYTHONUNBUFFERED=1  # a step killed at its time limit keeps what it print
 
 if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   SIZE=real
-  CLIP=(--images 8192 --batch-size 256,512 --baseline-images 24)
-  VLM=(--images 256 --batch-size 16,32,64 --baseline-images 3)  # batched vision attention: bigger batches may pay now
+  CLIP=(--n-images 8192 --batch-size 256,512 --baseline-images 24)
+  VLM=(--n-images 256 --batch-size 16,32,64 --baseline-images 3)  # batched vision attention: bigger batches may pay now
   VA=(--device cuda --dtype bfloat16 --heads 16 --mlp 3420)
   CPUS=$(nproc)
   $PY -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 else
   SIZE=tiny
-  CLIP=(--images 32 --batch-size 8,16 --baseline-images 2)
-  VLM=(--images 8 --batch-size 4 --baseline-images 2)
+  CLIP=(--n-images 32 --batch-size 8,16 --baseline-images 2)
+  VLM=(--n-images 8 --batch-size 4 --baseline-images 2)
   VA=(--images 2 --repeats 1)
   CPUS=2
   echo "no CUDA device: a dry run at toy sizes on the CPU, without time limits"
@@ -55,13 +55,13 @@ step() {  # name, time limit in seconds (the real run only), command...
 bench() {  # name, time limit, bench arguments...
   local name=$1 limit=$2
   shift 2
-  step "$name" "$limit" $PY -m hierzoo bench "$@" --size "$SIZE" --json "$OUT/gpu-$name.json"
+  step "$name" "$limit" $PY -m hierzoo bench --model "$@" --size "$SIZE" --record "$OUT/gpu-$name.json"
 }
 
 if [ -n "${QUICK:-}" ]; then  # a second, shorter pass: the faster CLIP pipeline and fewer images
-  CLIP=(--images 8192 --batch-size 256,512 --baseline-images 16)
-  VLM=(--images 128 --batch-size 32 --baseline-images 2)
-  [ "$SIZE" = tiny ] && CLIP=(--images 16 --batch-size 8 --baseline-images 2) && VLM=(--images 4 --batch-size 4 --baseline-images 1)
+  CLIP=(--n-images 8192 --batch-size 256,512 --baseline-images 16)
+  VLM=(--n-images 128 --batch-size 32 --baseline-images 2)
+  [ "$SIZE" = tiny ] && CLIP=(--n-images 16 --batch-size 8 --baseline-images 2) && VLM=(--n-images 4 --batch-size 4 --baseline-images 1)
 else
   bench clip-pil-workers 110 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --baseline
   bench clip-tensor-workers 110 bioclip2 --random-weights "${CLIP[@]}" --num-workers $((CPUS - 1)) --worker-decode tensor --baseline

@@ -176,7 +176,7 @@ class ProbeConfig:
     images: str | None = None
     labels: str | None = None
     test_size: float = 0.3
-    seed: int = 0
+    seed: int = 42
     zero_shot: str = "auto"
     l2: float = 1e-4
     max_iter: int = 500
