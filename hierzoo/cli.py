@@ -324,7 +324,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hierzoo.demo import REAL_COMMAND, run_demo
+    from hierzoo.demo import REAL_HINT, run_demo
     from hierzoo.report import format_summary, load_runs, report_table, write_csv, write_markdown
 
     out = Path(args.out)
@@ -350,8 +350,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "\nThe demo model has random weights, so it answers at chance: about 1 in 4 per level, "
         "and HCA near "
-        "(1/4)^4 = 0.4%. Nothing here measures a real model.\nWith a real model and the CUB-200 "
-        "images:\n  " + REAL_COMMAND
+        "(1/4)^4 = 0.4%. Nothing here measures a real model.\n" + REAL_HINT
     )
     return 0
 
@@ -570,6 +569,15 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
     from hierzoo.tasks import read_questions, validate_questions
 
     questions = read_questions(args.questions, image_root=args.image_root)[: args.limit]
+    n_test = sum(q.split == "test" for q in questions)
+    if n_test:
+        print(
+            f"hierzoo export-sft: warning: {n_test} of {len(questions)} entries are from the test "
+            "split (split: test); a model fine-tuned on them is contaminated for the benchmark "
+            "that asks them (the paper's CUB-200 sets are test questions): export training "
+            "questions instead",
+            file=sys.stderr,
+        )
     key = None
     if args.taxonomy:
         from hierzoo import load_taxonomy

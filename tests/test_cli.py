@@ -4,7 +4,15 @@ line for every option, old spellings that still work, and one-line errors that n
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hierzoo import _cli_options as opt
@@ -245,3 +253,127 @@ def test_a_device_torch_does_not_know_is_named_with_the_valid_forms(capsys):
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "'gpu0'" in err and "cuda:N" in err and "model" not in err
     assert parse_args([*EVAL, "--device", "cuda:1"]).device == "cuda:1"  # parsing needs no GPU
+
+
+# ----------------------------------------------------------------------------- as a process
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _hierzoo(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "hierzoo", *argv]
+
+
+def test_models_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from hierzoo.cli import main\n"
+        "assert main(['models', '--family', 'clip']) == 0\n"
+        "assert main(['models', '--json']) == 0\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "no torch"
+    assert "bioclip2" in done.stdout
+
+
+@pytest.mark.parametrize("argv", [["models", "--json"], ["models"], ["taxonomy"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(argv):
+    """``hierzoo models --json | head``: the reader has gone before anything is written."""
+    proc = subprocess.Popen(
+        _hierzoo(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+    )
+    proc.stdout.close()  # the reader stops reading before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == "", err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """SIGINT during ``hierzoo eval``: one line saying how to resume, no traceback; the rerun
+    resumes."""
+    from PIL import Image
+
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    model = build_tiny_openclip(tmp_path / "model", seed=1)
+    rng = np.random.default_rng(0)
+    for leaf in ["Laysan Albatross", "Sooty Albatross", "Common Raven"]:
+        (tmp_path / "images" / leaf).mkdir(parents=True)
+        for j in range(6):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / leaf / f"{j}.jpg")
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(model), "--taxonomy", "cub200", "--images"]
+    argv += [str(tmp_path / "images"), "--out", str(out), "--batch-size", "1"]
+    argv += ["--num-workers", "0", "--no-progress", "--device", "cpu"]
+    proc = subprocess.Popen(
+        _hierzoo(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    preds = out / "predictions.jsonl"
+    while proc.poll() is None and not (preds.exists() and preds.read_text().count("\n") >= 1):
+        time.sleep(0.005)  # a poll, not a time limit: it stops when the process writes or ends
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "hierzoo eval: interrupted; rerun the same command to resume"
+    )
+    assert main(argv) == 0
+    assert len(preds.read_text().splitlines()) == 18
+
+
+def test_default_output_folders_are_ignored_by_git():
+    """Every command's default --out (``hierzoo demo`` run in a clone writes ./hierzoo-demo)
+    is in .gitignore."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    defaults = {
+        a.default
+        for p in _commands().values()
+        for a in _options(p)
+        if "--out" in a.option_strings and a.default
+    }
+    assert defaults == {"hierzoo-demo", "hierzoo-report"}
+    for folder in defaults:
+        done = subprocess.run(
+            ["git", "check-ignore", "-q", f"{folder}/report.md"], cwd=root, timeout=300
+        )
+        assert done.returncode == 0, f"{folder}/ is not in .gitignore"
+
+
+def test_export_sft_warns_when_the_source_is_the_test_split(tmp_path, capsys):
+    from hierzoo.tasks import read_questions, write_questions
+
+    out = tmp_path / "sft.jsonl"
+    assert main(["export-sft", "--questions", "cub200-similar", "--limit", "3"] + [
+        "--output", str(out)]) == 0  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 of 3 entries are from the test split" in err[0]
+    assert "contaminated" in err[0] and len(out.read_text().splitlines()) == 12
+    train = read_questions("cub200-similar")[:2]
+    for q in train:
+        q.split = "train"
+    write_questions(train, tmp_path / "train.jsonl")
+    assert main(["export-sft", "--questions", str(tmp_path / "train.jsonl")] + [
+        "--output", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().err == ""
+
+
+def test_json_the_cli_writes_has_no_float_noise(tmp_path):
+    from hierzoo.bench import write_record
+    from hierzoo.tables import tidy
+
+    record = {"hca": 55.60000000000001, "rates": [0.1 + 0.2, 1 / 3], "n": 3, "name": "x"}
+    assert tidy(record) == {"hca": 55.6, "rates": [0.3, 1 / 3], "n": 3, "name": "x"}
+    text = write_record(record, tmp_path / "r.json").read_text()
+    assert "55.60000000000001" not in text and "0.30000000000000004" not in text
+    back = json.loads(text)
+    assert back["hca"] == 55.6 and back["rates"][1] == pytest.approx(1 / 3, rel=1e-11)
+    with pytest.raises(ValueError):  # strict JSON: NaN is refused, not written
+        write_record({"x": float("nan")}, tmp_path / "nan.json")
