@@ -555,17 +555,16 @@ def format_bench(record: dict[str, Any]) -> str:
         "peak_gpu_memory_gib": "peak GPU mem (GiB)",
         "peak_rss_gib": "peak RSS (GiB)",
     }
+    from hierzoo.tables import text_table
+
     cols = [c for c in names if any(c in r for r in record["sweep"])]
-    header = [names[c] for c in cols]
     lines = [
         f"{record['model']}{' (random weights)' if record['random_weights'] else ''} on "
         f"{record['device']}, "
         f"{record['images']} images x {record['levels']} levels"
     ]
     rows = [[_fmt(r.get(c)) for c in cols] for r in record["sweep"]]
-    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
+    lines += text_table([names[c] for c in cols], rows, left=0)
     if len(record["sweep"]) > 1:
         lines.append(f"best batch size: {record['best_batch_size']}")
     if record.get("forward_only_images_per_second"):

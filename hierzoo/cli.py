@@ -244,18 +244,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from hierzoo.models._registry import ZOO, list_models
-    from hierzoo.tables import tidy
+    from hierzoo.tables import text_table, tidy
 
     names = list_models(args.family)
     if args.json:
         print(json.dumps(tidy([asdict(ZOO[n]) for n in names]), indent=2))
         return 0
     rows = [(n, ZOO[n].family, ZOO[n].params, ZOO[n].hub_id) for n in names]
-    widths = [
-        max(len(r[i]) for r in rows + [("name", "family", "size", "hub id")]) for i in range(4)
-    ]
-    for r in [("name", "family", "size", "hub id"), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print("\n".join(text_table(["name", "family", "size", "hub id"], rows, left=4)))
     return 0
 
 
