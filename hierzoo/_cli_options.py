@@ -16,13 +16,33 @@ import importlib
 import string
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_FORMS = "cpu, cuda (the first GPU), cuda:N (the N-th GPU) or mps"
 SEED = 42
+
+
+# --------------------------------------------------------------------------- the parser
+class Parser(argparse.ArgumentParser):
+    """Errors in one line that names the value and where the options are listed (argparse's
+    own prints the whole usage first, fourteen lines for ``eval``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the command ``name``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def require(parser: argparse.ArgumentParser, flag: str) -> None:
+    """Make an option of a shared group required in this command."""
+    next(a for a in parser._actions if flag in a.option_strings).required = True
 
 
 # --------------------------------------------------------------------------- option types
@@ -232,6 +252,41 @@ def deprecated_flag(parser: Any, old: str, new: str, dest: str, **kw: Any) -> ar
         help=argparse.SUPPRESS,  # kept working, not advertised: docs list the old spellings
         **kw,
     )
+
+
+class ImagesOrOldCount(argparse.Action):
+    """``bench --images``: a folder; an integer is the old spelling of ``--n-images``."""
+
+    kind = "folder"
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        if values.lstrip("+-").isdigit():
+            try:
+                namespace.n_images = positive_int(values)
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentError(self, str(e)) from None
+            deprecation(parser, "--images N (a count)", "--n-images N")
+        else:
+            namespace.images = values
+
+
+def old_spellings(argv: list[str]) -> list[str]:
+    """``bench --json FILE.json``, the old spelling of ``--record FILE.json`` (``--json`` is
+    a switch now), rewritten before parsing."""
+    if not argv or argv[0] != "bench":
+        return argv
+    out = list(argv)
+    for i, a in enumerate(argv):
+        old = a[len("--json=") :] if a.startswith("--json=") else None
+        if a == "--json" and i + 1 < len(argv) and argv[i + 1].endswith(".json"):
+            old = ""
+        if old is not None:
+            print(
+                "hierzoo bench: warning: --json FILE is deprecated; use --record FILE",
+                file=sys.stderr,
+            )
+            out[i] = f"--record={old}" if old else "--record"
+    return out
 
 
 # --------------------------------------------------------------------------- shared option groups

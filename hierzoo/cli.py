@@ -7,15 +7,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from hierzoo import __version__
 from hierzoo import _cli_options as opt
-
-
-def _require(parser: argparse.ArgumentParser, flag: str) -> None:
-    """Make an option of a shared group required in this command."""
-    next(a for a in parser._actions if flag in a.option_strings).required = True
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +92,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "it. Results go to --out: predictions.jsonl (paper format, appended batch by batch), "
         "summary.json. Run again with the same --out to resume after a crash.",
     )
-    _require(p, "--model")
+    opt.require(p, "--model")
     p.add_argument("--out", metavar="DIR", required=True, help="run directory (a folder)")
     p.add_argument(
         "--retry-errors", action="store_true", help="redo samples recorded with an error"
@@ -388,7 +382,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--images",
         metavar="DIR",
-        action=_BenchImages,
+        action=opt.ImagesOrOldCount,
         help="a folder of images to time instead of synthetic photos (searched recursively, "
         "repeated when it holds fewer than --n-images + 16)",
     )
@@ -435,22 +429,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--trace", action="store_true", help="with --profile: also write a Chrome trace")
     p.set_defaults(func=_cmd_bench, check=_check_bench)
-
-
-class _BenchImages(argparse.Action):
-    """``bench --images``: a folder; an integer is the old spelling of ``--n-images``."""
-
-    kind = "folder"
-
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
-        if values.lstrip("+-").isdigit():
-            try:
-                namespace.n_images = opt.positive_int(values)
-            except argparse.ArgumentTypeError as e:
-                raise argparse.ArgumentError(self, str(e)) from None
-            opt.deprecation(parser, "--images N (a count)", "--n-images N")
-        else:
-            namespace.images = values
 
 
 def _check_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -629,7 +607,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         "image:raw, layer:K; vision LLMs vision, projector, llm:K, llm:K:answer (K a layer, "
         "negative from the end). See docs/probing.md.",
     )
-    _require(p, "--model")
+    opt.require(p, "--model")
     p.add_argument("--taxonomy", metavar="NAME", required=True, help="bundled name or file")
     p.add_argument(
         "--images",
@@ -737,16 +715,8 @@ COMMANDS = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors in one line that names the value and where the options are listed (argparse's
-    own prints the whole usage first, fourteen lines for ``eval``)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = opt.Parser(
         prog="hierzoo",
         description="Ask vision models what they see at every level of a taxonomy, and measure "
         "whether their answers form one consistent path.",
@@ -761,38 +731,14 @@ def build_parser() -> argparse.ArgumentParser:
 RESUMABLE = ("eval", "probe", "demo")
 
 
-def _old_spellings(argv: list[str]) -> list[str]:
-    """``bench --json FILE.json``, the old spelling of ``--record FILE.json`` (``--json`` is
-    a switch now), rewritten before parsing."""
-    if not argv or argv[0] != "bench":
-        return argv
-    out = list(argv)
-    for i, a in enumerate(argv):
-        old = a[len("--json=") :] if a.startswith("--json=") else None
-        if a == "--json" and i + 1 < len(argv) and argv[i + 1].endswith(".json"):
-            old = ""
-        if old is not None:
-            print(
-                "hierzoo bench: warning: --json FILE is deprecated; use --record FILE",
-                file=sys.stderr,
-            )
-            out[i] = f"--record={old}" if old else "--record"
-    return out
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The namespace of a command line, old spellings translated (each with a warning on stderr)
     and each command's own checks made; a mistake exits with status 2 and one line."""
     parser = build_parser()
-    args = parser.parse_args(_old_spellings(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(opt.old_spellings(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "check", None):
-        args.check(_subparser(parser, args.command), args)
+        args.check(opt.subparser(parser, args.command), args)
     return args
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
