@@ -40,3 +40,18 @@ def test_readme_example_runs_as_a_script_and_prints(code, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(printed) == code.count("print("), done.stdout
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` does what the README's test command does, step for step (pip's -q and the
+    `python -m pip` spelling aside), plus its ruff lines."""
+    text = README.read_text()
+    block = text[text.index("Run the tests") :]
+    command = re.search(r"```bash\n(.*?)\n```", block, re.S).group(1)
+    steps = [s.strip() for s in command.split("&&")]
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    ci = [line.replace("python -m pip install -q", "pip install").strip() for line in ci]
+    ci = [". .venv/bin/activate" if line.startswith(". .venv") else line for line in ci]
+    positions = [ci.index(step) for step in steps]  # each step is a line of .ci/run
+    assert positions == sorted(positions)
+    assert any(line.startswith("ruff check") for line in ci)
