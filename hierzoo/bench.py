@@ -4,19 +4,22 @@ For every batch size asked: end-to-end images/s and questions/s of ``answer()`` 
 and preprocessing included), the model's forward passes alone, latency per batch (median,
 p90), peak memory, and achieved FLOP/s against the device's peak where it is known. Warm-up
 runs are excluded; CUDA work is timed with events or after a synchronise. ``--baseline`` runs
-the paper's per-question loop on the same model and images and gives the ratio.
+the paper's per-question loop on the same model and images and gives the ratio. With
+``images`` (a folder) the timed photos are the folder's instead of synthetic ones.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import platform
+import re
 import resource
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,8 @@ class BenchConfig:
     model: str
     random_weights: bool = False
     size: str = "real"
-    images: int = 256
+    n_images: int = 256
+    images: str | None = None
     levels: int = 4
     batch_sizes: Sequence[int | None] = (None,)
     device: str | None = None
@@ -92,6 +96,23 @@ def _write_jpegs(args: tuple[str, list[int], tuple[int, int], int]) -> None:
         )
         img = (127 + 100 * base + rng.normal(0, 12, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(img).save(Path(folder) / f"{i:05d}.jpg", quality=90)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def folder_images(folder: str | Path, n: int) -> list[str]:
+    """The first ``n`` images of ``folder`` (searched recursively, in path order), repeated
+    from the start when it holds fewer."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images {folder}: not a folder; pass a folder of images")
+    found = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(
+            f"--images {folder}: no image ({', '.join(IMAGE_SUFFIXES)}) in it or below it"
+        )
+    return [found[i % len(found)] for i in range(n)]
 
 
 def make_questions(paths: list[str], levels: int) -> list[Question]:
@@ -342,10 +363,14 @@ def load_for_bench(cfg: BenchConfig) -> HierClassifier:
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-able record (see the module docstring)."""
-    clf = load_for_bench(cfg)
     work = Path(cfg.work_dir or Path(tempfile.gettempdir()) / "hierzoo-bench")
     w, h = cfg.image_size
-    paths = make_images(work / f"jpeg-{w}x{h}", cfg.images + cfg.warmup_images, (w, h))
+    n = cfg.n_images + cfg.warmup_images
+    if cfg.images:
+        paths = folder_images(cfg.images, n)
+    else:
+        paths = make_images(work / f"jpeg-{w}x{h}", n, (w, h))
+    clf = load_for_bench(cfg)
     questions = make_questions(paths[cfg.warmup_images :], cfg.levels)
     warm = make_questions(paths[: cfg.warmup_images], cfg.levels)
     rows = [measure(clf, questions, bs, warm) for bs in cfg.batch_sizes]
@@ -356,10 +381,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "size": cfg.size,
         "family": clf.family,
         "device": _device_name(clf.device),
+        "device_type": clf.device.type,
         "dtype": str(getattr(clf, "dtype", "")),
-        "images": cfg.images,
+        "images": cfg.n_images,
         "levels": cfg.levels,
-        "image_size": list(cfg.image_size),
+        "image_folder": cfg.images,
+        "image_size": None if cfg.images else list(cfg.image_size),
         "decode_on_device": bool(getattr(clf, "device_preprocess", None)),
         "worker_decode": getattr(clf, "worker_decode", None),
         "batched_vision_attention": getattr(clf, "batched_vision_attention", None),
@@ -402,11 +429,12 @@ def profile_batch(
     cuda = clf.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     protocol = _protocol(clf)
-    with profile(activities=activities) as prof:
-        clf.answer(questions, protocol=protocol, batch_size=batch_size)
-        if cuda:
-            torch.cuda.synchronize(clf.device)
-    events = prof.key_averages()
+    with _profiler_log_filtered(not cuda):
+        with profile(activities=activities) as prof:
+            clf.answer(questions, protocol=protocol, batch_size=batch_size)
+            if cuda:
+                torch.cuda.synchronize(clf.device)
+        events = prof.key_averages()
     device_key = (
         "self_device_time_total"
         if hasattr(events[0], "self_device_time_total")
@@ -442,6 +470,31 @@ def profile_batch(
             for e in rows
         ],
     }
+
+
+_KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]")
+
+
+@contextlib.contextmanager
+def _profiler_log_filtered(active: bool) -> Iterator[None]:
+    """On a CPU, leave out the log lines the profiler's native library writes to stderr
+    (``profiler_start``, ``gpuGetDeviceCount failed``: about devices that are not in use);
+    anything else written to stderr meanwhile is passed on."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if not _KINETO_LINE.match(x)))
 
 
 def _agreement(a: list[list[str | None]], b: list[list[str | None]]) -> float:
@@ -502,23 +555,24 @@ def format_bench(record: dict[str, Any]) -> str:
         "peak_gpu_memory_gib": "peak GPU mem (GiB)",
         "peak_rss_gib": "peak RSS (GiB)",
     }
+    from hierzoo.tables import text_table
+
     cols = [c for c in names if any(c in r for r in record["sweep"])]
-    header = [names[c] for c in cols]
     lines = [
         f"{record['model']}{' (random weights)' if record['random_weights'] else ''} on "
         f"{record['device']}, "
         f"{record['images']} images x {record['levels']} levels"
     ]
     rows = [[_fmt(r.get(c)) for c in cols] for r in record["sweep"]]
-    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
-    lines.append(f"best batch size: {record['best_batch_size']}")
+    lines += text_table([names[c] for c in cols], rows, left=0)
+    if len(record["sweep"]) > 1:
+        lines.append(f"best batch size: {record['best_batch_size']}")
     if record.get("forward_only_images_per_second"):
         lines.append(
             f"image encoder alone: {record['forward_only_images_per_second']:.1f} images/s"
         )
-    if record.get("achieved_tflops") is not None:
+    # FLOP/s against a peak: on a CUDA device (on a CPU the estimate compares with nothing)
+    if record.get("achieved_tflops") is not None and record.get("device_type") == "cuda":
         peak = (
             f" ({100 * record['fraction_of_peak']:.1f}% of {record['device_peak_tflops']:.0f})"
             if record.get("fraction_of_peak")
@@ -549,7 +603,8 @@ def _fmt(v: Any) -> str:
 
 
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
-    return path
+    """The record as strict JSON, floats without binary noise (:func:`hierzoo.tables.tidy`)."""
+    from hierzoo._io import write_json
+    from hierzoo.tables import tidy
+
+    return write_json(path, tidy(record))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from hierzoo import __version__
+from hierzoo import _cli_options as opt
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +26,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="keep a first level whose ground truth never varies",
     )
     p.add_argument(
-        "--taxonomy", help="bundled name or file: encode names through it and add path consistency"
+        "--taxonomy",
+        metavar="NAME",
+        help="bundled name or file: encode names through it and add path consistency",
     )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per file instead of a table"
@@ -122,58 +126,74 @@ def _cmd_taxonomy(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
+        parents=[
+            opt.model_options(),
+            opt.device_options(),
+            opt.run_options(),
+            opt.pipeline_options(),
+        ],
         help="run a model on a question set (resumable; torchrun shards it)",
         description="Answer a four-choice question set (or predict paths) with a model and score "
-        "it. "
-        "Results go to --out: predictions.jsonl (paper format, appended batch by batch), "
-        "summary.json. "
-        "Run again with the same --out to resume after a crash.",
+        "it. Results go to --out: predictions.jsonl (paper format, appended batch by batch), "
+        "summary.json. Run again with the same --out to resume after a crash.",
     )
+    opt.require(p, "--model")
+    p.add_argument("--out", metavar="DIR", required=True, help="run directory (a folder)")
     p.add_argument(
-        "--model",
-        required=True,
-        help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory",
+        "--retry-errors", action="store_true", help="redo samples recorded with an error"
     )
-    p.add_argument("--out", required=True, help="run directory")
     src = p.add_argument_group("questions")
     src.add_argument(
         "--questions",
+        metavar="FILE",
         help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar",
     )
-    src.add_argument("--image-root", help="remap recorded image paths to files under this folder")
-    src.add_argument("--taxonomy", help="the bundled taxonomy (or file) the questions come from")
+    src.add_argument(
+        "--image-root", metavar="DIR", help="remap recorded image paths to files under this folder"
+    )
+    src.add_argument(
+        "--taxonomy", metavar="NAME", help="the bundled taxonomy (or file) the questions come from"
+    )
     src.add_argument(
         "--images",
+        metavar="DIR",
         help="instead of --questions: a folder of images, one sub-folder per leaf, or flat files "
         "named <Leaf_name>_<n>.jpg (Oxford-IIIT Pet: its annotations/list.txt is used if there)",
     )
     src.add_argument(
         "--labels",
+        metavar="CSV",
         help="a CSV of image,leaf instead of the folder layout; relative image paths are "
         "relative to --images when given, else to the CSV's folder",
     )
-    src.add_argument("--distractors", choices=["random", "similar"], default="random")
     src.add_argument(
-        "--seed",
-        type=int,
-        default=42,
-        help="seed of built questions and of option shuffling (42, as the paper)",
+        "--distractors",
+        choices=opt.LazyChoices("hierzoo.tasks", "DISTRACTORS"),
+        default="random",
+        help="with --images: the wrong options of built questions: random nodes of the level, "
+        "or the nearest in the tree (similar)",
     )
-    src.add_argument("--limit", type=int, help="only the first N samples")
+    opt.seed_option(src, "built questions and of option shuffling")
+    src.add_argument("--limit", metavar="N", type=opt.positive_int, help="only the first N samples")
     how = p.add_argument_group("protocol")
     how.add_argument(
         "--task",
-        choices=["questions", "path"],
+        choices=opt.LazyChoices("hierzoo.runner", "TASKS"),
         default="questions",
         help="four-choice questions, or predict_path over the whole taxonomy",
     )
     how.add_argument(
         "--strategy",
-        choices=["independent", "topdown", "joint", "marginal"],
+        choices=opt.LazyChoices("hierzoo.models.base", "STRATEGIES"),
         default="joint",
         help="predict_path strategy for --task path",
     )
-    how.add_argument("--protocol", choices=["paper"], default="paper")
+    how.add_argument(
+        "--protocol",
+        choices=["paper"],
+        default="paper",
+        help="how questions are asked: the paper's prompts and answer rule (the only one so far)",
+    )
     how.add_argument(
         "--prompt-variant",
         type=int,
@@ -193,52 +213,23 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     how.add_argument(
         "--mode",
-        choices=["image", "text"],
+        choices=opt.LazyChoices("hierzoo.prompts", "MODES"),
         default="image",
         help="text: no image, the question names the leaf",
     )
     how.add_argument(
         "--template",
+        metavar="TEMPLATE",
         action="append",
         dest="templates",
-        help="CLIP prompt template with {} (repeatable)",
+        type=opt.template,
+        help="CLIP prompt template with {} for the name and optionally {rank} (repeatable)",
     )
-    run = p.add_argument_group("running")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
-    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    run.add_argument(
-        "--num-workers",
-        type=int,
-        help="image decoding workers (with --decode-on-device: threads reading the files)",
-    )
-    run.add_argument(
+    p.add_argument(
         "--device-map",
+        metavar="MAP",
         help="vision LLMs larger than one GPU: a transformers device_map such as auto",
     )
-    run.add_argument(
-        "--decode-on-device",
-        action="store_true",
-        help="CLIP models: decode JPEGs on the GPU (nvJPEG)",
-    )
-    run.add_argument(
-        "--worker-decode",
-        choices=["pil", "tensor"],
-        help="CLIP models: how workers decode and resize: PIL "
-        "(default, the paper's pixels) or torchvision + torch (about 3x less CPU per image, "
-        "pixels within a few grey levels)",
-    )
-    run.add_argument(
-        "--no-batched-vision-attention",
-        dest="batched_vision_attention",
-        action="store_false",
-        help="Qwen-VL: keep transformers' per-window attention loop in the vision tower",
-    )
-    run.add_argument(
-        "--retry-errors", action="store_true", help="redo samples recorded with an error"
-    )
-    run.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
-    run.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -246,32 +237,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hierzoo.report import format_summary
     from hierzoo.runner import EvalConfig, RunError, retry_command, run_eval
 
-    cfg = EvalConfig(
-        model=args.model,
-        out=args.out,
-        questions=args.questions,
-        image_root=args.image_root,
-        taxonomy=args.taxonomy,
-        images=args.images,
-        labels=args.labels,
-        distractors=args.distractors,
-        seed=args.seed,
-        task=args.task,
-        strategy=args.strategy,
-        protocol=args.protocol,
-        prompt_variant=args.prompt_variant,
-        keep_option_order=args.keep_option_order,
-        circular=args.circular,
-        mode=args.mode,
-        templates=args.templates,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        num_workers=args.num_workers,
-        limit=args.limit,
-        retry_errors=args.retry_errors,
-        progress=not args.no_progress,
-        threads=args.threads,
+    cfg = opt.config_from(
+        EvalConfig,
+        args,
         model_kwargs={
             k: v
             for k, v in (
@@ -306,8 +274,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model zoo")
-    p.add_argument("--family", help="only one family (clip, vlm, openclip, qwen2.5-vl, ...)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--family",
+        metavar="FAMILY",
+        help="only one model family (clip, vlm, openclip, qwen2.5-vl, ...)",
+    )
+    p.add_argument("--json", action="store_true", help="print the specs as JSON instead of a table")
     p.set_defaults(func=_cmd_models)
 
 
@@ -315,17 +287,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from hierzoo.models._registry import ZOO, list_models
+    from hierzoo.tables import text_table, tidy
 
     names = list_models(args.family)
     if args.json:
-        print(json.dumps([asdict(ZOO[n]) for n in names], indent=2))
+        print(json.dumps(tidy([asdict(ZOO[n]) for n in names]), indent=2))
         return 0
     rows = [(n, ZOO[n].family, ZOO[n].params, ZOO[n].hub_id) for n in names]
-    widths = [
-        max(len(r[i]) for r in rows + [("name", "family", "size", "hub id")]) for i in range(4)
-    ]
-    for r in [("name", "family", "size", "hub id"), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print("\n".join(text_table(["name", "family", "size", "hub id"], rows, left=4)))
     return 0
 
 
@@ -339,9 +308,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="DIR", help="run directory, or a folder of them")
     p.add_argument(
-        "--out", default="hierzoo-report", help="report directory (default ./hierzoo-report)"
+        "--out",
+        metavar="DIR",
+        default="hierzoo-report",
+        help="report directory (default ./hierzoo-report)",
     )
-    p.add_argument("--no-plots", action="store_true", help="only the tables (no matplotlib needed)")
+    opt.no_plots_option(p, "plots, only the tables")
     p.set_defaults(func=_cmd_report)
 
 
@@ -379,14 +351,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "report`. "
         "Nothing is downloaded.",
     )
-    p.add_argument("--out", default="hierzoo-demo", help="demo directory (default ./hierzoo-demo)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="hierzoo-demo",
+        help="demo directory (default ./hierzoo-demo)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hierzoo.demo import REAL_COMMAND, run_demo
+    from hierzoo.demo import REAL_HINT, run_demo
     from hierzoo.report import format_summary, load_runs, report_table, write_csv, write_markdown
 
     out = Path(args.out)
@@ -412,8 +389,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "\nThe demo model has random weights, so it answers at chance: about 1 in 4 per level, "
         "and HCA near "
-        "(1/4)^4 = 0.4%. Nothing here measures a real model.\nWith a real model and the CUB-200 "
-        "images:\n  " + REAL_COMMAND
+        "(1/4)^4 = 0.4%. Nothing here measures a real model.\n" + REAL_HINT
     )
     return 0
 
@@ -421,13 +397,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
+        parents=[opt.model_options(), opt.device_options(), opt.pipeline_options()],
         help="throughput of a model: end to end and forward only, a batch-size sweep",
-        description="Time answer() on synthetic JPEG photos (decoding included): images/s, "
-        "questions/s, the "
-        "forward passes alone, latency per batch (median, p90), peak memory and achieved FLOP/s. "
-        "--random-weights builds the zoo model's real architecture without downloading.",
+        description="Time answer() on synthetic JPEG photos, or on a folder of yours (decoding "
+        "included): images/s, questions/s, the forward passes alone, latency per batch (median, "
+        "p90), peak memory and achieved FLOP/s on a GPU. --random-weights builds the zoo model's "
+        "real architecture without downloading.",
     )
-    p.add_argument("model", help="zoo name, hf-hub:org/repo or a model directory")
+    p.add_argument(
+        "model_arg",
+        nargs="?",
+        metavar="MODEL",
+        help=argparse.SUPPRESS,  # the old spelling of --model MODEL
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -439,39 +421,55 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default="real",
         help="with --random-weights: tiny is a toy-size twin",
     )
-    p.add_argument("--images", type=int, default=256, help="timed images (question-set entries)")
-    p.add_argument("--levels", type=int, default=4, help="questions per image")
     p.add_argument(
-        "--batch-size", default=None, help="one size or a comma list to sweep, e.g. 64,128,256"
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        help="image decoding workers (with --decode-on-device: threads reading the files)",
+        "--n-images",
+        metavar="N",
+        type=opt.positive_int,
+        default=256,
+        help="timed images (question-set entries; default 256)",
     )
     p.add_argument(
-        "--decode-on-device", action="store_true", help="CLIP models: decode JPEGs on the GPU"
+        "--images",
+        metavar="DIR",
+        action=opt.ImagesOrOldCount,
+        help="a folder of images to time instead of synthetic photos (searched recursively, "
+        "repeated when it holds fewer than --n-images + 16)",
     )
     p.add_argument(
-        "--worker-decode",
-        choices=["pil", "tensor"],
-        default="pil",
-        help="CLIP models: workers decode and resize with PIL, or with torchvision + torch",
+        "--levels",
+        metavar="L",
+        type=opt.positive_int,
+        default=4,
+        help="questions per image (default 4)",
     )
     p.add_argument(
-        "--no-batched-vision-attention",
-        dest="batched_vision_attention",
-        action="store_false",
-        help="Qwen-VL: keep transformers' per-window attention loop in the vision tower",
+        "--batch-size",
+        type=opt.batch_sizes,
+        dest="batch_sizes",
+        metavar="N[,N...]",
+        help="one batch size, or a comma list to sweep, e.g. 64,128,256 (default: the model's)",
     )
-    p.add_argument("--image-size", default="500x375", help="synthetic photo size WxH")
+    p.add_argument(
+        "--image-size",
+        metavar="WxH",
+        type=opt.image_size,
+        default=(500, 375),
+        help="synthetic photo size WxH (default 500x375)",
+    )
     p.add_argument(
         "--baseline", action="store_true", help="also time the paper's per-question loop"
     )
-    p.add_argument("--baseline-images", type=int, default=8)
-    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
-    p.add_argument("--json", help="write the record to this file")
+    p.add_argument(
+        "--baseline-images",
+        metavar="N",
+        type=opt.positive_int,
+        default=8,
+        help="images the paper's loop is timed on, with --baseline (default 8)",
+    )
+    p.add_argument("--record", metavar="FILE", help="write the record (JSON) to this file")
+    p.add_argument(
+        "--json", action="store_true", help="print the record as JSON instead of the table"
+    )
     p.add_argument(
         "--profile",
         metavar="FILE",
@@ -479,7 +477,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "its op table goes to FILE, the top ops into the record (and FILE.trace.json with --trace)",
     )
     p.add_argument("--trace", action="store_true", help="with --profile: also write a Chrome trace")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, check=_check_bench)
+
+
+def _check_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.model_arg:
+        if args.model:
+            parser.error(f"give the model once: --model {args.model}, not also {args.model_arg}")
+        opt.deprecation(parser, "the positional MODEL", "--model MODEL")
+        args.model = args.model_arg
+    if not args.model:
+        parser.error("the following arguments are required: --model")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -489,30 +497,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    sizes = [int(x) for x in args.batch_size.split(",")] if args.batch_size else [None]
-    w, h = (int(x) for x in args.image_size.lower().split("x"))
-    cfg = BenchConfig(
-        model=args.model,
-        random_weights=args.random_weights,
-        size=args.size,
-        images=args.images,
-        levels=args.levels,
-        batch_sizes=sizes,
-        device=args.device,
-        baseline=args.baseline,
-        baseline_images=args.baseline_images,
-        image_size=(w, h),
-        num_workers=args.num_workers,
-        decode_on_device=args.decode_on_device,
-        worker_decode=args.worker_decode,
-        batched_vision_attention=args.batched_vision_attention,
-        profile=args.profile,
-        trace=args.trace,
-    )
-    record = run_bench(cfg)
-    print(format_bench(record))
+    record = run_bench(opt.config_from(BenchConfig, args))
     if args.json:
-        print(f"wrote {write_record(record, args.json)}")
+        from hierzoo.tables import tidy
+
+        print(json.dumps(tidy(record), indent=2))
+    else:
+        print(format_bench(record))
+    if args.record:
+        print(
+            f"wrote {write_record(record, args.record)}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     return 0
 
 
@@ -530,10 +526,14 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--questions",
+        metavar="FILE",
         required=True,
         help="question file (.jsonl), or a bundled set: cub200-random, cub200-similar",
     )
-    p.add_argument("--out", required=True, help="output file, .json (a list) or .jsonl")
+    p.add_argument(
+        "--output", metavar="FILE", help="output file, .json (a list) or .jsonl (required)"
+    )
+    opt.deprecated_flag(p, "--out", "--output FILE", dest="output", metavar="FILE")
     p.add_argument(
         "--format",
         choices=["qwen", "llava", "sharegpt"],
@@ -543,12 +543,13 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=["image", "text"],
+        choices=opt.LazyChoices("hierzoo.prompts", "MODES"),
         default="image",
         help="text: no image, the question names the leaf",
     )
     p.add_argument(
         "--image-root",
+        metavar="DIR",
         help="remap recorded image paths to files under this folder (each must exist)",
     )
     p.add_argument(
@@ -559,6 +560,7 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--taxonomy",
+        metavar="NAME",
         help="the taxonomy of the questions: its prompts, and validation of every option",
     )
     p.add_argument(
@@ -570,14 +572,18 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--family",
+        metavar="FAMILY",
         help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)",
     )
-    p.add_argument(
-        "--seed", type=int, default=42, help="seed of the option shuffling (42, as the paper)"
-    )
+    opt.seed_option(p, "the option shuffling")
     p.add_argument("--keep-option-order", action="store_true", help="keep the file's option order")
-    p.add_argument("--limit", type=int, help="only the first N entries")
-    p.set_defaults(func=_cmd_export_sft)
+    p.add_argument("--limit", metavar="N", type=opt.positive_int, help="only the first N entries")
+    p.set_defaults(func=_cmd_export_sft, check=_check_export_sft)
+
+
+def _check_export_sft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.output:
+        parser.error("the following arguments are required: --output")
 
 
 def _cmd_export_sft(args: argparse.Namespace) -> int:
@@ -586,6 +592,15 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
     from hierzoo.tasks import read_questions, validate_questions
 
     questions = read_questions(args.questions, image_root=args.image_root)[: args.limit]
+    n_test = sum(q.split == "test" for q in questions)
+    if n_test:
+        print(
+            f"hierzoo export-sft: warning: {n_test} of {len(questions)} entries are from the test "
+            "split (split: test); a model fine-tuned on them is contaminated for the benchmark "
+            "that asks them (the paper's CUB-200 sets are test questions): export training "
+            "questions instead",
+            file=sys.stderr,
+        )
     key = None
     if args.taxonomy:
         from hierzoo import load_taxonomy
@@ -601,7 +616,7 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
     missing = "skip" if args.skip_missing else ("error" if args.image_root else "recorded")
     done = export_sft(
         questions,
-        args.out,
+        args.output,
         format=args.format,
         mode=args.mode,
         taxonomy=key,
@@ -631,29 +646,27 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
 def _add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe",
+        parents=[opt.model_options(), opt.device_options(), opt.run_options()],
         help="linear probes per taxonomy level on a model's features (vision, projector, LLM "
         "layers)",
         description="Extract features of your images at one or more sites of a model (resumable "
-        "shards under "
-        "--out/features), fit a linear probe per taxonomy level on a held-out split by image, and "
-        "compare with "
-        "the model's own zero-shot answers on the same images. Writes probe.json and "
-        "probe_levels.png to --out "
-        "and prints a table. Sites: CLIP image, image:raw, layer:K; vision LLMs vision, "
-        "projector, llm:K, "
-        "llm:K:answer (K a layer, negative from the end). See docs/probing.md.",
+        "shards under --out/features), fit a linear probe per taxonomy level on a held-out split "
+        "by image, and compare with the model's own zero-shot answers on the same images. Writes "
+        "probe.json and probe_levels.png to --out and prints a table. Sites: CLIP image, "
+        "image:raw, layer:K; vision LLMs vision, projector, llm:K, llm:K:answer (K a layer, "
+        "negative from the end). See docs/probing.md.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="zoo name (`hierzoo models`), hf-hub:org/repo, or a model directory",
-    )
-    p.add_argument("--taxonomy", required=True, help="bundled name or file")
+    opt.require(p, "--model")
+    p.add_argument("--taxonomy", metavar="NAME", required=True, help="bundled name or file")
     p.add_argument(
         "--images",
-        help="images in an ImageFolder layout (one folder per leaf), or the root of --labels",
+        metavar="DIR",
+        help="a folder of images in an ImageFolder layout (one folder per leaf), or the folder "
+        "the --labels paths are relative to",
     )
-    p.add_argument("--labels", help="a CSV of image,leaf instead of the folder layout")
+    p.add_argument(
+        "--labels", metavar="CSV", help="a CSV of image,leaf instead of the folder layout"
+    )
     p.add_argument(
         "--where",
         action="append",
@@ -662,21 +675,25 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         help="feature site (repeatable, or a comma list), e.g. vision,projector,llm:-1",
     )
     p.add_argument(
-        "--out", required=True, help="run directory (a rerun resumes the feature extraction)"
+        "--out",
+        metavar="DIR",
+        required=True,
+        help="run directory (a rerun resumes the feature extraction)",
     )
     p.add_argument(
         "--text",
         action="store_true",
         help="probe the taxonomy's leaf names instead of images (sites: text for CLIP; llm:K, "
-        "llm:K:answer "
-        "for vision LLMs); split by name, levels above the leaves",
+        "llm:K:answer for vision LLMs); split by name, levels above the leaves",
     )
     p.add_argument(
-        "--test-size", type=float, default=0.3, help="share of images held out (default 0.3)"
+        "--test-size",
+        metavar="F",
+        type=opt.fraction,
+        default=0.3,
+        help="share of images held out, in (0, 1) (default 0.3)",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the split and of built questions (default 0)"
-    )
+    opt.seed_option(p, "the split and of built questions")
     p.add_argument(
         "--zero-shot",
         choices=["auto", "path", "questions", "none"],
@@ -684,22 +701,29 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         help="the model's own answers: predict_path over all nodes, or four-choice questions "
         "(auto: path for CLIP, questions for vision LLMs)",
     )
-    p.add_argument("--l2", type=float, default=1e-4, help="probe weight decay (default 1e-4)")
     p.add_argument(
-        "--max-iter", type=int, default=500, help="probe L-BFGS iterations at most (default 500)"
+        "--l2",
+        metavar="F",
+        type=opt.non_negative_float,
+        default=1e-4,
+        help="probe weight decay (default 1e-4)",
     )
     p.add_argument(
-        "--shard-size", type=int, default=1024, help="images per feature shard (default 1024)"
+        "--max-iter",
+        metavar="N",
+        type=opt.positive_int,
+        default=500,
+        help="probe L-BFGS iterations at most (default 500)",
     )
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the first GPU if any)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own)")
     p.add_argument(
-        "--no-plot", action="store_true", help="no probe_levels.png (no matplotlib needed)"
+        "--shard-size",
+        metavar="N",
+        type=opt.positive_int,
+        default=1024,
+        help="images per feature shard (default 1024)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--limit", metavar="N", type=opt.positive_int, help="only the first N images")
+    opt.no_plots_option(p, "probe_levels.png")
     p.set_defaults(func=_cmd_probe)
 
 
@@ -714,35 +738,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         run_probe,
     )
 
-    cfg = ProbeConfig(
-        model=args.model,
-        taxonomy=args.taxonomy,
-        out=args.out,
-        where=args.where,
-        images=args.images,
-        labels=args.labels,
-        test_size=args.test_size,
-        seed=args.seed,
-        zero_shot=args.zero_shot,
-        l2=args.l2,
-        max_iter=args.max_iter,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        limit=args.limit,
-        threads=args.threads,
-        progress=not args.no_progress,
-        text=args.text,
-    )
     try:
-        result = run_probe(cfg)
+        result = run_probe(opt.config_from(ProbeConfig, args))
     except ProbeError as e:
         print(f"hierzoo probe: error: {e}", file=sys.stderr)
         return 2
     print(format_probe_table(result))
     written = [Path(args.out) / "probe.json"]
-    if not args.no_plot:
+    if not args.no_plots:
         written.append(plot_probe_levels(result, Path(args.out) / "probe_levels.png"))
     print(f"written: {', '.join(map(str, written))}")
     return 0
@@ -762,7 +765,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = opt.Parser(
         prog="hierzoo",
         description="Ask vision models what they see at every level of a taxonomy, and measure "
         "whether their answers form one consistent path.",
@@ -774,15 +777,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+RESUMABLE = ("eval", "probe", "demo")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The namespace of a command line, old spellings translated (each with a warning on stderr)
+    and each command's own checks made; a mistake exits with status 2 and one line."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(opt.old_spellings(argv))
+    args.argv = argv
+    if getattr(args, "check", None):
+        args.check(opt.subparser(parser, args.command), args)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user mistakes end in one line on stderr and exit status 2, Ctrl-C in
+    one line and 130, a closed output pipe (``hierzoo models --json | head``) quietly."""
+    command = "hierzoo"
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"hierzoo {args.command}: error: {e}", file=sys.stderr)
+        args = parse_args(argv)
+        if not getattr(args, "func", None):
+            build_parser().print_help()
+            return 2
+        command = f"hierzoo {args.command}"
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except KeyboardInterrupt:
+        resume = "; rerun the same command to resume" if command[8:] in RESUMABLE else ""
+        print(f"\n{command}: interrupted{resume}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader stopped reading (head, less): stop writing, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a writer whose reader went away
+    except (ValueError, ImportError, OSError) as e:
+        print(f"{command}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)

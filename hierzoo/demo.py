@@ -21,10 +21,21 @@ DEMO_LEAVES = (
     "Belted Kingfisher",
     "Mallard",
 )
+CUB_ROOT = "/data/CUB_200_2011"
+"""Where the hint supposes CUB-200-2011 was unpacked (CUB_200_2011.tgz unpacked into /data)."""
+CUB_FIRST_IMAGE = "images/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg"
+"""The first image of the bundled CUB-200 question sets, relative to the unpacked folder."""
 REAL_COMMAND = (
-    "hierzoo eval --model bioclip2 --questions cub200-similar --image-root "
-    "/path/to/CUB_200_2011/.. "
+    f"hierzoo eval --model bioclip2 --questions cub200-similar --image-root {CUB_ROOT} "
     "--taxonomy cub200 --out runs/bioclip2-cub200"
+)
+REAL_HINT = (
+    "With a real model and the CUB-200-2011 images (hierzoo downloads no data): unpack "
+    f"CUB_200_2011.tgz into /data, so that {CUB_ROOT}/{CUB_FIRST_IMAGE} exists, then run\n"
+    f"  {REAL_COMMAND}\n"
+    "--image-root takes the unpacked CUB_200_2011 folder (or the folder that holds it): the "
+    "question files record paths ending in CUB_200_2011/images/<class>/<file>.jpg, and each "
+    "resolves to the longest tail of its path that exists under --image-root."
 )
 
 

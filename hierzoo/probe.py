@@ -176,7 +176,7 @@ class ProbeConfig:
     images: str | None = None
     labels: str | None = None
     test_size: float = 0.3
-    seed: int = 0
+    seed: int = 42
     zero_shot: str = "auto"
     l2: float = 1e-4
     max_iter: int = 500
@@ -692,21 +692,16 @@ def format_probe_table(result: dict[str, Any]) -> str:
         label = "zero-shot (" + ("predict_path" if zero["method"] == "path" else "4-choice") + ")"
         rows.append((label, zero["level_acc"], zero["hca"]))
     rows.append(("majority class", result["majority"], None))
-    header = ["site", *result["levels"], "HCA"]
+    from hierzoo.tables import text_table
+
     cells = [[name, *map(_cell, acc), _cell(hca)] for name, acc, hca in rows]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     lines = [
         f"probe: {result['model']} on {result['taxonomy']}, {result['n_train']} train / "
         f"{result['n_test']} test "
         f"{'leaf names' if result.get('input') == 'text' else 'images'} (seed {result['seed']}), "
         "accuracy in %" + (f"; {result['n_failed']} images failed" if result["n_failed"] else "")
     ]
-    for c in [header, *cells]:
-        lines.append(
-            "  ".join(
-                x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))
-            )
-        )
+    lines += text_table(["site", *result["levels"], "HCA"], cells)
     if zero and zero["method"] == "questions":
         lines.append(
             "zero-shot: the paper's four-choice questions (chance 25%); the probes choose among "
@@ -719,11 +714,11 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
     """``probe_levels.png``: held-out accuracy per level (coarse to fine), one line per feature
     site (coloured from the vision end to the LLM's last layer), the model's zero-shot answers
     (dashed) and the majority-class baseline (dotted); HCA in the legend."""
-    from hierzoo.report import _MARKERS, _figure, _level_ticks, _save
+    from hierzoo import plots
 
     levels = result["levels"]
     xs = list(range(len(levels)))
-    fig = _figure(figsize=(min(14, 3.2 + 0.9 * len(levels)) + 2.6, 4.4))  # names the pip line
+    fig = plots.figure(figsize=(min(14, 3.2 + 0.9 * len(levels)) + 2.6, 4.4))  # names the pip line
     from matplotlib import colormaps
 
     ax = fig.subplots()
@@ -737,7 +732,7 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
         ax.plot(
             [x + dodge for x in xs],
             ys,
-            marker=_MARKERS[j % len(_MARKERS)],
+            marker=plots.MARKERS[j % len(plots.MARKERS)],
             ms=5,
             lw=1.8,
             color=colour,
@@ -759,7 +754,7 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
         )
     ys = [np.nan if v is None else v for v in result["majority"]]
     ax.plot(xs, ys, color="0.55", ls=":", lw=1.4, label="majority class")
-    _level_ticks(ax, levels, rotate=len(levels) > 5 or max(map(len, levels)) > 9)
+    plots.level_ticks(ax, levels, rotate=len(levels) > 5 or max(map(len, levels)) > 9)
     ax.set_xlim(-0.3, len(levels) - 0.7)
     ax.set_ylim(-3, 103)
     ax.set_xlabel("level (coarse → fine)")
@@ -780,4 +775,4 @@ def plot_probe_levels(result: dict[str, Any], path: str | Path) -> Path:
         title_fontsize=9,
         alignment="left",
     )
-    return _save(fig, Path(path))
+    return plots.save(fig, path)

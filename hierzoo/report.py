@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from hierzoo import plots, tables
+from hierzoo.tables import markdown_table, text_table
 
 COLUMNS = [
     ("hca", "HCA"),
@@ -33,22 +33,8 @@ def _fmt(v: Any) -> str:
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """A plain-text table of score summaries (percentages), one row per (name, summary)."""
     cols = [(k, h) for k, h in COLUMNS if any(k in s for _, s in rows)]
-    width = max(len(name) for name, _ in rows)
     cells = [[name] + [_fmt(s.get(k)) for k, _ in cols] + [str(s["n"])] for name, s in rows]
-    header = ["results"] + [h for _, h in cols] + ["n"]
-    widths = [max(len(c[i]) for c in cells + [header]) for i in range(len(header))]
-    widths[0] = max(width, len(header[0]))
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))
-        )
-    ]
-    for c in cells:
-        lines.append(
-            "  ".join(
-                x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))
-            )
-        )
+    lines = text_table(["results"] + [h for _, h in cols] + ["n"], cells)
     for name, s in rows:
         levels = "  ".join(
             f"{lev}={_fmt(acc)}" for lev, acc in zip(s.get("levels", []), s["level_acc"])
@@ -79,7 +65,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 METRICS = ["hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency"]
 _REQUIRED = ("model", "taxonomy", "n", "metrics")
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -231,15 +216,6 @@ def _cell(v: Any, digits: int = 1) -> str:
     return str(v).replace("|", "\\|")
 
 
-def _md_table(header: list[str], body: list[list[str]], right: set[int]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append(
-        "| " + " | ".join("---:" if i in right else "---" for i in range(len(header))) + " |"
-    )
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return lines
-
-
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The report as Markdown: one table of metrics, then one table of accuracy per level for
     each taxonomy."""
@@ -264,7 +240,7 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
         body.append(cells + [_cell(r["run"])])
-    out += _md_table(header, body, right=set(range(4, len(header) - 1)))
+    out += markdown_table(header, body, right=set(range(4, len(header) - 1)))
 
     levels = [k for k in (rows[0] if rows else {}) if k.startswith("acc_")]
     for tax in dict.fromkeys(r["taxonomy"] for r in rows):
@@ -276,7 +252,7 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
         note = f" (levels from {first}; the single root is not scored)" if first > 1 else ""
         out += ["", f"## Accuracy per level: {_cell(tax)}{note}", ""]
         body = [[_cell(r["model"])] + [_cell(r[k]) for k in cols] for r in group]
-        out += _md_table(
+        out += markdown_table(
             ["model"] + [k[4:] for k in cols], body, right=set(range(1, len(cols) + 1))
         )
     return "\n".join(out) + "\n"
@@ -291,45 +267,11 @@ def write_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the rows as CSV (every key a column; empty where ``None``; floats to 4 decimals)."""
-    path = Path(path)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
-    return path
+    return tables.write_csv(rows, path, digits=4)
 
 
 # ---------------------------------------------------------------------------------------------
 # plots
-
-
-def _figure(**kw: Any) -> Any:
-    """A matplotlib Figure on the Agg canvas (no pyplot, so no global backend change)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "hierzoo report plots need matplotlib: pip install 'hierzoo[plot]'"
-        ) from None
-    fig = Figure(layout="constrained", **kw)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _colours(names: list[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    uniq = list(dict.fromkeys(names))
-    cmap = colormaps["tab10" if len(uniq) <= 10 else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(uniq)}
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.1)
-    return path
 
 
 def _by_taxonomy(runs: list[dict[str, Any]], names: list[str]) -> dict[str, list[tuple[str, dict]]]:
@@ -339,97 +281,18 @@ def _by_taxonomy(runs: list[dict[str, Any]], names: list[str]) -> dict[str, list
     return groups
 
 
-def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]], avoid: list[Any]) -> None:
-    """Label each point where its text covers the least of the other labels, markers, error bars,
-    the ``avoid`` artists and the frame edge; a label set away from its point gets a leader line.
-    Points with the most neighbours choose first."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    to_px = ax.transData.transform
-    frame = ax.get_window_extent(renderer)
-    half = 3.5 * fig.dpi / 72 + 1
-    obstacles = []
-    for a in avoid:  # rotated text rising to the right: small boxes along its diagonal
-        b, h = a.get_window_extent(renderer), a.get_fontsize() * fig.dpi / 72
-        for t in np.linspace(0, 1, 24):
-            cx, cy = b.x0 + t * b.width, b.y0 + t * b.height
-            obstacles.append(((cx - h / 2, cy - h / 2, cx + h / 2, cy + h / 2), 3.0))
-    for p in points:
-        px, py = p["px"] = to_px((p["x"], p["y"]))
-        x0, x1 = to_px((p["xlo"], p["y"]))[0], to_px((p["xhi"], p["y"]))[0]
-        y0, y1 = to_px((p["x"], p["ylo"]))[1], to_px((p["x"], p["yhi"]))[1]
-        obstacles.append(((px - half, py - half, px + half, py + half), 4.0))
-        obstacles.append(((x0, py - 1.5, x1, py + 1.5), 8.0))
-        obstacles.append(((px - 1.5, y0, px + 1.5, y1), 8.0))
-    angles = [math.radians(a) for a in (45, -45, 135, -135, 0, 180, 90, -90, 22, -22, 158, -158)]
-    candidates = [(d * math.cos(a), d * math.sin(a)) for d in (5, 10, 17, 26, 38) for a in angles]
-
-    def overlap(a: tuple, b: tuple) -> float:
-        w = min(a[2], b[2]) - max(a[0], b[0])
-        h = min(a[3], b[3]) - max(a[1], b[1])
-        return w * h if w > 0 and h > 0 else 0.0
-
-    def crowding(p: dict) -> int:
-        return sum(math.dist(p["px"], q["px"]) < 60 for q in points)
-
-    for p in sorted(points, key=crowding, reverse=True):
-        best = None
-        for ox, oy in candidates:
-            ha = "left" if ox > 1 else "right" if ox < -1 else "center"
-            va = "bottom" if oy > 1 else "top" if oy < -1 else "center"
-            ann = ax.annotate(
-                p["text"],
-                (p["x"], p["y"]),
-                xytext=(ox, oy),
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=7.5,
-            )
-            bb = ann.get_window_extent(renderer)
-            ann.remove()
-            box = (bb.x0 - 2, bb.y0 - 1, bb.x1 + 2, bb.y1 + 1)
-            outside = (
-                max(0, frame.x0 - box[0])
-                + max(0, box[2] - frame.x1)
-                + max(0, frame.y0 - box[1])
-                + max(0, box[3] - frame.y1)
-            )
-            cost = (
-                sum(w * overlap(box, o) for o, w in obstacles)
-                + 1000 * outside
-                + 6 * math.hypot(ox, oy)
-            )
-            if best is None or cost < best[0]:
-                best = (cost, ox, oy, ha, va, box)
-        _, ox, oy, ha, va, box = best
-        leader = {"arrowstyle": "-", "color": p["colour"], "lw": 0.6, "shrinkA": 0, "shrinkB": 5}
-        ax.annotate(
-            p["text"],
-            (p["x"], p["y"]),
-            xytext=(ox, oy),
-            textcoords="offset points",
-            ha=ha,
-            va=va,
-            fontsize=7.5,
-            color=p["colour"],
-            arrowprops=leader if math.hypot(ox, oy) > 12 else None,
-        )
-        obstacles.append((box, 5.0))
-
-
 def plot_hca_vs_leaf(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Leaf accuracy (x) against HCA (y) with 95% intervals; colour per model, marker per
     taxonomy. HCA is at most leaf accuracy: the dashed line y = x bounds it, and the dotted
     lines mark where HCA keeps 3/4 and 1/2 of the leaf accuracy."""
-    fig = _figure(figsize=(7.5, 5.6))
+    fig = plots.figure(figsize=(7.5, 5.6))
     from matplotlib.lines import Line2D
 
     scored = [r for r in runs if r["metrics"]]
     names = _names(scored)
-    colours = _colours(names)
+    colours = plots.colours(names)
     taxa = list(dict.fromkeys(r["taxonomy"] for r in scored))
-    markers = {t: _MARKERS[i % len(_MARKERS)] for i, t in enumerate(taxa)}
+    markers = {t: plots.MARKERS[i % len(plots.MARKERS)] for i, t in enumerate(taxa)}
 
     ax = fig.add_subplot()
     ends = [
@@ -530,8 +393,8 @@ def plot_hca_vs_leaf(runs: list[dict[str, Any]], path: str | Path) -> Path:
     for text in (texts[0], texts[len(colours) + 2]):
         text.set_fontweight("bold")
         text.set_x(-18)
-    _place_labels(fig, ax, points, avoid=notes)
-    return _save(fig, Path(path))
+    plots.place_labels(fig, ax, points, avoid=notes)
+    return plots.save(fig, Path(path))
 
 
 def _panels(fig: Any, groups: dict[str, list], widths: list[int]) -> list[Any]:
@@ -559,16 +422,6 @@ def _run_legend(fig: Any, axes: list[Any], colours: dict[str, Any], style: str) 
     )
 
 
-def _level_ticks(ax: Any, labels: list[str], rotate: bool) -> None:
-    ax.set_xticks(
-        range(len(labels)),
-        labels,
-        rotation=30 if rotate else 0,
-        ha="right" if rotate else "center",
-        rotation_mode="anchor" if rotate else "default",
-    )
-
-
 def _panel_title(tax: str, group: list[tuple[str, dict]]) -> str:
     first = max(r.get("first_level") or 1 for _, r in group)
     return f"{tax}\n(root level not scored)" if first > 1 else tax
@@ -581,9 +434,9 @@ def plot_level_accuracy(runs: list[dict[str, Any]], path: str | Path) -> Path:
     groups = _by_taxonomy(scored, names)
     levels = {t: _merge_levels([r["levels"] for _, r in g]) for t, g in groups.items()}
     widths = [max(3, len(v)) for v in levels.values()]
-    fig = _figure(figsize=(min(16, 2.2 + 0.75 * sum(widths) + 1.4 * len(groups)), 4.4))
+    fig = plots.figure(figsize=(min(16, 2.2 + 0.75 * sum(widths) + 1.4 * len(groups)), 4.4))
     axes = _panels(fig, groups, widths)
-    colours = _colours(names)
+    colours = plots.colours(names)
     rotate = any(len(v) > 5 or max(map(len, v)) > 9 for v in levels.values())
     for ax, (tax, group) in zip(axes, groups.items()):
         xs = {lev: i for i, lev in enumerate(levels[tax])}
@@ -606,7 +459,7 @@ def plot_level_accuracy(runs: list[dict[str, Any]], path: str | Path) -> Path:
                 capsize=2,
                 label=n,
             )
-        _level_ticks(ax, list(xs), rotate)
+        plots.level_ticks(ax, list(xs), rotate)
         ax.set_xlim(-0.4, len(xs) - 0.6)
         ax.set_title(_panel_title(tax, group), fontsize=10)
         ax.set_xlabel("level (coarse → fine)")
@@ -616,7 +469,7 @@ def plot_level_accuracy(runs: list[dict[str, Any]], path: str | Path) -> Path:
     axes[0].set_ylabel("accuracy (%)")
     fig.suptitle("Accuracy per level (bars: 95% intervals)")
     _run_legend(fig, axes, colours, "line")
-    return _save(fig, Path(path))
+    return plots.save(fig, Path(path))
 
 
 def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
@@ -626,9 +479,9 @@ def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
     groups = _by_taxonomy(scored, names)
     levels = {t: _merge_levels([r["levels"] for _, r in g]) for t, g in groups.items()}
     widths = [max(3, len(v) + 1) for v in levels.values()]
-    fig = _figure(figsize=(min(16, 2.2 + 0.8 * sum(widths) + 1.4 * len(groups)), 4.4))
+    fig = plots.figure(figsize=(min(16, 2.2 + 0.8 * sum(widths) + 1.4 * len(groups)), 4.4))
     axes = _panels(fig, groups, widths)
-    colours = _colours(names)
+    colours = plots.colours(names)
     top = 0.0
     for ax, (tax, group) in zip(axes, groups.items()):
         buckets = levels[tax] + ["all right (HCA)"]
@@ -643,7 +496,7 @@ def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
             x = [xs[b] + (j - (k - 1) / 2) * width for b in r["levels"] + ["all right (HCA)"]]
             ax.bar(x, share, width=width * 0.92, color=colours[n], label=n)
         ax.axvline(len(buckets) - 1.5, color="0.5", ls=":", lw=1)
-        _level_ticks(ax, buckets, rotate=True)
+        plots.level_ticks(ax, buckets, rotate=True)
         ax.set_xlim(-0.6, len(buckets) - 0.4)
         ax.set_title(_panel_title(tax, group), fontsize=10)
         ax.set_xlabel("first wrong level (coarse → fine)")
@@ -653,7 +506,7 @@ def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
     axes[0].set_ylabel("share of scored samples (%)")
     fig.suptitle("Where paths first break")
     _run_legend(fig, axes, colours, "bar")
-    return _save(fig, Path(path))
+    return plots.save(fig, Path(path))
 
 
 def write_plots(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:

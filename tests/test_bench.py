@@ -32,11 +32,12 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
     code = main(
         [
             "bench",
+            "--model",
             model,
             "--random-weights",
             "--size",
             "tiny",
-            "--images",
+            "--n-images",
             "6",
             "--batch-size",
             "2,3",
@@ -45,7 +46,7 @@ def test_bench_runs_end_to_end_with_baseline(model, tmp_path, capsys):
             "2",
             "--device",
             "cpu",
-            "--json",
+            "--record",
             str(out),
         ]
     )
@@ -87,11 +88,12 @@ def test_bench_with_decoding_on_the_device_reports_where_time_went(tmp_path):
         main(
             [
                 "bench",
+                "--model",
                 "bioclip2",
                 "--random-weights",
                 "--size",
                 "tiny",
-                "--images",
+                "--n-images",
                 "8",
                 "--batch-size",
                 "4",
@@ -100,7 +102,7 @@ def test_bench_with_decoding_on_the_device_reports_where_time_went(tmp_path):
                 "2",
                 "--device",
                 "cpu",
-                "--json",
+                "--record",
                 str(out),
             ]
         )
@@ -122,17 +124,18 @@ def test_vlm_bench_reports_the_processor_time(tmp_path):
         main(
             [
                 "bench",
+                "--model",
                 "qwen2.5-vl-7b",
                 "--random-weights",
                 "--size",
                 "tiny",
-                "--images",
+                "--n-images",
                 "4",
                 "--batch-size",
                 "2",
                 "--device",
                 "cpu",
-                "--json",
+                "--record",
                 str(out),
             ]
         )
@@ -144,27 +147,34 @@ def test_vlm_bench_reports_the_processor_time(tmp_path):
     assert 0 <= row["input_wait_seconds"] < row["seconds"]
 
 
-@pytest.mark.slow
-def test_gpu_script_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/gpu.sh end to end at toy sizes (what it does without CUDA): every pass
-    writes its record, the summary merges them, and a dry run claims no target."""
+def _gpu_script(out, **env):
+    """Run benchmarks/gpu.sh into ``out``; the returned message holds the tails of the output
+    and of every step's log, for an assertion that fails."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(
-        ["bash", str(root / "benchmarks" / "gpu.sh"), str(tmp_path)],
+        ["bash", str(root / "benchmarks" / "gpu.sh"), str(out)],
         cwd=root,
-        env=env,
+        env={**os.environ, "PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard only: the dry run has no time limits of its own
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "FAILED" not in done.stdout, done.stdout[-3000:]
+    logs = "".join(f"\n--- {p.name}:\n{p.read_text()[-1500:]}" for p in sorted(out.glob("*.log")))
+    return done, f"{done.stdout[-2000:]}{done.stderr[-2000:]}{logs}"
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh end to end at toy sizes (what it does without CUDA): every pass
+    writes its record, the summary merges them, and a dry run claims no target."""
+    done, message = _gpu_script(tmp_path)
+    assert done.returncode == 0, message
+    assert "FAILED" not in done.stdout, message
     merged = json.loads((tmp_path / "gpu.json").read_text())
     assert {r["run"] for r in merged["summary"]} == {
         "clip-pil-workers",
@@ -180,17 +190,34 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert va["max_abs_diff"] == 0 or va["max_abs_diff"] < 1e-5
 
 
+def test_gpu_script_step_that_fails_keeps_its_error_in_its_log(tmp_path):
+    """A step that fails (here: open_clip cannot be imported) says so, and its log holds the
+    error the step printed on stderr, not an empty file."""
+    broken = tmp_path / "site" / "open_clip"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('open_clip is broken on purpose')\n")
+    import os
+
+    path = os.pathsep.join(filter(None, [str(broken.parent), os.environ.get("PYTHONPATH")]))
+    done, message = _gpu_script(tmp_path / "out", QUICK="1", CLIP_ONLY="1", PYTHONPATH=path)
+    log = (tmp_path / "out" / "gpu-clip-nvjpeg.log").read_text()
+    assert "FAILED: clip-nvjpeg (exit status 2; see" in done.stdout, message
+    assert "hierzoo bench: error:" in log and "open_clip" in log, message
+    assert log.rstrip().splitlines()[-1].startswith("FAILED: clip-nvjpeg"), message
+
+
 def test_profile_writes_the_op_table_and_top_ops(tmp_path):
     out, table = tmp_path / "bench.json", tmp_path / "prof" / "clip.txt"
     assert (
         main(
             [
                 "bench",
+                "--model",
                 "bioclip2",
                 "--random-weights",
                 "--size",
                 "tiny",
-                "--images",
+                "--n-images",
                 "4",
                 "--batch-size",
                 "2",
@@ -199,7 +226,7 @@ def test_profile_writes_the_op_table_and_top_ops(tmp_path):
                 "--profile",
                 str(table),
                 "--trace",
-                "--json",
+                "--record",
                 str(out),
             ]
         )
@@ -222,18 +249,19 @@ def test_bench_can_time_the_vision_tower_without_batched_attention(tmp_path, cap
         main(
             [
                 "bench",
+                "--model",
                 "qwen2.5-vl-7b",
                 "--random-weights",
                 "--size",
                 "tiny",
-                "--images",
+                "--n-images",
                 "2",
                 "--batch-size",
                 "2",
                 "--no-batched-vision-attention",
                 "--device",
                 "cpu",
-                "--json",
+                "--record",
                 str(out),
             ]
         )
@@ -243,11 +271,12 @@ def test_bench_can_time_the_vision_tower_without_batched_attention(tmp_path, cap
     code = main(
         [
             "bench",
+            "--model",
             "bioclip2",
             "--random-weights",
             "--size",
             "tiny",
-            "--images",
+            "--n-images",
             "2",
             "--no-batched-vision-attention",
             "--device",
@@ -255,3 +284,39 @@ def test_bench_can_time_the_vision_tower_without_batched_attention(tmp_path, cap
         ]
     )
     assert code != 0 and "is for vision LLMs" in capsys.readouterr().err
+
+
+def test_bench_times_a_folder_of_images_and_prints_json(tmp_path, capsys):
+    """``--images DIR`` times the folder's photos (repeated to fill --n-images and the warm-up);
+    ``--json`` prints the record on stdout instead of the table."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for i, sub in enumerate(["a", "b", "b"]):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / sub / f"{i}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    argv = ["bench", "--model", "bioclip2", "--random-weights", "--size", "tiny", "--device"]
+    argv += ["cpu", "--images", str(folder), "--n-images", "4", "--batch-size", "2", "--json"]
+    assert main(argv) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["image_folder"] == str(folder) and rec["image_size"] is None
+    assert rec["images"] == 4 and rec["sweep"][0]["images_per_second"] > 0
+    assert main([*argv[:-7], "--images", str(tmp_path / "none")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_bench_on_a_cpu_shows_only_what_applies(tmp_path, capfd):
+    """One batch size: no "best batch size: None"; a CPU: no TFLOP/s line; --profile on a CPU:
+    none of the profiler's log lines about CUDA devices on stderr."""
+    code = main(
+        ["bench", "--model", "bioclip2", "--random-weights", "--size", "tiny", "--n-images", "2"]
+        + ["--device", "cpu", "--profile", str(tmp_path / "prof.txt")]
+    )
+    out, err = capfd.readouterr()
+    assert code == 0 and "images/s" in out
+    assert "best batch size" not in out and "TFLOP/s" not in out and "None" not in out
+    assert "gpuGetDeviceCount" not in err and "profiler_start" not in err, err
+    assert (tmp_path / "prof.txt").read_text().count("aten::") > 3

@@ -189,6 +189,8 @@ def test_probe_command_on_a_tiny_clip(image_folder, tmp_path, capsys):
         "--no-progress",
         "--shard-size",
         "8",
+        "--seed",
+        "0",
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -296,6 +298,8 @@ def test_text_probe_on_a_tiny_clip_equals_probes_fitted_by_hand(tmp_path, capsys
         "100",
         "--no-progress",
         "--no-plot",
+        "--seed",
+        "0",
     ]
     assert main(args) == 0
     assert "leaf names" in capsys.readouterr().out

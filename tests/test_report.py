@@ -297,7 +297,10 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
 
 
 def test_import_hierzoo_does_not_import_matplotlib():
-    code = "import sys, hierzoo, hierzoo.report, hierzoo.cli; print('matplotlib' in sys.modules)"
+    code = (
+        "import sys, hierzoo, hierzoo.report, hierzoo.cli, hierzoo.plots, hierzoo.tables; "
+        "print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -307,3 +310,21 @@ def test_format_table_and_summary_unchanged():
     text = format_summary({**s, "provenance": {"questions_per_second": 2.0, "device": "cpu"}})
     assert "HCA" in text and "per level (bioclip2): order=" in text
     assert format_table([("x", {**s["metrics"], "n": 5})]).splitlines()[0].startswith("results")
+
+
+def test_one_table_formatter_for_text_and_markdown():
+    from hierzoo.tables import markdown_table, text_table
+
+    rows = [["bioclip2", "55.6", "7"], ["qwen2.5-vl-7b", "3.25", "1234"]]
+    assert text_table(["model", "HCA", "n"], rows) == [
+        "model           HCA     n",
+        "bioclip2       55.6     7",
+        "qwen2.5-vl-7b  3.25  1234",
+    ]
+    assert text_table(["a", "b"], [["xx", "y"]], left=0) == [" a  b", "xx  y"]
+    assert text_table(["a", "b"], [["xx", "y"]], left=2) == ["a   b", "xx  y"]
+    assert markdown_table(["model", "HCA"], [["m|x", "1.0"]], right={1}) == [
+        "| model | HCA |",
+        "| --- | ---: |",
+        "| m|x | 1.0 |",
+    ]

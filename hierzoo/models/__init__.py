@@ -1,6 +1,11 @@
-"""Model families behind one interface, loaded by zoo name, hub id or directory."""
+"""Model families behind one interface, loaded by zoo name, hub id or directory.
 
-from hierzoo.models._factory import load, resolve_device
+The zoo (``ZOO``, ``ModelSpec``, ``list_models``, ``resolve``) imports without torch, so
+``hierzoo models`` prints its table at once; the rest loads torch on first use.
+"""
+
+from typing import Any
+
 from hierzoo.models._registry import (
     FAMILIES,
     ZOO,
@@ -9,15 +14,18 @@ from hierzoo.models._registry import (
     list_models,
     resolve,
 )
-from hierzoo.models.base import (
-    STRATEGIES,
-    Answers,
-    Features,
-    HierClassifier,
-    NodeScores,
-    PathPrediction,
-    Protocol,
-)
+
+_LAZY = {
+    "load": "hierzoo.models._factory",
+    "resolve_device": "hierzoo.models._factory",
+    "STRATEGIES": "hierzoo.models.base",
+    "Answers": "hierzoo.models.base",
+    "Features": "hierzoo.models.base",
+    "HierClassifier": "hierzoo.models.base",
+    "NodeScores": "hierzoo.models.base",
+    "PathPrediction": "hierzoo.models.base",
+    "Protocol": "hierzoo.models.base",
+}
 
 __all__ = [
     "FAMILIES",
@@ -36,3 +44,11 @@ __all__ = [
     "resolve",
     "resolve_device",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hierzoo.models' has no attribute {name!r}")
