@@ -55,6 +55,14 @@ def _args(setup, out, *extra, model=None, root=None):
     ]
 
 
+def _exit_code(args):
+    """main's exit status, whether a mistake is caught at parse time (SystemExit) or later."""
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
 def _lines(path):
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
@@ -84,7 +92,7 @@ def test_a_failed_start_claims_nothing(setup, tmp_path, capsys, bad):
         args[args.index("--device") + 1] = bad[1]
     else:
         args += bad
-    assert main(args) == 2
+    assert _exit_code(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") <= 3 and "Traceback" not in err
     assert bad[-1] in err or bad[0].lstrip("-") in err.lower()
