@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,50 +16,44 @@ from typing import Any
 import torch
 from PIL import Image
 
-ImageInput = str | Path | Image.Image | torch.Tensor
-
-# torchvision 0.29 deprecates its image decoders in favour of torchcodec, warning at every call;
-# hierzoo uses them on purpose (nvJPEG, libjpeg-turbo), so that one message is silenced once
-# here (a catch_warnings block per call would race between the decoding and model threads)
-warnings.filterwarnings(
-    "ignore",
-    message="The image decoding and encoding capabilities of TorchVision",
-    category=DeprecationWarning,
+from hierzoo._image_io import (
+    ImageError,
+    ImageTooLarge,
+    check_pixels,
+    image_header,
+    load_image,
+    quiet_torchvision,
 )
+from hierzoo._image_io import decode_tensor as _decode_tensor
+from hierzoo._image_io import existing_file as _existing_file
+from hierzoo._image_io import pil_to_tensor as _pil_to_tensor
 
+__all__ = [
+    "CHUNK",
+    "HostGeometry",
+    "ImageBatch",
+    "ImageDataset",
+    "ImageError",
+    "ImageInput",
+    "ImageTooLarge",
+    "Normalize",
+    "PipelineStats",
+    "TensorDecode",
+    "TensorPreprocess",
+    "as_list",
+    "default_workers",
+    "image_header",
+    "iterate_images",
+    "iterate_images_on_device",
+    "load_image",
+    "prefetch",
+    "read_bytes",
+    "rebatch",
+    "split_transform",
+    "tensor_decode_split",
+]
 
-class ImageError(OSError):
-    """An image that cannot be read."""
-
-
-def load_image(item: str | Path | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image.
-
-    Raises:
-        ImageError: a missing, empty or undecodable file, naming it.
-    """
-    if isinstance(item, Image.Image):
-        return item.convert("RGB") if item.mode != "RGB" else item
-    path = _existing_file(item)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises several types for corrupt data
-        raise ImageError(
-            f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}); the file is corrupt or "
-            "not an image."
-        ) from e
-
-
-def _existing_file(item: str | Path) -> Path:
-    """The path of a non-empty file, or an :class:`ImageError` saying what is wrong with it."""
-    path = Path(item)
-    if not path.is_file():
-        raise ImageError(f"No image file at {str(path)!r}; check the path or pass --image-root.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it.")
-    return path
+ImageInput = str | Path | Image.Image | torch.Tensor
 
 
 def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
@@ -281,11 +274,13 @@ class Normalize:
 @dataclass
 class TensorDecode:
     """Read, decode and resize / crop an image to a ``(3, H, W)`` uint8 tensor without PIL:
-    JPEG, PNG, WebP and GIF decoded by torchvision (libjpeg-turbo for JPEG), then torch's
+    JPEG, PNG and WebP decoded by torchvision (libjpeg-turbo for JPEG) once the header's pixel
+    count passed PIL's limit (:mod:`hierzoo._image_io`), then torch's
     antialiased uint8 resize, which follows PIL's closely but not exactly (on photo-like JPEGs
     of 200-900 px: at most 2 grey levels apart, 0.035 on average). About 3 times less CPU per
     500x375 JPEG than PIL's decode and resize (both measured by ``benchmarks/pipeline.py``);
-    for worker processes feeding a GPU. Formats torchvision cannot decode go through PIL."""
+    for worker processes feeding a GPU. Other formats (GIF, whose every frame torchvision would
+    decode, TIFF, BMP ...) and files torchvision rejects go through PIL."""
 
     resize: int | tuple[int, int]
     crop: tuple[int, int] | None
@@ -297,10 +292,14 @@ class TensorDecode:
         if isinstance(item, Image.Image):
             return self.geometry(_pil_to_tensor(item))
         path = _existing_file(item)
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        data = path.read_bytes()
+        header = image_header(data)
+        if header is None:  # another format: PIL decodes it, checking its size itself
+            return self.geometry(_pil_to_tensor(load_image(path)))
+        check_pixels(str(path), header[1], header[2])
         try:
-            image = _decode_tensor(data)
-        except RuntimeError:  # a format torchvision lacks, or a file it rejects: PIL decides
+            image = _decode_tensor(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        except RuntimeError:  # a file torchvision rejects: PIL decides
             image = _pil_to_tensor(load_image(path))
         return self.geometry(image)
 
@@ -333,17 +332,6 @@ def _resize_crop(
     if crop[0] > h or crop[1] > w:  # smaller than the crop: padded as torchvision pads
         return F.center_crop(out, list(crop))
     return F.crop(out, int((h - crop[0]) / 2.0), int((w - crop[1]) / 2.0), crop[0], crop[1])
-
-
-def _decode_tensor(data: torch.Tensor) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
-    image = decode_image(data, mode=ImageReadMode.RGB)
-    if image.ndim == 4:  # an animated GIF: its first frame, as PIL gives
-        image = image[0]
-    if image.dtype != torch.uint8:  # a 16-bit PNG: PIL's conversion to 8-bit RGB decides
-        raise RuntimeError(f"decoded as {image.dtype}, not uint8")
-    return image
 
 
 def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None:
@@ -503,7 +491,8 @@ class TensorPreprocess:
 
 
 class _BytesDataset(ImageDataset):
-    """Raw file bytes, read in workers (cheap); decoding happens on the device."""
+    """Raw file bytes, read in workers (cheap), their header's pixel count checked against
+    PIL's limit; decoding happens on the device."""
 
     def __init__(self, items: Sequence[ImageInput | None]):
         super().__init__(items, None)
@@ -511,7 +500,12 @@ class _BytesDataset(ImageDataset):
     def _read(self, item: str | Path | Image.Image) -> Any:
         if isinstance(item, Image.Image):
             return item
-        return torch.frombuffer(bytearray(_existing_file(item).read_bytes()), dtype=torch.uint8)
+        path = _existing_file(item)
+        data = path.read_bytes()
+        header = image_header(data)
+        if header is not None:
+            check_pixels(str(path), header[1], header[2])
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
@@ -603,10 +597,11 @@ def iterate_images_on_device(
     stats: PipelineStats | None = None,
 ) -> Iterator[ImageBatch]:
     """Batches of preprocessed tensors on ``device``: ``num_workers`` threads read the files'
-    bytes (:func:`read_bytes`), JPEGs are decoded on the device in one batched call (nvJPEG on
-    CUDA), then resized and normalised there. Other formats, and JPEGs the decoder rejects, go
-    through PIL (and ``fallback`` when given). Time spent waiting and decoding is added to
-    ``stats``."""
+    bytes and check their headers' pixel counts (:func:`read_bytes`), JPEGs are decoded on the
+    device in one batched call (nvJPEG on CUDA), PNGs and WebPs by torchvision on the CPU, then
+    resized and normalised there. Other formats and files whose header hierzoo cannot read go
+    through PIL (and ``fallback`` when given); a JPEG the decoder rejects is that image's error.
+    Time spent waiting and decoding is added to ``stats``."""
     import time
 
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -621,26 +616,30 @@ def iterate_images_on_device(
 
     for batch in stats.waited(read_bytes(items, batch_size, threads), "read_wait"):
         failed = dict(batch.failed)
-        jpeg = [
-            j
-            for j, x in enumerate(batch.data)
-            if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]
+        kinds = [
+            image_header(memoryview(x.numpy()))
+            if isinstance(x, torch.Tensor) and x.ndim == 1
+            else None
+            for x in batch.data
         ]
+        jpeg = [j for j, kind in enumerate(kinds) if kind is not None and kind[0] == "jpeg"]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
             start = time.perf_counter()
             try:
-                out = decode_jpeg(
-                    [batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device
-                )
+                with quiet_torchvision():
+                    out = decode_jpeg(
+                        [batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device
+                    )
                 decoded.update(zip(jpeg, out))
                 stats.decode += time.perf_counter() - start
             except RuntimeError:
                 for j in jpeg:  # one bad file fails the batched call: decode one by one
                     try:
-                        decoded[j] = decode_jpeg(
-                            batch.data[j], mode=ImageReadMode.RGB, device=device
-                        )
+                        with quiet_torchvision():
+                            decoded[j] = decode_jpeg(
+                                batch.data[j], mode=ImageReadMode.RGB, device=device
+                            )
                     except RuntimeError as e:
                         failed[batch.indices[j]] = (
                             f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the "
@@ -663,17 +662,20 @@ def iterate_images_on_device(
             try:
                 if j in done:
                     t = done[j]
-                elif isinstance(x, torch.Tensor) and x.ndim == 1:
-                    try:
+                elif isinstance(x, torch.Tensor) and x.ndim == 1 and kinds[j] is not None:
+                    try:  # a PNG or WebP whose size the reader checked
                         t = preprocess(_decode_tensor(x).to(device))
-                    except (
-                        RuntimeError
-                    ):  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
+                    except RuntimeError:  # a file torchvision rejects: PIL decides
                         t = via_pil(load_image(items[i]))
+                elif isinstance(x, torch.Tensor) and x.ndim == 1:  # GIF, TIFF, BMP ...
+                    t = via_pil(load_image(items[i]))
                 elif isinstance(x, torch.Tensor):
                     t = x.to(device)
                 else:
                     t = via_pil(load_image(x))
+            except ImageError as e:  # names the file and the fix already
+                failed[i] = str(e)
+                continue
             except Exception as e:
                 failed[i] = (
                     f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file "
@@ -683,12 +685,6 @@ def iterate_images_on_device(
             tensors.append(t)
             indices.append(i)
         yield ImageBatch(indices, torch.stack(tensors) if tensors else [], failed)
-
-
-def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    import numpy as np
-
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 _END = object()

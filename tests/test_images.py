@@ -235,8 +235,12 @@ def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(
         hierzoo.load(str(model_dir), device="cpu", cache_dir=False, worker_decode="turbo")
 
 
-def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
-    from hierzoo.images import tensor_decode_split
+def test_tensor_decode_gives_the_pil_paths_pixels_for_16_bit_images(tmp_path):
+    """torchvision's uint16 and PIL's I;16 both keep the high byte: the same decoded pixels,
+    then the same resize. (This test once compared against PIL's own ``convert``, which
+    saturates a 16-bit image to white, so both sides were 255 everywhere; the hand-computed
+    values are checked in test_image_limits.py.)"""
+    from hierzoo.images import _pil_to_tensor, load_image, tensor_decode_split
 
     fast, _ = tensor_decode_split(_clip_transform())
     pil, _ = split_transform(_clip_transform())
@@ -244,12 +248,20 @@ def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     got = fast(tmp_path / "deep.png")
     assert got.dtype == torch.uint8
-    assert torch.equal(got, pil(Image.open(tmp_path / "deep.png").convert("RGB")))
+    assert torch.equal(got, fast.geometry(_pil_to_tensor(load_image(tmp_path / "deep.png"))))
+    ref = pil(load_image(tmp_path / "deep.png")).int()
+    assert ref.float().std() > 30  # not saturated
+    assert (got.int() - ref).abs().max() <= 5
 
 
 def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path):
     """--decode-on-device: BMP, TIFF and 16-bit PNG are decoded by PIL, not recorded as errors."""
-    from hierzoo.images import TensorPreprocess, _pil_to_tensor, iterate_images_on_device
+    from hierzoo.images import (
+        TensorPreprocess,
+        _pil_to_tensor,
+        iterate_images_on_device,
+        load_image,
+    )
 
     prep = TensorPreprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     src = Image.open(paths[0]).convert("RGB")
@@ -261,7 +273,7 @@ def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path)
     items = [str(tmp_path / n) for n in ("x.bmp", "x.tiff", "deep.png")] + [paths[0]]
     (batch,) = list(iterate_images_on_device(items, prep, 8, torch.device("cpu"), num_workers=0))
     assert batch.failed == {} and batch.indices == [0, 1, 2, 3]
-    want = [prep(_pil_to_tensor(Image.open(p).convert("RGB"))) for p in items]
+    want = [prep(_pil_to_tensor(load_image(p))) for p in items]  # 16-bit: high byte
     for got, ref in zip(batch.data, want):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
