@@ -1,12 +1,13 @@
 """Image inputs: paths, PIL images or preprocessed tensors, loaded in DataLoader workers.
 
-A bad image (missing, empty, corrupt) never stops a batch: its slot carries an error message
-naming the file and the fix, and the other images go on.
+A bad image (missing, empty, corrupt, over PIL's decompression-bomb limit) never stops a batch:
+its slot carries an error message naming the file and the fix, and the other images go on.
+Reading one file lives in :mod:`hierzoo._image_io` (size limit, bit depth), understanding a
+model's preprocessing in :mod:`hierzoo._transforms`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ from hierzoo._image_io import (
 from hierzoo._image_io import decode_tensor as _decode_tensor
 from hierzoo._image_io import existing_file as _existing_file
 from hierzoo._image_io import pil_to_tensor as _pil_to_tensor
+from hierzoo._transforms import (
+    HostGeometry,
+    Normalize,
+    TensorDecode,
+    TensorPreprocess,
+    split_transform,
+    tensor_decode_split,
+    unreproducible_step,
+)
 
 __all__ = [
     "CHUNK",
@@ -51,6 +61,7 @@ __all__ = [
     "rebatch",
     "split_transform",
     "tensor_decode_split",
+    "unreproducible_step",
 ]
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -242,254 +253,7 @@ def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
     return max(2, -(-2 * batch_size // (chunk * workers)))
 
 
-# ------------------------------------------------------- uint8 on the host, floats on the device
-class HostGeometry:
-    """The PIL steps of a torchvision ``Compose`` before its ``ToTensor`` (resize, crop, RGB),
-    returning a ``(3, H, W)`` uint8 tensor: a quarter of the bytes of the float image to move
-    between processes, pin and copy, and no float work in the workers."""
-
-    def __init__(self, steps: Sequence[Callable[[Any], Any]]):
-        self.steps = list(steps)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        for step in self.steps:
-            img = step(img)
-        return _pil_to_tensor(img)
-
-
-@dataclass
-class Normalize:
-    """``(x / 255 - mean) / std`` of a uint8 ``(B, 3, H, W)`` tensor, as float32: the float
-    half of a split ``Compose``, run where the tensor is (the device)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = pixels.float().div_(255.0)
-        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)
-        return out.sub_(mean).div_(std)
-
-
-@dataclass
-class TensorDecode:
-    """Read, decode and resize / crop an image to a ``(3, H, W)`` uint8 tensor without PIL:
-    JPEG, PNG and WebP decoded by torchvision (libjpeg-turbo for JPEG) once the header's pixel
-    count passed PIL's limit (:mod:`hierzoo._image_io`), then torch's
-    antialiased uint8 resize, which follows PIL's closely but not exactly (on photo-like JPEGs
-    of 200-900 px: at most 2 grey levels apart, 0.035 on average). About 3 times less CPU per
-    500x375 JPEG than PIL's decode and resize (both measured by ``benchmarks/pipeline.py``);
-    for worker processes feeding a GPU. Other formats (GIF, whose every frame torchvision would
-    decode, TIFF, BMP ...) and files torchvision rejects go through PIL."""
-
-    resize: int | tuple[int, int]
-    crop: tuple[int, int] | None
-    interpolation: str = "bicubic"
-    crop_offset: str = "round"
-    reads_files = True
-
-    def __call__(self, item: str | Path | Image.Image) -> torch.Tensor:
-        if isinstance(item, Image.Image):
-            return self.geometry(_pil_to_tensor(item))
-        path = _existing_file(item)
-        data = path.read_bytes()
-        header = image_header(data)
-        if header is None:  # another format: PIL decodes it, checking its size itself
-            return self.geometry(_pil_to_tensor(load_image(path)))
-        check_pixels(str(path), header[1], header[2])
-        try:
-            image = _decode_tensor(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        except RuntimeError:  # a file torchvision rejects: PIL decides
-            image = _pil_to_tensor(load_image(path))
-        return self.geometry(image)
-
-    def geometry(self, image: torch.Tensor) -> torch.Tensor:
-        return _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-
-
-def _resize_crop(
-    image: torch.Tensor,
-    resize: int | tuple[int, int],
-    crop: tuple[int, int] | None,
-    interpolation: str,
-    offset: str,
-) -> torch.Tensor:
-    """Antialiased resize (shortest side, or an exact size), then a centre crop whose offset is
-    rounded as torchvision does (``"round"``: open_clip's pipelines) or truncated as
-    transformers' image processors do (``"floor"``); the two differ by a pixel when the margin
-    is odd."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    size = [resize] if isinstance(resize, int) else list(resize)
-    out = F.resize(image, size, interpolation=mode, antialias=True)
-    if crop is None:
-        return out
-    if offset == "round":
-        return F.center_crop(out, list(crop))
-    h, w = out.shape[-2:]
-    if crop[0] > h or crop[1] > w:  # smaller than the crop: padded as torchvision pads
-        return F.center_crop(out, list(crop))
-    return F.crop(out, int((h - crop[0]) / 2.0), int((w - crop[1]) / 2.0), crop[0], crop[1])
-
-
-def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None:
-    """A plain resize / crop / normalise pipeline (see :meth:`TensorPreprocess.from_transform`)
-    as :class:`TensorDecode` for the workers and :class:`Normalize` for the device; ``None``
-    for anything else."""
-    plan = TensorPreprocess.from_transform(transform)
-    if plan is None:
-        return None
-    return TensorDecode(plan.resize, plan.crop, plan.interpolation, plan.crop_offset), Normalize(
-        plan.mean, plan.std
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _channel_stats(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std as ``(C, 1, 1)`` tensors on ``device``, made once: a fresh host-to-device
-    copy per batch would wait for the GPU's queued work."""
-    return (
-        torch.tensor(mean, device=device).view(-1, 1, 1),
-        torch.tensor(std, device=device).view(-1, 1, 1),
-    )
-
-
-_PIL_STEPS = (
-    "Resize",
-    "CenterCrop",
-    "ResizeKeepRatio",
-    "CenterCropOrPad",
-    "MaybeConvertMode",
-    "function",
-)
-_TO_TENSOR = ("ToTensor", "MaybeToTensor")
-
-
-def split_transform(transform: Any) -> tuple[HostGeometry, Normalize] | None:
-    """A torchvision ``Compose`` of PIL resize / crop / RGB steps, then ``ToTensor`` and one
-    ``Normalize``, split into its uint8 host half and its float device half (the same numbers:
-    ``ToTensor`` is ``x.float() / 255`` and ``Normalize`` is ``(x - mean) / std``). ``None``
-    for any other pipeline (a transformers processor, augmentations, a custom step)."""
-    steps = getattr(transform, "transforms", None)
-    if not isinstance(steps, list):
-        return None
-    names = [type(t).__name__ for t in steps]
-    cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
-    if (
-        cut is None
-        or names[cut + 1 :] != ["Normalize"]
-        or any(n not in _PIL_STEPS for n in names[:cut])
-    ):
-        return None
-    if "function" in names[:cut] and any(
-        getattr(t, "__name__", "") != "_convert_to_rgb"
-        for t in steps[:cut]
-        if type(t).__name__ == "function"
-    ):
-        return None
-    norm = steps[-1]
-    return HostGeometry(steps[:cut]), Normalize(
-        tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
-    )
-
-
 # --------------------------------------------------------------------------- decoding on the device
-@dataclass
-class TensorPreprocess:
-    """Resize, centre-crop and normalise ``(3, H, W)`` uint8 tensors on any device.
-
-    The tensor twin of the CLIP-style PIL pipelines (antialiased resize, as PIL does), used when
-    images are decoded on the GPU. ``resize`` is the shortest side (an int) or an exact
-    ``(height, width)``.
-    """
-
-    resize: int | tuple[int, int]
-    crop: tuple[int, int] | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    crop_offset: str = "round"
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        out = _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-        return Normalize(tuple(self.mean), tuple(self.std))(
-            out
-        )  # (C, H, W) or a (B, C, H, W) batch
-
-    @classmethod
-    def from_transform(cls, transform: Any) -> TensorPreprocess | None:
-        """The tensor twin of a torchvision ``Compose`` (open_clip's preprocess) or of a
-        transformers image processor; ``None`` when the pipeline is not a plain
-        resize / crop / normalise."""
-        ip = getattr(transform, "image_processor", None)
-        if ip is not None:
-            return cls._from_hf(ip)
-        steps = getattr(transform, "transforms", None)
-        if steps is None:
-            return None
-        resize = crop = mean = std = None
-        interpolation = "bicubic"
-        for t in steps:
-            name = type(t).__name__
-            if name == "Resize":
-                size = t.size
-                resize = (
-                    size if isinstance(size, int) else (size[0] if len(size) == 1 else tuple(size))
-                )
-                interpolation = (
-                    "bilinear" if "BILINEAR" in str(t.interpolation).upper() else "bicubic"
-                )
-            elif name == "CenterCrop":
-                crop = tuple(t.size)
-            elif name == "Normalize":
-                mean, std = tuple(t.mean), tuple(t.std)
-            elif name not in (
-                "ToTensor",
-                "MaybeToTensor",
-                "MaybeConvertMode",
-                "Lambda",
-                "ConvertImageDtype",
-                "PILToTensor",
-                "ToImage",
-                "ToDtype",
-                "function",
-            ):
-                return None
-        if resize is None or mean is None:
-            return None
-        return cls(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
-
-    @classmethod
-    def _from_hf(cls, ip: Any) -> TensorPreprocess | None:
-        size = getattr(ip, "size", None) or {}
-        if "shortest_edge" in size:
-            resize: int | tuple[int, int] = int(size["shortest_edge"])
-        elif "height" in size:
-            resize = (int(size["height"]), int(size["width"]))
-        else:
-            return None
-        crop_size = getattr(ip, "crop_size", None)
-        crop = (
-            (int(crop_size["height"]), int(crop_size["width"]))
-            if getattr(ip, "do_center_crop", False) and crop_size
-            else None
-        )
-        resample = getattr(ip, "resample", 3)
-        interpolation = "bilinear" if int(resample) == 2 else "bicubic"
-        return cls(
-            resize=resize,
-            crop=crop,
-            mean=tuple(ip.image_mean),
-            std=tuple(ip.image_std),
-            interpolation=interpolation,
-            crop_offset="floor",
-        )
-
-
 class _BytesDataset(ImageDataset):
     """Raw file bytes, read in workers (cheap), their header's pixel count checked against
     PIL's limit; decoding happens on the device."""
