@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from hierzoo._image_io import (
+    WATCHER_PREFIX,
     ImageError,
     ImageTooLarge,
     check_pixels,
@@ -52,6 +53,7 @@ __all__ = [
     "TensorPreprocess",
     "as_list",
     "default_workers",
+    "die_with_parent",
     "image_header",
     "iterate_images",
     "iterate_images_on_device",
@@ -229,7 +231,8 @@ def iterate_images(
     """Batches of decoded, transformed images, in input order, decoded in worker processes.
 
     Workers load chunks of ``chunk_size`` images (default :data:`CHUNK`; the whole batch without
-    workers); ``place`` is applied to each chunk's tensor before a batch is put together.
+    workers); ``place`` is applied to each chunk's tensor before a batch is put together. The
+    workers die with this process (:func:`die_with_parent`).
     """
     workers = default_workers(len(items)) if num_workers is None else num_workers
     chunk = batch_size if workers == 0 else max(1, min(batch_size, chunk_size or CHUNK))
@@ -239,11 +242,71 @@ def iterate_images(
         batch_sampler=index_chunks,
         num_workers=workers,
         collate_fn=_collate,
+        worker_init_fn=die_with_parent,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=_prefetch(workers, batch_size, chunk),
     )
     yield from rebatch(iter(loader), per_batch, place)
+
+
+def die_with_parent(worker_id: int | None = None) -> None:
+    """A loader worker's ``worker_init_fn``: end the worker when the process that started it
+    dies, SIGKILL included.
+
+    Without it a worker can outlive a killed parent for good: torch's worker notices its parent
+    is gone, but on its way out waits to flush decoded images into a pipe nobody reads any more.
+    On Linux the kernel kills the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``; the
+    signal comes when the thread that started the loader ends, and hierzoo iterates a loader
+    in one thread from start to end). Elsewhere, or when the worker was not forked by its
+    parent (``forkserver``), a daemon thread checks the parent once a second. Every loader of
+    :func:`iterate_images` uses it; pass it to a ``DataLoader`` of your own.
+    """
+    import multiprocessing
+    import sys
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    if sys.platform.startswith("linux") and os.getppid() == parent.pid and _kill_on_parent_death():
+        if os.getppid() != parent.pid:  # it died between the fork and the prctl
+            os._exit(1)
+        return
+    _watch_parent(parent.pid)
+
+
+def _kill_on_parent_death() -> bool:
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    return prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+
+
+def _watch_parent(pid: int) -> None:
+    import threading
+    import time
+
+    adopted_by = os.getppid()
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return os.getppid() == adopted_by
+
+    def watch() -> None:
+        while alive():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=WATCHER_PREFIX, daemon=True).start()
 
 
 def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
