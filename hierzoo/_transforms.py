@@ -15,6 +15,7 @@ the pipeline unreproducible: :func:`unreproducible_step` says which step, and
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,11 @@ def _channel_stats(
 
 # ------------------------------------------------------------------------- recognising steps
 @functools.lru_cache(maxsize=1)
-def _known() -> dict[str, tuple[Any, ...]]:
-    """The exact types (and open_clip's RGB function) of the steps hierzoo understands."""
+def _torchvision_types() -> dict[str, tuple[Any, ...]]:
     from torchvision import transforms as v1
     from torchvision.transforms import v2
 
-    known: dict[str, tuple[Any, ...]] = {
+    return {
         "compose": (v1.Compose, v2.Compose),
         "resize": (v1.Resize, v2.Resize),
         "crop": (v1.CenterCrop, v2.CenterCrop),
@@ -153,17 +153,21 @@ def _known() -> dict[str, tuple[Any, ...]]:
         "uint8_tensor": (v1.PILToTensor, v2.PILToTensor, v2.ToImage),
         "to_float": (v1.ConvertImageDtype, v2.ConvertImageDtype, v2.ToDtype),
         "normalize": (v1.Normalize, v2.Normalize),
-        "pil_geometry": (),  # PIL steps the uint8 split runs as they are, with no tensor twin
-        "rgb_function": (),
     }
-    try:
-        from open_clip import transform as oc
-    except ImportError:
-        return known
-    known["float_tensor"] += (oc.MaybeToTensor,)
-    known["rgb"] += (oc.MaybeConvertMode,)
-    known["pil_geometry"] = (oc.ResizeKeepRatio, oc.CenterCropOrPad)
-    known["rgb_function"] = tuple(f for f in [getattr(oc, "_convert_to_rgb", None)] if f)
+
+
+def _known() -> dict[str, tuple[Any, ...]]:
+    """The exact types (and open_clip's RGB function) of the steps hierzoo understands.
+    open_clip's are looked up only once open_clip is imported (a step of open_clip's means it
+    is), so a transformers model does not pay for importing it."""
+    known = {**_torchvision_types(), "pil_geometry": (), "rgb_function": ()}
+    oc = sys.modules.get("open_clip.transform")
+    if oc is not None:
+        known["float_tensor"] += (oc.MaybeToTensor,)
+        known["rgb"] += (oc.MaybeConvertMode,)
+        # PIL steps the uint8 split runs as they are, with no tensor twin
+        known["pil_geometry"] = (oc.ResizeKeepRatio, oc.CenterCropOrPad)
+        known["rgb_function"] = tuple(f for f in [getattr(oc, "_convert_to_rgb", None)] if f)
     return known
 
 
