@@ -1,14 +1,14 @@
 """Image inputs: paths, PIL images or preprocessed tensors, loaded in DataLoader workers.
 
-A bad image (missing, empty, corrupt) never stops a batch: its slot carries an error message
-naming the file and the fix, and the other images go on.
+A bad image (missing, empty, corrupt, over PIL's decompression-bomb limit) never stops a batch:
+its slot carries an error message naming the file and the fix, and the other images go on.
+Reading one file lives in :mod:`hierzoo._image_io` (size limit, bit depth), understanding a
+model's preprocessing in :mod:`hierzoo._transforms`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,50 +17,56 @@ from typing import Any
 import torch
 from PIL import Image
 
-ImageInput = str | Path | Image.Image | torch.Tensor
-
-# torchvision 0.29 deprecates its image decoders in favour of torchcodec, warning at every call;
-# hierzoo uses them on purpose (nvJPEG, libjpeg-turbo), so that one message is silenced once
-# here (a catch_warnings block per call would race between the decoding and model threads)
-warnings.filterwarnings(
-    "ignore",
-    message="The image decoding and encoding capabilities of TorchVision",
-    category=DeprecationWarning,
+from hierzoo._image_io import (
+    WATCHER_PREFIX,
+    ImageError,
+    ImageTooLarge,
+    check_pixels,
+    image_header,
+    load_image,
+    quiet_torchvision,
+)
+from hierzoo._image_io import decode_tensor as _decode_tensor
+from hierzoo._image_io import existing_file as _existing_file
+from hierzoo._image_io import pil_to_tensor as _pil_to_tensor
+from hierzoo._transforms import (
+    HostGeometry,
+    Normalize,
+    TensorDecode,
+    TensorPreprocess,
+    split_transform,
+    tensor_decode_split,
+    unreproducible_step,
 )
 
+__all__ = [
+    "CHUNK",
+    "HostGeometry",
+    "ImageBatch",
+    "ImageDataset",
+    "ImageError",
+    "ImageInput",
+    "ImageTooLarge",
+    "Normalize",
+    "PipelineStats",
+    "TensorDecode",
+    "TensorPreprocess",
+    "as_list",
+    "default_workers",
+    "die_with_parent",
+    "image_header",
+    "iterate_images",
+    "iterate_images_on_device",
+    "load_image",
+    "prefetch",
+    "read_bytes",
+    "rebatch",
+    "split_transform",
+    "tensor_decode_split",
+    "unreproducible_step",
+]
 
-class ImageError(OSError):
-    """An image that cannot be read."""
-
-
-def load_image(item: str | Path | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image.
-
-    Raises:
-        ImageError: a missing, empty or undecodable file, naming it.
-    """
-    if isinstance(item, Image.Image):
-        return item.convert("RGB") if item.mode != "RGB" else item
-    path = _existing_file(item)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises several types for corrupt data
-        raise ImageError(
-            f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}); the file is corrupt or "
-            "not an image."
-        ) from e
-
-
-def _existing_file(item: str | Path) -> Path:
-    """The path of a non-empty file, or an :class:`ImageError` saying what is wrong with it."""
-    path = Path(item)
-    if not path.is_file():
-        raise ImageError(f"No image file at {str(path)!r}; check the path or pass --image-root.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it.")
-    return path
+ImageInput = str | Path | Image.Image | torch.Tensor
 
 
 def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
@@ -225,7 +231,8 @@ def iterate_images(
     """Batches of decoded, transformed images, in input order, decoded in worker processes.
 
     Workers load chunks of ``chunk_size`` images (default :data:`CHUNK`; the whole batch without
-    workers); ``place`` is applied to each chunk's tensor before a batch is put together.
+    workers); ``place`` is applied to each chunk's tensor before a batch is put together. The
+    workers die with this process (:func:`die_with_parent`).
     """
     workers = default_workers(len(items)) if num_workers is None else num_workers
     chunk = batch_size if workers == 0 else max(1, min(batch_size, chunk_size or CHUNK))
@@ -235,11 +242,71 @@ def iterate_images(
         batch_sampler=index_chunks,
         num_workers=workers,
         collate_fn=_collate,
+        worker_init_fn=die_with_parent,
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=_prefetch(workers, batch_size, chunk),
     )
     yield from rebatch(iter(loader), per_batch, place)
+
+
+def die_with_parent(worker_id: int | None = None) -> None:
+    """A loader worker's ``worker_init_fn``: end the worker when the process that started it
+    dies, SIGKILL included.
+
+    Without it a worker can outlive a killed parent for good: torch's worker notices its parent
+    is gone, but on its way out waits to flush decoded images into a pipe nobody reads any more.
+    On Linux the kernel kills the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``; the
+    signal comes when the thread that started the loader ends, and hierzoo iterates a loader
+    in one thread from start to end). Elsewhere, or when the worker was not forked by its
+    parent (``forkserver``), a daemon thread checks the parent once a second. Every loader of
+    :func:`iterate_images` uses it; pass it to a ``DataLoader`` of your own.
+    """
+    import multiprocessing
+    import sys
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    if sys.platform.startswith("linux") and os.getppid() == parent.pid and _kill_on_parent_death():
+        if os.getppid() != parent.pid:  # it died between the fork and the prctl
+            os._exit(1)
+        return
+    _watch_parent(parent.pid)
+
+
+def _kill_on_parent_death() -> bool:
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    return prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+
+
+def _watch_parent(pid: int) -> None:
+    import threading
+    import time
+
+    adopted_by = os.getppid()
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return os.getppid() == adopted_by
+
+    def watch() -> None:
+        while alive():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=WATCHER_PREFIX, daemon=True).start()
 
 
 def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
@@ -249,261 +316,10 @@ def _prefetch(workers: int, batch_size: int, chunk: int) -> int | None:
     return max(2, -(-2 * batch_size // (chunk * workers)))
 
 
-# ------------------------------------------------------- uint8 on the host, floats on the device
-class HostGeometry:
-    """The PIL steps of a torchvision ``Compose`` before its ``ToTensor`` (resize, crop, RGB),
-    returning a ``(3, H, W)`` uint8 tensor: a quarter of the bytes of the float image to move
-    between processes, pin and copy, and no float work in the workers."""
-
-    def __init__(self, steps: Sequence[Callable[[Any], Any]]):
-        self.steps = list(steps)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        for step in self.steps:
-            img = step(img)
-        return _pil_to_tensor(img)
-
-
-@dataclass
-class Normalize:
-    """``(x / 255 - mean) / std`` of a uint8 ``(B, 3, H, W)`` tensor, as float32: the float
-    half of a split ``Compose``, run where the tensor is (the device)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = pixels.float().div_(255.0)
-        mean, std = _channel_stats(tuple(self.mean), tuple(self.std), out.device)
-        return out.sub_(mean).div_(std)
-
-
-@dataclass
-class TensorDecode:
-    """Read, decode and resize / crop an image to a ``(3, H, W)`` uint8 tensor without PIL:
-    JPEG, PNG, WebP and GIF decoded by torchvision (libjpeg-turbo for JPEG), then torch's
-    antialiased uint8 resize, which follows PIL's closely but not exactly (on photo-like JPEGs
-    of 200-900 px: at most 2 grey levels apart, 0.035 on average). About 3 times less CPU per
-    500x375 JPEG than PIL's decode and resize (both measured by ``benchmarks/pipeline.py``);
-    for worker processes feeding a GPU. Formats torchvision cannot decode go through PIL."""
-
-    resize: int | tuple[int, int]
-    crop: tuple[int, int] | None
-    interpolation: str = "bicubic"
-    crop_offset: str = "round"
-    reads_files = True
-
-    def __call__(self, item: str | Path | Image.Image) -> torch.Tensor:
-        if isinstance(item, Image.Image):
-            return self.geometry(_pil_to_tensor(item))
-        path = _existing_file(item)
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        try:
-            image = _decode_tensor(data)
-        except RuntimeError:  # a format torchvision lacks, or a file it rejects: PIL decides
-            image = _pil_to_tensor(load_image(path))
-        return self.geometry(image)
-
-    def geometry(self, image: torch.Tensor) -> torch.Tensor:
-        return _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-
-
-def _resize_crop(
-    image: torch.Tensor,
-    resize: int | tuple[int, int],
-    crop: tuple[int, int] | None,
-    interpolation: str,
-    offset: str,
-) -> torch.Tensor:
-    """Antialiased resize (shortest side, or an exact size), then a centre crop whose offset is
-    rounded as torchvision does (``"round"``: open_clip's pipelines) or truncated as
-    transformers' image processors do (``"floor"``); the two differ by a pixel when the margin
-    is odd."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    size = [resize] if isinstance(resize, int) else list(resize)
-    out = F.resize(image, size, interpolation=mode, antialias=True)
-    if crop is None:
-        return out
-    if offset == "round":
-        return F.center_crop(out, list(crop))
-    h, w = out.shape[-2:]
-    if crop[0] > h or crop[1] > w:  # smaller than the crop: padded as torchvision pads
-        return F.center_crop(out, list(crop))
-    return F.crop(out, int((h - crop[0]) / 2.0), int((w - crop[1]) / 2.0), crop[0], crop[1])
-
-
-def _decode_tensor(data: torch.Tensor) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
-    image = decode_image(data, mode=ImageReadMode.RGB)
-    if image.ndim == 4:  # an animated GIF: its first frame, as PIL gives
-        image = image[0]
-    if image.dtype != torch.uint8:  # a 16-bit PNG: PIL's conversion to 8-bit RGB decides
-        raise RuntimeError(f"decoded as {image.dtype}, not uint8")
-    return image
-
-
-def tensor_decode_split(transform: Any) -> tuple[TensorDecode, Normalize] | None:
-    """A plain resize / crop / normalise pipeline (see :meth:`TensorPreprocess.from_transform`)
-    as :class:`TensorDecode` for the workers and :class:`Normalize` for the device; ``None``
-    for anything else."""
-    plan = TensorPreprocess.from_transform(transform)
-    if plan is None:
-        return None
-    return TensorDecode(plan.resize, plan.crop, plan.interpolation, plan.crop_offset), Normalize(
-        plan.mean, plan.std
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _channel_stats(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std as ``(C, 1, 1)`` tensors on ``device``, made once: a fresh host-to-device
-    copy per batch would wait for the GPU's queued work."""
-    return (
-        torch.tensor(mean, device=device).view(-1, 1, 1),
-        torch.tensor(std, device=device).view(-1, 1, 1),
-    )
-
-
-_PIL_STEPS = (
-    "Resize",
-    "CenterCrop",
-    "ResizeKeepRatio",
-    "CenterCropOrPad",
-    "MaybeConvertMode",
-    "function",
-)
-_TO_TENSOR = ("ToTensor", "MaybeToTensor")
-
-
-def split_transform(transform: Any) -> tuple[HostGeometry, Normalize] | None:
-    """A torchvision ``Compose`` of PIL resize / crop / RGB steps, then ``ToTensor`` and one
-    ``Normalize``, split into its uint8 host half and its float device half (the same numbers:
-    ``ToTensor`` is ``x.float() / 255`` and ``Normalize`` is ``(x - mean) / std``). ``None``
-    for any other pipeline (a transformers processor, augmentations, a custom step)."""
-    steps = getattr(transform, "transforms", None)
-    if not isinstance(steps, list):
-        return None
-    names = [type(t).__name__ for t in steps]
-    cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
-    if (
-        cut is None
-        or names[cut + 1 :] != ["Normalize"]
-        or any(n not in _PIL_STEPS for n in names[:cut])
-    ):
-        return None
-    if "function" in names[:cut] and any(
-        getattr(t, "__name__", "") != "_convert_to_rgb"
-        for t in steps[:cut]
-        if type(t).__name__ == "function"
-    ):
-        return None
-    norm = steps[-1]
-    return HostGeometry(steps[:cut]), Normalize(
-        tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
-    )
-
-
 # --------------------------------------------------------------------------- decoding on the device
-@dataclass
-class TensorPreprocess:
-    """Resize, centre-crop and normalise ``(3, H, W)`` uint8 tensors on any device.
-
-    The tensor twin of the CLIP-style PIL pipelines (antialiased resize, as PIL does), used when
-    images are decoded on the GPU. ``resize`` is the shortest side (an int) or an exact
-    ``(height, width)``.
-    """
-
-    resize: int | tuple[int, int]
-    crop: tuple[int, int] | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    crop_offset: str = "round"
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        out = _resize_crop(image, self.resize, self.crop, self.interpolation, self.crop_offset)
-        return Normalize(tuple(self.mean), tuple(self.std))(
-            out
-        )  # (C, H, W) or a (B, C, H, W) batch
-
-    @classmethod
-    def from_transform(cls, transform: Any) -> TensorPreprocess | None:
-        """The tensor twin of a torchvision ``Compose`` (open_clip's preprocess) or of a
-        transformers image processor; ``None`` when the pipeline is not a plain
-        resize / crop / normalise."""
-        ip = getattr(transform, "image_processor", None)
-        if ip is not None:
-            return cls._from_hf(ip)
-        steps = getattr(transform, "transforms", None)
-        if steps is None:
-            return None
-        resize = crop = mean = std = None
-        interpolation = "bicubic"
-        for t in steps:
-            name = type(t).__name__
-            if name == "Resize":
-                size = t.size
-                resize = (
-                    size if isinstance(size, int) else (size[0] if len(size) == 1 else tuple(size))
-                )
-                interpolation = (
-                    "bilinear" if "BILINEAR" in str(t.interpolation).upper() else "bicubic"
-                )
-            elif name == "CenterCrop":
-                crop = tuple(t.size)
-            elif name == "Normalize":
-                mean, std = tuple(t.mean), tuple(t.std)
-            elif name not in (
-                "ToTensor",
-                "MaybeToTensor",
-                "MaybeConvertMode",
-                "Lambda",
-                "ConvertImageDtype",
-                "PILToTensor",
-                "ToImage",
-                "ToDtype",
-                "function",
-            ):
-                return None
-        if resize is None or mean is None:
-            return None
-        return cls(resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation)
-
-    @classmethod
-    def _from_hf(cls, ip: Any) -> TensorPreprocess | None:
-        size = getattr(ip, "size", None) or {}
-        if "shortest_edge" in size:
-            resize: int | tuple[int, int] = int(size["shortest_edge"])
-        elif "height" in size:
-            resize = (int(size["height"]), int(size["width"]))
-        else:
-            return None
-        crop_size = getattr(ip, "crop_size", None)
-        crop = (
-            (int(crop_size["height"]), int(crop_size["width"]))
-            if getattr(ip, "do_center_crop", False) and crop_size
-            else None
-        )
-        resample = getattr(ip, "resample", 3)
-        interpolation = "bilinear" if int(resample) == 2 else "bicubic"
-        return cls(
-            resize=resize,
-            crop=crop,
-            mean=tuple(ip.image_mean),
-            std=tuple(ip.image_std),
-            interpolation=interpolation,
-            crop_offset="floor",
-        )
-
-
 class _BytesDataset(ImageDataset):
-    """Raw file bytes, read in workers (cheap); decoding happens on the device."""
+    """Raw file bytes, read in workers (cheap), their header's pixel count checked against
+    PIL's limit; decoding happens on the device."""
 
     def __init__(self, items: Sequence[ImageInput | None]):
         super().__init__(items, None)
@@ -511,7 +327,12 @@ class _BytesDataset(ImageDataset):
     def _read(self, item: str | Path | Image.Image) -> Any:
         if isinstance(item, Image.Image):
             return item
-        return torch.frombuffer(bytearray(_existing_file(item).read_bytes()), dtype=torch.uint8)
+        path = _existing_file(item)
+        data = path.read_bytes()
+        header = image_header(data)
+        if header is not None:
+            check_pixels(str(path), header[1], header[2])
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _collate_raw(rows: list[tuple[int, Any, str | None]]) -> ImageBatch:
@@ -603,10 +424,11 @@ def iterate_images_on_device(
     stats: PipelineStats | None = None,
 ) -> Iterator[ImageBatch]:
     """Batches of preprocessed tensors on ``device``: ``num_workers`` threads read the files'
-    bytes (:func:`read_bytes`), JPEGs are decoded on the device in one batched call (nvJPEG on
-    CUDA), then resized and normalised there. Other formats, and JPEGs the decoder rejects, go
-    through PIL (and ``fallback`` when given). Time spent waiting and decoding is added to
-    ``stats``."""
+    bytes and check their headers' pixel counts (:func:`read_bytes`), JPEGs are decoded on the
+    device in one batched call (nvJPEG on CUDA), PNGs and WebPs by torchvision on the CPU, then
+    resized and normalised there. Other formats and files whose header hierzoo cannot read go
+    through PIL (and ``fallback`` when given); a JPEG the decoder rejects is that image's error.
+    Time spent waiting and decoding is added to ``stats``."""
     import time
 
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -621,26 +443,30 @@ def iterate_images_on_device(
 
     for batch in stats.waited(read_bytes(items, batch_size, threads), "read_wait"):
         failed = dict(batch.failed)
-        jpeg = [
-            j
-            for j, x in enumerate(batch.data)
-            if isinstance(x, torch.Tensor) and x.ndim == 1 and x[:2].tolist() == [0xFF, 0xD8]
+        kinds = [
+            image_header(memoryview(x.numpy()))
+            if isinstance(x, torch.Tensor) and x.ndim == 1
+            else None
+            for x in batch.data
         ]
+        jpeg = [j for j, kind in enumerate(kinds) if kind is not None and kind[0] == "jpeg"]
         decoded: dict[int, torch.Tensor] = {}
         if jpeg:
             start = time.perf_counter()
             try:
-                out = decode_jpeg(
-                    [batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device
-                )
+                with quiet_torchvision():
+                    out = decode_jpeg(
+                        [batch.data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device
+                    )
                 decoded.update(zip(jpeg, out))
                 stats.decode += time.perf_counter() - start
             except RuntimeError:
                 for j in jpeg:  # one bad file fails the batched call: decode one by one
                     try:
-                        decoded[j] = decode_jpeg(
-                            batch.data[j], mode=ImageReadMode.RGB, device=device
-                        )
+                        with quiet_torchvision():
+                            decoded[j] = decode_jpeg(
+                                batch.data[j], mode=ImageReadMode.RGB, device=device
+                            )
                     except RuntimeError as e:
                         failed[batch.indices[j]] = (
                             f"Cannot decode image {str(items[batch.indices[j]])!r} ({e}); the "
@@ -663,17 +489,20 @@ def iterate_images_on_device(
             try:
                 if j in done:
                     t = done[j]
-                elif isinstance(x, torch.Tensor) and x.ndim == 1:
-                    try:
+                elif isinstance(x, torch.Tensor) and x.ndim == 1 and kinds[j] is not None:
+                    try:  # a PNG or WebP whose size the reader checked
                         t = preprocess(_decode_tensor(x).to(device))
-                    except (
-                        RuntimeError
-                    ):  # BMP, TIFF, 16-bit PNG ...: PIL decodes, as the docstring says
+                    except RuntimeError:  # a file torchvision rejects: PIL decides
                         t = via_pil(load_image(items[i]))
+                elif isinstance(x, torch.Tensor) and x.ndim == 1:  # GIF, TIFF, BMP ...
+                    t = via_pil(load_image(items[i]))
                 elif isinstance(x, torch.Tensor):
                     t = x.to(device)
                 else:
                     t = via_pil(load_image(x))
+            except ImageError as e:  # names the file and the fix already
+                failed[i] = str(e)
+                continue
             except Exception as e:
                 failed[i] = (
                     f"Cannot decode image {str(items[i])!r} ({type(e).__name__}: {e}); the file "
@@ -683,12 +512,6 @@ def iterate_images_on_device(
             tensors.append(t)
             indices.append(i)
         yield ImageBatch(indices, torch.stack(tensors) if tensors else [], failed)
-
-
-def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    import numpy as np
-
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 _END = object()

@@ -3,6 +3,9 @@ of CLIP transforms, checked against the plain one-batch-per-worker, float-in-wor
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from hierzoo.images import (
     ImageBatch,
     _chunks,
     iterate_images,
+    load_image,
     rebatch,
     split_transform,
 )
@@ -235,8 +239,12 @@ def test_tensor_decode_in_workers_gives_close_embeddings_and_the_same_errors(
         hierzoo.load(str(model_dir), device="cpu", cache_dir=False, worker_decode="turbo")
 
 
-def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
-    from hierzoo.images import tensor_decode_split
+def test_tensor_decode_gives_the_pil_paths_pixels_for_16_bit_images(tmp_path):
+    """torchvision's uint16 and PIL's I;16 both keep the high byte: the same decoded pixels,
+    then the same resize. (This test once compared against PIL's own ``convert``, which
+    saturates a 16-bit image to white, so both sides were 255 everywhere; the hand-computed
+    values are checked in test_image_limits.py.)"""
+    from hierzoo.images import _pil_to_tensor, load_image, tensor_decode_split
 
     fast, _ = tensor_decode_split(_clip_transform())
     pil, _ = split_transform(_clip_transform())
@@ -244,12 +252,20 @@ def test_tensor_decode_leaves_16_bit_images_to_pil(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     got = fast(tmp_path / "deep.png")
     assert got.dtype == torch.uint8
-    assert torch.equal(got, pil(Image.open(tmp_path / "deep.png").convert("RGB")))
+    assert torch.equal(got, fast.geometry(_pil_to_tensor(load_image(tmp_path / "deep.png"))))
+    ref = pil(load_image(tmp_path / "deep.png")).int()
+    assert ref.float().std() > 30  # not saturated
+    assert (got.int() - ref).abs().max() <= 5
 
 
 def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path):
     """--decode-on-device: BMP, TIFF and 16-bit PNG are decoded by PIL, not recorded as errors."""
-    from hierzoo.images import TensorPreprocess, _pil_to_tensor, iterate_images_on_device
+    from hierzoo.images import (
+        TensorPreprocess,
+        _pil_to_tensor,
+        iterate_images_on_device,
+        load_image,
+    )
 
     prep = TensorPreprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     src = Image.open(paths[0]).convert("RGB")
@@ -261,7 +277,7 @@ def test_device_decoding_hands_formats_torchvision_lacks_to_pil(paths, tmp_path)
     items = [str(tmp_path / n) for n in ("x.bmp", "x.tiff", "deep.png")] + [paths[0]]
     (batch,) = list(iterate_images_on_device(items, prep, 8, torch.device("cpu"), num_workers=0))
     assert batch.failed == {} and batch.indices == [0, 1, 2, 3]
-    want = [prep(_pil_to_tensor(Image.open(p).convert("RGB"))) for p in items]
+    want = [prep(_pil_to_tensor(load_image(p))) for p in items]  # 16-bit: high byte
     for got, ref in zip(batch.data, want):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
@@ -275,3 +291,224 @@ def test_default_workers_follow_cores_and_the_work(monkeypatch):
     assert default_workers(100_000) == 32  # capped
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert default_workers(100_000) == 1  # one core left for the model's loop
+
+
+# ------------------------------------------------------------------ no side effect at import
+def test_importing_hierzoo_installs_no_warning_filter():
+    """torch and numpy install filters of their own when imported; hierzoo adds none."""
+    code = (
+        "import numpy, PIL.Image, torch, torchvision.io, torchvision.transforms.v2, open_clip\n"
+        "import warnings; before = list(warnings.filters)\n"
+        "import hierzoo, hierzoo.images, hierzoo.models.clip\n"
+        "hierzoo.images.split_transform(open_clip.image_transform(32, is_train=False))\n"
+        "assert warnings.filters == before, warnings.filters[: len(warnings.filters) - len(before)]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+
+
+def test_torchvisions_deprecation_is_silenced_only_where_no_thread_can_race(tmp_path):
+    """Under ``-W error::DeprecationWarning``: decoding in a single-threaded process (a loader
+    worker, or the main thread alone) silences torchvision's deprecation for that call only and
+    leaves the filters as they were; with a second thread alive the filters are not touched."""
+    Image.new("RGB", (40, 30), (9, 99, 199)).save(tmp_path / "a.jpg")
+    code = f"""
+import threading, warnings
+import torchvision.io, torchvision.transforms.v2
+from hierzoo.images import TensorDecode, iterate_images
+from hierzoo._image_io import quiet_torchvision
+path = {str(tmp_path / "a.jpg")!r}
+before = list(warnings.filters)
+fast = TensorDecode(16, (16, 16))
+assert fast(path).shape == (3, 16, 16)
+assert fast(path).shape == (3, 16, 16)
+assert warnings.filters == before
+(batch,) = iterate_images([path] * 3, fast, 3, num_workers=1)
+assert batch.failed == {{}} and batch.data.shape == (3, 3, 16, 16), batch.failed
+with quiet_torchvision():
+    assert len(warnings.filters) == len(before) + 1
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+with quiet_torchvision():
+    assert warnings.filters == before
+stop.set()
+other.join()
+assert warnings.filters == before
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ----------------------------------------------------------- transforms recognised by type
+class _Invert:
+    """A callable hierzoo does not know."""
+
+    def __call__(self, img):
+        from PIL import ImageOps
+
+        return ImageOps.invert(img)
+
+
+def _flip(img):
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def _with_step(step):
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize(32, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(32),
+            step,
+            T.ToTensor(),
+            T.Normalize((0.48, 0.45, 0.40), (0.26, 0.26, 0.27)),
+        ]
+    )
+
+
+def _unknown_steps():
+    from torchvision import transforms as T
+
+    class Resize:  # a look-alike: the name of torchvision's class, something else inside
+        size, interpolation, max_size = 32, T.InterpolationMode.BICUBIC, None
+
+        def __call__(self, img):
+            return img.rotate(90)
+
+    class Normalize(T.Normalize):  # a subclass may change what it does
+        def forward(self, tensor):
+            return super().forward(tensor).flip(-1)
+
+    norm = ((0.5,) * 3, (0.25,) * 3)
+    return {
+        "lambda": _with_step(T.Lambda(_flip)),
+        "function": _with_step(_flip),
+        "callable": _with_step(_Invert()),
+        "look-alike": T.Compose([Resize(), T.ToTensor(), T.Normalize(*norm)]),
+        "subclass": T.Compose([T.Resize(32), T.ToTensor(), Normalize(*norm)]),
+        "lanczos": T.Compose(
+            [
+                T.Resize(32, interpolation=T.InterpolationMode.LANCZOS),
+                T.ToTensor(),
+                T.Normalize(*norm),
+            ]
+        ),
+        "max_size": T.Compose([T.Resize(32, max_size=40), T.ToTensor(), T.Normalize(*norm)]),
+        "crop first": T.Compose([T.CenterCrop(32), T.Resize(32), T.ToTensor(), T.Normalize(*norm)]),
+        "unscaled": T.Compose(
+            [T.Resize(32), T.PILToTensor(), T.ConvertImageDtype(torch.uint8), T.Normalize(*norm)]
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_unknown_steps()))
+def test_a_step_hierzoo_cannot_reproduce_keeps_the_pil_pipeline(case):
+    """Every tensor twin refuses, naming the step; before, a Lambda or a function was skipped
+    and a class called ``Resize`` was taken for torchvision's."""
+    from hierzoo.images import TensorPreprocess, tensor_decode_split, unreproducible_step
+
+    transform = _unknown_steps()[case]
+    assert TensorPreprocess.from_transform(transform) is None
+    assert tensor_decode_split(transform) is None
+    reason = unreproducible_step(transform)
+    assert reason and ("cannot reproduce" in reason or "only" in reason), reason
+    named = {
+        "lambda": "Lambda",
+        "function": "_flip",
+        "callable": "_Invert",
+        "look-alike": "<locals>.Resize",
+        "subclass": "<locals>.Normalize",
+        "lanczos": "Resize",
+        "max_size": "Resize",
+        "crop first": "CenterCrop",
+        "unscaled": "ConvertImageDtype",
+    }
+    assert named[case] in reason, reason
+    if case not in ("lanczos", "max_size", "crop first", "unscaled"):
+        assert split_transform(transform) is None
+
+
+def test_known_steps_of_torchvision_v1_v2_and_open_clip_are_reproduced():
+    from torchvision.transforms import v2
+
+    from hierzoo.images import TensorPreprocess, unreproducible_step
+
+    norm = ((0.5, 0.4, 0.3), (0.2, 0.3, 0.4))
+    plain = v2.Compose(
+        [
+            v2.Resize(40, interpolation=v2.InterpolationMode.BILINEAR),
+            v2.CenterCrop(32),
+            v2.RGB(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(*norm),
+        ]
+    )
+    assert unreproducible_step(plain) is None
+    assert TensorPreprocess.from_transform(plain) == TensorPreprocess(
+        resize=40, crop=(32, 32), mean=norm[0], std=norm[1], interpolation="bilinear"
+    )
+    assert unreproducible_step(_clip_transform()) is None
+    assert TensorPreprocess.from_transform(_clip_transform()).crop == (32, 32)
+    assert "is not a torchvision Compose" in unreproducible_step(_flip)
+
+
+def test_an_image_processor_with_other_resampling_is_not_reproduced(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    from hierzoo.images import TensorPreprocess, unreproducible_step
+
+    class Wrapped:
+        def __init__(self, ip):
+            self.image_processor = ip
+
+    kw = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    ok = TensorPreprocess.from_transform(Wrapped(CLIPImageProcessor(**kw)))
+    assert ok is not None and ok.resize == 32 and ok.crop_offset == "floor"
+    for bad in ({"resample": 1}, {"do_normalize": False}, {"rescale_factor": 1 / 127.5}):
+        transform = Wrapped(CLIPImageProcessor(**kw, **bad))
+        assert TensorPreprocess.from_transform(transform) is None, bad
+        reason = unreproducible_step(transform)
+        assert "CLIPImageProcessor" in reason and "only resize" in reason, reason
+
+
+@pytest.mark.parametrize("case", ["lambda", "callable"])
+def test_a_classifier_with_an_unknown_step_keeps_the_pil_pixels(paths, tmp_path, case):
+    """The CLIP classifier asks: with a Lambda or an unknown callable in its preprocessing,
+    the uint8 split is not used (the PIL pipeline's embeddings, exactly), and the tensor
+    decode and the device decoder are refused by name instead of skipping the step."""
+    import open_clip
+
+    from hierzoo.models.clip import OpenClipClassifier
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    model_dir = build_tiny_openclip(tmp_path / "oc", seed=0)
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    tok = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    transform = _unknown_steps()[case]
+    good = [p for i, p in enumerate(paths) if i not in (5, 17)][:6]
+
+    def wrap(**kw):
+        return OpenClipClassifier.from_model(
+            model, tok, transform, device="cpu", cache_dir=False, num_workers=0, **kw
+        )
+
+    pil = wrap(normalize_on_device=False)
+    split = wrap(normalize_on_device=True)
+    a, _ = pil.encode_images(good, batch_size=4)
+    b, _ = split.encode_images(good, batch_size=4)
+    assert torch.equal(a, b)
+    with torch.inference_mode():
+        pixels = torch.stack([transform(load_image(p)) for p in good])
+        want = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
+    torch.testing.assert_close(a, want, atol=1e-5, rtol=0)
+    for kw in ({"worker_decode": "tensor"}, {"decode_on_device": True}):
+        with pytest.raises(ValueError, match="not a plain"):
+            wrap(**kw)
