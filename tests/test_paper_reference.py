@@ -223,6 +223,14 @@ def test_level_order_string_versus_numeric():
     n = ref.shuffled_choice_maps([entry], numeric=True)[0]
     assert s["level1"] == n["level1"]  # the first draw is the same
     assert s["level2"] != n["level2"] or s["level10"] != n["level10"]
+    # the same draws, used in another order: with four options at every level the next entry
+    # gets the same orders either way
+    after_s = ref.shuffled_choice_maps([entry, _entry(4)], numeric=False)[1]
+    after_n = ref.shuffled_choice_maps([entry, _entry(4)], numeric=True)[1]
+    assert after_s == after_n
+    by_s = ref.shuffled_indices([[4] * 11], numeric=False)[0]
+    by_n = ref.shuffled_indices([[4] * 11], numeric=True)[0]
+    assert by_s != by_n and sorted(by_s) == sorted(by_n)
     # up to nine levels the two orders agree
     nine = _entry(9)
     assert ref.shuffled_choice_maps([nine], numeric=False) == ref.shuffled_choice_maps(
