@@ -78,20 +78,11 @@ def _add_taxonomy(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--tree", action="store_true", help="print the taxonomy as an indented tree")
     p.add_argument(
         "--depth",
-        type=_at_least_one,
+        type=opt.positive_int,
+        metavar="N",
         help="with --tree: draw only the first N levels (a cut node shows its leaf count)",
     )
     p.set_defaults(func=_cmd_taxonomy)
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, but got {text!r}")
-    return value
 
 
 def _cmd_taxonomy(args: argparse.Namespace) -> int:

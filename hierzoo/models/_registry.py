@@ -306,5 +306,6 @@ def _family_of_hub(repo: str) -> str:
     raise UnknownModelError(
         f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without "
         "network, "
-        "run `hf download REPO` on a machine with network (same HF_HOME), or pass the directory."
+        f"download it elsewhere (`hf download {repo}`, into the same HF_HOME) and pass the "
+        "directory."
     )
