@@ -205,3 +205,25 @@ def test_first_error_level():
     truth = np.array([[0, 1, 2], [0, 1, 2], [0, 1, -1]])
     pred = np.array([[0, 1, 2], [0, 9, 2], [9, 1, -2]])
     assert M.first_error_level(pred, truth).tolist() == [-1, 1, 0]
+
+
+def test_a_missing_middle_name_is_wrong_at_its_level_never_a_shorter_path():
+    truth = [["a", None, "c"], ["a", "b", None]]  # a gap in row 0, a trailing pad in row 1
+    pred = [["a", "b", "x"], ["a", "b"]]
+    p, t, m = M.encode(pred, truth)
+    assert m.tolist() == [[True, True, True], [True, True, False]]
+    assert t[0, 1] == M.functional.MISSING
+    assert M.level_accuracy(pred, truth).tolist() == [1.0, 0.5, 0.0]
+    assert M.leaf_accuracy(pred, truth) == 0.5  # row 0's leaf is "c", not the level above
+    assert M.hca(pred, truth) == 0.5
+    tax = random_taxonomy(1, n_leaves=10, min_depth=3, max_depth=3)
+    full = tax.path_names(int(tax.leaf_ids[0]))
+    with pytest.raises(ValueError, match="Sample 0 has no ground truth at column 1"):
+        M.encode([full], [[full[0], None, full[2]]], taxonomy=tax)
+
+
+def test_a_negative_prediction_never_matches():
+    target = np.array([[0, -1]])
+    mask = np.array([[True, True]])
+    assert M.level_accuracy(np.array([[0, -1]]), target, mask).tolist() == [1.0, 0.0]
+    assert M.hca(np.array([[0, -1]]), target, mask) == 0.0

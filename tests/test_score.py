@@ -148,3 +148,35 @@ def test_python_dash_m_and_table():
         [sys.executable, "-m", "hierzoo", "score", "nope.json"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "No result file at 'nope.json'" in bad.stderr
+
+
+# ------------------------------------------------------------------ missing levels (issue 13)
+CUB_PATH = ["Procellariiformes", "Diomedeidae", "Phoebastria", "Black-footed Albatross"]
+
+
+def _albatross_row(species="Laysan Albatross", drop=None, null=None):
+    """A CUB-200 row right at every level but the species; ``drop``/``null`` remove a level."""
+    row = {"image": "albatross.jpg"}
+    for k, name in enumerate(CUB_PATH, start=1):
+        row[f"ground_truth_level{k}"] = name
+        row[f"predicted_level{k}"] = name if k < 4 else species
+    if drop:
+        del row[f"ground_truth_level{drop}"], row[f"predicted_level{drop}"]
+    if null:
+        row[f"ground_truth_level{null}"] = None
+    return row
+
+
+@pytest.mark.parametrize("gap", [{"drop": 3}, {"null": 2}])
+def test_a_missing_middle_level_is_never_a_shorter_path(gap):
+    rows = [_albatross_row(), _albatross_row(**gap)]  # both wrong at the species
+    with pytest.raises(ValueError, match=r"Row 1 \(albatross.jpg\) has no ground_truth_level"):
+        score_results(rows, taxonomy=load_taxonomy("cub200"))
+    got = score_results(rows, keep_root=True)
+    assert got["hca"] == 0.0 and got["leaf_acc"] == 0.0
+    missing = next(iter(gap.values())) - 1
+    expected = [100.0, 100.0, 100.0, 0.0]
+    expected[missing] = 50.0  # the row without that level is wrong there
+    assert got["level_acc"] == expected
+    assert got["por"] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
+    assert got["strict_por"] == pytest.approx(100 * (3 / 4 + missing / 4) / 2)

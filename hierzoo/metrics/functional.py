@@ -37,6 +37,10 @@ import numpy as np
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
 
+MISSING = -3
+"""The code of a ground-truth level a path lacks above its last level: inside the mask, never
+right (a missing level is wrong at that level, never a shorter path)."""
+
 SAMPLE_METRICS = ("hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency")
 
 
@@ -114,15 +118,19 @@ def encode(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode name paths into ``(pred, target, mask)`` integer arrays.
 
-    Rows may differ in length. Matching is case-insensitive. Without a taxonomy each level gets
-    its own vocabulary (enough for every metric but ``consistency``); with one, names become
-    node ids of level ``first_level + column``, and a name that several nodes of a level share
-    (a name under two parents) resolves to the one below the node chosen one level up.
+    Rows may differ in length: a row's path ends at its last name (trailing ``None`` pads). A
+    ``None`` before the last name is a missing level: wrong at that level without a taxonomy
+    (its code is ``MISSING``, inside the mask), an error with one. Matching is
+    case-insensitive. Without a taxonomy each level gets its own vocabulary (enough for every
+    metric but ``consistency``); with one, names become node ids of level
+    ``first_level + column``, and a name that several nodes of a level share (a name under two
+    parents) resolves to the one below the node chosen one level up.
     A predicted ``None``, ``"Unknown"`` or any name not in the level becomes ``-2`` (wrong).
 
     Raises:
-        ValueError: a ground-truth name that is not a node of its level of the taxonomy, or
-            ``pred`` and ``target`` with different numbers of rows.
+        ValueError: a ground-truth name that is not a node of its level of the taxonomy, a
+            missing ground-truth level with a taxonomy, or ``pred`` and ``target`` with
+            different numbers of rows.
     """
     if len(pred) != len(target):
         raise ValueError(
@@ -137,11 +145,13 @@ def encode(
     if taxonomy is None:
         vocab: list[dict[str, int]] = [{} for _ in range(width)]
         for i, (prow, trow) in enumerate(zip(pred, target)):
-            for k, name in enumerate(trow):
-                if name is None:
-                    break
-                t_out[i, k] = vocab[k].setdefault(name.lower(), len(vocab[k]))
+            depth = _path_depth(trow)
+            for k, name in enumerate(trow[:depth]):
                 mask[i, k] = True
+                if name is None:
+                    t_out[i, k] = MISSING
+                    continue
+                t_out[i, k] = vocab[k].setdefault(name.lower(), len(vocab[k]))
                 guess = prow[k] if k < len(prow) else None
                 if isinstance(guess, str):
                     p_out[i, k] = vocab[k].setdefault(guess.lower(), len(vocab[k]))
@@ -150,9 +160,13 @@ def encode(
     parent = taxonomy.parent
     for i, (prow, trow) in enumerate(zip(pred, target)):
         t_prev = p_prev = -1
-        for k, name in enumerate(trow):
+        for k, name in enumerate(trow[: _path_depth(trow)]):
             if name is None:
-                break
+                raise ValueError(
+                    f"Sample {i} has no ground truth at column {k} (taxonomy level "
+                    f"{first_level + k}) but has one below it; a path of taxonomy "
+                    f"{taxonomy.name!r} has every level: give the missing name."
+                )
             lev = first_level + k
             cands = level_ids[lev].get(name.strip().lower(), []) if lev < taxonomy.depth else []
             if not cands:
@@ -171,6 +185,14 @@ def encode(
                     p_out[i, k] = t_id if t_id in pc else _pick(pc, parent, p_prev)
             t_prev, p_prev = t_id, int(p_out[i, k])
     return p_out, t_out, mask
+
+
+def _path_depth(row: Sequence[str | None]) -> int:
+    """The number of levels of a name path: up to its last name that is not ``None``."""
+    depth = len(row)
+    while depth and row[depth - 1] is None:
+        depth -= 1
+    return depth
 
 
 def _pick(cands: list[int], parent: np.ndarray, prev: int) -> int:
@@ -218,7 +240,7 @@ def path_stats(
     Works level by level over contiguous ``(N,)`` columns: L is small, N is large.
     """
     n, width = target.shape
-    right = (pred == target) & mask
+    right = (pred == target) & mask & (pred >= 0)
     pm = mask if pred_mask is None else np.asarray(pred_mask, dtype=bool).reshape(mask.shape)
     if pred_mask is not None:
         right &= pm
@@ -528,7 +550,7 @@ def level_accuracy(
     """Accuracy of each level over the samples whose path has it: ``(L,)`` (NaN for an empty
     level)."""
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
-    right = ((p == t) & m).sum(0)
+    right = ((p == t) & m & (p >= 0)).sum(0)
     total = m.sum(0)
     acc = np.divide(right, total, out=np.full(len(total), np.nan), where=total > 0)
     if not ci:

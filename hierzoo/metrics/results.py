@@ -8,6 +8,7 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,33 +60,53 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+_LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
+
+
+def _row_depth(row: dict[str, Any]) -> int:
+    """The last level ``k`` whose ``ground_truth_levelk`` is present and not ``None``."""
+    depth = 0
+    for key in row:
+        m = _LEVEL_KEY.match(key)
+        if m and row[key] is not None:
+            depth = max(depth, int(m.group(1)))
+    return depth
+
+
 def results_to_paths(
     rows: list[dict[str, Any]],
-) -> tuple[list[list[str]], list[list[str | None]], int]:
+) -> tuple[list[list[str | None]], list[list[str | None]], int]:
     """Ground-truth and predicted name paths of the samples that have predictions.
 
     Returns ``(truth, pred, n_errors)``; samples with an ``error`` field are counted, not scored.
-    A level whose ground truth is ``None`` is left out of that sample (the paper's scripts never
-    ask it). A missing or ``None`` prediction stays ``None`` and counts as wrong.
+    A path runs from level 1 to the last level whose ground truth is given; a level above it
+    whose ground truth is missing or ``None`` stays in the path as ``None`` (wrong at that
+    level, never a shorter path). A missing or ``None`` prediction stays ``None`` and counts as
+    wrong.
     """
-    truth, pred, n_errors = [], [], 0
-    for row in rows:
+    truth, pred, _, n_errors = _paths_and_rows(rows)
+    return truth, pred, n_errors
+
+
+def _paths_and_rows(
+    rows: list[dict[str, Any]],
+) -> tuple[list[list[str | None]], list[list[str | None]], list[int], int]:
+    truth, pred, where, n_errors = [], [], [], 0
+    for i, row in enumerate(rows):
         if row.get("error"):
             n_errors += 1
             continue
         t_path, p_path = [], []
-        k = 1
-        while f"ground_truth_level{k}" in row:
-            gt = row[f"ground_truth_level{k}"]
-            if gt is not None:
-                t_path.append(str(gt))
-                guess = row.get(f"predicted_level{k}")
-                p_path.append(guess if isinstance(guess, str) else None)
-            k += 1
+        for k in range(1, _row_depth(row) + 1):
+            gt = row.get(f"ground_truth_level{k}")
+            t_path.append(str(gt) if gt is not None else None)
+            guess = row.get(f"predicted_level{k}")
+            p_path.append(guess if isinstance(guess, str) else None)
         if t_path:
             truth.append(t_path)
             pred.append(p_path)
-    return truth, pred, n_errors
+            where.append(i)
+    return truth, pred, where, n_errors
 
 
 def score_results(
@@ -105,7 +126,7 @@ def score_results(
     ``consistency`` with a taxonomy) in percent, ``level_acc`` (percent per kept level), ``n``,
     ``n_errors``, ``first_level`` (1-based level of the first kept column) and ``levels``.
     """
-    truth, pred, n_errors = results_to_paths(rows)
+    truth, pred, where, n_errors = _paths_and_rows(rows)
     if not truth:
         raise ValueError(
             "No scorable samples: every row lacks ground_truth_level1 or has an error."
@@ -113,8 +134,10 @@ def score_results(
     if taxonomy is not None:
         drop = not keep_root and taxonomy.level_sizes[0] == 1
     else:
-        drop = not keep_root and len({t[0].lower() for t in truth}) == 1
+        drop = not keep_root and len({t[0].lower() if t[0] else None for t in truth}) == 1
     start = 1 if drop else 0
+    if taxonomy is not None:
+        _check_no_missing_level(truth, where, rows, start, taxonomy)
     kept = [(t[start:], p[start:]) for t, p in zip(truth, pred) if len(t) > start]
     truth, pred = [t for t, _ in kept], [p for _, p in kept]
     summary = summarize(
@@ -136,6 +159,25 @@ def score_results(
     else:
         out["levels"] = [f"level{k}" for k in range(start + 1, start + 1 + width)]
     return out
+
+
+def _check_no_missing_level(
+    truth: list[list[str | None]],
+    where: list[int],
+    rows: list[dict[str, Any]],
+    start: int,
+    taxonomy: Taxonomy,
+) -> None:
+    for path, i in zip(truth, where):
+        if None in path[start:]:
+            k = path.index(None, start) + 1
+            image = rows[i].get("image")
+            named = f" ({image})" if image else ""
+            raise ValueError(
+                f"Row {i}{named} has no ground_truth_level{k} but has a level below it; a path "
+                f"of taxonomy {taxonomy.name!r} has every level: fix the row, or score without "
+                "--taxonomy to count the missing level as wrong."
+            )
 
 
 def _percent(v: Any) -> Any:
