@@ -34,7 +34,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from hierzoo.metrics import read_results, score_results
+    from hierzoo.metrics import read_result_columns, score_results
     from hierzoo.report import format_table
 
     taxonomy = None
@@ -45,7 +45,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = []
     for path in args.results:
         summary = score_results(
-            read_results(path), keep_root=args.keep_root, taxonomy=taxonomy, ci=args.ci
+            read_result_columns(path), keep_root=args.keep_root, taxonomy=taxonomy, ci=args.ci
         )
         if args.json:
             print(json.dumps({"file": path, **summary}))

@@ -227,3 +227,84 @@ def test_a_negative_prediction_never_matches():
     mask = np.array([[True, True]])
     assert M.level_accuracy(np.array([[0, -1]]), target, mask).tolist() == [1.0, 0.0]
     assert M.hca(np.array([[0, -1]]), target, mask) == 0.0
+
+
+def _spellings(name, rng):
+    """The same name as a result file may spell it: case variants, stray spaces."""
+    return [name, name.upper(), name.title(), f" {name} ", name.swapcase()][int(rng.integers(5))]
+
+
+def _random_name_paths(tax, rng, n, gaps):
+    """Name paths over a taxonomy as result files hold them: case variants, names of other
+    nodes and levels, unknown names, None and non-strings, rows cut short or padded with None,
+    and (``gaps``) a missing name inside a path."""
+    all_names = list(tax.names)
+    truth, pred = [], []
+    for _ in range(n):
+        path = tax.path_names(int(tax.leaf_ids[rng.integers(tax.n_leaves)]))
+        t = [_spellings(x, rng) for x in path]
+        if rng.random() < 0.2:
+            t = t[: int(rng.integers(1, len(t) + 1))]
+        if rng.random() < 0.1:
+            t = t + [None] * int(rng.integers(1, 3))
+        if gaps and len(t) > 2 and rng.random() < 0.2:
+            t[int(rng.integers(1, len(t) - 1))] = None
+        p = []
+        for k, x in enumerate(path):
+            r = rng.random()
+            if r < 0.5:
+                p.append(_spellings(x, rng))
+            elif r < 0.75:
+                nodes = tax.level_nodes(min(k, tax.depth - 1))
+                p.append(_spellings(tax.names[int(rng.choice(nodes))], rng))
+            elif r < 0.85:
+                p.append(all_names[int(rng.integers(len(all_names)))])
+            else:
+                p.append(["Unknown", None, "no such name", 3, ""][int(rng.integers(5))])
+        cut = rng.random()
+        if cut < 0.1:
+            p = p[: int(rng.integers(0, len(p) + 1))]
+        elif cut < 0.15:
+            p = p + ["extra"]
+        truth.append(t)
+        pred.append(p)
+    return pred, truth
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bulk_encoder_equals_the_per_sample_encoder(seed):
+    from hierzoo import load_taxonomy
+
+    rng = np.random.default_rng(seed)
+    taxonomies = [
+        random_taxonomy(seed, n_leaves=40, min_depth=2, max_depth=6, branching=2),
+        load_taxonomy("imagenet-artifact"),  # "sports equipment" under two parents
+    ]
+    for tax in taxonomies:
+        pred, truth = _random_name_paths(tax, rng, 400, gaps=False)
+        got = M.encode(pred, truth, taxonomy=tax)
+        want = ref.encode_per_sample(pred, truth, taxonomy=tax)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        # one level down (`first_level=1`): the rows without their top level
+        rows = [i for i, row in enumerate(truth) if len(row) > 1 and row[1] is not None]
+        sub_t = [truth[i][1:] for i in rows]
+        sub_p = [pred[i][1:] for i in rows]
+        got = M.encode(sub_p, sub_t, taxonomy=tax, first_level=1)
+        want = ref.encode_per_sample(sub_p, sub_t, taxonomy=tax, first_level=1)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        pred, truth = _random_name_paths(tax, rng, 400, gaps=True)
+        got = M.encode(pred, truth)  # without a taxonomy: a vocabulary per level
+        want = ref.encode_per_sample(pred, truth)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        # errors: the same message for the same first bad sample
+        for bad in ([["no such node"]], [[truth[0][0], None, "x"]]):
+            t = truth[:5] + bad + truth[5:]
+            p = pred[:5] + [["x"]] + pred[5:]
+            with pytest.raises(ValueError) as want_err:
+                ref.encode_per_sample(p, t, taxonomy=tax)
+            with pytest.raises(ValueError) as got_err:
+                M.encode(p, t, taxonomy=tax)
+            assert str(got_err.value) == str(want_err.value)

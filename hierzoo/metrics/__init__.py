@@ -15,11 +15,13 @@ from hierzoo.metrics.functional import (
     strict_por,
     tor,
 )
+from hierzoo.metrics.reading import ResultColumns, read_result_columns
 from hierzoo.metrics.results import read_results, results_to_paths, score_results
 
 __all__ = [
     "Estimate",
     "HierarchicalMetrics",
+    "ResultColumns",
     "consistent_paths",
     "encode",
     "first_error_level",
@@ -29,6 +31,7 @@ __all__ = [
     "level_accuracy",
     "path_consistency",
     "por",
+    "read_result_columns",
     "read_results",
     "results_to_paths",
     "score_results",

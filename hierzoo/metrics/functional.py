@@ -29,17 +29,16 @@ bootstrap confidence interval over samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from hierzoo.metrics.names import MISSING, encode, encode_lists
+
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
 
-MISSING = -3
-"""The code of a ground-truth level a path lacks above its last level: inside the mask, never
-right (a missing level is wrong at that level, never a shorter path)."""
+__all__ = ["MISSING", "encode"]  # re-exported from hierzoo.metrics.names
 
 SAMPLE_METRICS = ("hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency")
 
@@ -76,7 +75,9 @@ def prepare(
     Name inputs are encoded through :func:`encode`.
     """
     if _is_names(target) or _is_names(pred):
-        pred, target, enc_mask = encode(pred, target, taxonomy=taxonomy, first_level=first_level)
+        pred, target, enc_mask = encode_lists(
+            pred, target, taxonomy=taxonomy, first_level=first_level
+        )
         mask = enc_mask if mask is None else mask
     pred = np.asarray(pred)
     target = np.asarray(target)
@@ -108,99 +109,6 @@ def prepare(
             f"Row {row} has no levels (its mask is all False); drop it or give its path."
         )
     return pred.astype(np.int64, copy=False), target.astype(np.int64, copy=False), mask
-
-
-def encode(
-    pred: Sequence[Sequence[str | None]],
-    target: Sequence[Sequence[str | None]],
-    taxonomy: Taxonomy | None = None,
-    first_level: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode name paths into ``(pred, target, mask)`` integer arrays.
-
-    Rows may differ in length: a row's path ends at its last name (trailing ``None`` pads). A
-    ``None`` before the last name is a missing level: wrong at that level without a taxonomy
-    (its code is ``MISSING``, inside the mask), an error with one. Matching is
-    case-insensitive. Without a taxonomy each level gets its own vocabulary (enough for every
-    metric but ``consistency``); with one, names become node ids of level
-    ``first_level + column``, and a name that several nodes of a level share (a name under two
-    parents) resolves to the one below the node chosen one level up.
-    A predicted ``None``, ``"Unknown"`` or any name not in the level becomes ``-2`` (wrong).
-
-    Raises:
-        ValueError: a ground-truth name that is not a node of its level of the taxonomy, a
-            missing ground-truth level with a taxonomy, or ``pred`` and ``target`` with
-            different numbers of rows.
-    """
-    if len(pred) != len(target):
-        raise ValueError(
-            f"Expected as many predicted paths as true paths, but got {len(pred)} and "
-            f"{len(target)}."
-        )
-    n = len(target)
-    width = max((len(r) for r in target), default=0)
-    t_out = np.full((n, width), -1, dtype=np.int64)
-    p_out = np.full((n, width), -2, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=bool)
-    if taxonomy is None:
-        vocab: list[dict[str, int]] = [{} for _ in range(width)]
-        for i, (prow, trow) in enumerate(zip(pred, target)):
-            depth = _path_depth(trow)
-            for k, name in enumerate(trow[:depth]):
-                mask[i, k] = True
-                if name is None:
-                    t_out[i, k] = MISSING
-                    continue
-                t_out[i, k] = vocab[k].setdefault(name.lower(), len(vocab[k]))
-                guess = prow[k] if k < len(prow) else None
-                if isinstance(guess, str):
-                    p_out[i, k] = vocab[k].setdefault(guess.lower(), len(vocab[k]))
-        return p_out, t_out, mask
-    level_ids = taxonomy._level_name_ids
-    parent = taxonomy.parent
-    for i, (prow, trow) in enumerate(zip(pred, target)):
-        t_prev = p_prev = -1
-        for k, name in enumerate(trow[: _path_depth(trow)]):
-            if name is None:
-                raise ValueError(
-                    f"Sample {i} has no ground truth at column {k} (taxonomy level "
-                    f"{first_level + k}) but has one below it; a path of taxonomy "
-                    f"{taxonomy.name!r} has every level: give the missing name."
-                )
-            lev = first_level + k
-            cands = level_ids[lev].get(name.strip().lower(), []) if lev < taxonomy.depth else []
-            if not cands:
-                raise ValueError(
-                    f"Ground truth {name!r} of sample {i} is not a node of level {lev} of taxonomy "
-                    f"{taxonomy.name!r}; check that the results match this taxonomy (and "
-                    "`first_level`)."
-                )
-            t_id = _pick(cands, parent, t_prev)
-            t_out[i, k] = t_id
-            mask[i, k] = True
-            guess = prow[k] if k < len(prow) else None
-            if isinstance(guess, str):
-                pc = level_ids[lev].get(guess.strip().lower(), [])
-                if pc:
-                    p_out[i, k] = t_id if t_id in pc else _pick(pc, parent, p_prev)
-            t_prev, p_prev = t_id, int(p_out[i, k])
-    return p_out, t_out, mask
-
-
-def _path_depth(row: Sequence[str | None]) -> int:
-    """The number of levels of a name path: up to its last name that is not ``None``."""
-    depth = len(row)
-    while depth and row[depth - 1] is None:
-        depth -= 1
-    return depth
-
-
-def _pick(cands: list[int], parent: np.ndarray, prev: int) -> int:
-    if len(cands) > 1 and prev >= 0:
-        for c in cands:
-            if parent[c] == prev:
-                return c
-    return cands[0]
 
 
 # --------------------------------------------------------------------------- per-sample statistics

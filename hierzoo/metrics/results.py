@@ -7,13 +7,19 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 
 from __future__ import annotations
 
-import json
 import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hierzoo.metrics.accumulator import summarize
+from hierzoo.metrics.names import encode_ids
+from hierzoo.metrics.reading import (
+    ResultColumns,
+    columns_from_rows,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -23,41 +29,9 @@ SCORE_KEYS = ("hca", "leaf_acc", "por", "strict_por", "tor")
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a result file: a JSON list, or JSON Lines (a torn last line is skipped with a
-    warning)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No result file at {str(path)!r}.")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    if stripped[0] == "[":
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} starts like a JSON list but does not parse: {e}.") from e
-    else:
-        rows = []
-        lines = text.splitlines()
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                if i == len(lines) and not text.endswith("\n"):
-                    warnings.warn(
-                        f"{path}:{i}: skipped a torn last line (an interrupted write).",
-                        stacklevel=2,
-                    )
-                    continue
-                raise ValueError(f"{path}:{i} is not a JSON object: {e}.") from e
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise ValueError(
-            f"{path}: entry {bad} is {rows[bad]!r}; expected one JSON object per sample."
-        )
-    return rows
+    warning), every row as a dict. To score a large file, :func:`read_result_columns` reads only
+    the scored fields, streamed."""
+    return read_rows(path)
 
 
 _LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
@@ -84,15 +58,8 @@ def results_to_paths(
     level, never a shorter path). A missing or ``None`` prediction stays ``None`` and counts as
     wrong.
     """
-    truth, pred, _, n_errors = _paths_and_rows(rows)
-    return truth, pred, n_errors
-
-
-def _paths_and_rows(
-    rows: list[dict[str, Any]],
-) -> tuple[list[list[str | None]], list[list[str | None]], list[int], int]:
-    truth, pred, where, n_errors = [], [], [], 0
-    for i, row in enumerate(rows):
+    truth, pred, n_errors = [], [], 0
+    for row in rows:
         if row.get("error"):
             n_errors += 1
             continue
@@ -105,12 +72,11 @@ def _paths_and_rows(
         if t_path:
             truth.append(t_path)
             pred.append(p_path)
-            where.append(i)
-    return truth, pred, where, n_errors
+    return truth, pred, n_errors
 
 
 def score_results(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | ResultColumns,
     *,
     keep_root: bool = False,
     taxonomy: Taxonomy | None = None,
@@ -118,30 +84,45 @@ def score_results(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score result rows as the paper does; percentages.
+    """Score result rows (or the :class:`ResultColumns` of a file) as the paper does; percent.
 
     The first level is left out when its ground truth is the same for every sample (the single
     root of iNat, ImageNet and Food), unless ``keep_root``; with a taxonomy, when the taxonomy
-    has a single top-level node. Returns ``hca, leaf_acc, por, strict_por, tor, hf1`` (and
-    ``consistency`` with a taxonomy) in percent, ``level_acc`` (percent per kept level), ``n``,
-    ``n_errors``, ``first_level`` (1-based level of the first kept column) and ``levels``.
+    has a single top-level node. A path runs to its last given ground truth; a level missing
+    above it is wrong there (with a taxonomy, an error naming the row). Returns ``hca, leaf_acc,
+    por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy) in percent, ``level_acc``
+    (percent per kept level), ``n``, ``n_errors``, ``first_level`` (1-based level of the first
+    kept column) and ``levels``.
     """
-    truth, pred, where, n_errors = _paths_and_rows(rows)
-    if not truth:
+    cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(rows)
+    truth, values = cols.truth_names()
+    present = truth >= 0
+    depth = np.zeros(cols.n, dtype=np.int64)
+    for k in range(truth.shape[0]):
+        depth[present[k]] = k + 1
+    if not depth.any():
         raise ValueError(
             "No scorable samples: every row lacks ground_truth_level1 or has an error."
         )
     if taxonomy is not None:
         drop = not keep_root and taxonomy.level_sizes[0] == 1
     else:
-        drop = not keep_root and len({t[0].lower() if t[0] else None for t in truth}) == 1
+        drop = not keep_root and _one_name(truth[0, depth > 0], values)
     start = 1 if drop else 0
+    keep = np.flatnonzero(depth > start)
+    truth, pred = truth[start:, keep], cols.pred[start:, keep]
     if taxonomy is not None:
-        _check_no_missing_level(truth, where, rows, start, taxonomy)
-    kept = [(t[start:], p[start:]) for t, p in zip(truth, pred) if len(t) > start]
-    truth, pred = [t for t, _ in kept], [p for _, p in kept]
+        _check_no_missing_level(truth, depth[keep] - start, keep, cols, start)
+    p, t, m = encode_ids(
+        pred,
+        truth,
+        values,
+        taxonomy=taxonomy,
+        first_level=start,
+        describe=lambda i: cols.describe(int(keep[i])),
+    )
     summary = summarize(
-        pred, truth, taxonomy=taxonomy, first_level=start, ci=ci, n_boot=n_boot, seed=seed
+        p, t, m, taxonomy=taxonomy, first_level=start, ci=ci, n_boot=n_boot, seed=seed
     )
     out: dict[str, Any] = {}
     for key, value in summary.items():
@@ -151,7 +132,7 @@ def score_results(
             out[key] = [_percent(v) for v in value]
         else:
             out[key] = _percent(value)
-    out["n_errors"] = n_errors
+    out["n_errors"] = cols.n_errors
     out["first_level"] = start + 1
     width = len(out["level_acc"])
     if taxonomy is not None and taxonomy.ranks:
@@ -161,23 +142,27 @@ def score_results(
     return out
 
 
+def _one_name(first: np.ndarray, values: list[Any]) -> bool:
+    """Whether every id names the same thing, compared lower-cased (none missing)."""
+    if not len(first) or (first < 0).any():
+        return False
+    ids = np.unique(first)
+    return len({values[i].lower() for i in ids.tolist()}) == 1
+
+
 def _check_no_missing_level(
-    truth: list[list[str | None]],
-    where: list[int],
-    rows: list[dict[str, Any]],
-    start: int,
-    taxonomy: Taxonomy,
+    truth: np.ndarray, depth: np.ndarray, keep: np.ndarray, cols: ResultColumns, start: int
 ) -> None:
-    for path, i in zip(truth, where):
-        if None in path[start:]:
-            k = path.index(None, start) + 1
-            image = rows[i].get("image")
-            named = f" ({image})" if image else ""
-            raise ValueError(
-                f"Row {i}{named} has no ground_truth_level{k} but has a level below it; a path "
-                f"of taxonomy {taxonomy.name!r} has every level: fix the row, or score without "
-                "--taxonomy to count the missing level as wrong."
-            )
+    """With a taxonomy every level of a path exists: a gap is an error naming the row."""
+    gap = (truth < 0) & (np.arange(truth.shape[0])[:, None] < depth)
+    if gap.any():
+        i, k = np.argwhere(gap.T)[0].tolist()
+        where = cols.describe(int(keep[i]))
+        raise ValueError(
+            f"{where[:1].upper()}{where[1:]} has no ground_truth_level{start + k + 1} but has a "
+            "level below it; every path of a taxonomy has every level: fix the row, or score "
+            "without a taxonomy to count the missing level as wrong."
+        )
 
 
 def _percent(v: Any) -> Any:
