@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -11,7 +12,7 @@ import reference as ref
 
 from hierzoo import load_taxonomy
 from hierzoo.cli import main
-from hierzoo.metrics import read_results, score_results
+from hierzoo.metrics import read_results, round_floats, score_results
 from hierzoo.tasks import build_questions
 
 EXAMPLE = str(resources.files("hierzoo.data.examples").joinpath("cub200_simulated_results.json"))
@@ -340,3 +341,58 @@ def test_msgspec_reads_a_clean_file_without_building_rows(fmt, tmp_path, monkeyp
     cols = reading.read_result_columns(f, parser="msgspec")
     monkeypatch.undo()
     assert score_results(cols, ci=True) == score_results(rows, ci=True)
+
+
+# ------------------------------------------------------------------ the root rule, said out loud
+def _albatross_subset():
+    """Five albatrosses, every order answer wrong, 6 of the 15 answers below it right: POR 30
+    over the four CUB levels, 40 if level 1 is dropped as if it were a root."""
+    right = [3, 2, 1, 0, 0]  # right answers per row, from level 2 down
+    rows = []
+    for n_right in right:
+        row = {"image": "albatross.jpg"}
+        for k, name in enumerate(CUB_PATH, start=1):
+            row[f"ground_truth_level{k}"] = name
+            ok = k > 1 and k - 1 <= n_right
+            row[f"predicted_level{k}"] = name if ok else "Charadriiformes"
+        rows.append(row)
+    return rows
+
+
+def test_a_level_left_out_as_the_root_is_said_and_the_taxonomy_decides():
+    rows = _albatross_subset()
+    with_tax = score_results(rows, taxonomy=load_taxonomy("cub200"))
+    assert with_tax["por"] == pytest.approx(30.0)  # CUB has 13 orders: level 1 is scored
+    assert with_tax["left_out"] == [] and with_tax["first_scored_level"] == 1
+    guessed = score_results(rows)  # every row says "Procellariiformes": taken for a root
+    assert guessed["por"] == pytest.approx(40.0)
+    assert guessed["first_scored_level"] == 2 and guessed["levels"][0] == "level2"
+    (entry,) = guessed["left_out"]
+    assert entry["level"] == 1 and entry["name"] == "level1"
+    assert "'Procellariiformes'" in entry["reason"]
+    assert "--keep-root" in entry["keep"] and "--taxonomy" in entry["keep"]
+    assert score_results(rows, keep_root=True)["por"] == pytest.approx(30.0)
+    assert score_results(rows, keep_root=True)["left_out"] == []
+    tax = load_taxonomy("inat21-animal")
+    inat = score_results(_simulated_results(tax, 50, seed=4), taxonomy=tax)
+    assert inat["left_out"][0]["name"] == "kingdom"
+    assert "single top-level node" in inat["left_out"][0]["reason"]
+    assert inat["levels"][0] == "phylum"
+
+
+def test_score_cli_says_what_it_left_out_and_prints_round_json(tmp_path, capsys):
+    f = tmp_path / "albatrosses.json"
+    rows = _albatross_subset() * 100 + [dict(_albatross_subset()[0], predicted_level2="x")] * 7
+    f.write_text(json.dumps(rows))
+    assert main(["score", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "left out level1 (level 1)" in table and "--keep-root" in table
+    assert "percent" in table
+    assert main(["score", str(f), "--json", "--ci"]) == 0
+    line = capsys.readouterr().out
+    assert not re.search(r"\d\.\d{7,}", line), line  # 1.4000000000000001 -> 1.4
+    out = json.loads(line)
+    exact = score_results(rows, ci=True)
+    assert out["level_acc"][0]["value"] == round(exact["level_acc"][0]["value"], 6)
+    assert out["left_out"][0]["name"] == "level1"
+    assert round_floats({"a": [float("nan"), 1 / 3]}) == {"a": [None, 0.333333]}

@@ -16,7 +16,13 @@ from hierzoo.metrics.functional import (
     tor,
 )
 from hierzoo.metrics.reading import ResultColumns, read_result_columns
-from hierzoo.metrics.results import read_results, results_to_paths, score_results
+from hierzoo.metrics.results import (
+    format_left_out,
+    read_results,
+    results_to_paths,
+    round_floats,
+    score_results,
+)
 
 __all__ = [
     "Estimate",
@@ -25,6 +31,7 @@ __all__ = [
     "consistent_paths",
     "encode",
     "first_error_level",
+    "format_left_out",
     "hca",
     "hierarchical_f1",
     "leaf_accuracy",
@@ -34,6 +41,7 @@ __all__ = [
     "read_result_columns",
     "read_results",
     "results_to_paths",
+    "round_floats",
     "score_results",
     "strict_por",
     "summarize",

@@ -7,6 +7,7 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,15 +85,28 @@ def score_results(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score result rows (or the :class:`ResultColumns` of a file) as the paper does; percent.
+    """Score result rows (or the :class:`ResultColumns` of a file) as the paper does; every
+    value in percent (the functions of :mod:`hierzoo.metrics.functional`, ``summarize`` and
+    ``HierarchicalMetrics.compute`` give fractions).
 
-    The first level is left out when its ground truth is the same for every sample (the single
-    root of iNat, ImageNet and Food), unless ``keep_root``; with a taxonomy, when the taxonomy
-    has a single top-level node. A path runs to its last given ground truth; a level missing
-    above it is wrong there (with a taxonomy, an error naming the row). Returns ``hca, leaf_acc,
-    por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy) in percent, ``level_acc``
-    (percent per kept level), ``n``, ``n_errors``, ``first_level`` (1-based level of the first
-    kept column) and ``levels``.
+    The root rule: level 1 is left out when it carries no information, as in the paper
+    (``keep_root`` keeps it). With a taxonomy that is when the taxonomy has a single top-level
+    node, whatever the rows hold; without one, when every scored row has the same level-1 ground
+    truth, which on a subset (all albatrosses) also drops a real level: give the taxonomy. The
+    output says which level was left out, why and how to keep it.
+
+    A path runs to its last given ground truth; a level missing above it is wrong there (with a
+    taxonomy, whose paths have every level, an error naming the row).
+
+    Returns:
+        ``hca, leaf_acc, por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy) in
+        percent (with ``ci``, ``{"value", "low", "high"}``); ``level_acc``, percent per scored
+        level; ``levels``, the scored levels' names (ranks, or ``levelK`` as in the result
+        files); ``first_scored_level``, the ``K`` of ``ground_truth_levelK`` of the first scored
+        level (counting from 1, as the result files do); ``left_out``, one entry per level not
+        scored (``level``, ``name``, ``reason``, ``keep``: how to keep it); ``n`` scored rows;
+        ``n_errors``, rows with an ``error`` field; ``first_error``, rows per first wrong scored
+        level (the last entry counts fully right paths).
     """
     cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(rows)
     truth, values = cols.truth_names()
@@ -104,10 +118,11 @@ def score_results(
         raise ValueError(
             "No scorable samples: every row lacks ground_truth_level1 or has an error."
         )
+    truth_root = _one_name(truth[0, depth > 0], values) if taxonomy is None else None
     if taxonomy is not None:
         drop = not keep_root and taxonomy.level_sizes[0] == 1
     else:
-        drop = not keep_root and _one_name(truth[0, depth > 0], values)
+        drop = not keep_root and truth_root is not None
     start = 1 if drop else 0
     keep = np.flatnonzero(depth > start)
     truth, pred = truth[start:, keep], cols.pred[start:, keep]
@@ -133,21 +148,57 @@ def score_results(
         else:
             out[key] = _percent(value)
     out["n_errors"] = cols.n_errors
-    out["first_level"] = start + 1
     width = len(out["level_acc"])
-    if taxonomy is not None and taxonomy.ranks:
-        out["levels"] = list(taxonomy.ranks[start : start + width])
-    else:
-        out["levels"] = [f"level{k}" for k in range(start + 1, start + 1 + width)]
+    names = _level_names(taxonomy, start + width)
+    out["levels"] = names[start:]
+    out["first_scored_level"] = start + 1
+    out["left_out"] = []
+    if drop:
+        out["left_out"].append(_root_left_out(taxonomy, names[0], truth_root))
     return out
 
 
-def _one_name(first: np.ndarray, values: list[Any]) -> bool:
-    """Whether every id names the same thing, compared lower-cased (none missing)."""
+def _level_names(taxonomy: Taxonomy | None, width: int) -> list[str]:
+    if taxonomy is not None and taxonomy.ranks and len(taxonomy.ranks) >= width:
+        return list(taxonomy.ranks[:width])
+    return [f"level{k}" for k in range(1, width + 1)]
+
+
+def _root_left_out(taxonomy: Taxonomy | None, name: str, root: str | None) -> dict[str, Any]:
+    if taxonomy is not None:
+        top = taxonomy.names[int(taxonomy.level_nodes(0)[0])]
+        reason = (
+            f"taxonomy {taxonomy.name!r} has a single top-level node ({top!r}), which carries "
+            "no information"
+        )
+        keep = "--keep-root (keep_root=True)"
+    else:
+        reason = (
+            f"every scored row has the same ground truth there ({root!r}), taken for a single "
+            "root; on a subset of a taxonomy that is a real level"
+        )
+        keep = (
+            "--keep-root (keep_root=True), or --taxonomy NAME so that the rule follows the taxonomy"
+        )
+    return {"level": 1, "name": name, "reason": reason, "keep": keep}
+
+
+def format_left_out(summary: dict[str, Any]) -> list[str]:
+    """One line per level :func:`score_results` left out: which, why, how to keep it."""
+    return [
+        f"left out {e['name']} (level {e['level']}): {e['reason']}; keep it with {e['keep']}"
+        for e in summary.get("left_out", [])
+    ]
+
+
+def _one_name(first: np.ndarray, values: list[Any]) -> str | None:
+    """The name every id gives, compared lower-cased; ``None`` when they differ or one is
+    missing."""
     if not len(first) or (first < 0).any():
-        return False
-    ids = np.unique(first)
-    return len({values[i].lower() for i in ids.tolist()}) == 1
+        return None
+    ids = np.flatnonzero(np.bincount(first))
+    names = {values[i].lower() for i in ids.tolist()}
+    return values[int(ids[0])] if len(names) == 1 else None
 
 
 def _check_no_missing_level(
@@ -163,6 +214,18 @@ def _check_no_missing_level(
             "level below it; every path of a taxonomy has every level: fix the row, or score "
             "without a taxonomy to count the missing level as wrong."
         )
+
+
+def round_floats(obj: Any, digits: int = 6) -> Any:
+    """``obj`` with every float rounded to ``digits`` decimals (``55.60000000000001`` ->
+    ``55.6``) and NaN or infinity as ``None``, for strict, readable JSON."""
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
 
 
 def _percent(v: Any) -> Any:
