@@ -308,3 +308,40 @@ def test_bulk_encoder_equals_the_per_sample_encoder(seed):
             with pytest.raises(ValueError) as got_err:
                 M.encode(p, t, taxonomy=tax)
             assert str(got_err.value) == str(want_err.value)
+
+
+def test_the_metrics_package_has_no_import_cycle():
+    """The functional core imports nothing of the accumulator (torchmetrics' direction): the
+    graph of imports between hierzoo.metrics' modules, function-level imports included, has no
+    cycle."""
+    import ast
+    from pathlib import Path
+
+    package = Path(M.__file__).parent
+    modules = {p.stem: p for p in package.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["hierzoo", "metrics"] and len(parts) > 2:
+                    deps.add(parts[2])
+                elif node.module == "hierzoo.metrics":
+                    deps.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[:2] == ["hierzoo", "metrics"] and len(parts) > 2:
+                        deps.add(parts[2])
+        graph[name] = deps & set(modules)
+    assert "accumulator" not in graph["functional"]
+    assert "accumulator" in graph and "functional" in graph["accumulator"]
+
+    def visit(name, path):
+        assert name not in path, f"import cycle: {' -> '.join([*path, name])}"
+        for dep in graph[name]:
+            visit(dep, [*path, name])
+
+    for name in graph:
+        visit(name, [])

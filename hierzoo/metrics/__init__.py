@@ -1,6 +1,8 @@
-"""Hierarchical metrics: pure functions (``functional``) and a stateful accumulator."""
+"""Hierarchical metrics: a functional core (``functional``: pure, vectorized, fractions in
+[0, 1]), a stateful accumulator on top of it (``accumulator``), bulk name encoding (``names``),
+result files (``reading``, ``results``: ``score_results`` reports percent)."""
 
-from hierzoo.metrics.accumulator import HierarchicalMetrics, summarize
+from hierzoo.metrics.accumulator import HierarchicalMetrics
 from hierzoo.metrics.functional import (
     Estimate,
     consistent_paths,
@@ -13,6 +15,7 @@ from hierzoo.metrics.functional import (
     path_consistency,
     por,
     strict_por,
+    summarize,
     tor,
 )
 from hierzoo.metrics.reading import ResultColumns, read_result_columns

@@ -29,6 +29,7 @@ bootstrap confidence interval over samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -298,7 +299,144 @@ def level_interval(
     return float(low[0]), float(high[0])
 
 
+# --------------------------------------------------------------------------- counts and reduction
+_DENSE_LIMIT = 1 << 22
+
+
+class Counts(NamedTuple):
+    """The sufficient statistics of every metric: how many samples had each combination of
+    :class:`PathStats` (``keys`` from :func:`encode_stats`, sorted, with their ``counts``), and
+    right/total samples per level column. Counts of batches add up to the counts of one pass
+    (:class:`~hierzoo.metrics.HierarchicalMetrics` holds them)."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+    level_right: np.ndarray
+    level_total: np.ndarray
+
+
+def path_counts(
+    pred: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    *,
+    pred_mask: Any = None,
+    taxonomy: Taxonomy | None = None,
+    first_level: int = 0,
+    width: int | None = None,
+) -> Counts:
+    """:class:`Counts` of validated ``(N, L')`` inputs, padded on the right to ``width``
+    columns (default ``max(L', 1)``). ``taxonomy`` adds path consistency."""
+    width = max(pred.shape[1], 1) if width is None else width
+    if pred.shape[1] > width:
+        raise ValueError(f"Expected at most {width} level columns, but got {pred.shape[1]}.")
+    if pred.shape[1] < width:
+        pad = ((0, 0), (0, width - pred.shape[1]))
+        pred = np.pad(pred, pad, constant_values=-2)
+        target = np.pad(target, pad, constant_values=-1)
+        mask = np.pad(mask, pad, constant_values=False)
+        if pred_mask is not None:
+            pred_mask = np.pad(np.asarray(pred_mask, dtype=bool), pad, constant_values=False)
+    stats, right, levels = path_stats(
+        pred, target, mask, pred_mask=pred_mask, taxonomy=taxonomy, first_level=first_level
+    )
+    codes = encode_stats(stats, width)
+    if codes.size and codes.max() < _DENSE_LIMIT:
+        dense = np.bincount(codes)
+        keys = np.flatnonzero(dense)
+        counts = dense[keys]
+    else:
+        keys, counts = np.unique(codes, return_counts=True)
+    total = np.array([np.count_nonzero(levels[k]) for k in range(width)], dtype=np.int64)
+    hits = np.array([np.count_nonzero(right[k]) for k in range(width)], dtype=np.int64)
+    return Counts(keys.astype(np.int64), counts.astype(np.int64), hits, total)
+
+
+def first_error_counts(keys: np.ndarray, counts: np.ndarray, width: int) -> list[int]:
+    """Samples per first wrong level column; the last entry counts fully right paths."""
+    out = np.zeros(width + 1, dtype=np.int64)
+    if len(keys):
+        stats = decode_stats(keys, width)
+        first = np.where(stats.prefix == stats.depth, width, stats.prefix)
+        np.add.at(out, first, counts)
+    return out.tolist()
+
+
+def reduce_counts(
+    counts: Counts,
+    metrics: Sequence[str] = SAMPLE_METRICS,
+    *,
+    ci: bool = False,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    only: str | None = None,
+) -> dict[str, Any]:
+    """Every metric of ``metrics`` from :class:`Counts`, as fractions in [0, 1].
+
+    Returns each metric (an :class:`Estimate` with ``ci``: all sample metrics from the same
+    multinomial resamples of the counts), ``level_acc`` (a list), ``n`` and ``first_error``;
+    with ``only``, that one metric alone.
+    """
+    width = len(counts.level_total)
+    names = tuple(metrics) if only is None else (only,)
+    keys, n_per_key = counts.keys, counts.counts
+    total = n_per_key.sum()
+    per_bin = sample_metric_values(decode_stats(keys, width))
+    values = (
+        np.stack([per_bin[m] for m in names], axis=1) if len(keys) else np.zeros((0, len(names)))
+    )
+    means = n_per_key @ values / total if total else np.full(len(names), np.nan)
+    out: dict[str, Any] = {}
+    if ci:
+        low, high = bootstrap_means(n_per_key, values, n_boot, confidence, seed)
+        for i, m in enumerate(names):
+            out[m] = Estimate(float(means[i]), float(low[i]), float(high[i]))
+    else:
+        out.update({m: float(means[i]) for i, m in enumerate(names)})
+    if only is not None:
+        return out
+    right, seen = counts.level_right, counts.level_total
+    acc = np.divide(right, seen, out=np.full(width, np.nan), where=seen > 0)
+    if ci:
+        out["level_acc"] = [
+            Estimate(float(a), *level_interval(int(r), int(t), n_boot, confidence, seed))
+            for a, r, t in zip(acc, right, seen)
+        ]
+    else:
+        out["level_acc"] = acc.tolist()
+    out["n"] = int(total)
+    out["first_error"] = first_error_counts(keys, n_per_key, width)
+    return out
+
+
 # --------------------------------------------------------------------------- public metrics
+def summarize(
+    pred: Any,
+    target: Any,
+    mask: Any = None,
+    *,
+    taxonomy: Taxonomy | None = None,
+    first_level: int = 0,
+    pred_mask: Any = None,
+    ci: bool = False,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric in one pass, as fractions in [0, 1] (``hierzoo score`` and ``summary.json``
+    give the same numbers in percent).
+
+    Returns ``hca, leaf_acc, por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy),
+    ``level_acc`` (one value per column), ``n`` and ``first_error`` (samples per first wrong
+    column, then the fully right ones); with ``ci`` each value is an :class:`Estimate`.
+    """
+    p, t, m = prepare(pred, target, mask, taxonomy, first_level)
+    counts = path_counts(p, t, m, pred_mask=pred_mask, taxonomy=taxonomy, first_level=first_level)
+    metrics = SAMPLE_METRICS if taxonomy is not None else SAMPLE_METRICS[:-1]
+    return reduce_counts(counts, metrics, ci=ci, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
 def _reduce(
     name: str,
     pred: Any,
@@ -313,20 +451,22 @@ def _reduce(
     seed: int,
     pred_mask: Any = None,
 ) -> float | Estimate:
-    from hierzoo.metrics.accumulator import HierarchicalMetrics
-
     if name == "consistency" and taxonomy is None:
         raise ValueError(
             "`path_consistency` needs `taxonomy=` to know which parent -> child links exist."
         )
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
-    acc = HierarchicalMetrics(
-        max(p.shape[1], 1),
+    counts = path_counts(
+        p,
+        t,
+        m,
+        pred_mask=pred_mask,
         taxonomy=taxonomy if name == "consistency" else None,
         first_level=first_level,
     )
-    acc._add(p, t, m, pred_mask)
-    return acc.compute(ci=ci, n_boot=n_boot, confidence=confidence, seed=seed, only=name)[name]
+    return reduce_counts(counts, ci=ci, n_boot=n_boot, confidence=confidence, seed=seed, only=name)[
+        name
+    ]
 
 
 def _metric(name: str, doc: str):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hierzoo.metrics.accumulator import summarize
+from hierzoo.metrics.functional import summarize
 from hierzoo.metrics.names import encode_ids
 from hierzoo.metrics.reading import (
     ResultColumns,
