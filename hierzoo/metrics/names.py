@@ -81,6 +81,20 @@ def factorize_rows(
     return out, width
 
 
+def factorize_paths(
+    rows: Sequence[Sequence[Any]], width: int | None, vocab: defaultdict[Any, int]
+) -> tuple[np.ndarray, int]:
+    """:func:`factorize_rows` for rows that repeat whole, as the true paths of a taxonomy do
+    (at most one per leaf): each distinct row is factorised once, then spread to its rows."""
+    paths = new_vocabulary()
+    try:
+        which = factorize(map(tuple, rows), len(rows), paths)
+    except TypeError:
+        return factorize_rows(rows, width, vocab)
+    ids, width = factorize_rows(list(paths), width, vocab)
+    return ids[:, which], width
+
+
 class Unhashable(str):
     """The ``repr`` of an unhashable value (a list, a dict), so it can be factorised."""
 
@@ -331,7 +345,7 @@ def encode_lists(
             f"{len(target)}."
         )
     vocab = new_vocabulary()
-    t_raw, width = factorize_rows(target, None, vocab)
+    t_raw, width = factorize_paths(target, None, vocab)
     p_raw, _ = factorize_rows(pred, width, vocab)
     names = list(vocab)
     ok = np.array([is_name(v) for v in names] + [True])

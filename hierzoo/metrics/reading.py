@@ -36,7 +36,8 @@ from hierzoo.metrics.names import factorize, hashable, is_name, new_vocabulary
 BLOCK_BYTES = 8 << 20
 """JSON Lines are read in blocks of about this many bytes."""
 
-_LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
+LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
+"""A ground-truth key and its level ``k`` (from 1)."""
 _GT = b'"ground_truth_level'
 _BOM = b"\xef\xbb\xbf"
 
@@ -126,7 +127,7 @@ class _Builder:
         n = len(rows)
         depth = 0
         for key in set().union(*rows) if rows else ():
-            m = _LEVEL_KEY.match(key)
+            m = LEVEL_KEY.match(key)
             if m:
                 depth = max(depth, int(m.group(1)))
         keys = [f"ground_truth_level{k}" for k in range(1, depth + 1)]
@@ -163,7 +164,8 @@ class _Builder:
 
 
 def _is_unset(v: Any) -> bool:
-    return type(v).__name__ == "UnsetType"
+    """msgspec's ``UNSET``: a field the row does not have."""
+    return type(v).__name__ == "UnsetType" and type(v).__module__ == "msgspec"
 
 
 @contextlib.contextmanager
@@ -237,8 +239,7 @@ def _decode_records(
         return False
     n = len(records)
     if depth:
-        get = attrgetter(*fields)
-        values = chain.from_iterable(map(get, records)) if len(fields) > 1 else map(get, records)
+        values = chain.from_iterable(map(attrgetter(*fields), records))
         try:
             ids = factorize(values, n * len(fields), builder.vocab).reshape(n, -1).T
         except TypeError:
@@ -314,30 +315,31 @@ def _use_fast(parser: str | None) -> bool:
 
 
 def _blocks(path: Path) -> Iterator[tuple[bytes, int, int]]:
-    """Whole lines of a JSON Lines file, about :data:`BLOCK_BYTES` at a time, with the number
-    of the first line of each block and its number of lines."""
+    """Whole lines of a JSON Lines file, about :data:`BLOCK_BYTES` at a time (a block is
+    completed to the end of its last line), with the number of the first line of each block and
+    its number of lines. A last line without a newline comes alone, in a block of its own."""
     line = 1
-    rest = b""
     with open(path, "rb") as f:
-        first = True
+        if f.read(3) != _BOM:
+            f.seek(0)
         while True:
-            chunk = f.read(BLOCK_BYTES)
-            if first and chunk.startswith(_BOM):
-                chunk = chunk[3:]
-            first = False
-            if not chunk:
+            block = f.read(BLOCK_BYTES)
+            if not block:
                 break
-            chunk = rest + chunk
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
-                rest = chunk
-                continue
-            block, rest = chunk[:cut], chunk[cut:]
+            if not block.endswith(b"\n"):
+                block += f.readline()
+            if not block.endswith(b"\n"):  # the end of the file, without a newline
+                cut = block.rfind(b"\n") + 1
+                if cut:
+                    n_lines = block.count(b"\n", 0, cut)
+                    yield block[:cut], line, n_lines
+                    line += n_lines
+                if block[cut:].strip():
+                    yield block[cut:], line, 1
+                break
             n_lines = block.count(b"\n")
             yield block, line, n_lines
             line += n_lines
-    if rest.strip():
-        yield rest, line, 1
 
 
 def _line_numbers(block: bytes, first_line: int) -> np.ndarray:

@@ -8,7 +8,6 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +15,7 @@ import numpy as np
 
 from hierzoo.metrics.functional import summarize
 from hierzoo.metrics.names import encode_ids
-from hierzoo.metrics.reading import (
-    ResultColumns,
-    columns_from_rows,
-    read_rows,
-)
+from hierzoo.metrics.reading import LEVEL_KEY, ResultColumns, columns_from_rows, read_rows
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -35,14 +30,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return read_rows(path)
 
 
-_LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
-
-
 def _row_depth(row: dict[str, Any]) -> int:
     """The last level ``k`` whose ``ground_truth_levelk`` is present and not ``None``."""
     depth = 0
     for key in row:
-        m = _LEVEL_KEY.match(key)
+        m = LEVEL_KEY.match(key)
         if m and row[key] is not None:
             depth = max(depth, int(m.group(1)))
     return depth
