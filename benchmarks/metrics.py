@@ -18,7 +18,7 @@ Measured in one process, interleaved, best of ``--repeats``:
   encoder it replaced (``tests/reference.py``), on strings as a JSON parser makes them (one object
   per occurrence) and as a training loop holds them (the taxonomy's own name objects).
 
-    python benchmarks/metrics.py [--samples 1000000] [--repeats 3] [--encode-samples 200000]
+    python benchmarks/metrics.py [--samples 1000000] [--repeats 3] [--encode-samples 100000]
                                  [--workdir DIR] [--json FILE]
 """
 
@@ -273,7 +273,7 @@ def main() -> None:
     ap.add_argument(
         "--encode-samples",
         type=int,
-        default=200_000,
+        default=100_000,
         help="rows of the file for the names -> codes comparison (the old encoder is linear)",
     )
     ap.add_argument(
