@@ -38,7 +38,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from hierzoo.metrics import read_results, score_results
+    from hierzoo.metrics import format_left_out, read_result_columns, round_floats, score_results
     from hierzoo.report import format_table
 
     taxonomy = None
@@ -49,13 +49,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = []
     for path in args.results:
         summary = score_results(
-            read_results(path), keep_root=args.keep_root, taxonomy=taxonomy, ci=args.ci
+            read_result_columns(path), keep_root=args.keep_root, taxonomy=taxonomy, ci=args.ci
         )
         if args.json:
-            print(json.dumps({"file": path, **summary}))
+            print(json.dumps(round_floats({"file": path, **summary}), allow_nan=False))
         rows.append((path, summary))
     if not args.json:
         print(format_table(rows))
+        print("(percent of scored samples)")
+        for path, summary in rows:
+            for line in format_left_out(summary):
+                print(f"{path}: {line}")
     return 0
 
 

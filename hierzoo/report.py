@@ -198,7 +198,7 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc = dict(zip(r.get("levels") or [], m.get("level_acc") or []))
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
-        row["first_level"] = r.get("first_level")
+        row["first_level"] = _first_scored_level(r)
         row["run"] = r["run_dir"]
         rows.append(row)
     order = list(dict.fromkeys(r["taxonomy"] for r in rows))
@@ -422,8 +422,14 @@ def _run_legend(fig: Any, axes: list[Any], colours: dict[str, Any], style: str) 
     )
 
 
+def _first_scored_level(summary: dict[str, Any]) -> int | None:
+    """The ``K`` of the first scored ``ground_truth_levelK`` (summaries before
+    ``first_scored_level`` called it ``first_level``)."""
+    return summary.get("first_scored_level", summary.get("first_level"))
+
+
 def _panel_title(tax: str, group: list[tuple[str, dict]]) -> str:
-    first = max(r.get("first_level") or 1 for _, r in group)
+    first = max(_first_scored_level(r) or 1 for _, r in group)
     return f"{tax}\n(root level not scored)" if first > 1 else tax
 
 

@@ -725,12 +725,12 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
         return summary
     scores = score_results([_circular_misses(r) for r in rows], taxonomy=taxonomy, ci=True)
-    first_level = scores.pop("first_level")
     summary.update(
         {
             "n": scores.pop("n"),
             "n_errors": scores.pop("n_errors"),
-            "first_level": first_level,
+            "first_scored_level": scores.pop("first_scored_level"),
+            "left_out": scores.pop("left_out"),
             "levels": scores.pop("levels"),
             "first_error": scores.pop("first_error"),
             "metrics": scores,

@@ -87,3 +87,71 @@ def consistency_ids(pred_ids, taxonomy, first_level=0):
                 break
         ok += good
     return ok / len(pred_ids)
+
+
+def encode_per_sample(pred, target, taxonomy=None, first_level=0):
+    """The per-sample name encoder hierzoo had before bulk encoding: every sample and level in
+    Python, lower-casing and looking up each name. ``hierzoo.metrics.encode`` must return
+    exactly what this returns."""
+    import numpy as np
+
+    def depth_of(row):
+        depth = len(row)
+        while depth and row[depth - 1] is None:
+            depth -= 1
+        return depth
+
+    def pick(cands, parent, prev):
+        if len(cands) > 1 and prev >= 0:
+            for c in cands:
+                if parent[c] == prev:
+                    return c
+        return cands[0]
+
+    n = len(target)
+    width = max((len(r) for r in target), default=0)
+    t_out = np.full((n, width), -1, dtype=np.int64)
+    p_out = np.full((n, width), -2, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=bool)
+    if taxonomy is None:
+        vocab = [{} for _ in range(width)]
+        for i, (prow, trow) in enumerate(zip(pred, target)):
+            for k, name in enumerate(trow[: depth_of(trow)]):
+                mask[i, k] = True
+                if name is None:
+                    t_out[i, k] = -3
+                    continue
+                t_out[i, k] = vocab[k].setdefault(name.lower(), len(vocab[k]))
+                guess = prow[k] if k < len(prow) else None
+                if isinstance(guess, str):
+                    p_out[i, k] = vocab[k].setdefault(guess.lower(), len(vocab[k]))
+        return p_out, t_out, mask
+    level_ids = taxonomy._level_name_ids
+    parent = taxonomy.parent
+    for i, (prow, trow) in enumerate(zip(pred, target)):
+        t_prev = p_prev = -1
+        for k, name in enumerate(trow[: depth_of(trow)]):
+            if name is None:
+                raise ValueError(
+                    f"Sample {i} has no ground truth at column {k} (taxonomy level "
+                    f"{first_level + k}) but has one below it; a path of taxonomy "
+                    f"{taxonomy.name!r} has every level: give the missing name."
+                )
+            lev = first_level + k
+            cands = level_ids[lev].get(name.strip().lower(), []) if lev < taxonomy.depth else []
+            if not cands:
+                raise ValueError(
+                    f"Ground truth {name!r} of sample {i} is not a node of level {lev} of taxonomy "
+                    f"{taxonomy.name!r}; check that the results match this taxonomy (and "
+                    "`first_level`)."
+                )
+            t_id = pick(cands, parent, t_prev)
+            t_out[i, k] = t_id
+            mask[i, k] = True
+            guess = prow[k] if k < len(prow) else None
+            if isinstance(guess, str):
+                pc = level_ids[lev].get(guess.strip().lower(), [])
+                if pc:
+                    p_out[i, k] = t_id if t_id in pc else pick(pc, parent, p_prev)
+            t_prev, p_prev = t_id, int(p_out[i, k])
+    return p_out, t_out, mask

@@ -205,3 +205,143 @@ def test_first_error_level():
     truth = np.array([[0, 1, 2], [0, 1, 2], [0, 1, -1]])
     pred = np.array([[0, 1, 2], [0, 9, 2], [9, 1, -2]])
     assert M.first_error_level(pred, truth).tolist() == [-1, 1, 0]
+
+
+def test_a_missing_middle_name_is_wrong_at_its_level_never_a_shorter_path():
+    truth = [["a", None, "c"], ["a", "b", None]]  # a gap in row 0, a trailing pad in row 1
+    pred = [["a", "b", "x"], ["a", "b"]]
+    p, t, m = M.encode(pred, truth)
+    assert m.tolist() == [[True, True, True], [True, True, False]]
+    assert t[0, 1] == M.functional.MISSING
+    assert M.level_accuracy(pred, truth).tolist() == [1.0, 0.5, 0.0]
+    assert M.leaf_accuracy(pred, truth) == 0.5  # row 0's leaf is "c", not the level above
+    assert M.hca(pred, truth) == 0.5
+    tax = random_taxonomy(1, n_leaves=10, min_depth=3, max_depth=3)
+    full = tax.path_names(int(tax.leaf_ids[0]))
+    with pytest.raises(ValueError, match="Sample 0 has no ground truth at column 1"):
+        M.encode([full], [[full[0], None, full[2]]], taxonomy=tax)
+
+
+def test_a_negative_prediction_never_matches():
+    target = np.array([[0, -1]])
+    mask = np.array([[True, True]])
+    assert M.level_accuracy(np.array([[0, -1]]), target, mask).tolist() == [1.0, 0.0]
+    assert M.hca(np.array([[0, -1]]), target, mask) == 0.0
+
+
+def _spellings(name, rng):
+    """The same name as a result file may spell it: case variants, stray spaces."""
+    return [name, name.upper(), name.title(), f" {name} ", name.swapcase()][int(rng.integers(5))]
+
+
+def _random_name_paths(tax, rng, n, gaps):
+    """Name paths over a taxonomy as result files hold them: case variants, names of other
+    nodes and levels, unknown names, None and non-strings, rows cut short or padded with None,
+    and (``gaps``) a missing name inside a path."""
+    all_names = list(tax.names)
+    truth, pred = [], []
+    for _ in range(n):
+        path = tax.path_names(int(tax.leaf_ids[rng.integers(tax.n_leaves)]))
+        t = [_spellings(x, rng) for x in path]
+        if rng.random() < 0.2:
+            t = t[: int(rng.integers(1, len(t) + 1))]
+        if rng.random() < 0.1:
+            t = t + [None] * int(rng.integers(1, 3))
+        if gaps and len(t) > 2 and rng.random() < 0.2:
+            t[int(rng.integers(1, len(t) - 1))] = None
+        p = []
+        for k, x in enumerate(path):
+            r = rng.random()
+            if r < 0.5:
+                p.append(_spellings(x, rng))
+            elif r < 0.75:
+                nodes = tax.level_nodes(min(k, tax.depth - 1))
+                p.append(_spellings(tax.names[int(rng.choice(nodes))], rng))
+            elif r < 0.85:
+                p.append(all_names[int(rng.integers(len(all_names)))])
+            else:
+                p.append(["Unknown", None, "no such name", 3, ""][int(rng.integers(5))])
+        cut = rng.random()
+        if cut < 0.1:
+            p = p[: int(rng.integers(0, len(p) + 1))]
+        elif cut < 0.15:
+            p = p + ["extra"]
+        truth.append(t)
+        pred.append(p)
+    return pred, truth
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bulk_encoder_equals_the_per_sample_encoder(seed):
+    from hierzoo import load_taxonomy
+
+    rng = np.random.default_rng(seed)
+    taxonomies = [
+        random_taxonomy(seed, n_leaves=40, min_depth=2, max_depth=6, branching=2),
+        load_taxonomy("imagenet-artifact"),  # "sports equipment" under two parents
+    ]
+    for tax in taxonomies:
+        pred, truth = _random_name_paths(tax, rng, 400, gaps=False)
+        got = M.encode(pred, truth, taxonomy=tax)
+        want = ref.encode_per_sample(pred, truth, taxonomy=tax)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        # one level down (`first_level=1`): the rows without their top level
+        rows = [i for i, row in enumerate(truth) if len(row) > 1 and row[1] is not None]
+        sub_t = [truth[i][1:] for i in rows]
+        sub_p = [pred[i][1:] for i in rows]
+        got = M.encode(sub_p, sub_t, taxonomy=tax, first_level=1)
+        want = ref.encode_per_sample(sub_p, sub_t, taxonomy=tax, first_level=1)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        pred, truth = _random_name_paths(tax, rng, 400, gaps=True)
+        got = M.encode(pred, truth)  # without a taxonomy: a vocabulary per level
+        want = ref.encode_per_sample(pred, truth)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        # errors: the same message for the same first bad sample
+        for bad in ([["no such node"]], [[truth[0][0], None, "x"]]):
+            t = truth[:5] + bad + truth[5:]
+            p = pred[:5] + [["x"]] + pred[5:]
+            with pytest.raises(ValueError) as want_err:
+                ref.encode_per_sample(p, t, taxonomy=tax)
+            with pytest.raises(ValueError) as got_err:
+                M.encode(p, t, taxonomy=tax)
+            assert str(got_err.value) == str(want_err.value)
+
+
+def test_the_metrics_package_has_no_import_cycle():
+    """The functional core imports nothing of the accumulator (torchmetrics' direction): the
+    graph of imports between hierzoo.metrics' modules, function-level imports included, has no
+    cycle."""
+    import ast
+    from pathlib import Path
+
+    package = Path(M.__file__).parent
+    modules = {p.stem: p for p in package.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["hierzoo", "metrics"] and len(parts) > 2:
+                    deps.add(parts[2])
+                elif node.module == "hierzoo.metrics":
+                    deps.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[:2] == ["hierzoo", "metrics"] and len(parts) > 2:
+                        deps.add(parts[2])
+        graph[name] = deps & set(modules)
+    assert "accumulator" not in graph["functional"]
+    assert "accumulator" in graph and "functional" in graph["accumulator"]
+
+    def visit(name, path):
+        assert name not in path, f"import cycle: {' -> '.join([*path, name])}"
+        for dep in graph[name]:
+            visit(dep, [*path, name])
+
+    for name in graph:
+        visit(name, [])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -11,7 +12,7 @@ import reference as ref
 
 from hierzoo import load_taxonomy
 from hierzoo.cli import main
-from hierzoo.metrics import read_results, score_results
+from hierzoo.metrics import read_results, round_floats, score_results
 from hierzoo.tasks import build_questions
 
 EXAMPLE = str(resources.files("hierzoo.data.examples").joinpath("cub200_simulated_results.json"))
@@ -148,3 +149,250 @@ def test_python_dash_m_and_table():
         [sys.executable, "-m", "hierzoo", "score", "nope.json"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "No result file at 'nope.json'" in bad.stderr
+
+
+# ------------------------------------------------------------------ missing levels (issue 13)
+CUB_PATH = ["Procellariiformes", "Diomedeidae", "Phoebastria", "Black-footed Albatross"]
+
+
+def _albatross_row(species="Laysan Albatross", drop=None, null=None):
+    """A CUB-200 row right at every level but the species; ``drop``/``null`` remove a level."""
+    row = {"image": "albatross.jpg"}
+    for k, name in enumerate(CUB_PATH, start=1):
+        row[f"ground_truth_level{k}"] = name
+        row[f"predicted_level{k}"] = name if k < 4 else species
+    if drop:
+        del row[f"ground_truth_level{drop}"], row[f"predicted_level{drop}"]
+    if null:
+        row[f"ground_truth_level{null}"] = None
+    return row
+
+
+@pytest.mark.parametrize("gap", [{"drop": 3}, {"null": 2}])
+def test_a_missing_middle_level_is_never_a_shorter_path(gap):
+    rows = [_albatross_row(), _albatross_row(**gap)]  # both wrong at the species
+    with pytest.raises(ValueError, match=r"Entry 1 has no ground_truth_level[23] but has a"):
+        score_results(rows, taxonomy=load_taxonomy("cub200"))
+    got = score_results(rows, keep_root=True)
+    assert got["hca"] == 0.0 and got["leaf_acc"] == 0.0
+    missing = next(iter(gap.values())) - 1
+    expected = [100.0, 100.0, 100.0, 0.0]
+    expected[missing] = 50.0  # the row without that level is wrong there
+    assert got["level_acc"] == expected
+    assert got["por"] == pytest.approx(100 * (3 / 4 + 2 / 4) / 2)
+    assert got["strict_por"] == pytest.approx(100 * (3 / 4 + missing / 4) / 2)
+
+
+# ------------------------------------------------------------------ reading result files fast
+def _messy_rows(tax, n, seed):
+    """Result rows as real files hold them: the paper's fields, errors, null and missing
+    predictions, non-string answers, case variants, a missing middle level, paths of several
+    depths."""
+    rng = np.random.default_rng(seed)
+    rows = _simulated_results(tax, n, seed=seed)
+    for row in rows:
+        r = rng.random()
+        if r < 0.05:
+            row.clear()
+            row.update({"image": "x.jpg", "error": "cannot open"})
+        elif r < 0.1:
+            row["predicted_level2"] = None
+        elif r < 0.15:
+            row.pop("predicted_level1", None)
+        elif r < 0.2:
+            row["predicted_level1"] = 7
+        elif r < 0.25:
+            row["ground_truth_level1"] = row["ground_truth_level1"].upper()
+        elif r < 0.3 and "ground_truth_level3" in row:
+            row["ground_truth_level2"] = None  # a missing middle level
+        elif r < 0.33:
+            row["predicted_level1"] = ["a", "list"]
+    return rows
+
+
+PARSERS = ["json", "msgspec"]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_columns_score_as_the_rows_do(parser, fmt, tmp_path, monkeypatch):
+    from hierzoo.metrics import read_result_columns, reading
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 4096)  # many blocks, lines cut across reads
+    for name in ("imagenet-artifact", "cub200"):
+        rows = _messy_rows(load_taxonomy(name), 300, seed=len(name))
+        f = tmp_path / f"{name}.{fmt}"
+        if fmt == "json":
+            f.write_text(json.dumps(rows, indent=4))
+        else:
+            f.write_text(
+                "".join(
+                    json.dumps(r) + "\n" + ("\n" if i % 50 == 7 else "") for i, r in enumerate(rows)
+                )
+            )
+        cols = read_result_columns(f, parser=parser)
+        assert cols.n_errors == sum(1 for r in rows if r.get("error"))
+        for keep_root in (False, True):
+            assert score_results(cols, keep_root=keep_root, ci=True) == score_results(
+                rows, keep_root=keep_root, ci=True
+            )
+        # the obvious computation: the paper-style loops over the rows' name paths
+        truth, pred = [], []
+        for r in rows:
+            if r.get("error"):
+                continue
+            k, t, p = 1, [], []
+            while f"ground_truth_level{k}" in r:
+                t.append(r[f"ground_truth_level{k}"])
+                guess = r.get(f"predicted_level{k}")
+                p.append(guess if isinstance(guess, str) else None)
+                k += 1
+            truth.append([x.lower() if x is not None else "\0missing" for x in t])
+            pred.append(p)
+        got = score_results(cols, keep_root=True)
+        assert got["hca"] == pytest.approx(100 * ref.hca(pred, truth), abs=1e-9)
+        assert got["por"] == pytest.approx(100 * ref.por(pred, truth), abs=1e-9)
+        assert got["strict_por"] == pytest.approx(100 * ref.strict_por(pred, truth), abs=1e-9)
+        assert got["level_acc"] == pytest.approx(
+            [100 * v for v in ref.level_acc(pred, truth)], abs=1e-9
+        )
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_reading_quirks_give_the_same_columns(parser, tmp_path, monkeypatch):
+    """What the fast parser must not take at face value: a NaN literal, a level key nested in
+    another field, a level after a gap, a BOM, a torn last line, levels that grow later."""
+    from hierzoo.metrics import read_result_columns, reading
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 256)
+    base = {"ground_truth_level1": "a", "predicted_level1": "a"}
+    rows = [
+        dict(base),
+        {**base, "score": float("nan")},
+        {**base, "meta": {"ground_truth_level2": "nested"}},
+        {**base, "ground_truth_level3": "c", "predicted_level3": "C"},  # level 2 absent
+        {**base, "ground_truth_level2": "b", "predicted_level2": "x"},
+        {"ground_truth_level1": 5, "predicted_level1": "5"},
+    ] * 3 + [{**base, **{f"ground_truth_level{k}": "d" for k in range(2, 12)}}]
+    f = tmp_path / "quirks.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    f.write_bytes(b"\xef\xbb\xbf" + text.encode() + b'{"ground_truth_level1": "torn')
+    with pytest.warns(UserWarning, match="torn last line"):
+        cols = read_result_columns(f, parser=parser)
+    assert cols.where.tolist() == list(range(1, len(rows) + 1))
+    got = score_results(cols, keep_root=True)
+    assert got == score_results(rows, keep_root=True)
+    assert got["n"] == len(rows) and len(got["level_acc"]) == 11
+    for quirk in rows[1:6]:  # each quirk alone in a file, so no block escapes it by chance
+        g = tmp_path / "one.jsonl"
+        g.write_text("".join(json.dumps(r) + "\n" for r in [quirk] * 3))
+        assert score_results(read_result_columns(g, parser=parser), keep_root=True) == (
+            score_results([quirk] * 3, keep_root=True)
+        )
+    # level 2: 3 rows lack it, 3 are wrong, the long row has no answer; level 3: "C" is "c"
+    assert got["level_acc"][:3] == [100.0, 0.0, 75.0]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_bad_line_is_named(parser, tmp_path):
+    from hierzoo.metrics import read_result_columns
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"ground_truth_level1": "a"}\n\n[1, 2]\n{"ground_truth_level1": "b"}\n')
+    with pytest.raises(ValueError, match=r"line 3 is \[1, 2\]; expected one JSON object"):
+        read_result_columns(f, parser=parser)
+    f.write_text('{"ground_truth_level1": "a"}\n{"ground_truth_level1": "b",\n{}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not a JSON object"):
+        read_result_columns(f, parser=parser)
+    g = tmp_path / "bad.json"
+    g.write_text('[{"ground_truth_level1": "a"}, 3]')
+    with pytest.raises(ValueError, match=r"entry 1 is 3; expected one JSON object"):
+        read_result_columns(g, parser=parser)
+    rows = [{"ground_truth_level1": "Procellariiformes", "ground_truth_level3": "Phoebastria"}] * 2
+    h = tmp_path / "gap.jsonl"
+    h.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"Line 1 of .*gap.jsonl has no ground_truth_level2"):
+        score_results(read_result_columns(h, parser=parser), taxonomy=load_taxonomy("cub200"))
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_msgspec_reads_a_clean_file_without_building_rows(fmt, tmp_path, monkeypatch):
+    from hierzoo.metrics import reading
+
+    pytest.importorskip("msgspec")
+    rows = _simulated_results(load_taxonomy("imagenet-animal"), 200, seed=3)
+    f = tmp_path / f"clean.{fmt}"
+    if fmt == "json":
+        f.write_text(json.dumps(rows, indent=4))
+    else:
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 8192)
+
+    def no_rows(*args, **kw):
+        raise AssertionError("the standard-library path ran")
+
+    monkeypatch.setattr(reading._Builder, "add_dicts", no_rows)
+    cols = reading.read_result_columns(f, parser="msgspec")
+    monkeypatch.undo()
+    assert score_results(cols, ci=True) == score_results(rows, ci=True)
+
+
+# ------------------------------------------------------------------ the root rule, said out loud
+def _albatross_subset():
+    """Five albatrosses, every order answer wrong, 6 of the 15 answers below it right: POR 30
+    over the four CUB levels, 40 if level 1 is dropped as if it were a root."""
+    right = [3, 2, 1, 0, 0]  # right answers per row, from level 2 down
+    rows = []
+    for n_right in right:
+        row = {"image": "albatross.jpg"}
+        for k, name in enumerate(CUB_PATH, start=1):
+            row[f"ground_truth_level{k}"] = name
+            ok = k > 1 and k - 1 <= n_right
+            row[f"predicted_level{k}"] = name if ok else "Charadriiformes"
+        rows.append(row)
+    return rows
+
+
+def test_a_level_left_out_as_the_root_is_said_and_the_taxonomy_decides():
+    rows = _albatross_subset()
+    with_tax = score_results(rows, taxonomy=load_taxonomy("cub200"))
+    assert with_tax["por"] == pytest.approx(30.0)  # CUB has 13 orders: level 1 is scored
+    assert with_tax["left_out"] == [] and with_tax["first_scored_level"] == 1
+    guessed = score_results(rows)  # every row says "Procellariiformes": taken for a root
+    assert guessed["por"] == pytest.approx(40.0)
+    assert guessed["first_scored_level"] == 2 and guessed["levels"][0] == "level2"
+    (entry,) = guessed["left_out"]
+    assert entry["level"] == 1 and entry["name"] == "level1"
+    assert "'Procellariiformes'" in entry["reason"]
+    assert "--keep-root" in entry["keep"] and "--taxonomy" in entry["keep"]
+    assert score_results(rows, keep_root=True)["por"] == pytest.approx(30.0)
+    assert score_results(rows, keep_root=True)["left_out"] == []
+    tax = load_taxonomy("inat21-animal")
+    inat = score_results(_simulated_results(tax, 50, seed=4), taxonomy=tax)
+    assert inat["left_out"][0]["name"] == "kingdom"
+    assert "single top-level node" in inat["left_out"][0]["reason"]
+    assert inat["levels"][0] == "phylum"
+
+
+def test_score_cli_says_what_it_left_out_and_prints_round_json(tmp_path, capsys):
+    f = tmp_path / "albatrosses.json"
+    rows = _albatross_subset() * 100 + [dict(_albatross_subset()[0], predicted_level2="x")] * 7
+    f.write_text(json.dumps(rows))
+    assert main(["score", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "left out level1 (level 1)" in table and "--keep-root" in table
+    assert "percent" in table
+    assert main(["score", str(f), "--json", "--ci"]) == 0
+    line = capsys.readouterr().out
+    assert not re.search(r"\d\.\d{7,}", line), line  # 1.4000000000000001 -> 1.4
+    out = json.loads(line)
+    exact = score_results(rows, ci=True)
+    assert out["level_acc"][0]["value"] == round(exact["level_acc"][0]["value"], 6)
+    assert out["left_out"][0]["name"] == "level1"
+    assert round_floats({"a": [float("nan"), 1 / 3]}) == {"a": [None, 0.333333]}

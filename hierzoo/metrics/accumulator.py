@@ -1,4 +1,8 @@
-"""A stateful accumulator of every hierarchical metric, for evaluation and training loops."""
+"""A stateful accumulator of every hierarchical metric, for evaluation and training loops.
+
+The accumulator holds counts (:class:`~hierzoo.metrics.functional.Counts`) and calls the
+functional reduction on them, as torchmetrics' classes call their functional core; the
+functional module never imports this one."""
 
 from __future__ import annotations
 
@@ -8,20 +12,18 @@ import numpy as np
 
 from hierzoo.metrics.functional import (
     SAMPLE_METRICS,
-    Estimate,
-    bootstrap_means,
-    decode_stats,
-    encode_stats,
-    level_interval,
-    path_stats,
+    Counts,
+    first_error_counts,
+    path_counts,
     prepare,
-    sample_metric_values,
+    reduce_counts,
+    summarize,
 )
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
 
-_DENSE_LIMIT = 1 << 22
+__all__ = ["HierarchicalMetrics", "summarize"]
 
 
 class HierarchicalMetrics:
@@ -85,41 +87,22 @@ class HierarchicalMetrics:
         """:meth:`update` with the batch, and return the batch's own metrics (as
         ``summarize`` would; the accumulated state is read with :meth:`compute`)."""
         p, t, m = prepare(_host(pred), _host(target), _host(mask), self.taxonomy, self.first_level)
-        pm = _host(pred_mask)
-        self._add(p, t, m, pm)
-        batch = HierarchicalMetrics(self.num_levels, self.taxonomy, self.first_level)
-        batch._add(p, t, m, pm)
-        return batch.compute()
+        return reduce_counts(self._add(p, t, m, _host(pred_mask)), self.metric_names)
 
-    def _add(self, p: np.ndarray, t: np.ndarray, m: np.ndarray, pred_mask: Any) -> None:
-        if p.shape[1] > self.num_levels:
-            raise ValueError(
-                f"Expected at most {self.num_levels} level columns, but got {p.shape[1]}."
-            )
-        if p.shape[1] < self.num_levels:
-            pad = ((0, 0), (0, self.num_levels - p.shape[1]))
-            p = np.pad(p, pad, constant_values=-2)
-            t = np.pad(t, pad, constant_values=-1)
-            m = np.pad(m, pad, constant_values=False)
-            if pred_mask is not None:
-                pred_mask = np.pad(np.asarray(pred_mask, dtype=bool), pad, constant_values=False)
-        stats, right, levels = path_stats(
-            p, t, m, pred_mask=pred_mask, taxonomy=self.taxonomy, first_level=self.first_level
+    def _add(self, p: np.ndarray, t: np.ndarray, m: np.ndarray, pred_mask: Any) -> Counts:
+        """Count a validated batch (the functional core) and add the counts to the state."""
+        batch = path_counts(
+            p,
+            t,
+            m,
+            pred_mask=pred_mask,
+            taxonomy=self.taxonomy,
+            first_level=self.first_level,
+            width=self.num_levels,
         )
-        codes = encode_stats(stats, self.num_levels)
-        if codes.size and codes.max() < _DENSE_LIMIT:
-            dense = np.bincount(codes)
-            keys = np.flatnonzero(dense)
-            values = dense[keys]
-        else:
-            keys, values = np.unique(codes, return_counts=True)
-        total = np.array(
-            [np.count_nonzero(levels[k]) for k in range(self.num_levels)], dtype=np.int64
-        )
-        hits = np.array(
-            [np.count_nonzero(right[k]) for k in range(self.num_levels)], dtype=np.int64
-        )
-        self._accumulate(dict(zip(keys.tolist(), values.tolist())), hits, total)
+        counts = dict(zip(batch.keys.tolist(), batch.counts.tolist()))
+        self._accumulate(counts, batch.level_right, batch.level_total)
+        return batch
 
     def _accumulate(self, counts: dict[int, int], right: np.ndarray, total: np.ndarray) -> None:
         """Add counts to the state, and to this rank's own share once :meth:`sync` ran."""
@@ -169,19 +152,16 @@ class HierarchicalMetrics:
             self.level_right += right
             self.level_total += total
 
-    def _sorted_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    def as_counts(self) -> Counts:
+        """The state as :class:`~hierzoo.metrics.functional.Counts` (keys sorted)."""
         keys = np.array(sorted(self.counts), dtype=np.int64)
-        return keys, np.array([self.counts[k] for k in keys.tolist()], dtype=np.int64)
+        counts = np.array([self.counts[k] for k in keys.tolist()], dtype=np.int64)
+        return Counts(keys, counts, self.level_right.copy(), self.level_total.copy())
 
     def first_error(self) -> list[int]:
         """Samples per first wrong level column; the last entry counts fully right paths."""
-        out = np.zeros(self.num_levels + 1, dtype=np.int64)
-        if self.counts:
-            keys, counts = self._sorted_counts()
-            stats = decode_stats(keys, self.num_levels)
-            first = np.where(stats.prefix == stats.depth, self.num_levels, stats.prefix)
-            np.add.at(out, first, counts)
-        return out.tolist()
+        state = self.as_counts()
+        return first_error_counts(state.keys, state.counts, self.num_levels)
 
     def compute(
         self,
@@ -191,46 +171,21 @@ class HierarchicalMetrics:
         seed: int = 0,
         only: str | None = None,
     ) -> dict[str, Any]:
-        """Every metric (fractions in [0, 1]), ``level_acc`` (a list), ``n`` and ``first_error``.
+        """Every metric, as fractions in [0, 1] (``hierzoo score`` reports percent): see
+        :func:`~hierzoo.metrics.functional.reduce_counts`, which this calls on the counts.
 
         With ``ci`` each value is an :class:`Estimate` whose interval is a percentile bootstrap
         over samples (all sample metrics from the same resamples). ``only`` names one metric.
         """
-        names = self.metric_names if only is None else (only,)
-        keys, counts = self._sorted_counts()
-        total = counts.sum()
-        per_bin = sample_metric_values(decode_stats(keys, self.num_levels))
-        values = (
-            np.stack([per_bin[m] for m in names], axis=1)
-            if len(keys)
-            else np.zeros((0, len(names)))
+        return reduce_counts(
+            self.as_counts(),
+            self.metric_names,
+            ci=ci,
+            n_boot=n_boot,
+            confidence=confidence,
+            seed=seed,
+            only=only,
         )
-        means = counts @ values / total if total else np.full(len(names), np.nan)
-        out: dict[str, Any] = {}
-        if ci:
-            low, high = bootstrap_means(counts, values, n_boot, confidence, seed)
-            for i, m in enumerate(names):
-                out[m] = Estimate(float(means[i]), float(low[i]), float(high[i]))
-        else:
-            out.update({m: float(means[i]) for i, m in enumerate(names)})
-        if only is not None:
-            return out
-        acc = np.divide(
-            self.level_right,
-            self.level_total,
-            out=np.full(self.num_levels, np.nan),
-            where=self.level_total > 0,
-        )
-        if ci:
-            out["level_acc"] = [
-                Estimate(float(a), *level_interval(int(r), int(t), n_boot, confidence, seed))
-                for a, r, t in zip(acc, self.level_right, self.level_total)
-            ]
-        else:
-            out["level_acc"] = acc.tolist()
-        out["n"] = int(total)
-        out["first_error"] = self.first_error()
-        return out
 
 
 def _host(x: Any) -> Any:
@@ -238,23 +193,3 @@ def _host(x: Any) -> Any:
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         return x.detach().cpu().numpy()
     return x
-
-
-def summarize(
-    pred: Any,
-    target: Any,
-    mask: Any = None,
-    *,
-    taxonomy: Taxonomy | None = None,
-    first_level: int = 0,
-    pred_mask: Any = None,
-    ci: bool = False,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Every metric in one pass; see :meth:`HierarchicalMetrics.compute`."""
-    p, t, m = prepare(pred, target, mask, taxonomy, first_level)
-    acc = HierarchicalMetrics(max(p.shape[1], 1), taxonomy=taxonomy, first_level=first_level)
-    acc._add(p, t, m, pred_mask)
-    return acc.compute(ci=ci, n_boot=n_boot, confidence=confidence, seed=seed)

@@ -34,8 +34,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from hierzoo.metrics.names import MISSING, encode, encode_lists
+
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
+
+__all__ = ["MISSING", "encode"]  # re-exported from hierzoo.metrics.names
 
 SAMPLE_METRICS = ("hca", "leaf_acc", "por", "strict_por", "tor", "hf1", "consistency")
 
@@ -72,7 +76,9 @@ def prepare(
     Name inputs are encoded through :func:`encode`.
     """
     if _is_names(target) or _is_names(pred):
-        pred, target, enc_mask = encode(pred, target, taxonomy=taxonomy, first_level=first_level)
+        pred, target, enc_mask = encode_lists(
+            pred, target, taxonomy=taxonomy, first_level=first_level
+        )
         mask = enc_mask if mask is None else mask
     pred = np.asarray(pred)
     target = np.asarray(target)
@@ -104,81 +110,6 @@ def prepare(
             f"Row {row} has no levels (its mask is all False); drop it or give its path."
         )
     return pred.astype(np.int64, copy=False), target.astype(np.int64, copy=False), mask
-
-
-def encode(
-    pred: Sequence[Sequence[str | None]],
-    target: Sequence[Sequence[str | None]],
-    taxonomy: Taxonomy | None = None,
-    first_level: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode name paths into ``(pred, target, mask)`` integer arrays.
-
-    Rows may differ in length. Matching is case-insensitive. Without a taxonomy each level gets
-    its own vocabulary (enough for every metric but ``consistency``); with one, names become
-    node ids of level ``first_level + column``, and a name that several nodes of a level share
-    (a name under two parents) resolves to the one below the node chosen one level up.
-    A predicted ``None``, ``"Unknown"`` or any name not in the level becomes ``-2`` (wrong).
-
-    Raises:
-        ValueError: a ground-truth name that is not a node of its level of the taxonomy, or
-            ``pred`` and ``target`` with different numbers of rows.
-    """
-    if len(pred) != len(target):
-        raise ValueError(
-            f"Expected as many predicted paths as true paths, but got {len(pred)} and "
-            f"{len(target)}."
-        )
-    n = len(target)
-    width = max((len(r) for r in target), default=0)
-    t_out = np.full((n, width), -1, dtype=np.int64)
-    p_out = np.full((n, width), -2, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=bool)
-    if taxonomy is None:
-        vocab: list[dict[str, int]] = [{} for _ in range(width)]
-        for i, (prow, trow) in enumerate(zip(pred, target)):
-            for k, name in enumerate(trow):
-                if name is None:
-                    break
-                t_out[i, k] = vocab[k].setdefault(name.lower(), len(vocab[k]))
-                mask[i, k] = True
-                guess = prow[k] if k < len(prow) else None
-                if isinstance(guess, str):
-                    p_out[i, k] = vocab[k].setdefault(guess.lower(), len(vocab[k]))
-        return p_out, t_out, mask
-    level_ids = taxonomy._level_name_ids
-    parent = taxonomy.parent
-    for i, (prow, trow) in enumerate(zip(pred, target)):
-        t_prev = p_prev = -1
-        for k, name in enumerate(trow):
-            if name is None:
-                break
-            lev = first_level + k
-            cands = level_ids[lev].get(name.strip().lower(), []) if lev < taxonomy.depth else []
-            if not cands:
-                raise ValueError(
-                    f"Ground truth {name!r} of sample {i} is not a node of level {lev} of taxonomy "
-                    f"{taxonomy.name!r}; check that the results match this taxonomy (and "
-                    "`first_level`)."
-                )
-            t_id = _pick(cands, parent, t_prev)
-            t_out[i, k] = t_id
-            mask[i, k] = True
-            guess = prow[k] if k < len(prow) else None
-            if isinstance(guess, str):
-                pc = level_ids[lev].get(guess.strip().lower(), [])
-                if pc:
-                    p_out[i, k] = t_id if t_id in pc else _pick(pc, parent, p_prev)
-            t_prev, p_prev = t_id, int(p_out[i, k])
-    return p_out, t_out, mask
-
-
-def _pick(cands: list[int], parent: np.ndarray, prev: int) -> int:
-    if len(cands) > 1 and prev >= 0:
-        for c in cands:
-            if parent[c] == prev:
-                return c
-    return cands[0]
 
 
 # --------------------------------------------------------------------------- per-sample statistics
@@ -218,7 +149,7 @@ def path_stats(
     Works level by level over contiguous ``(N,)`` columns: L is small, N is large.
     """
     n, width = target.shape
-    right = (pred == target) & mask
+    right = (pred == target) & mask & (pred >= 0)
     pm = mask if pred_mask is None else np.asarray(pred_mask, dtype=bool).reshape(mask.shape)
     if pred_mask is not None:
         right &= pm
@@ -368,7 +299,144 @@ def level_interval(
     return float(low[0]), float(high[0])
 
 
+# --------------------------------------------------------------------------- counts and reduction
+_DENSE_LIMIT = 1 << 22
+
+
+class Counts(NamedTuple):
+    """The sufficient statistics of every metric: how many samples had each combination of
+    :class:`PathStats` (``keys`` from :func:`encode_stats`, sorted, with their ``counts``), and
+    right/total samples per level column. Counts of batches add up to the counts of one pass
+    (:class:`~hierzoo.metrics.HierarchicalMetrics` holds them)."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+    level_right: np.ndarray
+    level_total: np.ndarray
+
+
+def path_counts(
+    pred: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    *,
+    pred_mask: Any = None,
+    taxonomy: Taxonomy | None = None,
+    first_level: int = 0,
+    width: int | None = None,
+) -> Counts:
+    """:class:`Counts` of validated ``(N, L')`` inputs, padded on the right to ``width``
+    columns (default ``max(L', 1)``). ``taxonomy`` adds path consistency."""
+    width = max(pred.shape[1], 1) if width is None else width
+    if pred.shape[1] > width:
+        raise ValueError(f"Expected at most {width} level columns, but got {pred.shape[1]}.")
+    if pred.shape[1] < width:
+        pad = ((0, 0), (0, width - pred.shape[1]))
+        pred = np.pad(pred, pad, constant_values=-2)
+        target = np.pad(target, pad, constant_values=-1)
+        mask = np.pad(mask, pad, constant_values=False)
+        if pred_mask is not None:
+            pred_mask = np.pad(np.asarray(pred_mask, dtype=bool), pad, constant_values=False)
+    stats, right, levels = path_stats(
+        pred, target, mask, pred_mask=pred_mask, taxonomy=taxonomy, first_level=first_level
+    )
+    codes = encode_stats(stats, width)
+    if codes.size and codes.max() < _DENSE_LIMIT:
+        dense = np.bincount(codes)
+        keys = np.flatnonzero(dense)
+        counts = dense[keys]
+    else:
+        keys, counts = np.unique(codes, return_counts=True)
+    total = np.array([np.count_nonzero(levels[k]) for k in range(width)], dtype=np.int64)
+    hits = np.array([np.count_nonzero(right[k]) for k in range(width)], dtype=np.int64)
+    return Counts(keys.astype(np.int64), counts.astype(np.int64), hits, total)
+
+
+def first_error_counts(keys: np.ndarray, counts: np.ndarray, width: int) -> list[int]:
+    """Samples per first wrong level column; the last entry counts fully right paths."""
+    out = np.zeros(width + 1, dtype=np.int64)
+    if len(keys):
+        stats = decode_stats(keys, width)
+        first = np.where(stats.prefix == stats.depth, width, stats.prefix)
+        np.add.at(out, first, counts)
+    return out.tolist()
+
+
+def reduce_counts(
+    counts: Counts,
+    metrics: Sequence[str] = SAMPLE_METRICS,
+    *,
+    ci: bool = False,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    only: str | None = None,
+) -> dict[str, Any]:
+    """Every metric of ``metrics`` from :class:`Counts`, as fractions in [0, 1].
+
+    Returns each metric (an :class:`Estimate` with ``ci``: all sample metrics from the same
+    multinomial resamples of the counts), ``level_acc`` (a list), ``n`` and ``first_error``;
+    with ``only``, that one metric alone.
+    """
+    width = len(counts.level_total)
+    names = tuple(metrics) if only is None else (only,)
+    keys, n_per_key = counts.keys, counts.counts
+    total = n_per_key.sum()
+    per_bin = sample_metric_values(decode_stats(keys, width))
+    values = (
+        np.stack([per_bin[m] for m in names], axis=1) if len(keys) else np.zeros((0, len(names)))
+    )
+    means = n_per_key @ values / total if total else np.full(len(names), np.nan)
+    out: dict[str, Any] = {}
+    if ci:
+        low, high = bootstrap_means(n_per_key, values, n_boot, confidence, seed)
+        for i, m in enumerate(names):
+            out[m] = Estimate(float(means[i]), float(low[i]), float(high[i]))
+    else:
+        out.update({m: float(means[i]) for i, m in enumerate(names)})
+    if only is not None:
+        return out
+    right, seen = counts.level_right, counts.level_total
+    acc = np.divide(right, seen, out=np.full(width, np.nan), where=seen > 0)
+    if ci:
+        out["level_acc"] = [
+            Estimate(float(a), *level_interval(int(r), int(t), n_boot, confidence, seed))
+            for a, r, t in zip(acc, right, seen)
+        ]
+    else:
+        out["level_acc"] = acc.tolist()
+    out["n"] = int(total)
+    out["first_error"] = first_error_counts(keys, n_per_key, width)
+    return out
+
+
 # --------------------------------------------------------------------------- public metrics
+def summarize(
+    pred: Any,
+    target: Any,
+    mask: Any = None,
+    *,
+    taxonomy: Taxonomy | None = None,
+    first_level: int = 0,
+    pred_mask: Any = None,
+    ci: bool = False,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric in one pass, as fractions in [0, 1] (``hierzoo score`` and ``summary.json``
+    give the same numbers in percent).
+
+    Returns ``hca, leaf_acc, por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy),
+    ``level_acc`` (one value per column), ``n`` and ``first_error`` (samples per first wrong
+    column, then the fully right ones); with ``ci`` each value is an :class:`Estimate`.
+    """
+    p, t, m = prepare(pred, target, mask, taxonomy, first_level)
+    counts = path_counts(p, t, m, pred_mask=pred_mask, taxonomy=taxonomy, first_level=first_level)
+    metrics = SAMPLE_METRICS if taxonomy is not None else SAMPLE_METRICS[:-1]
+    return reduce_counts(counts, metrics, ci=ci, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
 def _reduce(
     name: str,
     pred: Any,
@@ -383,20 +451,22 @@ def _reduce(
     seed: int,
     pred_mask: Any = None,
 ) -> float | Estimate:
-    from hierzoo.metrics.accumulator import HierarchicalMetrics
-
     if name == "consistency" and taxonomy is None:
         raise ValueError(
             "`path_consistency` needs `taxonomy=` to know which parent -> child links exist."
         )
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
-    acc = HierarchicalMetrics(
-        max(p.shape[1], 1),
+    counts = path_counts(
+        p,
+        t,
+        m,
+        pred_mask=pred_mask,
         taxonomy=taxonomy if name == "consistency" else None,
         first_level=first_level,
     )
-    acc._add(p, t, m, pred_mask)
-    return acc.compute(ci=ci, n_boot=n_boot, confidence=confidence, seed=seed, only=name)[name]
+    return reduce_counts(counts, ci=ci, n_boot=n_boot, confidence=confidence, seed=seed, only=name)[
+        name
+    ]
 
 
 def _metric(name: str, doc: str):
@@ -528,7 +598,7 @@ def level_accuracy(
     """Accuracy of each level over the samples whose path has it: ``(L,)`` (NaN for an empty
     level)."""
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
-    right = ((p == t) & m).sum(0)
+    right = ((p == t) & m & (p >= 0)).sum(0)
     total = m.sum(0)
     acc = np.divide(right, total, out=np.full(len(total), np.nan), where=total > 0)
     if not ci:

@@ -7,12 +7,15 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 
 from __future__ import annotations
 
-import json
-import warnings
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hierzoo.metrics.accumulator import summarize
+import numpy as np
+
+from hierzoo.metrics.functional import summarize
+from hierzoo.metrics.names import encode_ids
+from hierzoo.metrics.reading import LEVEL_KEY, ResultColumns, columns_from_rows, read_rows
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -22,51 +25,31 @@ SCORE_KEYS = ("hca", "leaf_acc", "por", "strict_por", "tor")
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a result file: a JSON list, or JSON Lines (a torn last line is skipped with a
-    warning)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No result file at {str(path)!r}.")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    if stripped[0] == "[":
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} starts like a JSON list but does not parse: {e}.") from e
-    else:
-        rows = []
-        lines = text.splitlines()
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                if i == len(lines) and not text.endswith("\n"):
-                    warnings.warn(
-                        f"{path}:{i}: skipped a torn last line (an interrupted write).",
-                        stacklevel=2,
-                    )
-                    continue
-                raise ValueError(f"{path}:{i} is not a JSON object: {e}.") from e
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise ValueError(
-            f"{path}: entry {bad} is {rows[bad]!r}; expected one JSON object per sample."
-        )
-    return rows
+    warning), every row as a dict. To score a large file, :func:`read_result_columns` reads only
+    the scored fields, streamed."""
+    return read_rows(path)
+
+
+def _row_depth(row: dict[str, Any]) -> int:
+    """The last level ``k`` whose ``ground_truth_levelk`` is present and not ``None``."""
+    depth = 0
+    for key in row:
+        m = LEVEL_KEY.match(key)
+        if m and row[key] is not None:
+            depth = max(depth, int(m.group(1)))
+    return depth
 
 
 def results_to_paths(
     rows: list[dict[str, Any]],
-) -> tuple[list[list[str]], list[list[str | None]], int]:
+) -> tuple[list[list[str | None]], list[list[str | None]], int]:
     """Ground-truth and predicted name paths of the samples that have predictions.
 
     Returns ``(truth, pred, n_errors)``; samples with an ``error`` field are counted, not scored.
-    A level whose ground truth is ``None`` is left out of that sample (the paper's scripts never
-    ask it). A missing or ``None`` prediction stays ``None`` and counts as wrong.
+    A path runs from level 1 to the last level whose ground truth is given; a level above it
+    whose ground truth is missing or ``None`` stays in the path as ``None`` (wrong at that
+    level, never a shorter path). A missing or ``None`` prediction stays ``None`` and counts as
+    wrong.
     """
     truth, pred, n_errors = [], [], 0
     for row in rows:
@@ -74,14 +57,11 @@ def results_to_paths(
             n_errors += 1
             continue
         t_path, p_path = [], []
-        k = 1
-        while f"ground_truth_level{k}" in row:
-            gt = row[f"ground_truth_level{k}"]
-            if gt is not None:
-                t_path.append(str(gt))
-                guess = row.get(f"predicted_level{k}")
-                p_path.append(guess if isinstance(guess, str) else None)
-            k += 1
+        for k in range(1, _row_depth(row) + 1):
+            gt = row.get(f"ground_truth_level{k}")
+            t_path.append(str(gt) if gt is not None else None)
+            guess = row.get(f"predicted_level{k}")
+            p_path.append(guess if isinstance(guess, str) else None)
         if t_path:
             truth.append(t_path)
             pred.append(p_path)
@@ -89,7 +69,7 @@ def results_to_paths(
 
 
 def score_results(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | ResultColumns,
     *,
     keep_root: bool = False,
     taxonomy: Taxonomy | None = None,
@@ -97,28 +77,59 @@ def score_results(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score result rows as the paper does; percentages.
+    """Score result rows (or the :class:`ResultColumns` of a file) as the paper does; every
+    value in percent (the functions of :mod:`hierzoo.metrics.functional`, ``summarize`` and
+    ``HierarchicalMetrics.compute`` give fractions).
 
-    The first level is left out when its ground truth is the same for every sample (the single
-    root of iNat, ImageNet and Food), unless ``keep_root``; with a taxonomy, when the taxonomy
-    has a single top-level node. Returns ``hca, leaf_acc, por, strict_por, tor, hf1`` (and
-    ``consistency`` with a taxonomy) in percent, ``level_acc`` (percent per kept level), ``n``,
-    ``n_errors``, ``first_level`` (1-based level of the first kept column) and ``levels``.
+    The root rule: level 1 is left out when it carries no information, as in the paper
+    (``keep_root`` keeps it). With a taxonomy that is when the taxonomy has a single top-level
+    node, whatever the rows hold; without one, when every scored row has the same level-1 ground
+    truth, which on a subset (all albatrosses) also drops a real level: give the taxonomy. The
+    output says which level was left out, why and how to keep it.
+
+    A path runs to its last given ground truth; a level missing above it is wrong there (with a
+    taxonomy, whose paths have every level, an error naming the row).
+
+    Returns:
+        ``hca, leaf_acc, por, strict_por, tor, hf1`` (and ``consistency`` with a taxonomy) in
+        percent (with ``ci``, ``{"value", "low", "high"}``); ``level_acc``, percent per scored
+        level; ``levels``, the scored levels' names (ranks, or ``levelK`` as in the result
+        files); ``first_scored_level``, the ``K`` of ``ground_truth_levelK`` of the first scored
+        level (counting from 1, as the result files do); ``left_out``, one entry per level not
+        scored (``level``, ``name``, ``reason``, ``keep``: how to keep it); ``n`` scored rows;
+        ``n_errors``, rows with an ``error`` field; ``first_error``, rows per first wrong scored
+        level (the last entry counts fully right paths).
     """
-    truth, pred, n_errors = results_to_paths(rows)
-    if not truth:
+    cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(rows)
+    truth, values = cols.truth_names()
+    present = truth >= 0
+    depth = np.zeros(cols.n, dtype=np.int64)
+    for k in range(truth.shape[0]):
+        depth[present[k]] = k + 1
+    if not depth.any():
         raise ValueError(
             "No scorable samples: every row lacks ground_truth_level1 or has an error."
         )
+    truth_root = _one_name(truth[0, depth > 0], values) if taxonomy is None else None
     if taxonomy is not None:
         drop = not keep_root and taxonomy.level_sizes[0] == 1
     else:
-        drop = not keep_root and len({t[0].lower() for t in truth}) == 1
+        drop = not keep_root and truth_root is not None
     start = 1 if drop else 0
-    kept = [(t[start:], p[start:]) for t, p in zip(truth, pred) if len(t) > start]
-    truth, pred = [t for t, _ in kept], [p for _, p in kept]
+    keep = np.flatnonzero(depth > start)
+    truth, pred = truth[start:, keep], cols.pred[start:, keep]
+    if taxonomy is not None:
+        _check_no_missing_level(truth, depth[keep] - start, keep, cols, start)
+    p, t, m = encode_ids(
+        pred,
+        truth,
+        values,
+        taxonomy=taxonomy,
+        first_level=start,
+        describe=lambda i: cols.describe(int(keep[i])),
+    )
     summary = summarize(
-        pred, truth, taxonomy=taxonomy, first_level=start, ci=ci, n_boot=n_boot, seed=seed
+        p, t, m, taxonomy=taxonomy, first_level=start, ci=ci, n_boot=n_boot, seed=seed
     )
     out: dict[str, Any] = {}
     for key, value in summary.items():
@@ -128,14 +139,85 @@ def score_results(
             out[key] = [_percent(v) for v in value]
         else:
             out[key] = _percent(value)
-    out["n_errors"] = n_errors
-    out["first_level"] = start + 1
+    out["n_errors"] = cols.n_errors
     width = len(out["level_acc"])
-    if taxonomy is not None and taxonomy.ranks:
-        out["levels"] = list(taxonomy.ranks[start : start + width])
-    else:
-        out["levels"] = [f"level{k}" for k in range(start + 1, start + 1 + width)]
+    names = _level_names(taxonomy, start + width)
+    out["levels"] = names[start:]
+    out["first_scored_level"] = start + 1
+    out["left_out"] = []
+    if drop:
+        out["left_out"].append(_root_left_out(taxonomy, names[0], truth_root))
     return out
+
+
+def _level_names(taxonomy: Taxonomy | None, width: int) -> list[str]:
+    if taxonomy is not None and taxonomy.ranks and len(taxonomy.ranks) >= width:
+        return list(taxonomy.ranks[:width])
+    return [f"level{k}" for k in range(1, width + 1)]
+
+
+def _root_left_out(taxonomy: Taxonomy | None, name: str, root: str | None) -> dict[str, Any]:
+    if taxonomy is not None:
+        top = taxonomy.names[int(taxonomy.level_nodes(0)[0])]
+        reason = (
+            f"taxonomy {taxonomy.name!r} has a single top-level node ({top!r}), which carries "
+            "no information"
+        )
+        keep = "--keep-root (keep_root=True)"
+    else:
+        reason = (
+            f"every scored row has the same ground truth there ({root!r}), taken for a single "
+            "root; on a subset of a taxonomy that is a real level"
+        )
+        keep = (
+            "--keep-root (keep_root=True), or --taxonomy NAME so that the rule follows the taxonomy"
+        )
+    return {"level": 1, "name": name, "reason": reason, "keep": keep}
+
+
+def format_left_out(summary: dict[str, Any]) -> list[str]:
+    """One line per level :func:`score_results` left out: which, why, how to keep it."""
+    return [
+        f"left out {e['name']} (level {e['level']}): {e['reason']}; keep it with {e['keep']}"
+        for e in summary.get("left_out", [])
+    ]
+
+
+def _one_name(first: np.ndarray, values: list[Any]) -> str | None:
+    """The name every id gives, compared lower-cased; ``None`` when they differ or one is
+    missing."""
+    if not len(first) or (first < 0).any():
+        return None
+    ids = np.flatnonzero(np.bincount(first))
+    names = {values[i].lower() for i in ids.tolist()}
+    return values[int(ids[0])] if len(names) == 1 else None
+
+
+def _check_no_missing_level(
+    truth: np.ndarray, depth: np.ndarray, keep: np.ndarray, cols: ResultColumns, start: int
+) -> None:
+    """With a taxonomy every level of a path exists: a gap is an error naming the row."""
+    gap = (truth < 0) & (np.arange(truth.shape[0])[:, None] < depth)
+    if gap.any():
+        i, k = np.argwhere(gap.T)[0].tolist()
+        where = cols.describe(int(keep[i]))
+        raise ValueError(
+            f"{where[:1].upper()}{where[1:]} has no ground_truth_level{start + k + 1} but has a "
+            "level below it; every path of a taxonomy has every level: fix the row, or score "
+            "without a taxonomy to count the missing level as wrong."
+        )
+
+
+def round_floats(obj: Any, digits: int = 6) -> Any:
+    """``obj`` with every float rounded to ``digits`` decimals (``55.60000000000001`` ->
+    ``55.6``) and NaN or infinity as ``None``, for strict, readable JSON."""
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
 
 
 def _percent(v: Any) -> Any:

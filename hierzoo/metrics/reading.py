@@ -1,0 +1,431 @@
+"""Reading result files fast: only the scored fields, streamed, factorised as they are read.
+
+A result file is a JSON list of objects (the paper's scripts) or JSON Lines (hierzoo's runs),
+with ``ground_truth_level{k}``, ``predicted_level{k}`` and, for a failed sample, ``error``.
+:func:`read_result_columns` keeps, per row, one integer per scored field (an id into one
+vocabulary of the distinct values), never the rows themselves: JSON Lines are parsed block by
+block, so the file is never held twice.
+
+Parsers: with ``msgspec`` installed (``pip install 'hierzoo[fast]'``) each object is decoded
+into a small typed record that skips every other field (the options, the letters, the
+probabilities) without building it; otherwise the standard library's ``json`` builds each row
+and the scored fields are taken from it. Both give the same columns (tested); a block that the
+fast parser cannot take exactly as the standard library would (a non-standard literal such as
+``NaN``, a level key nested in another field, a torn line) is read again with ``json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain, repeat
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hierzoo.metrics.names import factorize, hashable, is_name, new_vocabulary
+
+BLOCK_BYTES = 8 << 20
+"""JSON Lines are read in blocks of about this many bytes."""
+
+LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
+"""A ground-truth key and its level ``k`` (from 1)."""
+_GT = b'"ground_truth_level'
+_BOM = b"\xef\xbb\xbf"
+
+
+def fast_parser_available() -> bool:
+    """Whether ``msgspec`` (the ``hierzoo[fast]`` extra) can be imported."""
+    try:
+        import msgspec  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class ResultColumns:
+    """The scored fields of a result file's rows, one integer per field.
+
+    Attributes:
+        truth: ``(K, N)`` int64, the id of ``ground_truth_level{k+1}`` of each row in ``values``
+            (``-1`` where absent or ``null``).
+        pred: ``(K, N)`` int64, the id of ``predicted_level{k+1}`` (``-1`` where absent).
+        values: the distinct raw values, indexed by id (strings, and whatever else the file
+            holds where a name belongs).
+        where: ``(N,)`` the position of each row in its source: the line for JSON Lines (from
+            1), the entry for a JSON list or a list of rows (from 0).
+        unit: ``"line"`` or ``"entry"``, what ``where`` counts.
+        source: the file's path, or ``"rows"``.
+        n_errors: rows with an ``error`` field (not in the columns).
+    """
+
+    truth: np.ndarray
+    pred: np.ndarray
+    values: list[Any]
+    where: np.ndarray
+    unit: str
+    source: str
+    n_errors: int
+
+    @property
+    def n(self) -> int:
+        return self.truth.shape[1]
+
+    def truth_names(self) -> tuple[np.ndarray, list[Any]]:
+        """``truth`` with every ground truth given as a name: a value that is not a string
+        (a number) becomes its ``str``, as the paper's scripts read it. Returns the ids and the
+        values they index (``values`` extended with the new names)."""
+        values = list(self.values)
+        remap = np.arange(len(values) + 1)
+        remap[-1] = -1
+        extra: dict[str, int] = {}
+        for i, v in enumerate(self.values):
+            if v is not None and not _is_unset(v) and not is_name(v):
+                remap[i] = extra.setdefault(str(v), len(values) + len(extra))
+        values += list(extra)
+        return remap[self.truth], values
+
+    def describe(self, i: int) -> str:
+        """Row ``i`` as a user finds it: ``line 12 of results.jsonl``."""
+        of = f" of {self.source}" if self.source != "rows" else ""
+        return f"{self.unit} {int(self.where[i])}{of}"
+
+
+class _Builder:
+    """Collects blocks of factorised columns into :class:`ResultColumns`."""
+
+    def __init__(self) -> None:
+        self.vocab = new_vocabulary()
+        self.vocab[None]  # id 0: absent or null
+        self.blocks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_errors = 0
+
+    def add(self, ids: np.ndarray, errors: np.ndarray, where: np.ndarray) -> None:
+        """``ids``: ``(2K, n)`` (truth rows then prediction rows), ``errors``: ``(n,)`` bool."""
+        keep = ~errors
+        self.n_errors += int(errors.sum())
+        if not keep.all():
+            ids, where = ids[:, keep], where[keep]
+        self.blocks.append((ids, where))
+
+    def add_dicts(self, rows: list[Any], where: np.ndarray, source: str, unit: str) -> None:
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            at = f"line {int(where[bad])}" if unit == "line" else f"entry {int(where[bad])}"
+            raise ValueError(
+                f"{source}: {at} is {rows[bad]!r}; expected one JSON object per sample."
+            )
+        n = len(rows)
+        depth = 0
+        for key in set().union(*rows) if rows else ():
+            m = LEVEL_KEY.match(key)
+            if m:
+                depth = max(depth, int(m.group(1)))
+        keys = [f"ground_truth_level{k}" for k in range(1, depth + 1)]
+        keys += [f"predicted_level{k}" for k in range(1, depth + 1)]
+        ids = np.empty((2 * depth, n), dtype=np.int64)
+        for j, key in enumerate(keys):
+            values = map(dict.get, rows, repeat(key))
+            try:
+                ids[j] = factorize(values, n, self.vocab)
+            except TypeError:
+                values = map(hashable, map(dict.get, rows, repeat(key)))
+                ids[j] = factorize(values, n, self.vocab)
+        errors = np.fromiter(map(bool, map(dict.get, rows, repeat("error"))), dtype=bool, count=n)
+        self.add(ids, errors, where)
+
+    def build(self, source: str, unit: str) -> ResultColumns:
+        depth = max((b[0].shape[0] // 2 for b in self.blocks), default=0)
+        n = sum(b[0].shape[1] for b in self.blocks)
+        truth = np.full((depth, n), -1, dtype=np.int64)
+        pred = np.full((depth, n), -1, dtype=np.int64)
+        where = np.zeros(n, dtype=np.int64)
+        at = 0
+        for ids, w in self.blocks:
+            k, m = ids.shape[0] // 2, ids.shape[1]
+            truth[:k, at : at + m] = ids[:k]
+            pred[:k, at : at + m] = ids[k:]
+            where[at : at + m] = w
+            at += m
+        values = list(self.vocab)
+        missing = np.array([v is None or _is_unset(v) for v in values] + [True])
+        truth = np.where(missing[truth], -1, truth)
+        pred = np.where(missing[pred], -1, pred)
+        return ResultColumns(truth, pred, values, where, unit, source, self.n_errors)
+
+
+def _is_unset(v: Any) -> bool:
+    """msgspec's ``UNSET``: a field the row does not have."""
+    return type(v).__name__ == "UnsetType" and type(v).__module__ == "msgspec"
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building a million small containers runs the cyclic collector thousands of times over
+    objects that cannot form cycles; pause it while they are built."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# --------------------------------------------------------------------------- fast records
+@lru_cache(maxsize=64)
+def _record(depth: int) -> tuple[Any, Any, Any, list[str]]:
+    """A msgspec record type with the scored fields of ``depth`` levels, its JSON Lines and
+    JSON list decoders, and its field names (truth first, then predictions)."""
+    import msgspec
+
+    fields = [f"ground_truth_level{k}" for k in range(1, depth + 1)]
+    fields += [f"predicted_level{k}" for k in range(1, depth + 1)]
+    spec = [(f, Any, msgspec.UNSET) for f in fields] + [("error", Any, None)]
+    record = msgspec.defstruct(f"Levels{depth}", spec, gc=False)
+    return record, msgspec.json.Decoder(record), msgspec.json.Decoder(list[record]), fields
+
+
+def _depth_in(data: bytes) -> int:
+    """The levels ``1..K`` whose ground-truth key occurs in ``data`` (stops at the first gap;
+    :func:`_decode_fast` checks that nothing was missed)."""
+    k = 0
+    while b'"ground_truth_level%d"' % (k + 1) in data:
+        k += 1
+    return k
+
+
+def _decode_fast(
+    data: bytes, builder: _Builder, first_line: int | None = None, n_lines: int = 0
+) -> bool:
+    """Decode ``data`` (``n_lines`` JSON Lines from ``first_line``, or a JSON list when it is
+    ``None``) into ``builder`` with msgspec; ``False`` (and nothing added) when it must be read
+    with ``json`` instead. Values first seen in a block that is read again keep their ids (ids
+    stay unique)."""
+
+    depth = _depth_in(data[: 1 << 16])
+    while True:
+        done = _decode_records(data, builder, first_line, n_lines, depth)
+        if done is not None:
+            return done
+        wider = _depth_in(data)  # the first lines have fewer levels than later ones
+        if wider == depth:
+            return False
+        depth = wider
+
+
+def _decode_records(
+    data: bytes, builder: _Builder, first_line: int | None, n_lines: int, depth: int
+) -> bool | None:
+    """:func:`_decode_fast` for ``depth`` levels; ``None`` when the data has more levels."""
+    import msgspec
+
+    _, line_decoder, list_decoder, fields = _record(depth)
+    try:
+        if first_line is None:
+            records = list_decoder.decode(data)
+        else:
+            records = line_decoder.decode_lines(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    n = len(records)
+    if depth:
+        values = chain.from_iterable(map(attrgetter(*fields), records))
+        try:
+            ids = factorize(values, n * len(fields), builder.vocab).reshape(n, -1).T
+        except TypeError:
+            return False
+    else:
+        ids = np.empty((0, n), dtype=np.int64)
+    unset = builder.vocab.get(msgspec.UNSET, -1)
+    given = int(np.count_nonzero(ids[:depth] != unset))
+    if given != data.count(_GT):  # more levels, a level key after a gap or in another field
+        return None
+    errors = np.fromiter(map(bool, map(attrgetter("error"), records)), dtype=bool, count=n)
+    if first_line is None:
+        where = np.arange(n)
+    elif n_lines == n:
+        where = first_line + np.arange(n)
+    else:
+        where = _line_numbers(data, first_line)
+    builder.add(ids, errors, where)
+    return True
+
+
+# --------------------------------------------------------------------------- files
+def _open_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[3:] if data.startswith(_BOM) else data
+
+
+def _is_list(head: bytes) -> bool:
+    return head.lstrip()[:1] == b"["
+
+
+def read_result_columns(path: str | Path, *, parser: str | None = None) -> ResultColumns:
+    """Read a result file's scored fields (see :class:`ResultColumns`).
+
+    ``parser``: ``"msgspec"`` (the default when installed), or ``"json"`` (the standard
+    library). A torn last JSON line (an interrupted write) is skipped with a warning.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a line or entry that is not a JSON object, or a file that does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No result file at {str(path)!r}.")
+    fast = _use_fast(parser)
+    builder = _Builder()
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_BOM):
+        head = head[3:]
+    if _is_list(head):
+        data = _open_bytes(path)
+        if not (fast and _decode_fast(data, builder)):
+            rows = _parse_list(data, path)
+            for at in range(0, len(rows), 4096):
+                part = rows[at : at + 4096]
+                builder.add_dicts(part, np.arange(at, at + len(part)), str(path), "entry")
+        return builder.build(str(path), "entry")
+    for block, first_line, n_lines in _blocks(path):
+        if fast and _decode_fast(block, builder, first_line, n_lines):
+            continue
+        rows, where = _parse_lines(block, first_line, path, last=not block.endswith(b"\n"))
+        builder.add_dicts(rows, where, str(path), "line")
+    return builder.build(str(path), "line")
+
+
+def _use_fast(parser: str | None) -> bool:
+    if parser not in (None, "json", "msgspec"):
+        raise ValueError(f"Expected `parser` to be 'json' or 'msgspec', but got {parser!r}.")
+    if parser == "msgspec" and not fast_parser_available():
+        raise ImportError("parser='msgspec' needs msgspec: pip install 'hierzoo[fast]'")
+    return parser != "json" and fast_parser_available()
+
+
+def _blocks(path: Path) -> Iterator[tuple[bytes, int, int]]:
+    """Whole lines of a JSON Lines file, about :data:`BLOCK_BYTES` at a time (a block is
+    completed to the end of its last line), with the number of the first line of each block and
+    its number of lines. A last line without a newline comes alone, in a block of its own."""
+    line = 1
+    with open(path, "rb") as f:
+        if f.read(3) != _BOM:
+            f.seek(0)
+        while True:
+            block = f.read(BLOCK_BYTES)
+            if not block:
+                break
+            if not block.endswith(b"\n"):
+                block += f.readline()
+            if not block.endswith(b"\n"):  # the end of the file, without a newline
+                cut = block.rfind(b"\n") + 1
+                if cut:
+                    n_lines = block.count(b"\n", 0, cut)
+                    yield block[:cut], line, n_lines
+                    line += n_lines
+                if block[cut:].strip():
+                    yield block[cut:], line, 1
+                break
+            n_lines = block.count(b"\n")
+            yield block, line, n_lines
+            line += n_lines
+
+
+def _line_numbers(block: bytes, first_line: int) -> np.ndarray:
+    """The line number of each non-blank line of ``block``."""
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    blank = np.fromiter((not line.strip() for line in lines), dtype=bool, count=len(lines))
+    return first_line + np.flatnonzero(~blank)
+
+
+def _parse_lines(
+    block: bytes, first_line: int, path: Path, last: bool
+) -> tuple[list[Any], np.ndarray]:
+    """Parse the lines of a block with the standard library; a torn final line of the file is
+    skipped with a warning, any other line that does not parse is an error naming it."""
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    rows, where = [], []
+    with _gc_paused():
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                number = first_line + i
+                if last and i == len(lines) - 1:
+                    warnings.warn(
+                        f"{path}:{number}: skipped a torn last line (an interrupted write).",
+                        stacklevel=4,
+                    )
+                    continue
+                raise ValueError(f"{path}:{number} is not a JSON object: {e}.") from e
+            where.append(first_line + i)
+    return rows, np.array(where, dtype=np.int64)
+
+
+def _parse_list(data: bytes, path: Path) -> list[Any]:
+    with _gc_paused():
+        try:
+            rows = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} starts like a JSON list but does not parse: {e}.") from e
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of objects, one per sample.")
+    return rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a result file as a dict (see :func:`hierzoo.metrics.read_results`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No result file at {str(path)!r}.")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_BOM):
+        head = head[3:]
+    if not head.strip():
+        return []
+    if _is_list(head):
+        rows = _parse_list(_open_bytes(path), path)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{path}: entry {bad} is {rows[bad]!r}; expected one JSON object per sample."
+            )
+        return rows
+    out: list[dict[str, Any]] = []
+    for block, first_line, _ in _blocks(path):
+        rows, where = _parse_lines(block, first_line, path, last=not block.endswith(b"\n"))
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{path}: line {int(where[bad])} is {rows[bad]!r}; expected one JSON object "
+                "per sample."
+            )
+        out.extend(rows)
+    return out
+
+
+def columns_from_rows(rows: list[dict[str, Any]]) -> ResultColumns:
+    """:class:`ResultColumns` of rows already in memory (``where`` counts entries from 0)."""
+    builder = _Builder()
+    for at in range(0, len(rows), 4096):
+        part = rows[at : at + 4096]
+        builder.add_dicts(part, np.arange(at, at + len(part)), "rows", "entry")
+    return builder.build("rows", "entry")
