@@ -156,11 +156,11 @@ def test_wrong_family_class_names_the_model_type(tiny_dirs):
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):
-    from hierzoo.models import vlm
+    from hierzoo.models.vlm import _base
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install 'hierzoo\[vlm\]'"):
-        vlm._import_transformers()
+        _base._import_transformers()
 
 
 def test_load_options(tiny_dirs):

@@ -9,14 +9,13 @@ from hierzoo.models._registry import (
     list_models,
     resolve,
 )
-from hierzoo.models.base import (
+from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.outputs import (
     STRATEGIES,
     Answers,
     Features,
-    HierClassifier,
     NodeScores,
     PathPrediction,
-    Protocol,
 )
 
 __all__ = [

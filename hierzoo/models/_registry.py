@@ -15,13 +15,13 @@ PAPER_TEMPLATE = ("a photo of a {}.",)
 
 # family -> "module:Class"; the module is imported on first use
 FAMILIES: dict[str, str] = {
-    "openclip": "hierzoo.models.clip:OpenClipClassifier",
-    "hf-clip": "hierzoo.models.clip:HFClipClassifier",
-    "hf-siglip": "hierzoo.models.clip:HFClipClassifier",
-    "qwen2.5-vl": "hierzoo.models.vlm:Qwen2_5_VLClassifier",
-    "qwen3-vl": "hierzoo.models.vlm:Qwen3VLClassifier",
-    "llava-onevision": "hierzoo.models.vlm:LlavaOnevisionClassifier",
-    "internvl": "hierzoo.models.vlm:InternVLClassifier",
+    "openclip": "hierzoo.models.clip.openclip:OpenClipClassifier",
+    "hf-clip": "hierzoo.models.clip.hf:HFClipClassifier",
+    "hf-siglip": "hierzoo.models.clip.hf:HFClipClassifier",
+    "qwen2.5-vl": "hierzoo.models.vlm.qwen:Qwen2_5_VLClassifier",
+    "qwen3-vl": "hierzoo.models.vlm.qwen:Qwen3VLClassifier",
+    "llava-onevision": "hierzoo.models.vlm.llava_onevision:LlavaOnevisionClassifier",
+    "internvl": "hierzoo.models.vlm.internvl:InternVLClassifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
 
