@@ -322,19 +322,15 @@ def _protocol(cfg: EvalConfig, clf: Any):
 
 
 def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Question]:
-    """Copies of the questions with their options in the paper's seeded order."""
-    from hierzoo import prompts
+    """Copies of the questions with their options in the paper's seeded order (the order
+    :func:`hierzoo.prompts.plan_questions` asks them in)."""
+    from hierzoo.prompts import Protocol, plan_questions
 
-    orders = prompts.shuffled_orders(
-        prompts.asked_options([(q.answers, q.choices) for q in questions], mode), seed
-    )
-    out = []
-    for q, order_q in zip(questions, orders):
-        choices = [
-            [c[j] for j in order] if order else list(c) for c, order in zip(q.choices, order_q)
-        ]
-        out.append(replace(q, choices=choices))
-    return out
+    plan = plan_questions(questions, Protocol(shuffle_options=True, seed=seed, mode=mode))
+    return [
+        replace(q, choices=[opts or list(c) for opts, c in zip(plan.options[i], q.choices)])
+        for i, q in enumerate(questions)
+    ]
 
 
 def _given_leaf(row: dict[str, Any], q: Question) -> dict[str, Any]:

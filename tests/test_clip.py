@@ -256,6 +256,38 @@ def test_rank_aware_templates_embed_each_level_with_its_rank(load):
     torch.testing.assert_close(one, direct)
 
 
+def test_rank_aware_templates_with_a_users_taxonomy(load, images):
+    """Protocol(taxonomy=Taxonomy) fills {rank} from the user's own ranks: each option is
+    embedded with the rank of its level, as text_embeddings does for those ranks directly."""
+    tax = hierzoo.Taxonomy.from_paths(
+        {
+            "Black-footed Albatross": ["Seabirds", "Diomedeidae", "Black-footed Albatross"],
+            "Laysan Albatross": ["Seabirds", "Diomedeidae", "Laysan Albatross"],
+            "Common Raven": ["Songbirds", "Corvidae", "Common Raven"],
+            "Fish Crow": ["Songbirds", "Corvidae", "Fish Crow"],
+        },
+        ranks=["group", "family", "species"],
+        name="my-birds",
+    )
+    clf = load("openclip")
+    qs = build_questions(tax, [(p, tax.labels[i]) for i, p in enumerate(images[:4])])
+    template = ("a photo of the {rank} {}.",)
+    got = clf.answer(qs, protocol=Protocol(taxonomy=tax, templates=template))
+    for i, q in enumerate(qs):
+        img, _ = clf.encode_images([q.image])
+        for k, options in enumerate(q.choices):
+            rank = ["group", "family", "species"][k]
+            txt = clf.text_embeddings(options, templates=template, ranks=[rank] * len(options))
+            logits = (clf.logit_scale * img @ txt.T + clf.logit_bias)[0]
+            assert got.choice[i, k] == int(logits.argmax())
+    unranked = hierzoo.Taxonomy.from_paths(
+        {leaf: tax.path_names(int(tax.leaf_ids[i])) for i, leaf in enumerate(tax.labels)},
+        name="my-birds",
+    )
+    with pytest.raises(ValueError, match="'my-birds' has none"):
+        clf.answer(qs, protocol=Protocol(taxonomy=unranked, templates=template))
+
+
 def test_built_questions_run_on_any_taxonomy(load, images):
     tax = hierzoo.load_taxonomy("imagenet-animal")
     qs = build_questions(

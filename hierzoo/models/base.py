@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from hierzoo.images import ImageInput
 from hierzoo.models.outputs import STRATEGIES, Answers, Features, NodeScores, PathPrediction
+from hierzoo.prompts import Protocol
 
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
@@ -26,55 +26,6 @@ __all__ = [
     "PathPrediction",
     "Protocol",
 ]
-
-MODES = ("image", "text")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How questions are asked. Fields a family does not use must keep their defaults.
-
-    Attributes:
-        taxonomy: the bundled taxonomy the questions come from (rank names and the noun of the
-            paper's prompts); ``None`` uses generic prompts.
-        prompt_variant: which of the paper's five prompt variants (0-4); ``None``: the paper's
-            default for the taxonomy and model.
-        shuffle_options: ask the options in an order shuffled by a generator seeded with ``seed``
-            (the paper's vision-LLM scripts); ``False`` keeps the file's order (its CLIP runs).
-        seed: the seed of that generator.
-        circular: ask each question once per rotation of its options; right only if every
-            rotation is (vision LLMs).
-        mode: ``"image"``, or ``"text"``: no image, the question names the leaf, the leaf level is
-            not asked (vision LLMs).
-        templates: CLIP prompt templates with ``{}`` for the name (and optionally ``{rank}``);
-            ``None`` uses the model's default (the paper's ``"a photo of a {}."``).
-        first_level: the taxonomy level of the questions' first level (0: the top level), so
-            that ``{rank}`` names the right rank for question sets that start lower.
-    """
-
-    taxonomy: str | None = None
-    prompt_variant: int | None = None
-    shuffle_options: bool = False
-    seed: int = 42
-    circular: bool = False
-    mode: str = "image"
-    templates: tuple[str, ...] | None = None
-    first_level: int = 0
-
-    def __post_init__(self) -> None:
-        if self.first_level < 0:
-            raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
-        if self.mode not in MODES:
-            raise ValueError(f"Expected `mode` to be one of {MODES}, but got {self.mode!r}.")
-        if self.prompt_variant is not None and not 0 <= self.prompt_variant <= 4:
-            raise ValueError(f"Expected `prompt_variant` in 0..4, but got {self.prompt_variant!r}.")
-        if self.templates is not None and (
-            isinstance(self.templates, str) or not all("{}" in t for t in self.templates)
-        ):
-            raise ValueError(
-                f"Expected `templates` to be a tuple of strings with '{{}}', but got "
-                f"{self.templates!r}."
-            )
 
 
 class HierClassifier(ABC):

@@ -486,7 +486,7 @@ class ClipClassifier(HierClassifier):
             for k in range(q.n_levels):
                 if q.answers[k] is not None:
                     q.answer_index(k)  # raises QuestionError naming the value
-        ranks = _protocol_ranks(protocol)
+        ranks = _protocol_ranks(protocol, protocol.templates or self.templates)
         width = max(q.n_levels for q in questions)
         n_opt = max((len(c) for q in questions for c in q.choices), default=0)
         vocab: dict[tuple[str, str | None], int] = {}
@@ -632,16 +632,16 @@ def _check_clip_protocol(protocol: Protocol) -> None:
         )
 
 
-def _protocol_ranks(protocol: Protocol) -> tuple[str, ...] | None:
-    if not (protocol.templates and any("{rank}" in t for t in protocol.templates)):
+def _protocol_ranks(protocol: Protocol, templates: Sequence[str]) -> list[str] | None:
+    """The rank name of each taxonomy level when ``templates`` use ``{rank}``, else ``None``."""
+    if not any("{rank}" in t for t in templates):
         return None
-    from hierzoo.taxonomy import BUNDLED
-
-    ranks = BUNDLED.get(protocol.taxonomy or "", (None, None))[1]
+    ranks = protocol.ranks()
     if ranks is None:
         raise ValueError(
-            f"Rank-aware templates need a taxonomy with rank names; {protocol.taxonomy!r} has none "
-            "(set Protocol.taxonomy to cub200, inat21-animal or inat21-plant, or drop {rank})."
+            f"Rank-aware templates need a taxonomy with rank names; {protocol.taxonomy_name!r} "
+            "has none (set Protocol.taxonomy to cub200, inat21-animal, inat21-plant or a Taxonomy "
+            "with ranks, or drop {rank})."
         )
     return ranks
 

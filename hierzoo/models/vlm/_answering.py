@@ -1,45 +1,28 @@
-"""Answering the paper's questions: requests planned, scored in fused passes (from the prefix
-cache, or as full prompts), and collected into :class:`~hierzoo.models.outputs.Answers`."""
+"""Answering the paper's questions: the requests of :func:`hierzoo.prompts.plan_questions`,
+scored in fused passes (from the prefix cache, or as full prompts), and collected into
+:class:`~hierzoo.models.outputs.Answers`."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.models.base import Protocol
 from hierzoo.models.outputs import Answers
+from hierzoo.prompts import Protocol, QuestionPlan
 from hierzoo.tasks import Question
 
 
-@dataclass
-class _Ask:
-    """One forward-pass question: a level of a sample, in one rotation of its options."""
+class _Row(NamedTuple):
+    """One request as the model runs it: its user text, and the tokens of text + template tail."""
 
-    sample: int
-    level: int
-    rotation: int
-    order: list[int]
     text: str
-    ids: list[int] = dataclasses.field(default_factory=list)
-
-
-@dataclass
-class _Plan:
-    asks: list[_Ask]
-    by_sample: list[list[int]]
-    orders: list[list[list[int]]]
-    options: list[list[list[str]]]
-    answer_index: list[list[int]]
-    variant: int
-    n_letters: int
+    ids: list[int]
 
 
 class _AnsweringMixin:
@@ -99,7 +82,7 @@ class _AnsweringMixin:
 
     def _prepare(
         self, questions: Sequence[Question], protocol: Protocol | None, batch_size: int | None
-    ) -> tuple[Protocol, _Plan, torch.Tensor, list[str | None]]:
+    ) -> tuple[Protocol, QuestionPlan, torch.Tensor, list[str | None]]:
         protocol = protocol or Protocol()
         if protocol.templates is not None:
             raise ValueError(
@@ -108,97 +91,40 @@ class _AnsweringMixin:
             )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
-        plan = self._plan(questions, protocol)
-        logits = torch.full((len(plan.asks), max(plan.n_letters, 1)), float("nan"))
+        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        logits = torch.full((len(plan.requests), max(plan.n_letters, 1)), float("nan"))
         return protocol, plan, logits, [None] * len(questions)
-
-    def _plan(self, questions: Sequence[Question], protocol: Protocol) -> _Plan:
-        mode = protocol.mode
-        variant = protocol.prompt_variant
-        if variant is None:
-            variant = prompts.default_prompt_variant(protocol.taxonomy, self.family)
-        asked: list[list[int | None]] = []
-        answer_index: list[list[int]] = []
-        for q in questions:
-            leaf = q.n_levels - 1 if mode == "text" else None
-            counts: list[int | None] = []
-            right: list[int] = []
-            for k in range(q.n_levels):
-                if q.answers[k] is None or k == leaf:
-                    counts.append(None)
-                    right.append(-1)
-                    continue
-                right.append(q.answer_index(k))
-                counts.append(len(q.choices[k]))
-            asked.append(counts)
-            answer_index.append(right)
-        n_letters = max((c for counts in asked for c in counts if c is not None), default=0)
-        if n_letters:
-            prompts.letters(n_letters)
-        if protocol.shuffle_options:
-            pairs = [(q.answers, q.choices) for q in questions]
-            orders = prompts.shuffled_orders(prompts.asked_options(pairs, mode), protocol.seed)
-        else:
-            orders = [[list(range(c)) if c is not None else [] for c in counts] for counts in asked]
-        questions_text: dict[tuple[int, str | None], str] = {}
-        asks: list[_Ask] = []
-        by_sample: list[list[int]] = []
-        options: list[list[list[str]]] = []
-        for i, q in enumerate(questions):
-            label = q.label if mode == "text" else None
-            by_sample.append([])
-            options.append([[q.choices[k][j] for j in order] for k, order in enumerate(orders[i])])
-            for k, order in enumerate(orders[i]):
-                if not order:
-                    continue
-                key = (k, label)
-                if key not in questions_text:
-                    questions_text[key] = prompts.question_text(
-                        protocol.taxonomy,
-                        protocol.first_level + k,
-                        variant=variant,
-                        mode=mode,
-                        label=label,
-                    )
-                for r in range(len(order) if protocol.circular else 1):
-                    rotated = order[r:] + order[:r]
-                    text = prompts.user_text(
-                        questions_text[key], [q.choices[k][j] for j in rotated]
-                    )
-                    by_sample[i].append(len(asks))
-                    asks.append(_Ask(i, k, r, rotated, text))
-        return _Plan(asks, by_sample, orders, options, answer_index, variant, n_letters)
 
     def _score(
         self,
         questions: Sequence[Question],
-        plan: _Plan,
+        plan: QuestionPlan,
         mode: str,
         logits: torch.Tensor,
         errors: list[str | None],
         batch_size: int | None,
         progress: bool,
     ) -> Iterator[list[int]]:
-        """Fill ``logits`` (one row per ask) and ``errors``; yields the entries finished by each
-        fused pass (and by failed images)."""
+        """Fill ``logits`` (one row per request) and ``errors``; yields the entries finished by
+        each fused pass (and by failed images)."""
         from tqdm.auto import tqdm
 
-        if not plan.asks:
+        if not plan.requests:
             return
         head, tail = self.template(mode)
         letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
-        texts = [a.text + tail for a in plan.asks]
-        for ask, ids in zip(plan.asks, tok(texts, add_special_tokens=False)["input_ids"]):
-            ask.ids = ids
+        texts = [r.text for r in plan.requests]
+        ids = tok([t + tail for t in texts], add_special_tokens=False)["input_ids"]
+        rows = [_Row(t, i) for t, i in zip(texts, ids)]
         batch_size = batch_size or self.batch_size
         run = self._run_prefixed if self.prefix_cache else self._run_plain
         with (
             torch.inference_mode(),
-            tqdm(total=len(plan.asks), unit="q", disable=not progress, desc=self.name) as bar,
+            tqdm(total=len(rows), unit="q", disable=not progress, desc=self.name) as bar,
         ):
             wanted = [i for i, rows in enumerate(plan.by_sample) if rows]
-            longest = max(len(a.ids) for a in plan.asks)
+            longest = max(len(r.ids) for r in rows)
             per_image = max(len(rows) for rows in plan.by_sample)
             if mode == "text":
                 head_tokens = len(tok(head, add_special_tokens=False)["input_ids"])
@@ -207,7 +133,9 @@ class _AnsweringMixin:
                 )
                 for lo in range(0, len(wanted), step):
                     group = [(i, None) for i in wanted[lo : lo + step]]
-                    self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+                    self._run_group(
+                        run, mode, group, plan, rows, letter_ids, batch_size, logits, bar
+                    )
                     yield [i for i, _ in group]
                 return
             items = [questions[i].path or questions[i].image for i in wanted]
@@ -225,7 +153,7 @@ class _AnsweringMixin:
 
             for group in self._image_groups(items, batch_size, cost, failed):
                 group = [(wanted[j], img) for j, img in group]
-                self._run_group(run, mode, group, plan, letter_ids, batch_size, logits, bar)
+                self._run_group(run, mode, group, plan, rows, letter_ids, batch_size, logits, bar)
                 yield [i for i, _ in group] + failures
                 failures.clear()
             yield failures
@@ -235,16 +163,17 @@ class _AnsweringMixin:
         run: Callable[..., Iterator[tuple[list[int], torch.Tensor]]],
         mode: str,
         group: list[tuple[int, Image.Image | None]],
-        plan: _Plan,
+        plan: QuestionPlan,
+        rows: list[_Row],
         letter_ids: list[int],
         batch_size: int | None,
         logits: torch.Tensor,
         bar: Any,
     ) -> None:
         images = [img for _, img in group] if mode == "image" else None
-        rows = [[plan.asks[j] for j in plan.by_sample[i]] for i, _ in group]
+        groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
-        for local, out in run(mode, images, rows, letter_ids, batch_size):
+        for local, out in run(mode, images, groups, letter_ids, batch_size):
             logits[[flat[t] for t in local]] = out
             bar.update(len(local))
 
@@ -255,7 +184,7 @@ class _AnsweringMixin:
         self,
         mode: str,
         images: list[Image.Image] | None,
-        groups: list[list[_Ask]],
+        groups: list[list[_Row]],
         letter_ids: list[int],
         batch_size: int | None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -273,7 +202,7 @@ class _AnsweringMixin:
         self,
         mode: str,
         images: list[Image.Image] | None,
-        groups: list[list[_Ask]],
+        groups: list[list[_Row]],
         letter_ids: list[int],
         batch_size: int | None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -293,7 +222,7 @@ class _AnsweringMixin:
 
     def _collect(
         self,
-        plan: _Plan,
+        plan: QuestionPlan,
         logits: torch.Tensor,
         errors: list[str | None],
         protocol: Protocol,
@@ -311,26 +240,27 @@ class _AnsweringMixin:
         for row, i in enumerate(samples):
             if errors[i] is not None:
                 continue
+            right: dict[int, int] = {}
             for j in plan.by_sample[i]:
-                a = plan.asks[j]
-                k, m = a.level, len(a.order)
+                r = plan.requests[j]
+                k, m = r.level, len(r.order)
                 p = torch.softmax(logits[j, :m], dim=0).numpy()
                 c = int(p.argmax())
-                rotations[row, k, a.rotation] = plan.orders[i][k].index(a.order[c])
-                if a.rotation == 0:
+                rotations[row, k, r.rotation] = plan.orders[i][k].index(r.order[c])
+                if r.rotation == 0:
                     choice[row, k] = c
                     probs[row, k, :m] = p
                     letter_logits[row, k, :m] = logits[j, :m].numpy()
+                    right[k] = r.answer
             if correct is not None:
-                for k, order in enumerate(plan.orders[i]):
-                    if order:
-                        right = order.index(plan.answer_index[i][k])
-                        correct[row, k] = bool(np.all(rotations[row, k, : len(order)] == right))
+                for k, answer in right.items():
+                    m = len(plan.orders[i][k])
+                    correct[row, k] = bool(np.all(rotations[row, k, :m] == answer))
         extra: dict[str, Any] = {
             "model": self.name,
             "family": self.family,
-            "protocol": dataclasses.asdict(protocol),
-            "prompt_variant": plan.variant,
+            "protocol": protocol.to_dict(),
+            "prompt_variant": plan.prompt_variant,
             "seed": protocol.seed if protocol.shuffle_options else None,
             "letters": prompts.letters(width),
             "prefix_cache": self.prefix_cache,

@@ -81,14 +81,11 @@ class _NodeScoringMixin:
                 bar.update(len(group))
         return NodeScores(logits=logits, kind="softmax", taxonomy=taxonomy, errors=errors)
 
-    def _prompt_key(self, taxonomy: Taxonomy) -> tuple[str | None, int]:
-        """The prompts of a taxonomy: its own when the paper has them (and ranks for every
-        level), else the generic ones; and the paper's default variant for this family."""
-        key = taxonomy.name if taxonomy.name in prompts.taxonomies() else None
-        ranks = prompts.ranks(key) if key is not None else None
-        if ranks is not None and len(ranks) < taxonomy.depth:
-            key = None
-        return key, prompts.default_prompt_variant(key, self.family)
+    def _prompt_key(self, taxonomy: Taxonomy) -> tuple[Taxonomy, int]:
+        """What words a taxonomy's questions (:func:`hierzoo.prompts.question_text` takes the
+        taxonomy: the paper's prompts for a bundled one, else generic ones with its ranks), and
+        the paper's default variant for it and this family."""
+        return taxonomy, prompts.default_prompt_variant(taxonomy, self.family)
 
     def _node_plan(self, taxonomy: Taxonomy) -> _NodePlan:
         key, variant = self._prompt_key(taxonomy)
