@@ -4,6 +4,9 @@
   the options' ``"a photo of a {}."`` prompts, cosine, argmax.
 - Vision LLMs (its ``eval_*.py``): per question, the full chat prompt with the image through the
   processor, ``generate(max_new_tokens=10)``, the first option letter found in the text.
+
+The questions asked, their options and their order are the requests of
+:func:`hierzoo.prompts.plan_questions`, as for hierzoo's own answers.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from hierzoo.tasks import Question
 def clip_paper_loop(
     clf: Any, questions: Sequence[Question]
 ) -> tuple[float, list[list[str | None]]]:
-    """Seconds and the chosen option's name per question and level, with ``clf``'s own model."""
-    choices = []
+    """Seconds and the chosen option's name per question and level (``None`` for a level not
+    asked), with ``clf``'s own model (its ``transform``, ``encode_pixels`` and ``encode_texts``);
+    the levels asked are :func:`hierzoo.prompts.plan_questions`'s, in the file's order."""
+    from hierzoo import prompts
+
+    plan = prompts.plan_questions(questions, prompts.Protocol())
+    choices: list[list[str | None]] = [[None] * q.n_levels for q in questions]
     dev = clf.device
     start = time.perf_counter()
-    with torch.inference_mode(), clf._autocast():
-        for q in questions:
-            row = []
-            for opts in q.choices:
-                pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev, clf.dtype)
-                img = clf._encode_images(pixels).float()
-                txt = clf._encode_texts([f"a photo of a {o}." for o in opts]).float()
-                img = img / img.norm(dim=-1, keepdim=True)
-                txt = txt / txt.norm(dim=-1, keepdim=True)
-                row.append(opts[int((100.0 * img @ txt.T).softmax(dim=-1).argmax())])
-            choices.append(row)
+    for r in plan.requests:
+        q = questions[r.sample]
+        pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev, clf.dtype)
+        img = clf.encode_pixels(pixels).float()
+        txt = clf.encode_texts([f"a photo of a {o}." for o in r.options]).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        choices[r.sample][r.level] = r.options[int((100.0 * img @ txt.T).softmax(-1).argmax())]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return time.perf_counter() - start, choices

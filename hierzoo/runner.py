@@ -304,20 +304,15 @@ def merge_predictions(out: Path, n: int) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- running
 def _protocol(cfg: EvalConfig, clf: Any):
-    from hierzoo.models import Protocol
-    from hierzoo.models._registry import CLIP_FAMILIES
-
-    clip = clf.family in CLIP_FAMILIES
-    return Protocol(
-        taxonomy=cfg.taxonomy,
-        prompt_variant=None if clip else cfg.prompt_variant,
-        # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP
-        # runs keep them
-        shuffle_options=False if clip or cfg.mode == "text" else not cfg.keep_option_order,
-        seed=cfg.seed,
-        circular=cfg.circular,
+    """The paper's protocol for the model's family under the run's settings."""
+    return clf.default_protocol(
+        cfg.taxonomy,
         mode=cfg.mode,
-        templates=tuple(cfg.templates) if cfg.templates else None,
+        seed=cfg.seed,
+        prompt_variant=cfg.prompt_variant,
+        keep_option_order=cfg.keep_option_order,
+        circular=cfg.circular,
+        templates=cfg.templates,
     )
 
 
@@ -426,8 +421,11 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
         import torch
 
         device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
+    options = dict(cfg.model_kwargs)
+    if cfg.num_workers is not None:
+        options["num_workers"] = cfg.num_workers
     try:
-        clf = hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **cfg.model_kwargs)
+        return hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **options)
     except ImportError:
         raise
     except Exception as e:
@@ -436,11 +434,6 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
             "(`hierzoo models`), "
             "the directory, or that the hub is reachable (or the files are in the local cache)."
         ) from e
-    if cfg.num_workers is not None:
-        if not hasattr(clf, "num_workers"):
-            raise RunError(f"--num-workers is not an option of {type(clf).__name__}; leave it out.")
-        clf.num_workers = cfg.num_workers
-    return clf
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

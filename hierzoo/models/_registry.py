@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 PAPER = (
     "Tan, Qing, Gong. Vision LLMs Are Bad at Hierarchical Visual Understanding, and LLMs Are the "
@@ -247,6 +248,34 @@ def family_of_dir(path: Path) -> str | None:
             return None
         return MODEL_TYPES.get(model_type)
     return None
+
+
+def family_of_model(model: Any) -> str:
+    """The family of a model object held in memory: an open_clip ``CLIP`` / ``CustomTextCLIP``,
+    or a transformers model by its ``config.model_type``.
+
+    Raises:
+        TypeError: a model of another kind, naming the kinds hierzoo knows.
+    """
+    if (
+        type(model).__module__.split(".")[0] == "open_clip"
+        and hasattr(model, "encode_image")
+        and hasattr(model, "encode_text")
+    ):
+        return "openclip"
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None:
+        raise TypeError(
+            f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
+            "expected an open_clip CLIP / CustomTextCLIP, a transformers model whose "
+            f"config.model_type is one of {sorted(MODEL_TYPES)}, or a peft PeftModel around one."
+        )
+    if model_type not in MODEL_TYPES:
+        raise TypeError(
+            f"hierzoo.wrap does not know transformers model_type {model_type!r} "
+            f"({type(model).__name__}); expected one of {sorted(MODEL_TYPES)}."
+        )
+    return MODEL_TYPES[model_type]
 
 
 def resolve(name_or_path: str | Path) -> ModelSpec:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -23,9 +23,25 @@ __all__ = [
     "Features",
     "HierClassifier",
     "NodeScores",
+    "OptionError",
     "PathPrediction",
     "Protocol",
 ]
+
+
+class OptionError(ValueError):
+    """Options that a model family does not take.
+
+    Attributes:
+        options: the options refused.
+        owners: what the families that do take them call their models (``["vision LLM"]``);
+            empty when no family takes them.
+    """
+
+    def __init__(self, message: str, options: Sequence[str], owners: Sequence[str]):
+        super().__init__(message)
+        self.options = list(options)
+        self.owners = list(owners)
 
 
 class HierClassifier(ABC):
@@ -36,16 +52,166 @@ class HierClassifier(ABC):
     (or ``(N, C, H, W)``), one or many; a bad image is recorded in the result's ``errors``,
     never raised.
 
+    A family also says what orchestration needs, so that callers never ask which family they
+    hold: how it loads (:meth:`from_spec`, :meth:`from_model`), which options it takes
+    (:attr:`options`, checked by :meth:`check_options`), the paper's protocol for it
+    (:meth:`default_protocol`), whether it answers through a language model
+    (:attr:`generative`), and what a benchmark times (:meth:`timed_module`,
+    :meth:`benchmark_forward`). Settings are passed at construction.
+
     Attributes:
+        family: the family's name in the zoo (``"openclip"``, ``"qwen2.5-vl"`` ...).
+        label: what messages call a model of the family (``"vision LLM"``).
+        generative: whether it answers through a language model (letter logits of a prompt);
+            ``False``: it scores names by embedding similarity, every node of a level at once.
+        options: the keyword options its loaders and constructor take.
         name: the zoo name or the path the model was loaded from.
         spec: the zoo spec, when loaded from the zoo.
         device: where the model runs.
     """
 
-    family: str = ""
+    family: ClassVar[str] = ""
+    label: ClassVar[str] = "model"
+    generative: ClassVar[bool] = False
+    options: ClassVar[frozenset[str]] = frozenset()
     name: str = ""
     spec: ModelSpec | None = None
     device: torch.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: str | torch.dtype | None = None,
+        **options: Any,
+    ) -> HierClassifier:
+        """Load the checkpoint a zoo spec describes (what :func:`hierzoo.load` calls).
+
+        Args:
+            spec: the spec (``spec.location`` is what loads: a hub id or a local directory).
+            device: where the model runs.
+            dtype: the weights' dtype; default the family's.
+            **options: the family's options (:attr:`options`).
+
+        Raises:
+            OptionError: an option of another family, or of none.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not load checkpoints.")
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any = None,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **options: Any,
+    ) -> HierClassifier:
+        """The classifier around a model held in memory, its weights used, not copied (what
+        :func:`hierzoo.wrap` calls).
+
+        Args:
+            model: the family's model object.
+            processor: its tokenizer or processor (default: derived from the model where the
+                family can).
+            name: what results call the model (default: where it was loaded from, or its class).
+            device: move the model there first; default: where it is.
+            dtype: cast the weights first; default: their dtype.
+            **options: the family's options (:attr:`options`).
+
+        Raises:
+            OptionError: an option of another family, or of none.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not wrap models held in memory.")
+
+    @classmethod
+    def check_options(
+        cls, options: Iterable[str], name: str, *, pass_through: bool = False
+    ) -> None:
+        """Refuse options the family does not take, naming them and who takes them.
+
+        ``pass_through``: options that no family takes are allowed (they go on to the backend,
+        such as transformers' ``from_pretrained``); another family's are still refused.
+
+        Raises:
+            OptionError: ``"batched_vision_attention: options of vision LLMs, but 'bioclip2' is
+                an open_clip model; drop them."``
+        """
+        unknown = sorted(set(options) - cls.options)
+        if not unknown:
+            return
+        from hierzoo.models._factory import option_owners
+
+        owners = {o: option_owners(o) for o in unknown}
+        bad = [o for o in unknown if owners[o]] if pass_through else unknown
+        if not bad:
+            return
+        labels = list(dict.fromkeys(label for o in bad for label in owners[o]))
+        shown = ", ".join(bad)
+        if all(owners[o] for o in bad):
+            kinds = " and ".join(f"{label}s" for label in labels)
+            article = "an" if cls.label[:1].lower() in "aeiou" else "a"
+            message = (
+                f"{shown}: options of {kinds}, but {name!r} is {article} {cls.label}; drop them."
+            )
+        else:
+            message = (
+                f"{shown}: not options of {cls.label}s ({name!r}); the options are "
+                f"{', '.join(sorted(cls.options))}."
+            )
+        raise OptionError(message, bad, labels)
+
+    # ------------------------------------------------------------------ what callers ask
+    def default_protocol(
+        self,
+        taxonomy: str | Taxonomy | None = None,
+        *,
+        mode: str = "image",
+        seed: int = 42,
+        prompt_variant: int | None = None,
+        keep_option_order: bool = False,
+        circular: bool = False,
+        templates: Sequence[str] | None = None,
+        first_level: int = 0,
+    ) -> Protocol:
+        """The protocol the paper uses for this family under a run's settings.
+
+        Default (the paper's vision-LLM runs): the options of image runs shuffled by the seeded
+        generator unless ``keep_option_order``; text runs keep the file's order. CLIP-style
+        families keep the order and have no prompt variant.
+        """
+        return Protocol(
+            taxonomy=taxonomy,
+            prompt_variant=prompt_variant,
+            shuffle_options=mode == "image" and not keep_option_order,
+            seed=seed,
+            circular=circular,
+            mode=mode,
+            templates=tuple(templates) if templates else None,
+            first_level=first_level,
+        )
+
+    def timed_module(self) -> torch.nn.Module:
+        """The module whose forward passes a benchmark times as the model's work (a CLIP
+        model's image tower; a vision LLM's whole network). Default: ``self.model``."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} names no module to time.")
+        return model
+
+    def benchmark_forward(
+        self, images: Sequence[ImageInput], batch_size: int
+    ) -> Callable[[], Any] | None:
+        """A function that runs the model's forward alone on ``batch_size`` of ``images``,
+        preprocessed once beforehand and already on the device (what a benchmark repeats to
+        measure the encoder without the input pipeline); ``None`` when the family has no
+        forward separate from its inputs (default)."""
+        return None
 
     @abstractmethod
     def score_nodes(

@@ -57,6 +57,19 @@ class ClipClassifier(HierClassifier):
     grey level or two from PIL's here and there).
     """
 
+    label = "CLIP-style model"
+    options = frozenset(
+        {
+            "templates",
+            "cache_dir",
+            "model_key",
+            "batch_size",
+            "num_workers",
+            "decode_on_device",
+            "normalize_on_device",
+            "worker_decode",
+        }
+    )
     score_kind = "softmax"
     text_batch_size = 256
 
@@ -90,6 +103,7 @@ class ClipClassifier(HierClassifier):
         self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.decode_on_device = decode_on_device
         self.device_preprocess = (
             TensorPreprocess.from_transform(transform) if decode_on_device else None
         )
@@ -146,15 +160,7 @@ class ClipClassifier(HierClassifier):
         scale and bias; without a ``model_key`` the text cache stays in memory."""
         from hierzoo.models._factory import resolve_device
 
-        vlm_only = sorted(
-            {"batched_vision_attention", "token_budget", "prefix_cache", "attn_implementation"}
-            & kw.keys()
-        )
-        if vlm_only:
-            raise ValueError(
-                f"{', '.join(vlm_only)}: options of vision LLMs, but {name!r} is a CLIP-style "
-                "model; drop them."
-            )
+        cls.check_options(kw, name)
         first = next(model.parameters())
         device = first.device if device is None else device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -184,6 +190,55 @@ class ClipClassifier(HierClassifier):
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- what callers ask
+    def default_protocol(
+        self,
+        taxonomy: str | Taxonomy | None = None,
+        *,
+        mode: str = "image",
+        seed: int = 42,
+        prompt_variant: int | None = None,
+        keep_option_order: bool = False,
+        circular: bool = False,
+        templates: Sequence[str] | None = None,
+        first_level: int = 0,
+    ) -> Protocol:
+        """The paper's CLIP protocol: the file's option order (a CLIP score does not depend on
+        it) and no prompt variant (CLIP models use ``templates``); ``mode`` and ``circular``
+        are passed on, for :meth:`answer` to refuse."""
+        return Protocol(
+            taxonomy=taxonomy,
+            seed=seed,
+            circular=circular,
+            mode=mode,
+            templates=tuple(templates) if templates else None,
+            first_level=first_level,
+        )
+
+    def benchmark_forward(
+        self, images: Sequence[ImageInput], batch_size: int
+    ) -> Callable[[], Any] | None:
+        """The image encoder alone on ``batch_size`` images preprocessed by the model's own
+        transform, already on the device."""
+        batch = [
+            x if isinstance(x, torch.Tensor) else self.transform(_as_pil(x))
+            for x in list(images)[:batch_size]
+        ]
+        pixels = torch.stack(batch).to(self.device, self.dtype)
+        return lambda: self.encode_pixels(pixels)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` image features (not normalised) of a preprocessed ``(B, C, H, W)`` batch on
+        the device, under the classifier's autocast and inference mode."""
+        with torch.inference_mode(), self._autocast():
+            return self._encode_images(pixels)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """``(T, D)`` text features (not normalised) of strings, as they are (no template),
+        under the classifier's autocast and inference mode."""
+        with torch.inference_mode(), self._autocast():
+            return self._encode_texts(texts)
 
     # ----------------------------------------------------------------- shared machinery
     @property
@@ -644,6 +699,11 @@ def _protocol_ranks(protocol: Protocol, templates: Sequence[str]) -> list[str] |
             "with ranks, or drop {rank})."
         )
     return ranks
+
+
+def _as_pil(image: Any) -> Image.Image:
+    """A path or PIL image as an RGB PIL image."""
+    return (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
 
 
 def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]:

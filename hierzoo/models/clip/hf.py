@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from hierzoo.models._factory import resolve_dtype
+from hierzoo.models._hf import load_processor
 from hierzoo.models._registry import ModelSpec
 from hierzoo.models.clip._base import ClipClassifier, _class_token, _mean_tokens
 from hierzoo.models.clip._text_cache import _weights_key
@@ -35,6 +36,7 @@ class HFClipClassifier(ClipClassifier):
     """transformers CLIP and SigLIP / SigLIP 2 (fixed-resolution) models."""
 
     family = "hf-clip"
+    label = "transformers CLIP / SigLIP model"
 
     def __init__(self, model: Any, processor: Any, **kw: Any):
         self.model = model
@@ -74,9 +76,9 @@ class HFClipClassifier(ClipClassifier):
     def from_model(
         cls,
         model: Any,
-        processor: Any,
+        processor: Any = None,
         *,
-        name: str = "transformers model",
+        name: str | None = None,
         spec: ModelSpec | None = None,
         model_key: str | None = None,
         device: torch.device | str | None = None,
@@ -84,14 +86,16 @@ class HFClipClassifier(ClipClassifier):
         **kw: Any,
     ) -> HFClipClassifier:
         """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory
-        (``device`` defaults to where the model already is)."""
+        (``device`` defaults to where the model already is; ``processor`` to the one saved where
+        the model was loaded from)."""
+        name = name or getattr(model, "name_or_path", "") or type(model).__name__
         if model.config.model_type == "siglip2":
             raise ValueError(
                 f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo "
-                "does not score; "
-                "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: "
-                "siglip2-so400m)."
+                "does not score; use a fixed-resolution one such as "
+                "google/siglip2-so400m-patch14-384 (zoo: siglip2-so400m)."
             )
+        processor = load_processor(model, processor, cls.label)
         return cls._placed(
             model,
             processor,
@@ -103,6 +107,10 @@ class HFClipClassifier(ClipClassifier):
             dtype=dtype,
             **kw,
         )
+
+    def timed_module(self) -> torch.nn.Module:
+        """The image tower (``model.vision_model``)."""
+        return self.model.vision_model
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]

@@ -21,6 +21,8 @@ class OpenClipClassifier(ClipClassifier):
     """OpenCLIP models (BioCLIP, BioCLIP-2, LAION CLIP ...) through ``open_clip``."""
 
     family = "openclip"
+    label = "open_clip model"
+    options = ClipClassifier.options | {"preprocess"}
 
     def __init__(self, model: Any, tokenizer: Any, **kw: Any):
         self.model = model
@@ -60,10 +62,10 @@ class OpenClipClassifier(ClipClassifier):
     def from_model(
         cls,
         model: Any,
-        tokenizer: Any,
-        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Any = None,
+        preprocess: Callable[[Image.Image], torch.Tensor] | None = None,
         *,
-        name: str = "open_clip model",
+        name: str | None = None,
         spec: ModelSpec | None = None,
         model_key: str | None = None,
         device: torch.device | str | None = None,
@@ -73,20 +75,53 @@ class OpenClipClassifier(ClipClassifier):
         """Wrap an open_clip model held in memory (its weights are used, not copied; ``device``
         defaults to where the model already is).
 
-        ``model_key`` names the weights in the text-embedding cache; without it the cache stays
-        in memory, since hierzoo cannot tell two in-memory models apart.
+        Args:
+            model: an open_clip ``CLIP`` / ``CustomTextCLIP``.
+            tokenizer: its tokenizer, or a name for ``open_clip.get_tokenizer`` (default:
+                open_clip's ``SimpleTokenizer`` at the model's context length, for models with
+                open_clip's own text tower).
+            preprocess: the PIL -> tensor transform (default: open_clip's evaluation transform
+                for the model's own preprocessing config).
+            name: what results call the model (default ``"open_clip CLIP"``, its class).
+            model_key: names the weights in the text-embedding cache; without it the cache
+                stays in memory, since hierzoo cannot tell two in-memory models apart.
         """
+        import open_clip
+
+        if tokenizer is None:
+            tokenizer = _default_tokenizer(model)
+        elif isinstance(tokenizer, (str, Path)):
+            tokenizer = open_clip.get_tokenizer(str(tokenizer))
+        if not callable(tokenizer):
+            raise ValueError(
+                "Expected an open_clip tokenizer (callable on a list of texts) or a model name, "
+                f"but got {type(tokenizer).__name__}; pass open_clip.get_tokenizer(NAME)."
+            )
+        if preprocess is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            cfg = open_clip.get_model_preprocess_cfg(model)
+            if "size" not in cfg:
+                raise ValueError(
+                    f"Cannot derive the image preprocessing of this {type(model).__name__}: pass "
+                    "preprocess= (the third value of open_clip.create_model_and_transforms)."
+                )
+            preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
         return cls._placed(
             model,
             tokenizer,
             preprocess,
-            name=name,
+            name=name or f"open_clip {type(model).__name__}",
             spec=spec,
             model_key=model_key,
             device=device,
             dtype=dtype,
             **kw,
         )
+
+    def timed_module(self) -> torch.nn.Module:
+        """The image tower (``model.visual``)."""
+        return self.model.visual
 
     @property
     def score_kind(self) -> str:  # type: ignore[override]
@@ -132,3 +167,17 @@ class OpenClipClassifier(ClipClassifier):
             if hasattr(self.model, "text_projection")
             else super()._embed_dim()
         )
+
+
+def _default_tokenizer(model: Any) -> Any:
+    """open_clip's ``SimpleTokenizer`` for models with open_clip's own text tower (the 49408-token
+    CLIP vocabulary); other text towers need their tokenizer passed."""
+    import open_clip
+
+    if type(model).__name__ == "CLIP" and getattr(model, "vocab_size", None) == 49408:
+        return open_clip.SimpleTokenizer(context_length=int(model.context_length))
+    raise ValueError(
+        f"Cannot derive the tokenizer of this open_clip {type(model).__name__} (its text tower is "
+        "not open_clip's own CLIP transformer): pass it, hierzoo.wrap(model, "
+        "open_clip.get_tokenizer(NAME), preprocess=...), or the model name as the second argument."
+    )

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from hierzoo.images import ImageInput, PipelineStats
-from hierzoo.models.base import HierClassifier
+from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._answering import _AnsweringMixin
 from hierzoo.models.vlm._features import _FeaturesMixin
@@ -74,6 +74,7 @@ class VisionLLMClassifier(
             question from its KV cache (``False``: one full prompt per row).
         batched_vision_attention: whether the vision tower runs window-batched attention (see
             :meth:`batch_vision_attention`); ``False`` for families that have nothing to batch.
+        num_workers: image-decoding worker processes (``None``: one per core but one).
         process_on_device: run the image processor's resizing, normalising and patching on the
             model's device (transformers' torchvision-backed processors take a ``device``);
             ``None`` (default): on CUDA, where the processor supports it.
@@ -82,9 +83,22 @@ class VisionLLMClassifier(
             (``preprocess``: tokenising, and the image work unless it runs on the device).
     """
 
+    label = "vision LLM"
+    generative = True
+    options = frozenset(
+        {
+            "token_budget",
+            "batch_size",
+            "prefix_cache",
+            "batched_vision_attention",
+            "num_workers",
+            "process_on_device",
+            "device_map",
+            "attn_implementation",
+        }
+    )
     model_class: str = ""
     model_type: str = ""
-    process_on_device: bool | None = None
 
     def __init__(
         self,
@@ -97,6 +111,8 @@ class VisionLLMClassifier(
         batch_size: int | None = None,
         prefix_cache: bool = True,
         batched_vision_attention: bool = True,
+        num_workers: int | None = None,
+        process_on_device: bool | None = None,
     ):
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
@@ -111,6 +127,8 @@ class VisionLLMClassifier(
         self.token_budget = token_budget or _schedule.default_token_budget(model)
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
+        self.num_workers = num_workers
+        self.process_on_device = process_on_device
         self._templates: dict[str, tuple[str, str]] = {}
         forward = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
@@ -127,11 +145,13 @@ class VisionLLMClassifier(
         device: torch.device,
         dtype: str | torch.dtype | None = None,
         device_map: str | dict[str, Any] | None = None,
+        attn_implementation: str | None = None,
         token_budget: int | None = None,
         batch_size: int | None = None,
-        attn_implementation: str | None = None,
         prefix_cache: bool = True,
         batched_vision_attention: bool = True,
+        num_workers: int | None = None,
+        process_on_device: bool | None = None,
         **kwargs: Any,
     ) -> VisionLLMClassifier:
         """Load a checkpoint (hub id at ``spec.revision``, or a ``save_pretrained`` directory).
@@ -141,25 +161,18 @@ class VisionLLMClassifier(
             device: where the model runs (ignored with ``device_map``).
             dtype: weights' dtype; default bfloat16 on CUDA, float32 on CPU.
             device_map: transformers' ``device_map`` (``"auto"`` spreads a model over GPUs).
-            token_budget, batch_size, prefix_cache: see the class attributes.
             attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...
+            token_budget, batch_size, prefix_cache, process_on_device: see the class attributes.
             batched_vision_attention: Qwen-VL families under ``sdpa`` / ``eager``: run the vision
                 tower's attention as one call per window length instead of one per window
                 (:meth:`batch_vision_attention`); ``False`` keeps transformers' own loop.
-            **kwargs: passed to the model's ``from_pretrained``.
+            num_workers: image-decoding worker processes (default: one per core but one).
+            **kwargs: passed to the model's ``from_pretrained``; another family's options are
+                refused (:meth:`check_options`).
         """
         from hierzoo.models._factory import resolve_dtype
 
-        clip_only = sorted(
-            {"decode_on_device", "normalize_on_device", "worker_decode", "cache_dir", "templates"}
-            & kwargs.keys()
-        )
-        if clip_only:
-            raise ValueError(
-                f"{', '.join(clip_only)}: options of CLIP-style models, but {spec.name!r} is a "
-                "vision LLM; "
-                "drop them (its images go through the model's own processor)."
-            )
+        cls.check_options(kwargs, spec.name, pass_through=True)
         transformers = _import_transformers()
         dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
@@ -190,7 +203,78 @@ class VisionLLMClassifier(
             batch_size=batch_size,
             prefix_cache=prefix_cache,
             batched_vision_attention=batched_vision_attention,
+            num_workers=num_workers,
+            process_on_device=process_on_device,
         )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any = None,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        spec: ModelSpec | None = None,
+        **options: Any,
+    ) -> VisionLLMClassifier:
+        """Wrap the family's ``...ForConditionalGeneration`` held in memory (its weights used,
+        not copied; moved to ``device`` and cast to ``dtype`` in place when given; a model spread
+        over devices with ``device_map`` stays where it is).
+
+        Args:
+            model: the transformers model.
+            processor: its processor, or a directory or hub id to load it from (default: where
+                ``from_pretrained`` loaded the model from).
+            name: what results call the model (default: where it was loaded from).
+            **options: ``token_budget``, ``batch_size``, ``prefix_cache``,
+                ``batched_vision_attention`` (on by default for Qwen-VL: it patches the attention
+                modules of ``model``'s vision tower in place, with the same outputs),
+                ``num_workers``, ``process_on_device``.
+
+        Raises:
+            TypeError: a model that is not the family's class with a language-model head.
+            ValueError: no processor to be had.
+            OptionError: an option of another family, or one that only loading takes.
+        """
+        from hierzoo.models._factory import resolve_device, resolve_dtype
+        from hierzoo.models._hf import load_processor
+
+        name = name or getattr(model, "name_or_path", "") or cls.model_class
+        loading = sorted({"device_map", "attn_implementation"} & options.keys())
+        if loading:
+            raise OptionError(
+                f"{', '.join(loading)}: options of loading a checkpoint (hierzoo.load); a model "
+                "held in memory runs as it was loaded.",
+                loading,
+                [],
+            )
+        cls.check_options(options, name)
+        transformers = _import_transformers()
+        expected = getattr(transformers, cls.model_class)
+        if not isinstance(model, expected):
+            raise TypeError(
+                f"A {cls.family} model scores answers through its language-model head: expected "
+                f"a {cls.model_class} (AutoModelForImageTextToText), but got "
+                f"{type(model).__name__}."
+            )
+        processor = load_processor(model, processor, f"{cls.family} model")
+        target = resolve_dtype(dtype, model.dtype)
+        spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
+        if device is not None and spread:
+            raise ValueError(
+                "This model is spread over devices with device_map; wrap it without `device` (it "
+                "runs where it is)."
+            )
+        moved: dict[str, Any] = {}
+        if device is not None and model.device != resolve_device(device):
+            moved["device"] = resolve_device(device)
+        if target != model.dtype:
+            moved["dtype"] = target
+        if moved:
+            model.to(**moved)
+        return cls(model.eval(), processor, name=name, spec=spec, **options)
 
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
@@ -273,6 +357,7 @@ class VisionLLMClassifier(
             cost,
             failed,
             self.pipeline_stats,
+            self.num_workers,
         )
 
     def _prefix_tokens(self, image: Image.Image) -> int:
