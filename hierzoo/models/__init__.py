@@ -9,7 +9,7 @@ from hierzoo.models._registry import (
     list_models,
     resolve,
 )
-from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.base import HierClassifier, OptionError, Protocol
 from hierzoo.models.outputs import (
     STRATEGIES,
     Answers,
@@ -27,6 +27,7 @@ __all__ = [
     "HierClassifier",
     "ModelSpec",
     "NodeScores",
+    "OptionError",
     "PathPrediction",
     "Protocol",
     "UnknownModelError",

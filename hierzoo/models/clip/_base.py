@@ -29,11 +29,11 @@ from hierzoo.images import (
     tensor_decode_split,
 )
 from hierzoo.models._factory import resolve_dtype
-from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
-from hierzoo.models._sites import SiteError, check_kinds, parse_sites
+from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
 from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.clip._features import _ClipFeaturesMixin, _progress
 from hierzoo.models.clip._text_cache import TextEmbeddingCache
-from hierzoo.models.outputs import Answers, Features, NodeScores
+from hierzoo.models.outputs import Answers, NodeScores
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["ClipClassifier"]
 
 
-class ClipClassifier(HierClassifier):
+class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
     """Shared machinery of the CLIP family; subclasses load the model and encode.
 
     Hooks: :meth:`_encode_images` (a preprocessed batch -> ``(B, D)``), :meth:`_encode_texts`
@@ -289,7 +289,17 @@ class ClipClassifier(HierClassifier):
                     self.texts_encoded += len(texts)
                 mean = torch.stack(per_template).mean(0)
                 chunks.append(torch.nn.functional.normalize(mean, dim=-1))
-            self.text_cache.add(templates, missing, torch.cat(chunks))
+            emb = torch.cat(chunks)
+            bad = ~torch.isfinite(emb).all(dim=1)
+            if bad.any():
+                shown = [missing[i] for i in bad.nonzero()[:3, 0].tolist()]
+                raise ValueError(
+                    f"The text embeddings of {int(bad.sum())} of {len(missing)} names by "
+                    f"{self.name!r} are not finite (NaN or infinity; the first: {shown}): the "
+                    "model's text tower gives no usable numbers. Check its weights and dtype "
+                    "(float16 overflows in some text towers: try dtype='float32')."
+                )
+            self.text_cache.add(templates, missing, emb)
         return torch.stack([table[k] for k in keys]).to(self.device)
 
     def _stream_pixels(
@@ -371,105 +381,6 @@ class ClipClassifier(HierClassifier):
                 self.image_encoder_seconds += time.perf_counter() - start
                 self.images_encoded += len(indices)
             yield indices, emb, failed
-
-    # ----------------------------------------------------------------- features
-    def _vision_blocks(
-        self,
-    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
-        """The image transformer's blocks (batch-first ``(B, T, D)`` hidden states) and how a
-        block's hidden states pool to ``(B, D)``: the class token where the tower pools one,
-        else the mean over its patch tokens."""
-        raise SiteError(
-            f"{type(self).__name__} does not expose its image transformer's blocks; use 'image'."
-        )
-
-    def features(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        where: str | Sequence[str],
-        *,
-        taxonomy: Taxonomy | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> Features:
-        """Image features at ``image`` (the unit-norm embedding that scoring uses),
-        ``image:raw`` (the same before normalisation) and ``layer:K`` (the hidden states after
-        block ``K`` of the image transformer, ``0`` its input, negative from the end; pooled as
-        the tower pools: its class token where it pools one, else the mean over the tokens).
-
-        All sites come from one pass of the image tower per batch (forward hooks on the blocks),
-        with the same loader, dtype and autocast as scoring. ``taxonomy`` is not used. See
-        :meth:`HierClassifier.features`.
-        """
-        sites = parse_sites(where)
-        check_kinds(sites, ("image", "image:raw", "layer"), self.family)
-        items, _ = as_list(images)
-        layers: dict[str, int] = {}
-        hooks: list[Any] = []
-        captured: dict[int, torch.Tensor] = {}
-        pool: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if any(s.kind == "layer" for s in sites):
-            blocks, pool = self._vision_blocks()
-            for s in sites:
-                if s.kind == "layer":
-                    layers[s.name] = s.resolve_layer(len(blocks), "the image transformer")
-        for k in sorted(set(layers.values())):
-            if k == 0:
-                hooks.append(
-                    blocks[0].register_forward_pre_hook(_keep_input(captured, 0), with_kwargs=True)
-                )
-            else:
-                hooks.append(blocks[k - 1].register_forward_hook(_keep_output(captured, k)))
-        out: dict[str, torch.Tensor] = {}
-        errors: list[str | None] = [None] * len(items)
-        bar = _progress(len(items), "images", progress)
-        try:
-            for indices, pixels, failed in self._stream_pixels(items, batch_size):
-                for i, err in failed.items():
-                    errors[i] = err
-                if pixels is not None:
-                    captured.clear()
-                    with torch.inference_mode(), self._autocast():
-                        raw = self._encode_images(pixels).float()
-                    for s in sites:
-                        if s.kind == "image":
-                            value = torch.nn.functional.normalize(raw, dim=-1)
-                        elif s.kind == "image:raw":
-                            value = raw
-                        else:
-                            value = pool(captured[layers[s.name]].float())
-                        if s.name not in out:
-                            out[s.name] = torch.full((len(items), value.shape[1]), float("nan"))
-                        out[s.name][indices] = value.cpu()
-                    self.images_encoded += len(indices)
-                bar.update(len(indices) + len(failed))
-        finally:
-            for h in hooks:
-                h.remove()
-            bar.close()
-        empty = torch.full((len(items), 0), float("nan"))
-        return Features({s.name: out.get(s.name, empty) for s in sites}, errors)
-
-    def text_features(
-        self,
-        names: Sequence[str],
-        where: str | Sequence[str] = "text",
-        *,
-        taxonomy: Taxonomy | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> Features:
-        """``text``: each name's zero-shot text embedding, as scoring uses it (the templates
-        filled, embedded, averaged and renormalised; cached). With ``taxonomy``, rank-aware
-        templates get the rank of each name's level."""
-        sites = parse_sites(where)
-        check_kinds(sites, ("text",), self.family)
-        names = list(names)
-        ranks = None
-        if taxonomy is not None and taxonomy.ranks and any("{rank}" in t for t in self.templates):
-            ranks = [taxonomy.rank(int(taxonomy.level[taxonomy.node(n)])) for n in names]
-        emb = self.text_embeddings(names, None, ranks).float().cpu()
-        return Features({"text": emb}, [None] * len(names))
 
     def encode_images(
         self,
@@ -701,6 +612,16 @@ def _protocol_ranks(protocol: Protocol, templates: Sequence[str]) -> list[str] |
     return ranks
 
 
+def _text_cache_key(spec: ModelSpec, cache_dir: str | Path | bool | None) -> str | None:
+    """The text-embedding cache's model key of a spec: its content fingerprint
+    (:func:`~hierzoo.models._registry.model_fingerprint`); ``None`` (memory only) without a disk
+    cache, so nothing is hashed for nothing."""
+    if cache_dir is False:
+        return None
+    digests = cache_dir if isinstance(cache_dir, (str, Path)) else None
+    return model_fingerprint(spec, digests)
+
+
 def _as_pil(image: Any) -> Image.Image:
     """A path or PIL image as an RGB PIL image."""
     return (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
@@ -719,39 +640,3 @@ def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]
             items.append(src)
         slot.append(seen[key])
     return items, slot
-
-
-def _keep_input(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
-    """A forward pre-hook that keeps a block's input hidden states under ``key``."""
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        store[key] = args[0] if args else kwargs["hidden_states"]
-
-    return hook
-
-
-def _keep_output(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
-    """A forward hook that keeps a block's output hidden states under ``key``."""
-
-    def hook(module: Any, args: tuple, output: Any) -> None:
-        store[key] = output[0] if isinstance(output, tuple) else output
-
-    return hook
-
-
-def _class_token(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 0]
-
-
-def _mean_after_class_token(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 1:].mean(1)
-
-
-def _mean_tokens(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden.mean(1)
-
-
-def _progress(total: int, unit: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +11,8 @@ from PIL import Image
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._hf import load_processor
 from hierzoo.models._registry import ModelSpec
-from hierzoo.models.clip._base import ClipClassifier, _class_token, _mean_tokens
-from hierzoo.models.clip._text_cache import _weights_key
+from hierzoo.models.clip._base import ClipClassifier, _text_cache_key
+from hierzoo.models.clip._features import _class_token, _mean_tokens
 
 __all__ = ["HFClipClassifier"]
 
@@ -60,13 +59,12 @@ class HFClipClassifier(ClipClassifier):
         dtype = resolve_dtype(dtype, torch.float32)
         model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype)
         processor = AutoProcessor.from_pretrained(where, revision=revision)
-        key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
         return cls.from_model(
             model,
             processor,
             name=spec.name,
             spec=spec if not spec.source else None,
-            model_key=key,
+            model_key=_text_cache_key(spec, kw.get("cache_dir")),
             device=device,
             dtype=dtype,
             **kw,

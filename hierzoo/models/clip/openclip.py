@@ -11,8 +11,8 @@ from PIL import Image
 
 from hierzoo.models._registry import ModelSpec
 from hierzoo.models._sites import SiteError
-from hierzoo.models.clip._base import ClipClassifier, _class_token, _mean_after_class_token
-from hierzoo.models.clip._text_cache import _weights_key
+from hierzoo.models.clip._base import ClipClassifier, _text_cache_key
+from hierzoo.models.clip._features import _class_token, _mean_after_class_token
 
 __all__ = ["OpenClipClassifier"]
 
@@ -40,10 +40,7 @@ class OpenClipClassifier(ClipClassifier):
     ) -> OpenClipClassifier:
         import open_clip
 
-        if spec.source:
-            ident, key = f"local-dir:{spec.source}", _weights_key(Path(spec.source))
-        else:
-            ident, key = f"hf-hub:{spec.hub_id}", f"{spec.hub_id}@{spec.revision}"
+        ident = f"local-dir:{spec.source}" if spec.source else f"hf-hub:{spec.hub_id}"
         model, _, preprocess = open_clip.create_model_and_transforms(ident)
         tokenizer = open_clip.get_tokenizer(ident)
         return cls.from_model(
@@ -52,7 +49,7 @@ class OpenClipClassifier(ClipClassifier):
             preprocess,
             name=spec.name,
             spec=spec if not spec.source else None,
-            model_key=key,
+            model_key=_text_cache_key(spec, kw.get("cache_dir")),
             device=device,
             dtype=dtype,
             **kw,
