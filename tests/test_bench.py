@@ -177,7 +177,7 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     assert merged["records"]["clip-nvjpeg"]["decode_on_device"] is True
     assert merged["records"]["vlm"]["profile"]["top"] and (tmp_path / "profile-vlm.txt").exists()
     va = merged["vision_attention"]
-    assert va["max_abs_diff"] == 0 or va["max_abs_diff"] < 1e-5
+    assert va["max_abs_diff"] < 1e-5
 
 
 def test_profile_writes_the_op_table_and_top_ops(tmp_path):
