@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import string
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -165,33 +164,12 @@ def device(value: str) -> str:
     return value
 
 
-def check_template(template: str) -> str:
-    """A CLIP prompt template: ``{}`` once for the name, and optionally ``{rank}`` once.
-
-    Raises:
-        ValueError: any other placeholder, a second ``{}``, or an unmatched brace.
-    """
-    form = "'{}' once for the name, and optionally '{rank}' (e.g. 'a photo of the {rank} {}.')"
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise ValueError(f"template {template!r} is not valid ({e}); expected {form}") from None
-    unknown = sorted(set(fields) - {"", "rank"})
-    if unknown:
-        found = ", ".join("{" + f + "}" for f in unknown)
-        raise ValueError(f"template {template!r} has the placeholder {found}; expected {form}")
-    if fields.count("") != 1 or fields.count("rank") > 1:
-        raise ValueError(
-            f"template {template!r} has {fields.count('')} '{{}}' and {fields.count('rank')} "
-            f"'{{rank}}'; expected {form}"
-        )
-    return template
-
-
 @_kind("prompt template")
 def template(value: str) -> str:
     """:func:`check_template` at parse time."""
     try:
+        from hierzoo.prompts import check_template
+
         return check_template(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None

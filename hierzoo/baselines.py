@@ -4,6 +4,9 @@
   the options' ``"a photo of a {}."`` prompts, cosine, argmax.
 - Vision LLMs (its ``eval_*.py``): per question, the full chat prompt with the image through the
   processor, ``generate(max_new_tokens=10)``, the first option letter found in the text.
+
+The questions asked, their options and their order are the requests of
+:func:`hierzoo.prompts.plan_questions`, as for hierzoo's own answers.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from hierzoo.tasks import Question
 def clip_paper_loop(
     clf: Any, questions: Sequence[Question]
 ) -> tuple[float, list[list[str | None]]]:
-    """Seconds and the chosen option's name per question and level, with ``clf``'s own model."""
-    choices = []
+    """Seconds and the chosen option's name per question and level (``None`` for a level not
+    asked), with ``clf``'s own model (its ``transform``, ``encode_pixels`` and ``encode_texts``);
+    the levels asked are :func:`hierzoo.prompts.plan_questions`'s, in the file's order."""
+    from hierzoo import prompts
+
+    plan = prompts.plan_questions(questions, prompts.Protocol())
+    choices: list[list[str | None]] = [[None] * q.n_levels for q in questions]
     dev = clf.device
     start = time.perf_counter()
-    with torch.inference_mode(), clf._autocast():
-        for q in questions:
-            row = []
-            for opts in q.choices:
-                pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev, clf.dtype)
-                img = clf._encode_images(pixels).float()
-                txt = clf._encode_texts([f"a photo of a {o}." for o in opts]).float()
-                img = img / img.norm(dim=-1, keepdim=True)
-                txt = txt / txt.norm(dim=-1, keepdim=True)
-                row.append(opts[int((100.0 * img @ txt.T).softmax(dim=-1).argmax())])
-            choices.append(row)
+    for r in plan.requests:
+        q = questions[r.sample]
+        pixels = clf.transform(Image.open(q.path).convert("RGB"))[None].to(dev, clf.dtype)
+        img = clf.encode_pixels(pixels).float()
+        txt = clf.encode_texts([f"a photo of a {o}." for o in r.options]).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        choices[r.sample][r.level] = r.options[int((100.0 * img @ txt.T).softmax(-1).argmax())]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return time.perf_counter() - start, choices
@@ -56,32 +61,30 @@ def vlm_paper_loop(
     seed: int = 42,
     max_new_tokens: int = 10,
 ) -> tuple[float, list[list[str | None]]]:
-    """Seconds and the chosen option's name (``None``: no letter in the reply) per question and
-    level, options shuffled as the paper's scripts shuffle them."""
+    """Seconds and the chosen option's name (``None``: no letter in the reply, or a level not
+    asked) per question and level: the requests of :func:`hierzoo.prompts.plan_questions` (the
+    options shuffled as the paper's scripts shuffle them), asked one at a time."""
     from hierzoo import prompts
 
     processor, net = clf.processor, clf.model
-    orders = prompts.shuffled_orders([[len(c) for c in q.choices] for q in questions], seed)
-    choices = []
+    protocol = prompts.Protocol(taxonomy=taxonomy, shuffle_options=True, seed=seed)
+    plan = prompts.plan_questions(questions, protocol, family=clf.family)
+    choices: list[list[str | None]] = [[None] * q.n_levels for q in questions]
     start = time.perf_counter()
     with torch.inference_mode():
-        for q, order_q in zip(questions, orders):
+        for i, q in enumerate(questions):
             image = Image.open(q.path).convert("RGB")
-            row = []
-            for k, order in enumerate(order_q):
-                options = [q.choices[k][j] for j in order]
-                letters = prompts.letters(len(options))
-                user = prompts.user_text(prompts.question_text(taxonomy, k), options)
+            for r in (plan.requests[j] for j in plan.by_sample[i]):
                 text = processor.apply_chat_template(
-                    prompts.messages(user), tokenize=False, add_generation_prompt=True
+                    r.messages(), tokenize=False, add_generation_prompt=True
                 )
                 inputs = processor(
                     text=[text], images=[image], padding=True, return_tensors="pt"
                 ).to(net.device)
                 if max_new_tokens == 0:
-                    letter_ids = clf.letter_token_ids(len(options))
+                    letter_ids = clf.letter_token_ids(len(r.options))
                     logits = net(**inputs).logits[0, -1, letter_ids]
-                    row.append(options[int(logits.argmax())])
+                    choices[i][r.level] = r.options[int(logits.argmax())]
                     continue
                 out = net.generate(
                     **inputs,
@@ -92,9 +95,8 @@ def vlm_paper_loop(
                 reply = processor.batch_decode(
                     out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
                 )[0]
-                letter = next((c for c in letters if c in reply), None)
-                row.append(options[letters.index(letter)] if letter else None)
-            choices.append(row)
+                letter = next((c for c in r.letters if c in reply), None)
+                choices[i][r.level] = r.options[r.letters.index(letter)] if letter else None
     if net.device.type == "cuda":
         torch.cuda.synchronize(net.device)
     return time.perf_counter() - start, choices

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hierzoo.models._registry import CLIP_FAMILIES
-from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.base import HierClassifier, OptionError, Protocol
 from hierzoo.tasks import Question, build_questions, read_questions
 
 # dense bf16 tensor-core peaks (FLOP/s) of common accelerators, by a substring of the device name
@@ -181,13 +180,6 @@ class _ForwardTimer:
             h.remove()
 
 
-def _forward_module(clf: HierClassifier) -> torch.nn.Module:
-    if clf.family in CLIP_FAMILIES:
-        model = clf.model
-        return model.visual if hasattr(model, "visual") else model.vision_model
-    return clf.model
-
-
 def _peak_memory(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
@@ -217,10 +209,11 @@ def _device_peak(device: torch.device) -> float | None:
     return next((v for k, v in DEVICE_PEAK_BF16.items() if k in name), None)
 
 
-def _protocol(clf: HierClassifier) -> Protocol:
-    if clf.family in CLIP_FAMILIES:
-        return Protocol()
-    return Protocol(taxonomy="cub200", shuffle_options=True)
+def _protocol(clf: HierClassifier, questions: list[Question]) -> Protocol:
+    """The paper's protocol for the model on the bench's questions (CUB-200's up to 4 levels,
+    iNat21-Animal's beyond)."""
+    deep = max((q.n_levels for q in questions), default=0) > 4
+    return clf.default_protocol("inat21-animal" if deep else "cub200")
 
 
 def measure(
@@ -228,7 +221,7 @@ def measure(
 ) -> dict[str, Any]:
     """One end-to-end timing of ``iter_answers`` over ``questions`` at one batch size, after a
     warm-up on ``warm`` (other images; it also fills the text-embedding cache)."""
-    protocol = _protocol(clf)
+    protocol = _protocol(clf, questions)
     device = clf.device
     clf.answer(warm, protocol=protocol, batch_size=batch_size)
     if device.type == "cuda":
@@ -237,7 +230,7 @@ def measure(
     stats = getattr(clf, "pipeline_stats", None)
     if stats is not None:
         stats.reset()
-    timer = _ForwardTimer(_forward_module(clf), device)
+    timer = _ForwardTimer(clf.timed_module(), device)
     latencies: list[float] = []
     per_question = [sum(a is not None for a in q.answers) for q in questions]
     n_q = sum(per_question)
@@ -307,58 +300,61 @@ def _pipeline(stats: Any, wall: float) -> dict[str, float]:
 def forward_only(
     clf: HierClassifier, paths: list[str], batch_size: int, repeats: int = 5
 ) -> float | None:
-    """CLIP image encoder alone on preprocessed tensors already on the device: images/s."""
-    if clf.family not in CLIP_FAMILIES:
+    """The model's forward alone (:meth:`~HierClassifier.benchmark_forward`: a CLIP model's
+    image encoder on preprocessed tensors already on the device) in images/s; ``None`` for a
+    family without one."""
+    forward = clf.benchmark_forward(paths, batch_size)
+    if forward is None:
         return None
-    from PIL import Image
+    n = min(batch_size, len(paths))
+    forward()
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize(clf.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward()
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize(clf.device)
+    return repeats * n / (time.perf_counter() - start)
 
-    pixels = torch.stack(
-        [clf.transform(Image.open(p).convert("RGB")) for p in paths[:batch_size]]
-    ).to(clf.device)
-    if clf.dtype != torch.float32:
-        pixels = pixels.to(clf.dtype)
-    with torch.inference_mode(), clf._autocast():
-        clf._encode_images(pixels)
-        if clf.device.type == "cuda":
-            torch.cuda.synchronize(clf.device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            clf._encode_images(pixels)
-        if clf.device.type == "cuda":
-            torch.cuda.synchronize(clf.device)
-    return repeats * len(pixels) / (time.perf_counter() - start)
+
+FLAGS = {
+    "num_workers": "--num-workers",
+    "decode_on_device": "--decode-on-device",
+    "worker_decode": "--worker-decode",
+    "batched_vision_attention": "--no-batched-vision-attention",
+}
+"""The model options the bench sets, and the flags that set them."""
 
 
 def load_for_bench(cfg: BenchConfig) -> HierClassifier:
+    """The model, with the bench's settings passed at construction."""
     from hierzoo.models._factory import resolve_device
 
     device = resolve_device(cfg.device)
-    if cfg.random_weights:
-        from hierzoo.models.random_weights import build_random
+    options: dict[str, Any] = {}
+    if cfg.num_workers is not None:
+        options["num_workers"] = cfg.num_workers
+    if cfg.decode_on_device:
+        options["decode_on_device"] = True
+    if cfg.worker_decode != "pil":
+        options["worker_decode"] = cfg.worker_decode
+    if not cfg.batched_vision_attention:
+        options["batched_vision_attention"] = False
+    try:
+        if cfg.random_weights:
+            from hierzoo.models.random_weights import build_random
 
-        clf = build_random(cfg.model, device=device, size=cfg.size)
-    else:
+            return build_random(cfg.model, device=device, size=cfg.size, **options)
         import hierzoo
 
-        kw: dict[str, Any] = {}
-        clf = hierzoo.load(cfg.model, device=device, **kw)
-    if cfg.num_workers is not None and hasattr(clf, "num_workers"):
-        clf.num_workers = cfg.num_workers
-    if not cfg.batched_vision_attention:
-        if clf.family in CLIP_FAMILIES:
-            raise ValueError("--no-batched-vision-attention is for vision LLMs.")
-        clf.batched_vision_attention = clf.batch_vision_attention(False)
-    if cfg.worker_decode != "pil":
-        if clf.family not in CLIP_FAMILIES:
-            raise ValueError(f"--worker-decode {cfg.worker_decode} is for CLIP-style models.")
-        clf.worker_decode = cfg.worker_decode  # the classifier checks its preprocessing
-    if cfg.decode_on_device:
-        from hierzoo.images import TensorPreprocess
-
-        if clf.family not in CLIP_FAMILIES:
-            raise ValueError("--decode-on-device is for CLIP-style models.")
-        clf.device_preprocess = TensorPreprocess.from_transform(clf.transform)
-    return clf
+        return hierzoo.load(cfg.model, device=device, **options)
+    except OptionError as e:
+        flags = ", ".join(FLAGS[o] for o in e.options if o in FLAGS)
+        if not flags or not e.owners:
+            raise
+        owners = " and ".join(f"{label}s" for label in e.owners)
+        raise ValueError(f"{flags} is for {owners}; leave it out for {cfg.model}.") from e
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -387,7 +383,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "levels": cfg.levels,
         "image_folder": cfg.images,
         "image_size": None if cfg.images else list(cfg.image_size),
-        "decode_on_device": bool(getattr(clf, "device_preprocess", None)),
+        "decode_on_device": bool(getattr(clf, "decode_on_device", False)),
         "worker_decode": getattr(clf, "worker_decode", None),
         "batched_vision_attention": getattr(clf, "batched_vision_attention", None),
         "sweep": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
@@ -395,7 +391,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
     enc_bs = best["batch_size"] or getattr(clf, "batch_size", 32) or 32
     record["forward_only_images_per_second"] = forward_only(clf, paths, int(enc_bs))
-    flops = _flops_per_image(clf, questions, _protocol(clf))
+    flops = _flops_per_image(clf, questions, _protocol(clf, questions))
     peak = _device_peak(clf.device)
     record["flops_per_image"] = flops
     if flops:
@@ -428,7 +424,7 @@ def profile_batch(
 
     cuda = clf.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    protocol = _protocol(clf)
+    protocol = _protocol(clf, questions)
     with _profiler_log_filtered(not cuda):
         with profile(activities=activities) as prof:
             clf.answer(questions, protocol=protocol, batch_size=batch_size)
@@ -508,7 +504,7 @@ def _baseline(clf: HierClassifier, sub: list[Question], best: dict[str, Any]) ->
     from hierzoo.baselines import clip_paper_loop, vlm_forward_loop, vlm_paper_loop
 
     ours = best["_chosen"][: len(sub)]
-    if clf.family in CLIP_FAMILIES:
+    if not clf.generative:
         clip_paper_loop(clf, sub[:1])
         seconds, names = clip_paper_loop(clf, sub)
         out = {"method": "paper per-question loop", "agreement": _agreement(names, ours)}

@@ -179,7 +179,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     how.add_argument(
         "--strategy",
-        choices=opt.LazyChoices("hierzoo.models.base", "STRATEGIES"),
+        choices=opt.LazyChoices("hierzoo.models.outputs", "STRATEGIES"),
         default="joint",
         help="predict_path strategy for --task path",
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hierzoo._io import atomic_write, format_diff, settings_diff, write_json
 from hierzoo.models._sites import parse_sites
 
 if TYPE_CHECKING:
@@ -107,29 +107,21 @@ def _shard_done(path: Path, ids: Sequence[str], identity: dict[str, str]) -> boo
 def _write_shard(path: Path, data: torch.Tensor, meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"features": data.float().contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    data = data.float().contiguous()
+    atomic_write(path, lambda tmp: save_file({"features": data}, str(tmp), metadata=meta))
 
 
 def _check_manifest(store: Path, manifest: dict[str, Any]) -> None:
     path = store / MANIFEST
     if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+        diff = settings_diff(json.loads(path.read_text()), manifest)
         if diff:
-            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise FeatureStoreError(
-                f"{store} holds features of another run ({shown}); extract into a new directory, "
-                "or "
-                "delete this one to start over."
+                f"{store} holds features of another run ({format_diff(diff)}); extract into a "
+                "new directory, or delete this one to start over."
             )
         return
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    write_json(path, manifest)
 
 
 def extract_features(

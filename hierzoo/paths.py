@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hierzoo.metrics.functional import consistent_paths
-from hierzoo.models.base import STRATEGIES, NodeScores, PathPrediction
+from hierzoo.models.outputs import STRATEGIES, NodeScores, PathPrediction
 from hierzoo.taxonomy import Taxonomy
 
 

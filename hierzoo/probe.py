@@ -12,7 +12,6 @@ held-out images, and ``probe.json``, ``probe_levels.png`` and a printed table.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from hierzoo._io import atomic_write, settings_diff, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -260,8 +261,6 @@ def _samples(cfg: ProbeConfig, taxonomy: Taxonomy) -> tuple[list[str], list[str]
 
 
 def _zero_shot_method(cfg: ProbeConfig, clf: HierClassifier) -> str | None:
-    from hierzoo.models._registry import CLIP_FAMILIES
-
     if cfg.zero_shot not in ZERO_SHOT:
         raise ProbeError(
             f"Expected --zero-shot to be one of {ZERO_SHOT}, but got {cfg.zero_shot!r}."
@@ -269,7 +268,8 @@ def _zero_shot_method(cfg: ProbeConfig, clf: HierClassifier) -> str | None:
     if cfg.zero_shot == "none":
         return None
     if cfg.zero_shot == "auto":
-        return "path" if clf.family in CLIP_FAMILIES else "questions"
+        # a generative model answers questions; predict_path would score every node per image
+        return "questions" if clf.generative else "path"
     return cfg.zero_shot
 
 
@@ -292,8 +292,6 @@ def zero_shot_correct(
     ``paths`` (random distractors, ``seed``; so an image gets the same options whatever is
     asked), answered by :meth:`~HierClassifier.answer` for the images at ``positions``.
     """
-    from hierzoo.models import Protocol
-    from hierzoo.models._registry import CLIP_FAMILIES
     from hierzoo.tasks import build_questions
 
     truth = taxonomy.paths[[taxonomy.leaf_index(lab) for lab in labels]]
@@ -314,9 +312,8 @@ def zero_shot_correct(
         raise ProbeError(f"Expected a zero-shot method 'path' or 'questions', but got {method!r}.")
     questions = build_questions(taxonomy, zip(paths, labels), distractors="random", seed=seed)
     asked = [questions[i] for i in sel]
-    # the options stay in build_questions' seeded order; vision LLMs get the taxonomy's prompts
-    key = taxonomy.name if taxonomy.name in _prompt_taxonomies() else None
-    protocol = Protocol() if clf.family in CLIP_FAMILIES else Protocol(taxonomy=key)
+    # the options stay in build_questions' seeded order; the questions word the taxonomy's levels
+    protocol = clf.default_protocol(taxonomy, keep_option_order=True)
     answers = clf.answer(asked, protocol=protocol, batch_size=batch_size)
     for row, q in enumerate(asked):
         if answers.errors[row] is not None:
@@ -326,12 +323,6 @@ def zero_shot_correct(
                 got is not None and q.answers[k] is not None and got.lower() == q.answers[k].lower()
             )
     return correct, list(answers.errors)
-
-
-def _prompt_taxonomies() -> list[str]:
-    from hierzoo import prompts
-
-    return prompts.taxonomies()
 
 
 def _load_model(cfg: ProbeConfig) -> HierClassifier:
@@ -358,14 +349,12 @@ def _cached_zero_shot(
     by_id: dict[str, dict[str, Any]] = {}
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("settings") == identity:
+        if not settings_diff(old.get("settings") or {}, identity):
             by_id = old["by_id"]
     missing = [i for i in ids if i not in by_id]
     if missing:
         by_id.update(compute(missing))
-        tmp = path.with_name(f"zero_shot.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"settings": identity, "by_id": by_id}))
-        os.replace(tmp, path)
+        write_json(path, {"settings": identity, "by_id": by_id}, indent=None)
     return {i: by_id[i] for i in ids}
 
 
@@ -579,11 +568,9 @@ def _run_text_probe(cfg: ProbeConfig, taxonomy: Taxonomy, started: float) -> dic
         names, extract, taxonomy=taxonomy, batch_size=cfg.batch_size, progress=cfg.progress
     )
     store = out / "text_features.safetensors"
-    save_file(
-        {site: feats[site].float().contiguous() for site in extract},
-        str(store),
-        metadata={"model": cfg.model, "taxonomy": taxonomy.name, "names": json.dumps(names)},
-    )
+    tensors = {site: feats[site].float().contiguous() for site in extract}
+    meta = {"model": cfg.model, "taxonomy": taxonomy.name, "names": json.dumps(names)}
+    atomic_write(store, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     train, test = split_indices(len(names), cfg.test_size, cfg.seed)
     device = torch.device(cfg.device) if cfg.device else clf.device
     results = _fit_lines(
@@ -671,10 +658,7 @@ def _write_result(
         "wall_seconds": round(time.time() - started, 3),
         "command": " ".join(sys.argv),
     }
-    out = Path(cfg.out)
-    tmp = out / "probe.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "probe.json")
+    write_json(Path(cfg.out) / "probe.json", result)
     return result
 
 

@@ -1,7 +1,11 @@
-"""The paper's question protocol for vision LLMs, as functions over the bundled ``prompts.json``.
+"""The paper's question protocol, as functions over the bundled ``prompts.json``, and the one
+planner that turns a question set and a :class:`Protocol` into the exact requests a model is
+asked (:func:`plan_questions`).
 
-Pure Python (no torch, no transformers), so anything that writes or reads the paper's prompts
-(the vision-LLM classifiers, an SFT exporter) builds exactly the same strings.
+Pure Python (no torch, no transformers). Everything that asks or writes the paper's questions
+consumes the planner: the vision-LLM classifiers, the SFT exporter (:mod:`hierzoo.sft`), the
+evaluation's seeded option order and the paper's per-question loops (:mod:`hierzoo.baselines`),
+so what a model is asked and what a fine-tuning set teaches are the same by construction.
 
 A user turn is the image (in image mode), then the text::
 
@@ -13,6 +17,10 @@ A user turn is the image (in image mode), then the text::
 
 where ``{question}`` is the level's prompt of the chosen variant with ``{rank}`` (the rank name
 of the level, for taxonomies that have ranks) and, in text mode, ``{label}`` (the leaf) filled in.
+
+Wording: a bundled taxonomy's name (or a :class:`~hierzoo.taxonomy.Taxonomy` of that name) takes
+the paper's prompts for it; another ``Taxonomy`` with rank names takes :data:`GENERIC_RANKED`
+with its ranks; ``None`` (or a taxonomy without ranks) takes :data:`GENERIC`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ import json
 import random
 import string
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hierzoo.tasks import Question
+    from hierzoo.taxonomy import Taxonomy
 
 MODES = ("image", "text")
 N_VARIANTS = 5
@@ -49,6 +62,24 @@ GENERIC = {
 """Prompts for a taxonomy the paper did not use (``taxonomy=None``): the paper's ImageNet-style
 wording without a noun or rank."""
 
+GENERIC_RANKED = {
+    "noun": "subject",
+    "ranks": None,
+    "image_prompts": [
+        "Based on taxonomy, what is the {rank} of the subject of this image?",
+        "Based on the image, what is the classification at the {rank} level?",
+        *GENERIC["image_prompts"][2:],
+    ],
+    "text_prompts": [
+        "Based on taxonomy, where does {label} fall in terms of {rank}?",
+        "Given the {label}, what is its classification at the {rank} level?",
+        *GENERIC["text_prompts"][2:],
+    ],
+}
+"""Prompts for a user's :class:`~hierzoo.taxonomy.Taxonomy` with rank names: variants 0 and 1
+name the level's rank (as the paper's ranked taxonomies do), 2-4 are :data:`GENERIC`'s; the
+ranks are the taxonomy's."""
+
 _DEFAULT_VARIANT = {("inat21-animal", "qwen2.5-vl"): 1, ("inat21-animal", "internvl"): 1}
 
 
@@ -72,16 +103,35 @@ def paper_taxonomies() -> list[str]:
     return [name for name, entry in table.items() if entry.get("source") != "hierzoo"]
 
 
-def _entry(taxonomy: str | None) -> dict[str, Any]:
+def _entry(taxonomy: str | Taxonomy | None) -> dict[str, Any]:
+    """The wording of a taxonomy (see the module docstring)."""
     if taxonomy is None:
         return GENERIC
     table = paper_prompts()["taxonomies"]
-    if taxonomy not in table:
-        raise ValueError(
-            f"Expected `taxonomy` to be one of {list(table)} (prompts in prompts.json) or None "
-            f"(generic prompts), but got {taxonomy!r}."
-        )
-    return table[taxonomy]
+    if isinstance(taxonomy, str):
+        if taxonomy not in table:
+            raise ValueError(
+                f"Expected `taxonomy` to be one of {list(table)} (prompts in prompts.json), a "
+                f"Taxonomy, or None (generic prompts), but got {taxonomy!r}."
+            )
+        return table[taxonomy]
+    key = _paper_key(taxonomy)
+    if key is not None:
+        return table[key]
+    ranks = getattr(taxonomy, "ranks", None)
+    return {**GENERIC_RANKED, "ranks": list(ranks)} if ranks else GENERIC
+
+
+def _paper_key(taxonomy: str | Taxonomy | None) -> str | None:
+    """The name of the paper's prompts a taxonomy uses: a bundled name, or a ``Taxonomy`` of
+    that name whose levels the paper's ranks cover; else ``None``."""
+    if taxonomy is None or isinstance(taxonomy, str):
+        return taxonomy
+    name = getattr(taxonomy, "name", None)
+    entry = paper_prompts()["taxonomies"].get(name)
+    if entry is None or (entry["ranks"] is not None and len(entry["ranks"]) < taxonomy.depth):
+        return None
+    return name
 
 
 def _check_mode(mode: str) -> None:
@@ -117,21 +167,21 @@ def letters(n: int) -> str:
     return (base + string.ascii_uppercase[len(base) :])[:n]
 
 
-def ranks(taxonomy: str | None) -> list[str] | None:
+def ranks(taxonomy: str | Taxonomy | None) -> list[str] | None:
     """The rank name of each level (``["order", "family", ...]``), or ``None``."""
     r = _entry(taxonomy)["ranks"]
     return list(r) if r is not None else None
 
 
-def default_prompt_variant(taxonomy: str | None, family: str | None = None) -> int:
+def default_prompt_variant(taxonomy: str | Taxonomy | None, family: str | None = None) -> int:
     """The variant the paper's run scripts use: 0, except 1 for iNat21-Animal with Qwen2.5-VL
     and InternVL (``family`` is a model family name such as ``"qwen2.5-vl"``)."""
     _entry(taxonomy)
-    return _DEFAULT_VARIANT.get((taxonomy, family), 0)
+    return _DEFAULT_VARIANT.get((_paper_key(taxonomy), family), 0)
 
 
 def question_text(
-    taxonomy: str | None,
+    taxonomy: str | Taxonomy | None,
     level: int,
     *,
     variant: int = 0,
@@ -152,8 +202,9 @@ def question_text(
     if "{rank}" in template:
         names = entry["ranks"] or []
         if not 0 <= level < len(names):
+            name = taxonomy if isinstance(taxonomy, str) else getattr(taxonomy, "name", None)
             raise ValueError(
-                f"Expected `level` in 0..{len(names) - 1} for the ranks {names} of {taxonomy!r}, "
+                f"Expected `level` in 0..{len(names) - 1} for the ranks {names} of {name!r}, "
                 f"but got {level!r}; the question set has more levels than the taxonomy."
             )
         fields["rank"] = names[level]
@@ -225,3 +276,267 @@ def asked_options(
             [None if a is None or k == leaf else len(choices[k]) for k, a in enumerate(answers)]
         )
     return out
+
+
+# --------------------------------------------------------------------------- the protocol
+def check_template(template: str) -> str:
+    """A CLIP prompt template: ``{}`` once for the name, and optionally ``{rank}`` once.
+
+    Raises:
+        ValueError: any other placeholder, a second ``{}``, or an unmatched brace.
+    """
+    form = "'{}' once for the name, and optionally '{rank}' (e.g. 'a photo of the {rank} {}.')"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"template {template!r} is not valid ({e}); expected {form}") from None
+    unknown = sorted(set(fields) - {"", "rank"})
+    if unknown:
+        found = ", ".join("{" + f + "}" for f in unknown)
+        raise ValueError(f"template {template!r} has the placeholder {found}; expected {form}")
+    if fields.count("") != 1 or fields.count("rank") > 1:
+        raise ValueError(
+            f"template {template!r} has {fields.count('')} '{{}}' and {fields.count('rank')} "
+            f"'{{rank}}'; expected {form}"
+        )
+    return template
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How questions are asked. Fields a family does not use must keep their defaults.
+
+    Attributes:
+        taxonomy: the taxonomy the questions come from: a bundled name (the paper's prompts: its
+            noun and rank names), a :class:`~hierzoo.taxonomy.Taxonomy` (the paper's prompts
+            when it is a bundled one; else generic prompts naming its ranks, and its ranks in
+            rank-aware CLIP templates), or ``None`` (generic prompts).
+        prompt_variant: which of the paper's five prompt variants (0-4); ``None``: the paper's
+            default for the taxonomy and model.
+        shuffle_options: ask the options in an order shuffled by a generator seeded with ``seed``
+            (the paper's vision-LLM scripts); ``False`` keeps the file's order (its CLIP runs).
+        seed: the seed of that generator.
+        circular: ask each question once per rotation of its options; right only if every
+            rotation is (vision LLMs).
+        mode: ``"image"``, or ``"text"``: no image, the question names the leaf, the leaf level is
+            not asked (vision LLMs).
+        templates: CLIP prompt templates with ``{}`` for the name (and optionally ``{rank}``);
+            ``None`` uses the model's default (the paper's ``"a photo of a {}."``).
+        first_level: the taxonomy level of the questions' first level (0: the top level), so
+            that ``{rank}`` names the right rank for question sets that start lower.
+    """
+
+    taxonomy: str | Taxonomy | None = None
+    prompt_variant: int | None = None
+    shuffle_options: bool = False
+    seed: int = 42
+    circular: bool = False
+    mode: str = "image"
+    templates: tuple[str, ...] | None = None
+    first_level: int = 0
+
+    def __post_init__(self) -> None:
+        if self.first_level < 0:
+            raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
+        if self.mode not in MODES:
+            raise ValueError(f"Expected `mode` to be one of {MODES}, but got {self.mode!r}.")
+        if self.prompt_variant is not None and not (
+            isinstance(self.prompt_variant, int) and 0 <= self.prompt_variant < N_VARIANTS
+        ):
+            raise ValueError(
+                f"Expected `prompt_variant` in 0..{N_VARIANTS - 1}, but got "
+                f"{self.prompt_variant!r}."
+            )
+        if self.templates is not None and (
+            isinstance(self.templates, str) or not all("{}" in t for t in self.templates)
+        ):
+            raise ValueError(
+                f"Expected `templates` to be a tuple of strings with '{{}}', but got "
+                f"{self.templates!r}."
+            )
+        for template in self.templates or ():
+            check_template(template)
+        if not (self.taxonomy is None or isinstance(self.taxonomy, str)) and not hasattr(
+            self.taxonomy, "depth"
+        ):
+            raise ValueError(
+                "Expected `taxonomy` to be a bundled taxonomy's name, a Taxonomy or None, but "
+                f"got {type(self.taxonomy).__name__}."
+            )
+
+    @property
+    def taxonomy_name(self) -> str | None:
+        """The taxonomy's name (``None`` without one)."""
+        if self.taxonomy is None or isinstance(self.taxonomy, str):
+            return self.taxonomy
+        return self.taxonomy.name
+
+    def ranks(self) -> list[str] | None:
+        """The rank name of each taxonomy level (for ``{rank}``): the bundled taxonomy's, or the
+        ``Taxonomy``'s own; ``None`` when the taxonomy has none.
+
+        Raises:
+            ValueError: an unknown taxonomy name.
+        """
+        if self.taxonomy is None:
+            return None
+        if isinstance(self.taxonomy, str):
+            return ranks(self.taxonomy)
+        got = self.taxonomy.ranks
+        return list(got) if got else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values (a ``Taxonomy`` written as its name)."""
+        return {**asdict(replace(self, taxonomy=None)), "taxonomy": self.taxonomy_name}
+
+
+# --------------------------------------------------------------------------- the planner
+@dataclass(frozen=True)
+class Request:
+    """One question put to a model: one level of one question-set entry, its options in one
+    order. Plain data: a local model renders it with its chat template, a remote client sends
+    ``system``, ``image`` and ``text`` as they are.
+
+    Attributes:
+        sample: the entry's position in the question set.
+        level: the level asked (0: the entry's first level).
+        rotation: which rotation of the options (0 unless the protocol is circular).
+        order: the original option indices (positions in ``choices_level``), in asked order.
+        options: the options' names in asked order.
+        letters: their letters, ``"ABCD"`` for four.
+        answer: the position of the right option in ``options``.
+        question: the level's question (variant, rank and label filled in).
+        text: the user turn's text: the question, one line per option, the instruction.
+        system: the system message.
+        mode: ``"image"`` or ``"text"``.
+        image: the image to show with it (the resolved path, else the recorded one); ``None``
+            in text mode.
+    """
+
+    sample: int
+    level: int
+    rotation: int
+    order: tuple[int, ...]
+    options: tuple[str, ...]
+    letters: str
+    answer: int
+    question: str
+    text: str
+    system: str
+    mode: str
+    image: str | None
+
+    @property
+    def answer_letter(self) -> str:
+        """The right option's letter: what a fine-tuning set teaches."""
+        return self.letters[self.answer]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The chat messages in the transformers layout (see :func:`messages`)."""
+        return messages(self.text, mode=self.mode, system=self.system)
+
+
+@dataclass(frozen=True)
+class QuestionPlan:
+    """Every request of a question set under one protocol, and how they map back to it.
+
+    Attributes:
+        protocol: the protocol planned.
+        prompt_variant: the question wording used (the protocol's, else the paper's default).
+        requests: the requests, by entry, then level, then rotation.
+        by_sample: per entry, the positions of its requests in ``requests``.
+        orders: per entry and level, the original option indices in asked order (the first
+            rotation's; ``[]`` for a level not asked).
+        options: per entry and level, the options in that order (``[]`` where not asked).
+        n_letters: the most options of any request (0 when nothing is asked).
+    """
+
+    protocol: Protocol
+    prompt_variant: int
+    requests: list[Request]
+    by_sample: list[list[int]]
+    orders: list[list[list[int]]]
+    options: list[list[list[str]]]
+    n_letters: int
+
+
+def plan_questions(
+    questions: Sequence[Question],
+    protocol: Protocol | None = None,
+    *,
+    family: str | None = None,
+) -> QuestionPlan:
+    """The exact requests of a question set under a protocol.
+
+    A level is asked when its answer is given (and, in text mode, when it is not the entry's
+    leaf, which the question names). With ``protocol.shuffle_options`` the options of the asked
+    levels are shuffled by :func:`shuffled_orders` over the whole set (so a subset planned on
+    its own gets other orders: plan the whole set, then take the requests you need); in
+    circular mode each level is asked once per rotation of its options. ``family`` (a model
+    family such as ``"qwen2.5-vl"``) picks the paper's default prompt variant when the protocol
+    names none.
+
+    Raises:
+        QuestionError: a level whose answer is not among its options.
+        ValueError: an unknown taxonomy, a level beyond its ranks, more than 26 options.
+    """
+    protocol = protocol or Protocol()
+    mode = protocol.mode
+    _entry(protocol.taxonomy)
+    variant = protocol.prompt_variant
+    if variant is None:
+        variant = default_prompt_variant(protocol.taxonomy, family)
+    asked = asked_options([(q.answers, q.choices) for q in questions], mode)
+    right = [
+        [q.answer_index(k) if n is not None else -1 for k, n in enumerate(counts)]
+        for q, counts in zip(questions, asked)
+    ]
+    n_letters = max((n for counts in asked for n in counts if n is not None), default=0)
+    if n_letters:
+        letters(n_letters)
+    if protocol.shuffle_options:
+        orders = shuffled_orders(asked, protocol.seed)
+    else:
+        orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
+    system = system_message(mode)
+    texts: dict[tuple[int, str | None], str] = {}
+    requests: list[Request] = []
+    by_sample: list[list[int]] = []
+    options: list[list[list[str]]] = []
+    for i, q in enumerate(questions):
+        label = q.label if mode == "text" else None
+        image = None if mode == "text" else (str(q.path) if q.path is not None else q.image)
+        by_sample.append([])
+        options.append([[q.choices[k][j] for j in order] for k, order in enumerate(orders[i])])
+        for k, order in enumerate(orders[i]):
+            if not order:
+                continue
+            if (k, label) not in texts:
+                texts[k, label] = question_text(
+                    protocol.taxonomy,
+                    protocol.first_level + k,
+                    variant=variant,
+                    mode=mode,
+                    label=label,
+                )
+            for r in range(len(order) if protocol.circular else 1):
+                rotated = order[r:] + order[:r]
+                names = tuple(q.choices[k][j] for j in rotated)
+                by_sample[i].append(len(requests))
+                requests.append(
+                    Request(
+                        sample=i,
+                        level=k,
+                        rotation=r,
+                        order=tuple(rotated),
+                        options=names,
+                        letters=letters(len(names)),
+                        answer=rotated.index(right[i][k]),
+                        question=texts[k, label],
+                        text=user_text(texts[k, label], names),
+                        system=system,
+                        mode=mode,
+                        image=image,
+                    )
+                )
+    return QuestionPlan(protocol, variant, requests, by_sample, orders, options, n_letters)

@@ -326,37 +326,28 @@ def _model_content(spec: Any) -> str | None:
 
 # --------------------------------------------------------------------------- running
 def _protocol(cfg: EvalConfig, clf: Any):
-    from hierzoo.models import Protocol
-    from hierzoo.models._registry import CLIP_FAMILIES
-
-    clip = clf.family in CLIP_FAMILIES
-    return Protocol(
-        taxonomy=cfg.taxonomy_name,
-        prompt_variant=cfg.prompt_variant,
-        # the paper shuffles the options of its vision-LLM image runs; its text runs and its CLIP
-        # runs keep them
-        shuffle_options=False if clip or cfg.mode == "text" else not cfg.keep_option_order,
-        seed=cfg.seed,
-        circular=cfg.circular,
+    """The paper's protocol for the model's family under the run's settings."""
+    return clf.default_protocol(
+        cfg.taxonomy_name,
         mode=cfg.mode,
-        templates=tuple(cfg.templates) if cfg.templates else None,
+        seed=cfg.seed,
+        prompt_variant=cfg.prompt_variant,
+        keep_option_order=cfg.keep_option_order,
+        circular=cfg.circular,
+        templates=cfg.templates,
     )
 
 
 def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Question]:
-    """Copies of the questions with their options in the paper's seeded order."""
-    from hierzoo import prompts
+    """Copies of the questions with their options in the paper's seeded order (the order
+    :func:`hierzoo.prompts.plan_questions` asks them in)."""
+    from hierzoo.prompts import Protocol, plan_questions
 
-    orders = prompts.shuffled_orders(
-        prompts.asked_options([(q.answers, q.choices) for q in questions], mode), seed
-    )
-    out = []
-    for q, order_q in zip(questions, orders):
-        choices = [
-            [c[j] for j in order] if order else list(c) for c, order in zip(q.choices, order_q)
-        ]
-        out.append(replace(q, choices=choices))
-    return out
+    plan = plan_questions(questions, Protocol(shuffle_options=True, seed=seed, mode=mode))
+    return [
+        replace(q, choices=[opts or list(c) for opts, c in zip(plan.options[i], q.choices)])
+        for i, q in enumerate(questions)
+    ]
 
 
 def _given_leaf(row: dict[str, Any], q: Question) -> dict[str, Any]:
@@ -454,8 +445,11 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
         import torch
 
         device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
+    options = dict(cfg.model_kwargs)
+    if cfg.num_workers is not None:
+        options["num_workers"] = cfg.num_workers
     try:
-        clf = hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **cfg.model_kwargs)
+        return hierzoo.load(cfg.model, device=device, dtype=cfg.dtype, **options)
     except ImportError:
         raise
     except (UnknownModelError, ModelUnavailableError) as e:
@@ -467,11 +461,6 @@ def load_model(cfg: EvalConfig, d: Dist) -> Any:
             f"Model {cfg.model!r} could not load ({type(e).__name__}: {e}). Check the name "
             "(`hierzoo models`) or the directory's files."
         ) from e
-    if cfg.num_workers is not None:
-        if not hasattr(clf, "num_workers"):
-            raise RunError(f"--num-workers is not an option of {type(clf).__name__}; leave it out.")
-        clf.num_workers = cfg.num_workers
-    return clf
 
 
 def _dtype_asked(cfg: EvalConfig) -> str | None:

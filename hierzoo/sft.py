@@ -2,10 +2,11 @@
 
 One training conversation per asked level of each question-set entry: the paper's system
 message, the user turn (the image, then the level's question, the lettered options and the
-closing instruction) and the assistant turn, the right option's letter. The strings come from
-:mod:`hierzoo.prompts`, so they equal what ``hierzoo eval`` asks, and the options are shuffled
-by the paper's seeded generator, run through the whole set as the evaluation runs it (the same
-seed gives the same orders as an evaluation of the same file).
+closing instruction) and the assistant turn, the right option's letter. The conversations are
+the requests of :func:`hierzoo.prompts.plan_questions`, the planner ``hierzoo eval`` asks from,
+so they equal what a model is asked: the same strings, and the options shuffled by the paper's
+seeded generator run through the whole set (the same seed gives the same orders as an
+evaluation of the same file).
 
 Formats (``FORMATS``); every record also has an ``id``, ``"{entry}-level{k}"``:
 
@@ -28,13 +29,13 @@ asked, as in the paper's text runs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hierzoo import prompts
+from hierzoo._io import atomic_write
 from hierzoo.tasks import Question, QuestionError
 
 __all__ = ["FORMATS", "MISSING_IMAGES", "SFTExport", "export_sft", "sft_records", "write_sft"]
@@ -69,11 +70,9 @@ class SFTExport:
     seed: int | None
 
 
-def _check(format: str, mode: str, missing_images: str) -> None:
+def _check(format: str, missing_images: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"Expected `format` to be one of {FORMATS}, but got {format!r}.")
-    if mode not in prompts.MODES:
-        raise ValueError(f"Expected `mode` to be one of {prompts.MODES}, but got {mode!r}.")
     if missing_images not in MISSING_IMAGES:
         raise ValueError(
             f"Expected `missing_images` to be one of {MISSING_IMAGES}, but got {missing_images!r}."
@@ -140,55 +139,62 @@ def sft_records(
         FileNotFoundError: an unresolved image with ``missing_images="error"``.
         ValueError: a bad format, mode, variant or taxonomy.
     """
-    _check(format, mode, missing_images)
-    if first_level < 0:
-        raise ValueError(f"Expected `first_level` >= 0, but got {first_level!r}.")
-    prompts.ranks(taxonomy)  # raises for a taxonomy without the paper's prompts
-    variant = (
-        prompts.default_prompt_variant(taxonomy, family)
-        if prompt_variant is None
-        else prompt_variant
+    records, _ = _records(
+        questions,
+        format=format,
+        mode=mode,
+        taxonomy=taxonomy,
+        prompt_variant=prompt_variant,
+        family=family,
+        shuffle_options=shuffle_options,
+        seed=seed,
+        first_level=first_level,
+        missing_images=missing_images,
     )
-    if not isinstance(variant, int) or not 0 <= variant < prompts.N_VARIANTS:
-        raise ValueError(
-            f"Expected `prompt_variant` in 0..{prompts.N_VARIANTS - 1}, but got {variant!r}."
-        )
+    return records
+
+
+def _records(
+    questions: Sequence[Question],
+    *,
+    format: str,
+    mode: str,
+    taxonomy: str | None,
+    prompt_variant: int | None,
+    family: str | None,
+    shuffle_options: bool,
+    seed: int,
+    first_level: int,
+    missing_images: str,
+) -> tuple[list[dict[str, Any]], prompts.QuestionPlan]:
+    """The records of :func:`sft_records`, and the plan they come from."""
+    _check(format, missing_images)
+    protocol = prompts.Protocol(
+        taxonomy=taxonomy,
+        prompt_variant=prompt_variant,
+        shuffle_options=shuffle_options,
+        seed=seed,
+        mode=mode,
+        first_level=first_level,
+    )
     if mode == "image" and missing_images == "error":
         _check_images(questions)
-    system = prompts.system_message(mode)
-    asked = prompts.asked_options([(q.answers, q.choices) for q in questions], mode)
-    if shuffle_options:
-        orders = prompts.shuffled_orders(asked, seed)
-    else:
-        orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
-    texts: dict[tuple[int, str | None], str] = {}
+    plan = prompts.plan_questions(questions, protocol, family=family)
     out: list[dict[str, Any]] = []
-    for i, q in enumerate(questions):
-        image = _image(q, missing_images) if mode == "image" else None
+    for r in plan.requests:
+        image = _image(questions[r.sample], missing_images) if mode == "image" else None
         if mode == "image" and image is None:
             continue
-        label = q.label if mode == "text" else None
-        for k, order in enumerate(orders[i]):
-            if not order:
-                continue
-            right = q.answer_index(k)
-            key = (k, label)
-            if key not in texts:
-                texts[key] = prompts.question_text(
-                    taxonomy, first_level + k, variant=variant, mode=mode, label=label
-                )
-            options = [q.choices[k][j] for j in order]
-            user = prompts.user_text(texts[key], options)
-            letter = prompts.letters(len(options))[order.index(right)]
-            out.append(_record(format, f"{i}-level{k + 1}", system, user, letter, image, mode))
-    return out
+        ident = f"{r.sample}-level{r.level + 1}"
+        out.append(_record(format, ident, r, image))
+    return out, plan
 
 
-def _record(
-    format: str, ident: str, system: str, user: str, letter: str, image: str | None, mode: str
-) -> dict[str, Any]:
+def _record(format: str, ident: str, r: prompts.Request, image: str | None) -> dict[str, Any]:
+    """One request as a conversation in ``format``, answered by its right letter."""
+    user, letter = r.text, r.answer_letter
     if format == "qwen":
-        messages = prompts.messages(user, mode=mode)
+        messages = r.messages()
         if image is not None:
             messages[1]["content"][0]["image"] = image
         messages.append({"role": "assistant", "content": letter})
@@ -204,7 +210,7 @@ def _record(
     row = {
         "id": ident,
         "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": letter}],
-        "system": system,
+        "system": r.system,
     }
     if image is not None:
         row["images"] = [image]
@@ -229,11 +235,7 @@ def write_sft(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
         text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
     else:
         text = "".join(line + "\n" for line in lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, text)
 
 
 def export_sft(
@@ -257,9 +259,8 @@ def export_sft(
     """
     if not questions:
         raise QuestionError("The question set is empty; nothing to export.")
-    _check(format, mode, missing_images)
     _check_suffix(Path(out))
-    records = sft_records(
+    records, plan = _records(
         questions,
         format=format,
         mode=mode,
@@ -284,8 +285,6 @@ def export_sft(
         n_entries=len(questions) - skipped,
         n_conversations=len(records),
         n_skipped=skipped,
-        prompt_variant=prompts.default_prompt_variant(taxonomy, family)
-        if prompt_variant is None
-        else prompt_variant,
+        prompt_variant=plan.prompt_variant,
         seed=seed if shuffle_options else None,
     )

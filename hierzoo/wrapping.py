@@ -7,6 +7,7 @@ that very object, without copying a weight and without global state:
 - a transformers model, by ``config.model_type``: ``clip`` / ``siglip`` -> ``HFClipClassifier``;
   ``qwen2_5_vl``, ``qwen3_vl``, ``llava_onevision``, ``internvl`` -> the family's
   ``VisionLLMClassifier`` subclass (the same table ``hierzoo.load`` uses);
+  the family's ``from_model`` does the rest, as ``from_spec`` does for ``hierzoo.load``;
 - a peft ``PeftModel`` around any of these (LoRA and the other adapters that live inside the
   base model's modules): hierzoo runs the base model, whose layers carry the adapter, so what
   the user does to the ``PeftModel`` (``disable_adapter()``, ``set_adapter()``, training steps)
@@ -20,13 +21,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from hierzoo.models._factory import family_class, resolve_device, resolve_dtype
-from hierzoo.models._registry import CLIP_FAMILIES, MODEL_TYPES
+from hierzoo.models._factory import family_class, option_owners
+from hierzoo.models._registry import family_of_model
 from hierzoo.models.base import HierClassifier
 
 __all__ = ["wrap"]
@@ -87,37 +87,18 @@ def wrap(
         raise TypeError(f"{model!r} is already a HierClassifier; use it as it is.")
     source = model
     model, adapter = _unwrap(model)
-    if _is_open_clip(model):
-        clf = _wrap_open_clip(
-            model, processor_or_tokenizer, preprocess, name, device, dtype, options
-        )
-    else:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type is None:
-            raise TypeError(
-                f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
-                "expected an "
-                "open_clip CLIP / CustomTextCLIP, a transformers model whose config.model_type is "
-                "one of "
-                f"{sorted(MODEL_TYPES)}, or a peft PeftModel around one."
-            )
-        if model_type not in MODEL_TYPES:
-            raise TypeError(
-                f"hierzoo.wrap does not know transformers model_type {model_type!r} "
-                f"({type(model).__name__}); expected one of {sorted(MODEL_TYPES)}."
-            )
-        if preprocess is not None:
+    cls = family_class(family_of_model(model))
+    if preprocess is not None:
+        if "preprocess" not in cls.options:
+            owners = " and ".join(f"{label}s" for label in option_owners("preprocess"))
             raise ValueError(
-                "`preprocess` is for open_clip models; a transformers model preprocesses images "
-                "with its processor (pass it as the second argument)."
+                f"`preprocess` is for {owners}; a {cls.label} preprocesses images with its "
+                "processor (pass it as the second argument)."
             )
-        family = MODEL_TYPES[model_type]
-        if family in CLIP_FAMILIES:
-            clf = _wrap_hf_clip(model, processor_or_tokenizer, family, name, device, dtype, options)
-        else:
-            clf = _wrap_vision_llm(
-                model, processor_or_tokenizer, family, name, device, dtype, options
-            )
+        options["preprocess"] = preprocess
+    clf = cls.from_model(
+        model, processor_or_tokenizer, name=name, device=device, dtype=dtype, **options
+    )
     if adapter and name is None:
         clf.name = f"{clf.name} + {adapter}"
     clf.wrapped = source  # type: ignore[attr-defined]
@@ -161,173 +142,3 @@ def _unwrap(model: Any) -> tuple[Any, str]:
 def _is_peft(model: Any) -> bool:
     peft = sys.modules.get("peft")  # a PeftModel exists only where peft was imported
     return peft is not None and isinstance(model, peft.PeftModel)
-
-
-def _is_open_clip(model: Any) -> bool:
-    return (
-        type(model).__module__.split(".")[0] == "open_clip"
-        and hasattr(model, "encode_image")
-        and hasattr(model, "encode_text")
-    )
-
-
-def _device_of(model: Any, device: str | torch.device | None) -> torch.device:
-    """``device`` checked, else where the model's first parameter is."""
-    if device is not None:
-        return resolve_device(device)
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
-# --------------------------------------------------------------------------- families
-def _wrap_open_clip(
-    model: Any,
-    tokenizer: Any,
-    preprocess: Callable[[Any], torch.Tensor] | None,
-    name: str | None,
-    device: str | torch.device | None,
-    dtype: str | torch.dtype | None,
-    options: dict[str, Any],
-) -> HierClassifier:
-    import open_clip
-
-    from hierzoo.models.clip import OpenClipClassifier
-
-    if tokenizer is None:
-        tokenizer = _default_open_clip_tokenizer(model)
-    elif isinstance(tokenizer, (str, Path)):
-        tokenizer = open_clip.get_tokenizer(str(tokenizer))
-    if not callable(tokenizer):
-        raise ValueError(
-            "Expected an open_clip tokenizer (callable on a list of texts) or a model name, but "
-            "got "
-            f"{type(tokenizer).__name__}; pass open_clip.get_tokenizer(NAME)."
-        )
-    if preprocess is None:
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-
-        cfg = open_clip.get_model_preprocess_cfg(model)
-        if "size" not in cfg:
-            raise ValueError(
-                f"Cannot derive the image preprocessing of this {type(model).__name__}: pass "
-                "preprocess= (the third value of open_clip.create_model_and_transforms)."
-            )
-        preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-    return OpenClipClassifier.from_model(
-        model,
-        tokenizer,
-        preprocess,
-        name=name or f"open_clip {type(model).__name__}",
-        device=_device_of(model, device),
-        dtype=dtype,
-        **options,
-    )
-
-
-def _default_open_clip_tokenizer(model: Any) -> Any:
-    """open_clip's ``SimpleTokenizer`` for models with open_clip's own text tower (the 49408-token
-    CLIP vocabulary); other text towers need their tokenizer passed."""
-    import open_clip
-
-    if type(model).__name__ == "CLIP" and getattr(model, "vocab_size", None) == 49408:
-        return open_clip.SimpleTokenizer(context_length=int(model.context_length))
-    raise ValueError(
-        f"Cannot derive the tokenizer of this open_clip {type(model).__name__} (its text tower is "
-        "not "
-        "open_clip's own CLIP transformer): pass it, hierzoo.wrap(model, "
-        "open_clip.get_tokenizer(NAME), "
-        "preprocess=...), or the model name as the second argument."
-    )
-
-
-def _processor(model: Any, given: Any, family: str) -> Any:
-    """The transformers processor given, loaded from a path / hub id, or from where the model
-    was loaded; it must hold an image processor and a tokenizer."""
-    if given is None:
-        given = getattr(model, "name_or_path", "") or None
-        if given is None:
-            raise ValueError(
-                f"A {family} model needs its processor: hierzoo.wrap(model, "
-                "AutoProcessor.from_pretrained(CHECKPOINT)) "
-                "(this model does not say where it was loaded from)."
-            )
-    if isinstance(given, (str, Path)):
-        from transformers import AutoProcessor
-
-        try:
-            given = AutoProcessor.from_pretrained(str(given))
-        except Exception as e:  # not found, offline, no processor files ...
-            raise ValueError(
-                f"Could not load the processor of the {family} model from {str(given)!r} "
-                f"({type(e).__name__}: {e}); pass it: hierzoo.wrap(model, processor)."
-            ) from e
-    if not (hasattr(given, "image_processor") and hasattr(given, "tokenizer")):
-        raise ValueError(
-            f"A {family} model needs its processor (image processor + tokenizer, AutoProcessor), "
-            "but got a "
-            f"{type(given).__name__}; pass AutoProcessor.from_pretrained(CHECKPOINT)."
-        )
-    return given
-
-
-def _wrap_hf_clip(
-    model: Any,
-    processor: Any,
-    family: str,
-    name: str | None,
-    device: str | torch.device | None,
-    dtype: str | torch.dtype | None,
-    options: dict[str, Any],
-) -> HierClassifier:
-    cls: Any = family_class(family)
-    return cls.from_model(
-        model,
-        _processor(model, processor, family),
-        name=name or getattr(model, "name_or_path", "") or type(model).__name__,
-        device=_device_of(model, device),
-        dtype=dtype,
-        **options,
-    )
-
-
-def _wrap_vision_llm(
-    model: Any,
-    processor: Any,
-    family: str,
-    name: str | None,
-    device: str | torch.device | None,
-    dtype: str | torch.dtype | None,
-    options: dict[str, Any],
-) -> HierClassifier:
-    import transformers
-
-    cls: Any = family_class(family)
-    expected = getattr(transformers, cls.model_class)
-    if not isinstance(model, expected):
-        raise TypeError(
-            f"A {family} model scores answers through its language-model head: expected a "
-            f"{cls.model_class} (AutoModelForImageTextToText), but got {type(model).__name__}."
-        )
-    processor = _processor(model, processor, family)
-    target = resolve_dtype(dtype, model.dtype)
-    spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
-    if device is not None and spread:
-        raise ValueError(
-            "This model is spread over devices with device_map; wrap it without `device` (it runs "
-            "where it is)."
-        )
-    moved = (
-        {"device": resolve_device(device)}
-        if device is not None and model.device != resolve_device(device)
-        else {}
-    )
-    if target != model.dtype:
-        moved["dtype"] = target
-    if moved:
-        model.to(**moved)
-    return cls(
-        model.eval(),
-        processor,
-        name=name or getattr(model, "name_or_path", "") or cls.model_class,
-        **options,
-    )

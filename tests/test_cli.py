@@ -117,7 +117,7 @@ def test_seed_defaults_to_42_in_every_command():
 
 
 def test_choices_come_from_the_constants_they_mirror():
-    from hierzoo.models.base import STRATEGIES
+    from hierzoo.models.outputs import STRATEGIES
     from hierzoo.prompts import MODES
     from hierzoo.runner import TASKS
     from hierzoo.tasks import DISTRACTORS

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import random_taxonomy
 
-from hierzoo.models.base import NodeScores
+from hierzoo.models.outputs import NodeScores
 from hierzoo.paths import decode_paths
 
 

@@ -305,11 +305,28 @@ def test_import_hierzoo_does_not_import_matplotlib():
     assert out.stdout.strip() == "False"
 
 
+GOLDEN_SUMMARY = [
+    "results                  HCA                Leaf                 POR               S-POR"
+    "                 TOR                 hF1             Consist     n",
+    "bioclip2  52.00 [48.9, 55.1]  74.00 [71.3, 76.7]  83.00 [80.7, 85.3]  71.00 [68.2, 73.8]  "
+    "75.00 [72.3, 77.7]  83.00 [80.7, 85.3]  91.00 [89.2, 92.8]  1000",
+    "per level (bioclip2): order=93.00 [91.4, 94.6]  family=86.00 [83.8, 88.2]  "
+    "genus=79.00 [76.5, 81.5]  species=74.00 [71.3, 76.7]",
+    "errors: 1; 2.0 questions/s, 0.0 images/s on cpu",
+]
+
+
 def test_format_table_and_summary_unchanged():
+    """The tables, character for character (a change to them is a change users see)."""
     s = RUNS["bioclip2-cub"]
     text = format_summary({**s, "provenance": {"questions_per_second": 2.0, "device": "cpu"}})
-    assert "HCA" in text and "per level (bioclip2): order=" in text
-    assert format_table([("x", {**s["metrics"], "n": 5})]).splitlines()[0].startswith("results")
+    assert text.splitlines() == GOLDEN_SUMMARY
+    assert format_table([("x", {**s["metrics"], "n": 5})]).splitlines()[:2] == [
+        "results                 HCA                Leaf                 POR               S-POR"
+        "                 TOR                 hF1             Consist  n",
+        "x        52.00 [48.9, 55.1]  74.00 [71.3, 76.7]  83.00 [80.7, 85.3]  71.00 [68.2, 73.8]  "
+        "75.00 [72.3, 77.7]  83.00 [80.7, 85.3]  91.00 [89.2, 92.8]  5",
+    ]
 
 
 def test_one_table_formatter_for_text_and_markdown():

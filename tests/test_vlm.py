@@ -156,11 +156,11 @@ def test_wrong_family_class_names_the_model_type(tiny_dirs):
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):
-    from hierzoo.models import vlm
+    from hierzoo.models.vlm import _base
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install 'hierzoo\[vlm\]'"):
-        vlm._import_transformers()
+        _base._import_transformers()
 
 
 def test_load_options(tiny_dirs):
@@ -489,11 +489,16 @@ def test_cuda_matches_cpu_and_defaults_to_bfloat16(models, tiny_dirs, family, qu
 def test_first_level_names_the_rank_of_a_set_that_starts_lower(model, questions):
     from dataclasses import replace
 
+    from hierzoo.prompts import plan_questions
+
     lower = [replace(q, answers=q.answers[1:], choices=q.choices[1:]) for q in questions[:1]]
-    plan = model._plan(lower, Protocol(taxonomy="cub200", first_level=1))
-    assert "family of the bird" in plan.asks[0].text and "species of the bird" in plan.asks[-1].text
-    top = model._plan(lower, Protocol(taxonomy="cub200"))
-    assert "order of the bird" in top.asks[0].text
+    plan = plan_questions(lower, Protocol(taxonomy="cub200", first_level=1), family=model.family)
+    assert (
+        "family of the bird" in plan.requests[0].text
+        and "species of the bird" in plan.requests[-1].text
+    )
+    top = plan_questions(lower, Protocol(taxonomy="cub200"), family=model.family)
+    assert "order of the bird" in top.requests[0].text
 
 
 def test_clip_only_options_are_refused_by_name(tiny_dirs):
@@ -506,3 +511,16 @@ def test_clip_only_options_are_refused_by_name(tiny_dirs):
             worker_decode="tensor",
             decode_on_device=True,
         )
+
+
+def test_the_papers_loop_asks_what_the_model_is_asked(models, questions):
+    """hierzoo.baselines' per-question loop asks the planner's requests: a level without an
+    answer is not asked and draws no option order (it used to be asked, and to shift the
+    order of every later level)."""
+    from hierzoo.baselines import vlm_forward_loop
+
+    m = models["qwen2.5-vl"]
+    questions[0].answers[1] = None
+    _, names = vlm_forward_loop(m, questions)
+    answers = m.answer(questions, protocol=Protocol(taxonomy="cub200", shuffle_options=True))
+    assert names == [answers.predicted(i) for i in range(len(questions))]

@@ -14,17 +14,18 @@ from hierzoo.models._registry import (
     list_models,
     resolve,
 )
+from hierzoo.prompts import Protocol
 
 _LAZY = {
     "load": "hierzoo.models._factory",
     "resolve_device": "hierzoo.models._factory",
-    "STRATEGIES": "hierzoo.models.base",
-    "Answers": "hierzoo.models.base",
-    "Features": "hierzoo.models.base",
     "HierClassifier": "hierzoo.models.base",
-    "NodeScores": "hierzoo.models.base",
-    "PathPrediction": "hierzoo.models.base",
-    "Protocol": "hierzoo.models.base",
+    "OptionError": "hierzoo.models.base",
+    "STRATEGIES": "hierzoo.models.outputs",
+    "Answers": "hierzoo.models.outputs",
+    "Features": "hierzoo.models.outputs",
+    "NodeScores": "hierzoo.models.outputs",
+    "PathPrediction": "hierzoo.models.outputs",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "HierClassifier",
     "ModelSpec",
     "NodeScores",
+    "OptionError",
     "PathPrediction",
     "Protocol",
     "UnknownModelError",

@@ -31,6 +31,20 @@ def family_class(family: str) -> type[HierClassifier]:
         ) from e
 
 
+def option_owners(option: str) -> list[str]:
+    """What the families that take ``option`` call their models (``["vision LLM"]``), importing
+    their modules; a family whose backend is missing is left out."""
+    labels: list[str] = []
+    for family in FAMILIES:
+        try:
+            cls = family_class(family)
+        except ImportError:
+            continue
+        if option in cls.options and cls.label not in labels:
+            labels.append(cls.label)
+    return labels
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> the first CUDA device when there is one, else the CPU."""
     if device is None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 PAPER = (
     "Tan, Qing, Gong. Vision LLMs Are Bad at Hierarchical Visual Understanding, and LLMs Are the "
@@ -15,13 +16,13 @@ PAPER_TEMPLATE = ("a photo of a {}.",)
 
 # family -> "module:Class"; the module is imported on first use
 FAMILIES: dict[str, str] = {
-    "openclip": "hierzoo.models.clip:OpenClipClassifier",
-    "hf-clip": "hierzoo.models.clip:HFClipClassifier",
-    "hf-siglip": "hierzoo.models.clip:HFClipClassifier",
-    "qwen2.5-vl": "hierzoo.models.vlm:Qwen2_5_VLClassifier",
-    "qwen3-vl": "hierzoo.models.vlm:Qwen3VLClassifier",
-    "llava-onevision": "hierzoo.models.vlm:LlavaOnevisionClassifier",
-    "internvl": "hierzoo.models.vlm:InternVLClassifier",
+    "openclip": "hierzoo.models.clip.openclip:OpenClipClassifier",
+    "hf-clip": "hierzoo.models.clip.hf:HFClipClassifier",
+    "hf-siglip": "hierzoo.models.clip.hf:HFClipClassifier",
+    "qwen2.5-vl": "hierzoo.models.vlm.qwen:Qwen2_5_VLClassifier",
+    "qwen3-vl": "hierzoo.models.vlm.qwen:Qwen3VLClassifier",
+    "llava-onevision": "hierzoo.models.vlm.llava_onevision:LlavaOnevisionClassifier",
+    "internvl": "hierzoo.models.vlm.internvl:InternVLClassifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
 
@@ -247,6 +248,63 @@ def family_of_dir(path: Path) -> str | None:
             return None
         return MODEL_TYPES.get(model_type)
     return None
+
+
+def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str:
+    """What a spec's weights are, by content: ``"dir:<sha256>"`` for a local directory (its
+    weight, config and tokenizer files, :func:`hierzoo._io.directory_fingerprint`; file digests
+    remembered under ``cache_dir``), ``"hub:<repo>@<commit>"`` for a hub model whose snapshot
+    is in the local hub cache (the snapshot folder's commit, whatever branch the revision
+    names), else ``"hub:<repo>@<revision>"``."""
+    if spec.source is not None:
+        from hierzoo._io import directory_fingerprint
+
+        return f"dir:{directory_fingerprint(spec.source, cache_dir)}"
+    return f"hub:{spec.hub_id}@{_snapshot_commit(spec.hub_id, spec.revision) or spec.revision}"
+
+
+def _snapshot_commit(repo: str, revision: str) -> str | None:
+    """The commit of the local hub cache's snapshot of ``repo`` at ``revision``, or ``None``."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("open_clip_config.json", "config.json"):
+        try:
+            found = try_to_load_from_cache(repo, filename, revision=revision)
+        except Exception:  # a malformed repo id or cache: no snapshot to name
+            continue
+        if isinstance(found, str):
+            return Path(found).parent.name
+    return None
+
+
+def family_of_model(model: Any) -> str:
+    """The family of a model object held in memory: an open_clip ``CLIP`` / ``CustomTextCLIP``,
+    or a transformers model by its ``config.model_type``.
+
+    Raises:
+        TypeError: a model of another kind, naming the kinds hierzoo knows.
+    """
+    if (
+        type(model).__module__.split(".")[0] == "open_clip"
+        and hasattr(model, "encode_image")
+        and hasattr(model, "encode_text")
+    ):
+        return "openclip"
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None:
+        raise TypeError(
+            f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
+            "expected an open_clip CLIP / CustomTextCLIP, a transformers model whose "
+            f"config.model_type is one of {sorted(MODEL_TYPES)}, or a peft PeftModel around one."
+        )
+    if model_type not in MODEL_TYPES:
+        raise TypeError(
+            f"hierzoo.wrap does not know transformers model_type {model_type!r} "
+            f"({type(model).__name__}); expected one of {sorted(MODEL_TYPES)}."
+        )
+    return MODEL_TYPES[model_type]
 
 
 def resolve(name_or_path: str | Path) -> ModelSpec:

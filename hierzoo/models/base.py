@@ -1,242 +1,47 @@
-"""The interface every model family implements, and the results it returns."""
+"""The interface every model family implements (its results: :mod:`hierzoo.models.outputs`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 
 from hierzoo.images import ImageInput
+from hierzoo.models.outputs import STRATEGIES, Answers, Features, NodeScores, PathPrediction
+from hierzoo.prompts import Protocol
 
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
     from hierzoo.tasks import Question
     from hierzoo.taxonomy import Taxonomy
 
-STRATEGIES = ("independent", "topdown", "joint", "marginal")
-MODES = ("image", "text")
+__all__ = [
+    "STRATEGIES",
+    "Answers",
+    "Features",
+    "HierClassifier",
+    "NodeScores",
+    "OptionError",
+    "PathPrediction",
+    "Protocol",
+]
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """How questions are asked. Fields a family does not use must keep their defaults.
-
-    Attributes:
-        taxonomy: the bundled taxonomy the questions come from (rank names and the noun of the
-            paper's prompts); ``None`` uses generic prompts.
-        prompt_variant: which of the paper's five prompt variants (0-4); ``None``: the paper's
-            default for the taxonomy and model.
-        shuffle_options: ask the options in an order shuffled by a generator seeded with ``seed``
-            (the paper's vision-LLM scripts); ``False`` keeps the file's order (its CLIP runs).
-        seed: the seed of that generator.
-        circular: ask each question once per rotation of its options; right only if every
-            rotation is (vision LLMs).
-        mode: ``"image"``, or ``"text"``: no image, the question names the leaf, the leaf level is
-            not asked (vision LLMs).
-        templates: CLIP prompt templates with ``{}`` for the name (and optionally ``{rank}``);
-            ``None`` uses the model's default (the paper's ``"a photo of a {}."``).
-        first_level: the taxonomy level of the questions' first level (0: the top level), so
-            that ``{rank}`` names the right rank for question sets that start lower.
-    """
-
-    taxonomy: str | None = None
-    prompt_variant: int | None = None
-    shuffle_options: bool = False
-    seed: int = 42
-    circular: bool = False
-    mode: str = "image"
-    templates: tuple[str, ...] | None = None
-    first_level: int = 0
-
-    def __post_init__(self) -> None:
-        if self.first_level < 0:
-            raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
-        if self.mode not in MODES:
-            raise ValueError(f"Expected `mode` to be one of {MODES}, but got {self.mode!r}.")
-        if self.prompt_variant is not None and not 0 <= self.prompt_variant <= 4:
-            raise ValueError(f"Expected `prompt_variant` in 0..4, but got {self.prompt_variant!r}.")
-        if self.templates is not None and (
-            isinstance(self.templates, str) or not all("{}" in t for t in self.templates)
-        ):
-            raise ValueError(
-                f"Expected `templates` to be a tuple of strings with '{{}}', but got "
-                f"{self.templates!r}."
-            )
-        for t in self.templates or ():
-            try:
-                filled = t.replace("{rank}", "").format("")
-            except (IndexError, KeyError, ValueError):
-                filled = None
-            if filled is None or t.replace("{rank}", "").count("{}") != 1:
-                raise ValueError(
-                    f"Template {t!r} has a placeholder hierzoo cannot fill: expected one '{{}}' "
-                    "for the name and optionally '{rank}' (write a literal brace as '{{' or '}}')."
-                )
-
-
-@dataclass
-class NodeScores:
-    """Raw scores of every taxonomy node for every image.
+class OptionError(ValueError):
+    """Options that a model family does not take.
 
     Attributes:
-        logits: ``(N, n_nodes)`` float32 on the CPU; the columns of level ``k`` are
-            ``taxonomy.level_offsets[k]:level_offsets[k+1]``.
-        kind: how a level's scores become probabilities: ``"softmax"`` over the level's nodes
-            (CLIP, and vision-LLM log-likelihoods), or ``"sigmoid"`` per node (SigLIP).
-        taxonomy: the taxonomy scored.
-        errors: per image, ``None`` or why it could not be scored (its row is NaN).
+        options: the options refused.
+        owners: what the families that do take them call their models (``["vision LLM"]``);
+            empty when no family takes them.
     """
 
-    logits: torch.Tensor
-    kind: str
-    taxonomy: Taxonomy
-    errors: list[str | None] = field(default_factory=list)
-
-    def level(self, k: int) -> torch.Tensor:
-        """``(N, n_k)`` scores of level ``k``."""
-        o = self.taxonomy.level_offsets
-        return self.logits[:, o[k] : o[k + 1]]
-
-    def log_probs(self) -> torch.Tensor:
-        """``(N, n_nodes)`` per-level log-probabilities (log-softmax within each level, or
-        log-sigmoid per node)."""
-        if self.kind == "sigmoid":
-            return torch.nn.functional.logsigmoid(self.logits)
-        o = self.taxonomy.level_offsets.tolist()
-        return torch.cat(
-            [torch.log_softmax(self.logits[:, a:b], dim=1) for a, b in zip(o[:-1], o[1:])], dim=1
-        )
-
-
-@dataclass
-class PathPrediction:
-    """One root-to-leaf path per image.
-
-    Attributes:
-        node_ids: ``(N, L)`` int64 node ids per level, ``-1`` past the end of a path (and for a
-            failed image).
-        names: per image, the node names from the top level down.
-        scores: ``(N, L)`` float, the chosen node's probability at each level under the
-            strategy (per-level probability, or the marginal for ``marginal``); NaN past the end.
-        consistent: ``(N,)`` bool, whether the path exists in the taxonomy (always true except
-            for ``independent``).
-        strategy: the strategy used.
-        errors: per image, ``None`` or why it failed.
-    """
-
-    node_ids: np.ndarray
-    names: list[list[str]]
-    scores: np.ndarray
-    consistent: np.ndarray
-    strategy: str
-    errors: list[str | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-@dataclass
-class Answers:
-    """Answers to four-choice questions, one row per question-set entry (image), one column per
-    level.
-
-    Attributes:
-        choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
-            level was not asked or the sample failed.
-        probs: ``(N, L, C)`` float32, each option's probability (NaN padding); softmax over the
-            options, or the sigmoid per option for SigLIP.
-        options: per sample and level, the options in the order they were asked.
-        errors: per sample, ``None`` or why it failed.
-        correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
-            every rotation of its options was answered right.
-        extra: family-specific details (the letters, the prompt variant, the seed ...).
-    """
-
-    choice: np.ndarray
-    probs: np.ndarray
-    options: list[list[list[str]]]
-    errors: list[str | None]
-    correct: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.options)
-
-    def predicted(self, i: int) -> list[str | None]:
-        """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
-        return [
-            opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
-        ]
-
-    def to_records(self, questions: Sequence[Question]) -> list[dict[str, Any]]:
-        """The paper's result format, one dict per sample, plus each option's probability.
-
-        Keys: ``image``, ``label``, and per asked level ``k``: ``ground_truth_levelk``,
-        ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
-        and ``probs_levelk`` (letter -> probability). A failed sample has ``error`` instead.
-        """
-        out = []
-        for i, q in enumerate(questions):
-            row: dict[str, Any] = {"image": q.image, "label": q.label}
-            if self.errors[i] is not None:
-                row["error"] = self.errors[i]
-                out.append(row)
-                continue
-            for k, opts in enumerate(self.options[i]):
-                c = int(self.choice[i, k])
-                if c < 0 or not opts:
-                    continue
-                letters = [chr(65 + j) for j in range(len(opts))]
-                n = k + 1
-                row[f"ground_truth_level{n}"] = q.answers[k]
-                row[f"predicted_level{n}"] = opts[c]
-                row[f"predicted_level{n}_letter"] = letters[c]
-                row[f"choices_level{n}"] = dict(zip(letters, opts))
-                row[f"probs_level{n}"] = {
-                    L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
-                }
-                if self.correct is not None:
-                    row[f"correct_level{n}"] = bool(self.correct[i, k])
-            out.append(row)
-        return out
-
-
-@dataclass
-class Features:
-    """Feature vectors at one or more sites of a model (see :mod:`hierzoo.models._sites`).
-
-    Attributes:
-        data: site name -> ``(N, D_site)`` float32 tensor on the CPU, one row per input; a failed
-            input's row is NaN.
-        errors: per input, ``None`` or why it failed.
-    """
-
-    data: dict[str, torch.Tensor]
-    errors: list[str | None] = field(default_factory=list)
-
-    def __getitem__(self, site: str) -> torch.Tensor:
-        from hierzoo.models._sites import parse_site
-
-        name = parse_site(site).name
-        if name not in self.data:
-            raise KeyError(f"No features at {site!r}; these hold {list(self.data)}.")
-        return self.data[name]
-
-    def __len__(self) -> int:
-        return len(self.errors)
-
-    @property
-    def tensor(self) -> torch.Tensor:
-        """The ``(N, D)`` tensor of the only site (raises when there are several)."""
-        if len(self.data) != 1:
-            raise ValueError(
-                f"These features hold {len(self.data)} sites {list(self.data)}; index by site."
-            )
-        return next(iter(self.data.values()))
+    def __init__(self, message: str, options: Sequence[str], owners: Sequence[str]):
+        super().__init__(message)
+        self.options = list(options)
+        self.owners = list(owners)
 
 
 class HierClassifier(ABC):
@@ -247,16 +52,170 @@ class HierClassifier(ABC):
     (or ``(N, C, H, W)``), one or many; a bad image is recorded in the result's ``errors``,
     never raised.
 
+    A family also says what orchestration needs, so that callers never ask which family they
+    hold: how it loads (:meth:`from_spec`, :meth:`from_model`), which options it takes
+    (:attr:`options`, checked by :meth:`check_options`), the paper's protocol for it
+    (:meth:`default_protocol`), whether it answers through a language model
+    (:attr:`generative`), and what a benchmark times (:meth:`timed_module`,
+    :meth:`benchmark_forward`). Settings are passed at construction.
+
     Attributes:
+        family: the family's name in the zoo (``"openclip"``, ``"qwen2.5-vl"`` ...).
+        label: what messages call a model of the family (``"vision LLM"``).
+        generative: whether it answers through a language model (letter logits of a prompt);
+            ``False``: it scores names by embedding similarity, every node of a level at once.
+        options: the keyword options its loaders and constructor take.
         name: the zoo name or the path the model was loaded from.
         spec: the zoo spec, when loaded from the zoo.
         device: where the model runs.
     """
 
-    family: str = ""
+    family: ClassVar[str] = ""
+    label: ClassVar[str] = "model"
+    generative: ClassVar[bool] = False
+    options: ClassVar[frozenset[str]] = frozenset()
     name: str = ""
     spec: ModelSpec | None = None
     device: torch.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: str | torch.dtype | None = None,
+        **options: Any,
+    ) -> HierClassifier:
+        """Load the checkpoint a zoo spec describes (what :func:`hierzoo.load` calls).
+
+        Args:
+            spec: the spec (``spec.location`` is what loads: a hub id or a local directory).
+            device: where the model runs.
+            dtype: the weights' dtype; default the family's.
+            **options: the family's options (:attr:`options`).
+
+        Raises:
+            OptionError: an option of another family, or of none.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not load checkpoints.")
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any = None,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **options: Any,
+    ) -> HierClassifier:
+        """The classifier around a model held in memory, its weights used, not copied (what
+        :func:`hierzoo.wrap` calls).
+
+        Args:
+            model: the family's model object.
+            processor: its tokenizer or processor (default: derived from the model where the
+                family can).
+            name: what results call the model (default: where it was loaded from, or its class).
+            device: move the model there first; default: where it is.
+            dtype: cast the weights first; default: their dtype.
+            **options: the family's options (:attr:`options`).
+
+        Raises:
+            OptionError: an option of another family, or of none.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not wrap models held in memory.")
+
+    @classmethod
+    def check_options(
+        cls, options: Iterable[str], name: str, *, pass_through: bool = False
+    ) -> None:
+        """Refuse options the family does not take, naming them and who takes them.
+
+        ``pass_through``: options that no family takes are allowed (they go on to the backend,
+        such as transformers' ``from_pretrained``); another family's are still refused.
+
+        Raises:
+            OptionError: ``"batched_vision_attention: options of vision LLMs, but 'bioclip2' is
+                an open_clip model; drop them."``
+        """
+        unknown = sorted(set(options) - cls.options)
+        if not unknown:
+            return
+        from hierzoo.models._factory import option_owners
+
+        owners = {o: option_owners(o) for o in unknown}
+        bad = [o for o in unknown if owners[o]] if pass_through else unknown
+        if not bad:
+            return
+        labels = list(dict.fromkeys(label for o in bad for label in owners[o]))
+        shown = ", ".join(bad)
+        if all(owners[o] for o in bad):
+            kinds = " and ".join(f"{label}s" for label in labels)
+            article = "an" if cls.label[:1].lower() in "aeiou" else "a"
+            message = (
+                f"{shown}: options of {kinds}, but {name!r} is {article} {cls.label}; drop them."
+            )
+        else:
+            message = (
+                f"{shown}: not options of {cls.label}s ({name!r}); the options are "
+                f"{', '.join(sorted(cls.options))}."
+            )
+        raise OptionError(message, bad, labels)
+
+    # ------------------------------------------------------------------ what callers ask
+    def default_protocol(
+        self,
+        taxonomy: str | Taxonomy | None = None,
+        *,
+        mode: str = "image",
+        seed: int = 42,
+        prompt_variant: int | None = None,
+        keep_option_order: bool = False,
+        circular: bool = False,
+        templates: Sequence[str] | None = None,
+        first_level: int = 0,
+    ) -> Protocol:
+        """The protocol the paper uses for this family under a run's settings.
+
+        Default (the paper's vision-LLM runs): the options of image runs shuffled by the seeded
+        generator unless ``keep_option_order``; text runs keep the file's order. CLIP-style
+        families keep the order and have no prompt variant.
+        """
+        return Protocol(
+            taxonomy=taxonomy,
+            prompt_variant=prompt_variant,
+            shuffle_options=mode == "image" and not keep_option_order,
+            seed=seed,
+            circular=circular,
+            mode=mode,
+            templates=tuple(templates) if templates else None,
+            first_level=first_level,
+        )
+
+    def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` naming the setting when this model cannot answer under
+        ``protocol`` (a run calls it before it writes anything); the default accepts any."""
+
+    def timed_module(self) -> torch.nn.Module:
+        """The module whose forward passes a benchmark times as the model's work (a CLIP
+        model's image tower; a vision LLM's whole network). Default: ``self.model``."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} names no module to time.")
+        return model
+
+    def benchmark_forward(
+        self, images: Sequence[ImageInput], batch_size: int
+    ) -> Callable[[], Any] | None:
+        """A function that runs the model's forward alone on ``batch_size`` of ``images``,
+        preprocessed once beforehand and already on the device (what a benchmark repeats to
+        measure the encoder without the input pipeline); ``None`` when the family has no
+        forward separate from its inputs (default)."""
+        return None
 
     @abstractmethod
     def score_nodes(
@@ -282,10 +241,6 @@ class HierClassifier(ABC):
 
         Images come from each question's resolved ``path`` (else its recorded ``image``).
         """
-
-    def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
-        """Raise ``ValueError`` naming the setting when this model cannot answer under
-        ``protocol`` (a run calls it before it writes anything); the default accepts any."""
 
     def iter_answers(
         self,

@@ -1,6 +1,6 @@
 """Real-size zoo architectures with random weights, built without downloading anything.
 
-For timing on machines with no network (a lent GPU): the model's real layer sizes, so its
+For timing on machines without network access: the model's real layer sizes, so its
 FLOPs, memory and image-token counts are those of the checkpoint; the tokenizer is a small
 local one (prompts tokenize a little differently from the real vocabulary), so treat text
 lengths as approximate. Weights are initialised directly on the target device.
@@ -145,16 +145,17 @@ def build_random(
     dtype: torch.dtype | None = None,
     size: str = "real",
     seed: int = 0,
-    batched_vision_attention: bool = True,
+    **options: Any,
 ) -> HierClassifier:
     """A zoo model's architecture with random weights, as a ready ``HierClassifier``.
 
-    ``batched_vision_attention`` (Qwen2.5-VL): window-batched vision attention, as
-    :meth:`~hierzoo.models.vlm.VisionLLMClassifier.batch_vision_attention`; ``False`` keeps
-    transformers' per-window loop.
+    ``options`` are the family's, as for :func:`hierzoo.load` (``num_workers``,
+    ``decode_on_device``, ``worker_decode`` for CLIP; ``batched_vision_attention``,
+    ``token_budget`` ... for Qwen2.5-VL).
 
     Raises:
         ValueError: a name with no bundled architecture, listing those there are.
+        OptionError: an option of another family.
     """
     if size not in ("real", "tiny"):
         raise ValueError(f"Expected `size` to be 'real' or 'tiny', but got {size!r}.")
@@ -167,14 +168,14 @@ def build_random(
     spec = ZOO[name]
     torch.manual_seed(seed)
     if spec.family == "openclip":
-        return _openclip(spec, device, dtype, size)
+        return _openclip(spec, device, dtype, size, options)
     if name in _HF_CLIP:
-        return _hf_clip(spec, device, dtype, size)
-    return _qwen2_5_vl(spec, device, dtype, size, batched_vision_attention)
+        return _hf_clip(spec, device, dtype, size, options)
+    return _qwen2_5_vl(spec, device, dtype, size, options)
 
 
 def _openclip(
-    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str, options: dict[str, Any]
 ) -> HierClassifier:
     import open_clip
 
@@ -196,11 +197,12 @@ def _openclip(
         name=f"{spec.name} (random weights)",
         device=device,
         dtype=dtype,
+        **options,
     )
 
 
 def _hf_clip(
-    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, size: str, options: dict[str, Any]
 ) -> HierClassifier:
     from transformers import (
         CLIPConfig,
@@ -276,6 +278,7 @@ def _hf_clip(
         name=f"{spec.name} (random weights)",
         device=device,
         dtype=dtype,
+        **options,
     )
 
 
@@ -296,7 +299,7 @@ def _qwen2_5_vl(
     device: torch.device,
     dtype: torch.dtype,
     size: str,
-    batched_vision_attention: bool,
+    options: dict[str, Any],
 ) -> HierClassifier:
     from transformers import (
         Qwen2_5_VLConfig,
@@ -312,11 +315,8 @@ def _qwen2_5_vl(
         path = tiny.build_tiny_qwen2_5_vl(_scratch_dir(spec.name))
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
         processor = __import__("transformers").AutoProcessor.from_pretrained(path)
-        return Qwen2_5_VLClassifier(
-            model.eval(),
-            processor,
-            name=f"{spec.name} (tiny random weights)",
-            batched_vision_attention=batched_vision_attention,
+        return Qwen2_5_VLClassifier.from_model(
+            model, processor, name=f"{spec.name} (tiny random weights)", **options
         )
     tokenizer = tiny._qwen_tokenizer(vocab_size=8192, texts=_prompt_corpus())
     text = dict(_QWEN2_5_VL[spec.name])
@@ -348,12 +348,8 @@ def _qwen2_5_vl(
         chat_template=tiny._QWEN2_5_VL_CHAT_TEMPLATE,
     )
     processor.tokenizer.chat_template = processor.chat_template
-    return Qwen2_5_VLClassifier(
-        model.eval(),
-        processor,
-        name=f"{spec.name} (random weights)",
-        spec=spec,
-        batched_vision_attention=batched_vision_attention,
+    return Qwen2_5_VLClassifier.from_model(
+        model, processor, name=f"{spec.name} (random weights)", spec=spec, **options
     )
 
 

@@ -1,4 +1,5 @@
-"""CLIP-style models (OpenCLIP, BioCLIP, CLIP, SigLIP): scoring by text embeddings.
+"""The machinery every CLIP-style family shares: text embeddings (cached), the image pipeline,
+scoring by one matrix product, answers by a gather, and features of the image tower.
 
 Every node name is embedded once per (model, templates) and cached in memory and on disk; every
 image is encoded once; all levels of all images are then one matrix product, and all questions
@@ -7,9 +8,6 @@ of a batch one matrix product and a gather.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,81 +29,20 @@ from hierzoo.images import (
     tensor_decode_split,
 )
 from hierzoo.models._factory import resolve_dtype
-from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec
-from hierzoo.models._sites import SiteError, check_kinds, parse_sites
-from hierzoo.models.base import Answers, Features, HierClassifier, NodeScores, Protocol
+from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
+from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.clip._features import _ClipFeaturesMixin, _progress
+from hierzoo.models.clip._text_cache import TextEmbeddingCache
+from hierzoo.models.outputs import Answers, NodeScores
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
     from hierzoo.taxonomy import Taxonomy
 
-
-def default_cache_dir() -> Path:
-    """``$HIERZOO_CACHE``, else ``$XDG_CACHE_HOME/hierzoo``, else ``~/.cache/hierzoo``."""
-    if os.environ.get("HIERZOO_CACHE"):
-        return Path(os.environ["HIERZOO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hierzoo"
+__all__ = ["ClipClassifier"]
 
 
-class TextEmbeddingCache:
-    """Text embeddings keyed by model, templates and name, in memory and in one safetensors file
-    per (model, templates) under ``cache_dir/text/``. ``cache_dir=False`` keeps memory only."""
-
-    def __init__(self, model_key: str, cache_dir: str | Path | bool | None = None):
-        self.model_key = model_key
-        self.root = (
-            None
-            if cache_dir is False
-            else Path(default_cache_dir() if cache_dir in (None, True) else cache_dir) / "text"
-        )
-        self._mem: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
-
-    def _file(self, templates: tuple[str, ...]) -> Path | None:
-        if self.root is None:
-            return None
-        digest = hashlib.sha1(json.dumps([self.model_key, list(templates)]).encode()).hexdigest()[
-            :20
-        ]
-        return self.root / f"{digest}.safetensors"
-
-    def table(self, templates: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        if templates not in self._mem:
-            table: dict[str, torch.Tensor] = {}
-            path = self._file(templates)
-            if path is not None and path.is_file():
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as f:
-                    keys = json.loads(f.metadata()["keys"])
-                    emb = f.get_tensor("embeddings")
-                table = dict(zip(keys, emb))
-            self._mem[templates] = table
-        return self._mem[templates]
-
-    def add(self, templates: tuple[str, ...], keys: list[str], emb: torch.Tensor) -> None:
-        table = self.table(templates)
-        table.update(zip(keys, emb.float().cpu()))
-        path = self._file(templates)
-        if path is None:
-            return
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        all_keys = list(table)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file(
-            {"embeddings": torch.stack([table[k] for k in all_keys]).contiguous()},
-            str(tmp),
-            metadata={
-                "keys": json.dumps(all_keys),
-                "model": self.model_key,
-                "templates": json.dumps(list(templates)),
-            },
-        )
-        tmp.replace(path)
-
-
-class ClipClassifier(HierClassifier):
+class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
     """Shared machinery of the CLIP family; subclasses load the model and encode.
 
     Hooks: :meth:`_encode_images` (a preprocessed batch -> ``(B, D)``), :meth:`_encode_texts`
@@ -120,6 +57,19 @@ class ClipClassifier(HierClassifier):
     grey level or two from PIL's here and there).
     """
 
+    label = "CLIP-style model"
+    options = frozenset(
+        {
+            "templates",
+            "cache_dir",
+            "model_key",
+            "batch_size",
+            "num_workers",
+            "decode_on_device",
+            "normalize_on_device",
+            "worker_decode",
+        }
+    )
     score_kind = "softmax"
     text_batch_size = 256
 
@@ -153,6 +103,7 @@ class ClipClassifier(HierClassifier):
         self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.decode_on_device = decode_on_device
         self.device_preprocess = (
             TensorPreprocess.from_transform(transform) if decode_on_device else None
         )
@@ -209,15 +160,7 @@ class ClipClassifier(HierClassifier):
         scale and bias; without a ``model_key`` the text cache stays in memory."""
         from hierzoo.models._factory import resolve_device
 
-        vlm_only = sorted(
-            {"batched_vision_attention", "token_budget", "prefix_cache", "attn_implementation"}
-            & kw.keys()
-        )
-        if vlm_only:
-            raise ValueError(
-                f"{', '.join(vlm_only)}: options of vision LLMs, but {name!r} is a CLIP-style "
-                "model; drop them."
-            )
+        cls.check_options(kw, name)
         first = next(model.parameters())
         device = first.device if device is None else device
         device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -247,6 +190,56 @@ class ClipClassifier(HierClassifier):
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- what callers ask
+    def default_protocol(
+        self,
+        taxonomy: str | Taxonomy | None = None,
+        *,
+        mode: str = "image",
+        seed: int = 42,
+        prompt_variant: int | None = None,
+        keep_option_order: bool = False,
+        circular: bool = False,
+        templates: Sequence[str] | None = None,
+        first_level: int = 0,
+    ) -> Protocol:
+        """The paper's CLIP protocol: the file's option order (a CLIP score does not depend on
+        it); ``mode``, ``circular`` and ``prompt_variant`` (CLIP models use ``templates``) are
+        passed on, for :meth:`check_protocol` to refuse."""
+        return Protocol(
+            taxonomy=taxonomy,
+            prompt_variant=prompt_variant,
+            seed=seed,
+            circular=circular,
+            mode=mode,
+            templates=tuple(templates) if templates else None,
+            first_level=first_level,
+        )
+
+    def benchmark_forward(
+        self, images: Sequence[ImageInput], batch_size: int
+    ) -> Callable[[], Any] | None:
+        """The image encoder alone on ``batch_size`` images preprocessed by the model's own
+        transform, already on the device."""
+        batch = [
+            x if isinstance(x, torch.Tensor) else self.transform(_as_pil(x))
+            for x in list(images)[:batch_size]
+        ]
+        pixels = torch.stack(batch).to(self.device, self.dtype)
+        return lambda: self.encode_pixels(pixels)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` image features (not normalised) of a preprocessed ``(B, C, H, W)`` batch on
+        the device, under the classifier's autocast and inference mode."""
+        with torch.inference_mode(), self._autocast():
+            return self._encode_images(pixels)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """``(T, D)`` text features (not normalised) of strings, as they are (no template),
+        under the classifier's autocast and inference mode."""
+        with torch.inference_mode(), self._autocast():
+            return self._encode_texts(texts)
 
     # ----------------------------------------------------------------- shared machinery
     @property
@@ -297,7 +290,17 @@ class ClipClassifier(HierClassifier):
                     self.texts_encoded += len(texts)
                 mean = torch.stack(per_template).mean(0)
                 chunks.append(torch.nn.functional.normalize(mean, dim=-1))
-            self.text_cache.add(templates, missing, torch.cat(chunks))
+            emb = torch.cat(chunks)
+            bad = ~torch.isfinite(emb).all(dim=1)
+            if bad.any():
+                shown = [missing[i] for i in bad.nonzero()[:3, 0].tolist()]
+                raise ValueError(
+                    f"The text embeddings of {int(bad.sum())} of {len(missing)} names by "
+                    f"{self.name!r} are not finite (NaN or infinity; the first: {shown}): the "
+                    "model's text tower gives no usable numbers. Check its weights and dtype "
+                    "(float16 overflows in some text towers: try dtype='float32')."
+                )
+            self.text_cache.add(templates, missing, emb)
         return torch.stack([table[k] for k in keys]).to(self.device)
 
     def _stream_pixels(
@@ -380,105 +383,6 @@ class ClipClassifier(HierClassifier):
                 self.images_encoded += len(indices)
             yield indices, emb, failed
 
-    # ----------------------------------------------------------------- features
-    def _vision_blocks(
-        self,
-    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
-        """The image transformer's blocks (batch-first ``(B, T, D)`` hidden states) and how a
-        block's hidden states pool to ``(B, D)``: the class token where the tower pools one,
-        else the mean over its patch tokens."""
-        raise SiteError(
-            f"{type(self).__name__} does not expose its image transformer's blocks; use 'image'."
-        )
-
-    def features(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        where: str | Sequence[str],
-        *,
-        taxonomy: Taxonomy | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> Features:
-        """Image features at ``image`` (the unit-norm embedding that scoring uses),
-        ``image:raw`` (the same before normalisation) and ``layer:K`` (the hidden states after
-        block ``K`` of the image transformer, ``0`` its input, negative from the end; pooled as
-        the tower pools: its class token where it pools one, else the mean over the tokens).
-
-        All sites come from one pass of the image tower per batch (forward hooks on the blocks),
-        with the same loader, dtype and autocast as scoring. ``taxonomy`` is not used. See
-        :meth:`HierClassifier.features`.
-        """
-        sites = parse_sites(where)
-        check_kinds(sites, ("image", "image:raw", "layer"), self.family)
-        items, _ = as_list(images)
-        layers: dict[str, int] = {}
-        hooks: list[Any] = []
-        captured: dict[int, torch.Tensor] = {}
-        pool: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if any(s.kind == "layer" for s in sites):
-            blocks, pool = self._vision_blocks()
-            for s in sites:
-                if s.kind == "layer":
-                    layers[s.name] = s.resolve_layer(len(blocks), "the image transformer")
-        for k in sorted(set(layers.values())):
-            if k == 0:
-                hooks.append(
-                    blocks[0].register_forward_pre_hook(_keep_input(captured, 0), with_kwargs=True)
-                )
-            else:
-                hooks.append(blocks[k - 1].register_forward_hook(_keep_output(captured, k)))
-        out: dict[str, torch.Tensor] = {}
-        errors: list[str | None] = [None] * len(items)
-        bar = _progress(len(items), "images", progress)
-        try:
-            for indices, pixels, failed in self._stream_pixels(items, batch_size):
-                for i, err in failed.items():
-                    errors[i] = err
-                if pixels is not None:
-                    captured.clear()
-                    with torch.inference_mode(), self._autocast():
-                        raw = self._encode_images(pixels).float()
-                    for s in sites:
-                        if s.kind == "image":
-                            value = torch.nn.functional.normalize(raw, dim=-1)
-                        elif s.kind == "image:raw":
-                            value = raw
-                        else:
-                            value = pool(captured[layers[s.name]].float())
-                        if s.name not in out:
-                            out[s.name] = torch.full((len(items), value.shape[1]), float("nan"))
-                        out[s.name][indices] = value.cpu()
-                    self.images_encoded += len(indices)
-                bar.update(len(indices) + len(failed))
-        finally:
-            for h in hooks:
-                h.remove()
-            bar.close()
-        empty = torch.full((len(items), 0), float("nan"))
-        return Features({s.name: out.get(s.name, empty) for s in sites}, errors)
-
-    def text_features(
-        self,
-        names: Sequence[str],
-        where: str | Sequence[str] = "text",
-        *,
-        taxonomy: Taxonomy | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> Features:
-        """``text``: each name's zero-shot text embedding, as scoring uses it (the templates
-        filled, embedded, averaged and renormalised; cached). With ``taxonomy``, rank-aware
-        templates get the rank of each name's level."""
-        sites = parse_sites(where)
-        check_kinds(sites, ("text",), self.family)
-        names = list(names)
-        ranks = None
-        if taxonomy is not None and taxonomy.ranks and any("{rank}" in t for t in self.templates):
-            ranks = [taxonomy.rank(int(taxonomy.level[taxonomy.node(n)])) for n in names]
-        emb = self.text_embeddings(names, None, ranks).float().cpu()
-        return Features({"text": emb}, [None] * len(names))
-
     def encode_images(
         self,
         images: ImageInput | Sequence[ImageInput | None],
@@ -553,7 +457,7 @@ class ClipClassifier(HierClassifier):
             for k in range(q.n_levels):
                 if q.answers[k] is not None:
                     q.answer_index(k)  # raises QuestionError naming the value
-        ranks = _protocol_ranks(protocol)
+        ranks = _protocol_ranks(protocol, protocol.templates or self.templates)
         width = max(q.n_levels for q in questions)
         n_opt = max((len(c) for q in questions for c in q.choices), default=0)
         vocab: dict[tuple[str, str | None], int] = {}
@@ -701,18 +605,33 @@ def _check_clip_protocol(protocol: Protocol) -> None:
         )
 
 
-def _protocol_ranks(protocol: Protocol) -> tuple[str, ...] | None:
-    if not (protocol.templates and any("{rank}" in t for t in protocol.templates)):
+def _protocol_ranks(protocol: Protocol, templates: Sequence[str]) -> list[str] | None:
+    """The rank name of each taxonomy level when ``templates`` use ``{rank}``, else ``None``."""
+    if not any("{rank}" in t for t in templates):
         return None
-    from hierzoo.taxonomy import BUNDLED
-
-    ranks = BUNDLED.get(protocol.taxonomy or "", (None, None))[1]
+    ranks = protocol.ranks()
     if ranks is None:
         raise ValueError(
-            f"Rank-aware templates need a taxonomy with rank names; {protocol.taxonomy!r} has none "
-            "(set Protocol.taxonomy to cub200, inat21-animal or inat21-plant, or drop {rank})."
+            f"Rank-aware templates need a taxonomy with rank names; {protocol.taxonomy_name!r} "
+            "has none (set Protocol.taxonomy to cub200, inat21-animal, inat21-plant or a Taxonomy "
+            "with ranks, or drop {rank})."
         )
     return ranks
+
+
+def _text_cache_key(spec: ModelSpec, cache_dir: str | Path | bool | None) -> str | None:
+    """The text-embedding cache's model key of a spec: its content fingerprint
+    (:func:`~hierzoo.models._registry.model_fingerprint`); ``None`` (memory only) without a disk
+    cache, so nothing is hashed for nothing."""
+    if cache_dir is False:
+        return None
+    digests = cache_dir if isinstance(cache_dir, (str, Path)) else None
+    return model_fingerprint(spec, digests)
+
+
+def _as_pil(image: Any) -> Image.Image:
+    """A path or PIL image as an RGB PIL image."""
+    return (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
 
 
 def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]:
@@ -728,291 +647,3 @@ def _unique_images(questions: Sequence[Question]) -> tuple[list[Any], list[int]]
             items.append(src)
         slot.append(seen[key])
     return items, slot
-
-
-def _keep_input(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
-    """A forward pre-hook that keeps a block's input hidden states under ``key``."""
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        store[key] = args[0] if args else kwargs["hidden_states"]
-
-    return hook
-
-
-def _keep_output(store: dict[int, torch.Tensor], key: int) -> Callable[..., None]:
-    """A forward hook that keeps a block's output hidden states under ``key``."""
-
-    def hook(module: Any, args: tuple, output: Any) -> None:
-        store[key] = output[0] if isinstance(output, tuple) else output
-
-    return hook
-
-
-def _class_token(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 0]
-
-
-def _mean_after_class_token(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 1:].mean(1)
-
-
-def _mean_tokens(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden.mean(1)
-
-
-def _progress(total: int, unit: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)
-
-
-def _weights_key(path: Path) -> str:
-    """Identity of a local checkpoint: its path and its weight files' sizes and times."""
-    parts = [str(path.resolve())]
-    for f in sorted(path.glob("*")):
-        if f.suffix in (".safetensors", ".bin", ".pth", ".pt"):
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16] + ":" + path.name
-
-
-class OpenClipClassifier(ClipClassifier):
-    """OpenCLIP models (BioCLIP, BioCLIP-2, LAION CLIP ...) through ``open_clip``."""
-
-    family = "openclip"
-
-    def __init__(self, model: Any, tokenizer: Any, **kw: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        super().__init__(**kw)
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: ModelSpec,
-        *,
-        device: torch.device,
-        dtype: str | torch.dtype | None = None,
-        **kw: Any,
-    ) -> OpenClipClassifier:
-        import open_clip
-
-        if spec.source:
-            ident, key = f"local-dir:{spec.source}", _weights_key(Path(spec.source))
-        else:
-            ident, key = f"hf-hub:{spec.hub_id}", f"{spec.hub_id}@{spec.revision}"
-        model, _, preprocess = open_clip.create_model_and_transforms(ident)
-        tokenizer = open_clip.get_tokenizer(ident)
-        return cls.from_model(
-            model,
-            tokenizer,
-            preprocess,
-            name=spec.name,
-            spec=spec if not spec.source else None,
-            model_key=key,
-            device=device,
-            dtype=dtype,
-            **kw,
-        )
-
-    @classmethod
-    def from_model(
-        cls,
-        model: Any,
-        tokenizer: Any,
-        preprocess: Callable[[Image.Image], torch.Tensor],
-        *,
-        name: str = "open_clip model",
-        spec: ModelSpec | None = None,
-        model_key: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: str | torch.dtype | None = None,
-        **kw: Any,
-    ) -> OpenClipClassifier:
-        """Wrap an open_clip model held in memory (its weights are used, not copied; ``device``
-        defaults to where the model already is).
-
-        ``model_key`` names the weights in the text-embedding cache; without it the cache stays
-        in memory, since hierzoo cannot tell two in-memory models apart.
-        """
-        return cls._placed(
-            model,
-            tokenizer,
-            preprocess,
-            name=name,
-            spec=spec,
-            model_key=model_key,
-            device=device,
-            dtype=dtype,
-            **kw,
-        )
-
-    @property
-    def score_kind(self) -> str:  # type: ignore[override]
-        return "sigmoid" if getattr(self.model, "logit_bias", None) is not None else "softmax"
-
-    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
-
-    def _vision_blocks(
-        self,
-    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
-        visual = self.model.visual
-        trunk = getattr(visual, "trunk", None)
-        if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens"):
-            # a timm VisionTransformer tower (open_clip's TimmModel): batch-first blocks; the
-            # class token where timm pools it, else the mean of the patch tokens (SigLIP's
-            # attention-pooled towers have no prefix tokens)
-            prefix = int(trunk.num_prefix_tokens)
-            if getattr(trunk, "global_pool", "") == "token" and prefix > 0:
-                return trunk.blocks, _class_token
-            return trunk.blocks, lambda hidden: hidden[:, prefix:].mean(1)
-        transformer = getattr(visual, "transformer", None)
-        if transformer is None or not hasattr(transformer, "resblocks"):
-            raise SiteError(
-                f"layer:K reads open_clip's own VisionTransformer blocks, but {self.name!r} has a "
-                f"{type(visual).__name__} image tower; use 'image' or 'image:raw'."
-            )
-        if not getattr(transformer, "batch_first", True):
-            raise SiteError(
-                f"The image transformer of {self.name!r} is sequence-first; layer:K needs "
-                "open_clip >= 2.24."
-            )
-        if getattr(visual, "pool_type", "tok") == "tok":
-            return transformer.resblocks, _class_token
-        return transformer.resblocks, _mean_after_class_token
-
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(texts).to(self.device))
-
-    def _embed_dim(self) -> int:
-        return (
-            int(self.model.text_projection.shape[1])
-            if hasattr(self.model, "text_projection")
-            else super()._embed_dim()
-        )
-
-
-class _HFImageTransform:
-    """Picklable PIL -> pixel tensor through a transformers image processor."""
-
-    def __init__(self, image_processor: Any):
-        self.image_processor = image_processor
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-
-def _features(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class HFClipClassifier(ClipClassifier):
-    """transformers CLIP and SigLIP / SigLIP 2 (fixed-resolution) models."""
-
-    family = "hf-clip"
-
-    def __init__(self, model: Any, processor: Any, **kw: Any):
-        self.model = model
-        self.processor = processor
-        self.is_siglip = model.config.model_type in ("siglip", "siglip2")
-        super().__init__(**kw)
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: ModelSpec,
-        *,
-        device: torch.device,
-        dtype: str | torch.dtype | None = None,
-        **kw: Any,
-    ) -> HFClipClassifier:
-        from transformers import AutoModel, AutoProcessor
-
-        where = spec.location
-        revision = None if spec.source else spec.revision
-        dtype = resolve_dtype(dtype, torch.float32)
-        model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(where, revision=revision)
-        key = _weights_key(Path(spec.source)) if spec.source else f"{spec.hub_id}@{spec.revision}"
-        return cls.from_model(
-            model,
-            processor,
-            name=spec.name,
-            spec=spec if not spec.source else None,
-            model_key=key,
-            device=device,
-            dtype=dtype,
-            **kw,
-        )
-
-    @classmethod
-    def from_model(
-        cls,
-        model: Any,
-        processor: Any,
-        *,
-        name: str = "transformers model",
-        spec: ModelSpec | None = None,
-        model_key: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: str | torch.dtype | None = None,
-        **kw: Any,
-    ) -> HFClipClassifier:
-        """Wrap a transformers ``CLIPModel`` / ``SiglipModel`` and its processor held in memory
-        (``device`` defaults to where the model already is)."""
-        if model.config.model_type == "siglip2":
-            raise ValueError(
-                f"{name} is a NaFlex SigLIP 2 checkpoint (variable resolution), which hierzoo "
-                "does not score; "
-                "use a fixed-resolution one such as google/siglip2-so400m-patch14-384 (zoo: "
-                "siglip2-so400m)."
-            )
-        return cls._placed(
-            model,
-            processor,
-            _HFImageTransform(processor.image_processor),
-            name=name,
-            spec=spec,
-            model_key=model_key,
-            device=device,
-            dtype=dtype,
-            **kw,
-        )
-
-    @property
-    def score_kind(self) -> str:  # type: ignore[override]
-        return "sigmoid" if self.is_siglip else "softmax"
-
-    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _features(self.model.get_image_features(pixel_values=pixels))
-
-    def _vision_blocks(
-        self,
-    ) -> tuple[Sequence[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
-        # CLIP pools its class token (position 0); SigLIP has none (an attention head pools)
-        return (
-            self.model.vision_model.encoder.layers,
-            _mean_tokens if self.is_siglip else _class_token,
-        )
-
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tok = self.processor.tokenizer
-        if self.is_siglip:  # SigLIP pools the last position: pad to the trained length
-            enc = tok(
-                texts,
-                padding="max_length",
-                max_length=self.model.config.text_config.max_position_embeddings,
-                truncation=True,
-                return_tensors="pt",
-            )
-        else:
-            enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        if self.is_siglip:
-            enc.pop("attention_mask", None)  # as SiglipProcessor feeds it: all positions attended
-        return _features(self.model.get_text_features(**enc))
-
-    def _embed_dim(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)

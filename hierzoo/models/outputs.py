@@ -1,0 +1,184 @@
+"""What models return: node scores, paths, answers and features (one dataclass each).
+
+Decoders (:mod:`hierzoo.paths`), the runner and the metrics import these without importing the
+model interface, as transformers' ``modeling_outputs`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from hierzoo.tasks import Question
+    from hierzoo.taxonomy import Taxonomy
+
+__all__ = ["STRATEGIES", "Answers", "Features", "NodeScores", "PathPrediction"]
+
+STRATEGIES = ("independent", "topdown", "joint", "marginal")
+"""How :func:`hierzoo.paths.decode_paths` turns node scores into paths."""
+
+
+@dataclass
+class NodeScores:
+    """Raw scores of every taxonomy node for every image.
+
+    Attributes:
+        logits: ``(N, n_nodes)`` float32 on the CPU; the columns of level ``k`` are
+            ``taxonomy.level_offsets[k]:level_offsets[k+1]``.
+        kind: how a level's scores become probabilities: ``"softmax"`` over the level's nodes
+            (CLIP, and vision-LLM log-likelihoods), or ``"sigmoid"`` per node (SigLIP).
+        taxonomy: the taxonomy scored.
+        errors: per image, ``None`` or why it could not be scored (its row is NaN).
+    """
+
+    logits: torch.Tensor
+    kind: str
+    taxonomy: Taxonomy
+    errors: list[str | None] = field(default_factory=list)
+
+    def level(self, k: int) -> torch.Tensor:
+        """``(N, n_k)`` scores of level ``k``."""
+        o = self.taxonomy.level_offsets
+        return self.logits[:, o[k] : o[k + 1]]
+
+    def log_probs(self) -> torch.Tensor:
+        """``(N, n_nodes)`` per-level log-probabilities (log-softmax within each level, or
+        log-sigmoid per node)."""
+        if self.kind == "sigmoid":
+            return torch.nn.functional.logsigmoid(self.logits)
+        o = self.taxonomy.level_offsets.tolist()
+        return torch.cat(
+            [torch.log_softmax(self.logits[:, a:b], dim=1) for a, b in zip(o[:-1], o[1:])], dim=1
+        )
+
+
+@dataclass
+class PathPrediction:
+    """One root-to-leaf path per image.
+
+    Attributes:
+        node_ids: ``(N, L)`` int64 node ids per level, ``-1`` past the end of a path (and for a
+            failed image).
+        names: per image, the node names from the top level down.
+        scores: ``(N, L)`` float, the chosen node's probability at each level under the
+            strategy (per-level probability, or the marginal for ``marginal``); NaN past the end.
+        consistent: ``(N,)`` bool, whether the path exists in the taxonomy (always true except
+            for ``independent``).
+        strategy: the strategy used.
+        errors: per image, ``None`` or why it failed.
+    """
+
+    node_ids: np.ndarray
+    names: list[list[str]]
+    scores: np.ndarray
+    consistent: np.ndarray
+    strategy: str
+    errors: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Answers:
+    """Answers to four-choice questions, one row per question-set entry (image), one column per
+    level.
+
+    Attributes:
+        choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
+            level was not asked or the sample failed.
+        probs: ``(N, L, C)`` float32, each option's probability (NaN padding); softmax over the
+            options, or the sigmoid per option for SigLIP.
+        options: per sample and level, the options in the order they were asked.
+        errors: per sample, ``None`` or why it failed.
+        correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
+            every rotation of its options was answered right.
+        extra: family-specific details (the letters, the prompt variant, the seed ...).
+    """
+
+    choice: np.ndarray
+    probs: np.ndarray
+    options: list[list[list[str]]]
+    errors: list[str | None]
+    correct: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.options)
+
+    def predicted(self, i: int) -> list[str | None]:
+        """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
+        return [
+            opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
+        ]
+
+    def to_records(self, questions: Sequence[Question]) -> list[dict[str, Any]]:
+        """The paper's result format, one dict per sample, plus each option's probability.
+
+        Keys: ``image``, ``label``, and per asked level ``k``: ``ground_truth_levelk``,
+        ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
+        and ``probs_levelk`` (letter -> probability). A failed sample has ``error`` instead.
+        """
+        out = []
+        for i, q in enumerate(questions):
+            row: dict[str, Any] = {"image": q.image, "label": q.label}
+            if self.errors[i] is not None:
+                row["error"] = self.errors[i]
+                out.append(row)
+                continue
+            for k, opts in enumerate(self.options[i]):
+                c = int(self.choice[i, k])
+                if c < 0 or not opts:
+                    continue
+                letters = [chr(65 + j) for j in range(len(opts))]
+                n = k + 1
+                row[f"ground_truth_level{n}"] = q.answers[k]
+                row[f"predicted_level{n}"] = opts[c]
+                row[f"predicted_level{n}_letter"] = letters[c]
+                row[f"choices_level{n}"] = dict(zip(letters, opts))
+                row[f"probs_level{n}"] = {
+                    L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
+                }
+                if self.correct is not None:
+                    row[f"correct_level{n}"] = bool(self.correct[i, k])
+            out.append(row)
+        return out
+
+
+@dataclass
+class Features:
+    """Feature vectors at one or more sites of a model (see :mod:`hierzoo.models._sites`).
+
+    Attributes:
+        data: site name -> ``(N, D_site)`` float32 tensor on the CPU, one row per input; a failed
+            input's row is NaN.
+        errors: per input, ``None`` or why it failed.
+    """
+
+    data: dict[str, torch.Tensor]
+    errors: list[str | None] = field(default_factory=list)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        from hierzoo.models._sites import parse_site
+
+        name = parse_site(site).name
+        if name not in self.data:
+            raise KeyError(f"No features at {site!r}; these hold {list(self.data)}.")
+        return self.data[name]
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The ``(N, D)`` tensor of the only site (raises when there are several)."""
+        if len(self.data) != 1:
+            raise ValueError(
+                f"These features hold {len(self.data)} sites {list(self.data)}; index by site."
+            )
+        return next(iter(self.data.values()))
