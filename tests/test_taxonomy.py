@@ -472,7 +472,7 @@ def test_the_taxonomy_command_checks_depth_and_helps_every_option(capsys):
 
     with pytest.raises(SystemExit) as e:
         main(["taxonomy", "cub200", "--tree", "--depth", "0"])
-    assert e.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     tax_parser = sub.choices["taxonomy"]
     for action in tax_parser._actions:
