@@ -92,7 +92,11 @@ def pair(tmp_path_factory):
 
 def test_default_protocols_are_the_papers(pair):
     clip, vlm = pair
-    assert clip.default_protocol("cub200", prompt_variant=2) == Protocol(taxonomy="cub200")
+    assert clip.default_protocol("cub200") == Protocol(taxonomy="cub200")
+    # a vision-LLM setting given to a CLIP model is passed on for check_protocol to refuse
+    with pytest.raises(ValueError, match="--prompt-variant"):
+        clip.check_protocol(clip.default_protocol("cub200", prompt_variant=2))
+    vlm.check_protocol(vlm.default_protocol("cub200", prompt_variant=2))
     assert vlm.default_protocol("cub200", seed=3) == Protocol(
         taxonomy="cub200", shuffle_options=True, seed=3
     )

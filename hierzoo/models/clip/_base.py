@@ -443,7 +443,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
 
     def check_protocol(self, protocol: Protocol) -> None:
         _check_clip_protocol(protocol)
-        _protocol_ranks(protocol)
+        _protocol_ranks(protocol, protocol.templates or self.templates)
 
     def _answer_plan(
         self, questions: Sequence[Question], protocol: Protocol

@@ -83,7 +83,7 @@ class _AnsweringMixin:
     def check_protocol(self, protocol: Protocol) -> None:
         if protocol.templates is not None:
             raise ValueError(
-                f"Protocol.templates (--template) is for CLIP models; {type(self).__name__} asks "
+                f"Protocol.templates is for CLIP models (--template); {type(self).__name__} asks "
                 f"the paper's questions, so leave it None (got {protocol.templates!r})."
             )
 
