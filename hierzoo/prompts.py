@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 
 MODES = ("image", "text")
 N_VARIANTS = 5
+ANSWERS = ("logits", "generate")
+"""How a vision LLM's answer is read: the option letters' logits at the answer position
+(``logits``), or a greedy reply parsed by the paper's rule (``generate``)."""
+UNKNOWN = "Unknown"
+"""What the paper records as the prediction when no option letter is found in a reply."""
 
 GENERIC = {
     "noun": "subject",
@@ -302,6 +307,24 @@ def check_template(template: str) -> str:
     return template
 
 
+def parse_paper_answer(reply: str, letters: str) -> str | None:
+    """The paper's answer rule: the first option letter, tried in the order A, B, C, ..., that
+    occurs anywhere in the reply (a case-sensitive substring test), else ``None`` (recorded as
+    :data:`UNKNOWN`).
+
+    Kept exactly, quirks included: ``"Answer: C"`` parses as ``A`` (the ``A`` of ``Answer``),
+    ``"D. Anatidae"`` as ``A``, ``"c"`` as ``None``.
+    """
+    return next((letter for letter in letters if letter in reply), None)
+
+
+def parse_yes_no(reply: str) -> int:
+    """The paper's yes/no rule (its binary statements): ``1`` when the reply, stripped and
+    lower-cased, starts with ``y``, ``0`` when it starts with ``n``, else ``-1``."""
+    text = reply.strip().lower()
+    return 1 if text.startswith("y") else 0 if text.startswith("n") else -1
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How questions are asked. Fields a family does not use must keep their defaults.
@@ -324,6 +347,9 @@ class Protocol:
             ``None`` uses the model's default (the paper's ``"a photo of a {}."``).
         first_level: the taxonomy level of the questions' first level (0: the top level), so
             that ``{rank}`` names the right rank for question sets that start lower.
+        answer: ``"logits"`` (the option letters' logits at the answer position) or
+            ``"generate"`` (a greedy reply parsed by :func:`parse_paper_answer`, as the paper's
+            scripts answer); see :data:`ANSWERS`.
     """
 
     taxonomy: str | Taxonomy | None = None
@@ -334,8 +360,11 @@ class Protocol:
     mode: str = "image"
     templates: tuple[str, ...] | None = None
     first_level: int = 0
+    answer: str = "logits"
 
     def __post_init__(self) -> None:
+        if self.answer not in ANSWERS:
+            raise ValueError(f"Expected `answer` to be one of {ANSWERS}, but got {self.answer!r}.")
         if self.first_level < 0:
             raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
         if self.mode not in MODES:

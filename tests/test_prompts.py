@@ -180,3 +180,27 @@ def test_shuffled_orders_visit_levels_in_sorted_key_order():
         rng.shuffle(choices)
         expected[int(key[5:]) - 1] = choices
     assert got == [[expected[k] for k in range(12)]]
+
+
+def test_the_paper_parse_rules_equal_its_scripts_on_random_replies():
+    import random
+
+    from paper_reference import parse_binary, parse_letter
+
+    from hierzoo.prompts import parse_paper_answer, parse_yes_no
+
+    rng = random.Random(0)
+    alphabet = "ABCDEabcde .:\nYesNoynAnswer"
+    fixed = ["C", " B.", "Answer: C", "D. Anatidae", "c", "BA", "", "Yes.", " no", "Nope", "I yes"]
+    replies = fixed + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(500)
+    ]
+    for reply in replies:
+        for letters in ("ABCD", "ABC", "ABCDEFG"):
+            cmap = {letter: f"option {letter}" for letter in letters}
+            want, _ = parse_letter(reply, cmap)
+            got = parse_paper_answer(reply, letters)
+            assert (got or "Unknown") == want, (reply, letters)
+        assert parse_yes_no(reply) == parse_binary(reply)[0], reply
+    assert parse_paper_answer("Answer: C", "ABCD") == "A"  # the paper's quirk, kept
+    assert parse_paper_answer("D", "ABC") is None
