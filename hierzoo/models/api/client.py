@@ -157,6 +157,7 @@ class ChatResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the request has a response."""
         return self.error is None
 
     @property
@@ -243,7 +244,9 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 class ChatClient:
-    """Sends chat-completions requests to one server (see the module's description).
+    """Sends chat-completions requests to one server: ``concurrency`` in flight from a thread
+    pool, retryable failures retried (``Retry-After`` or full-jitter backoff), each response
+    cached as it arrives, tokens counted in :attr:`usage` (see docs/served.md).
 
     Args:
         settings: where and how; ``None`` uses OpenAI with the defaults.
