@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.request
@@ -596,6 +597,23 @@ def test_rerun_sends_nothing(fresh, env, images):
     assert second.usage.sent_prompt_tokens == 0
 
 
+def test_requests_that_could_not_be_built_are_errors_in_their_turn(fresh, env, images, tmp_path):
+    def requests():
+        for i in range(4):
+            try:
+                path = tmp_path / "missing.jpg" if i == 2 else images[i]
+                yield build_request(question(i), path, served())
+            except OSError as e:
+                yield e
+
+    results = {r.index: r for r in make_client(fresh).run(requests())}
+    assert sorted(results) == [0, 1, 2, 3]
+    assert results[2].response is None and "missing.jpg" in results[2].error
+    assert results[2].error.startswith("FileNotFoundError")
+    assert all(results[i].ok for i in (0, 1, 3))
+    assert fresh.received() == 3
+
+
 def test_duplicate_requests_are_sent_once(fresh, env, images):
     req = build_request(question(0), images[0], served())
     results = sorted(
@@ -611,10 +629,12 @@ def test_stopped_run_resumes_with_the_missing_requests_only(fresh, env, images):
     reqs = [build_request(question(i), images[i % 8], served()) for i in range(n)]
     client = make_client(fresh, concurrency=2)
     got = []
-    for r in client.run(reqs):
+    results = client.run(reqs)
+    for r in results:
         got.append(r.index)
         if len(got) == k:
             break
+    results.close()
     stored = len(cache_files(env / "hzcache" / "api"))
     assert stored >= k  # requests in flight when it stopped were finished and stored
     before = fresh.received()
@@ -644,12 +664,15 @@ def test_killed_run_pays_again_for_at_most_the_requests_in_flight(fresh, env, im
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    watchdog = threading.Timer(600, proc.kill)  # a hung child fails the test, never hangs it
+    watchdog.start()
     try:
         lines = [proc.stdout.readline() for _ in range(k)]
         assert all(line.startswith("DONE") for line in lines), lines
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()

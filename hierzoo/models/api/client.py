@@ -418,7 +418,7 @@ class ChatClient:
     # ------------------------------------------------------------------ many requests
     def run(
         self,
-        requests: Iterable[Mapping[str, Any]],
+        requests: Iterable[Mapping[str, Any] | BaseException],
         *,
         progress: bool = False,
         total: int | None = None,
@@ -428,7 +428,9 @@ class ChatClient:
         request as it completes.
 
         Args:
-            requests: chat-completions bodies, consumed lazily.
+            requests: chat-completions bodies, consumed lazily. An item that is an exception
+                (a request that could not be built, such as an unreadable image) gives a
+                result with that error in its turn, and the run goes on.
             progress: show a progress bar (requests per second, cache hits, errors, retries).
             total: the number of requests, for the bar (``len(requests)`` when it has one).
             desc: the bar's label.
@@ -460,6 +462,13 @@ class ChatClient:
                     except StopIteration:
                         exhausted = True
                         break
+                    if isinstance(request, BaseException):
+                        self.usage.errors += 1
+                        counts["errors"] += 1
+                        _tick(bar, counts)
+                        error = self._scrub(f"{type(request).__name__}: {request}")
+                        yield ChatResult(index, "", None, error, False, 0)
+                        continue
                     key = request_key(request, base)
                     if key in waiting:
                         waiting[key].append(index)
