@@ -612,6 +612,8 @@ def test_requests_that_could_not_be_built_are_errors_in_their_turn(fresh, env, i
     assert results[2].error.startswith("FileNotFoundError")
     assert all(results[i].ok for i in (0, 1, 3))
     assert fresh.received() == 3
+    with pytest.raises(ValueError, match="Request 1 is not a chat-completions body"):
+        list(make_client(fresh).run([build_request("q", None, served()), {"model": SERVED}]))
 
 
 def test_duplicate_requests_are_sent_once(fresh, env, images):

@@ -438,6 +438,7 @@ class ChatClient:
         Raises:
             ApiAuthError: the server refused the key (401 / 403).
             ApiNotFoundError: the server has no such model or endpoint (404).
+            ValueError: an item is neither a request body nor an exception.
 
         Stopping early (closing the iterator, or an exception in the consumer) starts no new
         request; requests in flight are finished and cached.
@@ -469,6 +470,13 @@ class ChatClient:
                         error = self._scrub(f"{type(request).__name__}: {request}")
                         yield ChatResult(index, "", None, error, False, 0)
                         continue
+                    if not isinstance(request, Mapping) or not {"model", "messages"} <= set(
+                        request
+                    ):
+                        raise ValueError(
+                            f"Request {index} is not a chat-completions body with 'model' and "
+                            f"'messages' ({type(request).__name__}); build it with build_request."
+                        )
                     key = request_key(request, base)
                     if key in waiting:
                         waiting[key].append(index)
