@@ -197,6 +197,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="the paper's prompt variant 0-4",
     )
     how.add_argument(
+        "--answer",
+        choices=opt.LazyChoices("hierzoo.prompts", "ANSWERS"),
+        default="logits",
+        help="vision LLMs: read the option letters' logits (logits, the default) or generate a "
+        "reply and parse it by the paper's rule (generate, as the paper's scripts answer)",
+    )
+    how.add_argument(
         "--keep-option-order",
         action="store_true",
         help="ask options in the file's order (no shuffling)",

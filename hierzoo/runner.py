@@ -92,6 +92,7 @@ class EvalConfig:
     protocol: str = "paper"
     prompt_variant: int | None = None
     keep_option_order: bool = False
+    answer: str = "logits"
     circular: bool = False
     mode: str = "image"
     templates: list[str] | None = None
@@ -113,6 +114,7 @@ class EvalConfig:
             "protocol",
             "prompt_variant",
             "keep_option_order",
+            "answer",
             "circular",
             "mode",
             "templates",
@@ -333,6 +335,7 @@ def _protocol(cfg: EvalConfig, clf: Any):
         seed=cfg.seed,
         prompt_variant=cfg.prompt_variant,
         keep_option_order=cfg.keep_option_order,
+        answer=cfg.answer,
         circular=cfg.circular,
         templates=cfg.templates,
     )

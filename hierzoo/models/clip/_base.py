@@ -200,16 +200,18 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         seed: int = 42,
         prompt_variant: int | None = None,
         keep_option_order: bool = False,
+        answer: str = "logits",
         circular: bool = False,
         templates: Sequence[str] | None = None,
         first_level: int = 0,
     ) -> Protocol:
         """The paper's CLIP protocol: the file's option order (a CLIP score does not depend on
-        it); ``mode``, ``circular`` and ``prompt_variant`` (CLIP models use ``templates``) are
-        passed on, for :meth:`check_protocol` to refuse."""
+        it); ``mode``, ``circular``, ``prompt_variant`` (CLIP models use ``templates``) and
+        ``answer`` are passed on, for :meth:`check_protocol` to refuse."""
         return Protocol(
             taxonomy=taxonomy,
             prompt_variant=prompt_variant,
+            answer=answer,
             seed=seed,
             circular=circular,
             mode=mode,
@@ -588,6 +590,11 @@ def _fill(template: str, key: str) -> str:
 
 
 def _check_clip_protocol(protocol: Protocol) -> None:
+    if protocol.answer != "logits":
+        raise ValueError(
+            f"--answer {protocol.answer} is for vision LLMs: a CLIP model answers by comparing "
+            "embeddings, with nothing to generate; leave --answer at logits."
+        )
     if protocol.mode != "image":
         raise ValueError(
             f"Protocol mode {protocol.mode!r} (--mode) needs a language model; CLIP models answer "

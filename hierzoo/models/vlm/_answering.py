@@ -81,6 +81,11 @@ class _AnsweringMixin:
                 yield list(piece), self._collect(plan, logits, errors, protocol, piece)
 
     def check_protocol(self, protocol: Protocol) -> None:
+        if protocol.answer != "logits":
+            raise ValueError(
+                f"--answer {protocol.answer} is not available for {type(self).__name__}; use "
+                "--answer logits."
+            )
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models (--template); {type(self).__name__} asks "
