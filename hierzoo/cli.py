@@ -667,7 +667,10 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         "the --labels paths are relative to",
     )
     p.add_argument(
-        "--labels", metavar="CSV", help="a CSV of image,leaf instead of the folder layout"
+        "--labels",
+        metavar="CSV",
+        help="a CSV of image,leaf instead of the folder layout; relative image paths are "
+        "relative to --images when given, else to the CSV's folder",
     )
     p.add_argument(
         "--where",

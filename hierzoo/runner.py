@@ -223,9 +223,7 @@ def prepare_questions(cfg: EvalConfig) -> tuple[list[Question], Any, bool]:
                 "--images / --labels need --taxonomy NAME: hierzoo builds the questions from the "
                 "taxonomy."
             )
-        # relative paths in a labels file are relative to --images, else to the file's folder
-        root = cfg.images or (str(Path(cfg.labels).resolve().parent) if cfg.labels else None)
-        pairs = samples_from_images(root, taxonomy, labels=cfg.labels)
+        pairs = samples_from_images(cfg.images, taxonomy, labels=cfg.labels)
         questions = build_questions(taxonomy, pairs, distractors=cfg.distractors, seed=cfg.seed)
         for q in questions:
             q.path = Path(q.image) if Path(q.image).is_file() else None

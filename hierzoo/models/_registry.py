@@ -254,29 +254,11 @@ def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> s
     """What a spec's weights are, by content: ``"dir:<sha256>"`` for a local directory (its
     weight, config and tokenizer files, :func:`hierzoo._io.directory_fingerprint`; file digests
     remembered under ``cache_dir``), ``"hub:<repo>@<commit>"`` for a hub model whose snapshot
-    is in the local hub cache (the snapshot folder's commit, whatever branch the revision
-    names), else ``"hub:<repo>@<revision>"``."""
-    if spec.source is not None:
-        from hierzoo._io import directory_fingerprint
+    is in the local hub cache (:func:`hierzoo.models._hub.model_fingerprint`), else
+    ``"hub:<repo>@<revision>"``."""
+    from hierzoo.models._hub import model_fingerprint as content
 
-        return f"dir:{directory_fingerprint(spec.source, cache_dir)}"
-    return f"hub:{spec.hub_id}@{_snapshot_commit(spec.hub_id, spec.revision) or spec.revision}"
-
-
-def _snapshot_commit(repo: str, revision: str) -> str | None:
-    """The commit of the local hub cache's snapshot of ``repo`` at ``revision``, or ``None``."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("open_clip_config.json", "config.json"):
-        try:
-            found = try_to_load_from_cache(repo, filename, revision=revision)
-        except Exception:  # a malformed repo id or cache: no snapshot to name
-            continue
-        if isinstance(found, str):
-            return Path(found).parent.name
-    return None
+    return content(spec, cache_dir) or f"hub:{spec.hub_id}@{spec.revision}"
 
 
 def family_of_model(model: Any) -> str:

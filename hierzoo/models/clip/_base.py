@@ -27,6 +27,7 @@ from hierzoo.images import (
     prefetch,
     split_transform,
     tensor_decode_split,
+    unreproducible_step,
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
@@ -109,9 +110,9 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         )
         if decode_on_device and self.device_preprocess is None:
             raise ValueError(
-                f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a "
-                "plain "
-                "resize / crop / normalise that hierzoo can run on tensors; leave it off."
+                f"decode_on_device=True, but the model's preprocessing has a step hierzoo cannot "
+                f"run on tensors ({unreproducible_step(transform) or transform!r}); leave it off "
+                "(the model's own PIL pipeline is then used)."
             )
         self.normalize_on_device = normalize_on_device
         self.worker_decode = worker_decode  # checked by the property
@@ -133,11 +134,10 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         if value not in ("pil", "tensor"):
             raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {value!r}.")
         if value == "tensor" and tensor_decode_split(self.transform) is None:
+            step = unreproducible_step(self.transform) or repr(self.transform)
             raise ValueError(
-                f"worker_decode='tensor', but the model's preprocessing ({self.transform!r}) is "
-                "not a plain "
-                "resize / crop / normalise that hierzoo can run on tensors; use "
-                "worker_decode='pil'."
+                f"worker_decode='tensor', but the model's preprocessing has a step hierzoo cannot "
+                f"run on tensors ({step}); use worker_decode='pil'."
             )
         self._worker_decode = value
 
