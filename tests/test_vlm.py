@@ -390,6 +390,7 @@ def test_extra_records_the_protocol(model, questions):
         "mode": "image",
         "templates": None,
         "first_level": 0,
+        "answer": "logits",
     }
     assert extra["prompt_variant"] == 0 and extra["seed"] == 3 and extra["letters"] == "ABCD"
     assert extra["family"] == model.family and extra["prefix_cache"] is True
