@@ -6,6 +6,7 @@ scripts; faults, the key, resume and the run's identity."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from PIL import Image
 
 import hierzoo
 from hierzoo import prompts
-from hierzoo.cli import main
+from hierzoo.cli import main, parse_args
 from hierzoo.models import resolve, tiny
 from hierzoo.models.api import (
     ApiAuthError,
@@ -245,6 +246,26 @@ def test_what_a_server_lacks_is_named(monkeypatch, setup):
         OpenAIChatClassifier.from_model(object())
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "echoed"),
+    [
+        ("--concurrency", "0", True),
+        ("--concurrency", "many", True),
+        ("--api-base", "ftp://host/v1", True),
+        ("--api-base", "127.0.0.1:8000/v1", True),
+        ("--api-key-env", "sk-proj-Secret-123", False),  # a key passed by mistake: not shown
+    ],
+)
+def test_api_flags_are_checked_at_parse_time(flag, value, echoed, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "openai:x", "--out", "o", flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+    assert (value in err) == echoed, err
+    args = parse_args(["eval", "--model", "m", "--out", "o", "--api-base", "http://h:8000/v1/"])
+    assert args.api_base == "http://h:8000/v1"
+
+
 def test_path_task_is_refused_before_anything_is_written(setup, fresh, env, capsys):
     out = env / "run"
     code = main(_api_args(setup, fresh, out, SERVED, "--task", "path"))
@@ -274,7 +295,7 @@ def test_paper_gpt4o_requests_equal_the_scripts(setup, env):
     assert all(s["max_new_tokens"] == 5 for s in shown)
     assert clf.describe_requests(questions, protocol=protocol, limit=3) == shown[:3]
     # the image: the file's bytes, not re-encoded (the digest `sha256sum FILE` prints)
-    digest = __import__("hashlib").sha256(Path(questions[0].path).read_bytes()).hexdigest()
+    digest = hashlib.sha256(Path(questions[0].path).read_bytes()).hexdigest()
     assert digest in shown[0]["request"]["messages"][1]["content"][1]["image_url"]["url"]
 
 
