@@ -6,6 +6,7 @@ scripts; faults, the key, resume and the run's identity."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -434,6 +435,24 @@ def test_eval_generate_over_the_api_equals_local_generation(setup, fresh, env, l
     assert summary["n"] == N and unknown > 0  # a random model rarely writes a capital letter
 
 
+def test_circular_answers_over_the_api_equal_the_local_model(setup, fresh, env, local_clf):
+    """Every rotation asked; a level is right only if every rotation is, as locally."""
+    from hierzoo.models import Protocol
+
+    questions = read_questions("cub200-similar", image_root=setup["images"])[:3]
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True, circular=True)
+    clf = hierzoo.load(
+        f"openai:{SERVED}", api_base=fresh.base_url, api_key_env=KEY_ENV, top_logprobs=512
+    )
+    api = clf.answer(questions, protocol=protocol)
+    loc = local_clf.answer(questions, protocol=protocol)
+    assert fresh.received() == 3 * 4 * 4  # every level of every entry, in four rotations
+    assert api.options == loc.options
+    np.testing.assert_allclose(api.probs, loc.probs, atol=2e-5)
+    np.testing.assert_array_equal(api.extra["rotation_choices"], loc.extra["rotation_choices"])
+    np.testing.assert_array_equal(api.correct, loc.correct)
+
+
 def test_eval_paper_gpt4o_end_to_end_with_cost(setup, fresh, env):
     out = env / "run"
     assert main(_api_args(setup, fresh, out, "gpt-4o", "--answer", "generate")) == 0
@@ -514,6 +533,30 @@ def test_a_bad_key_stops_the_run_at_once_in_one_line(setup, fresh, env, monkeypa
     assert fresh.received() <= 2 * 2  # what was in flight (and queued) when the 401 came
     assert not (out / "predictions.jsonl").exists() or not _rows(out)
     assert not any(wrong.encode() in p.read_bytes() for p in _files(out) + _cache(env))
+    monkeypatch.setenv(KEY_ENV, KEY)  # fixed: the same command runs in the same folder
+    assert main(_api_args(setup, fresh, out, SERVED, "--concurrency", "2")) == 0
+    assert sorted(_rows(out)) == list(range(N))
+
+
+def test_a_server_without_logprobs_stops_a_logits_run_naming_generate(setup, env):
+    """A response without log-probabilities (as `transformers serve` gives), read from the
+    response cache so that nothing is sent: the run stops, naming --answer generate."""
+    from hierzoo.models.api import ResponseCache, ResponseFormatError, build_request, request_key
+
+    base = "http://127.0.0.1:9/v1"
+    clf = hierzoo.load(f"openai:{SERVED}", api_base=base, api_key_env=KEY_ENV)
+    questions = read_questions("cub200-similar")[:1]
+    protocol = clf.default_protocol("cub200", mode="text")
+    cache = ResponseCache()
+    for r in prompts.plan_questions(questions, protocol).requests:
+        settings = dataclasses.replace(clf.request_settings("logits", "text"), system=r.system)
+        body = build_request(r.text, None, settings, letters=r.letters)
+        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"}}]}
+        cache.put(request_key(body, base), reply, api_base=base, request=body)
+    with pytest.raises(ResponseFormatError, match="--answer generate"):
+        clf.answer(questions, protocol=protocol)
+    assert clf.provenance()["usage"]["cache_hits"] >= 1
+    assert clf.provenance()["usage"]["requests"] == 0
 
 
 def test_the_key_leaks_nowhere(setup, fresh, env, capsys):
