@@ -232,6 +232,27 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="MAP",
         help="vision LLMs larger than one GPU: a transformers device_map such as auto",
     )
+    api = p.add_argument_group("models behind an API (--model openai:MODEL)")
+    api.add_argument(
+        "--api-base",
+        type=opt.api_base,
+        metavar="URL",
+        help="the chat-completions server's base URL, ending in /v1 (default OpenAI's, "
+        "https://api.openai.com/v1)",
+    )
+    api.add_argument(
+        "--api-key-env",
+        type=opt.env_name,
+        metavar="NAME",
+        help="the environment variable that holds the API key (default OPENAI_API_KEY); the "
+        "key itself is never written anywhere",
+    )
+    api.add_argument(
+        "--concurrency",
+        type=opt.positive_int,
+        metavar="N",
+        help="requests in flight (default 16)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
@@ -248,6 +269,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 ("device_map", args.device_map),
                 ("decode_on_device", args.decode_on_device or None),
                 ("worker_decode", args.worker_decode),
+                ("api_base", args.api_base),
+                ("api_key_env", args.api_key_env),
+                ("concurrency", args.concurrency),
             )
             if v
         }
@@ -279,7 +303,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
-        help="only one model family (clip, vlm, openclip, qwen2.5-vl, ...)",
+        help="only one model family (clip, vlm, api, openclip, qwen2.5-vl, openai-chat, ...)",
     )
     p.add_argument("--json", action="store_true", help="print the specs as JSON instead of a table")
     p.set_defaults(func=_cmd_models)

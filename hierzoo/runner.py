@@ -68,8 +68,20 @@ from hierzoo.tasks import (
 TASKS = ("questions", "path")
 PROTOCOLS = ("paper",)
 
-# model options that change how work is scheduled or where it runs, not the numbers
-_NEUTRAL_OPTIONS = frozenset({"device_map", "num_workers", "cache_dir", "token_budget"})
+# model options that change how work is scheduled or where it runs, not the numbers (an API
+# model's key variable, requests in flight, timeouts and retries among them)
+_NEUTRAL_OPTIONS = frozenset(
+    {
+        "device_map",
+        "num_workers",
+        "cache_dir",
+        "token_budget",
+        "api_key_env",
+        "concurrency",
+        "timeout",
+        "max_retries",
+    }
+)
 # how many of the first questions must have an image before the model is loaded
 _IMAGE_PROBE = 32
 
@@ -304,9 +316,16 @@ def run_identity(
     """What a run's numbers are computed from. Two runs with the same identity may share a
     folder; ``None`` marks an item not known yet (the model's content before it is downloaded,
     the dtype before the model has loaded), which :func:`identity_diff` does not compare.
-    A local model is identified by its files' content, not by how its path is written."""
+    A local model is identified by its files' content, not by how its path is written; a model
+    behind an API by its name and the server asked (``model_content`` and ``requests`` come from
+    the loaded model: :meth:`~hierzoo.models.base.HierClassifier.identity`)."""
     ident = cfg.identity()
-    ident["model"] = "local directory" if spec.source else f"{spec.hub_id}@{spec.revision}"
+    if spec.source:
+        ident["model"] = "local directory"
+    elif spec.served:
+        ident["model"] = f"api:{spec.hub_id}"
+    else:
+        ident["model"] = f"{spec.hub_id}@{spec.revision}"
     ident["model_content"] = model_content
     ident["questions"] = questions_digest(questions)
     ident["image_root"] = str(Path(cfg.image_root).resolve()) if cfg.image_root else None
@@ -520,13 +539,15 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
 
     clf = load_model(cfg, d)
     protocol = _protocol(cfg, clf) if cfg.task == "questions" else None
-    if protocol is not None:
-        try:
+    try:
+        clf.check_task(cfg.task)
+        if protocol is not None:
             clf.check_protocol(protocol)
-        except ValueError as e:
-            raise RunError(str(e)) from None
+    except ValueError as e:
+        raise RunError(str(e)) from None
     ident["dtype"] = _dtype_name(clf)
     ident["model_content"] = _model_content(spec)
+    ident.update(clf.identity(protocol))
     if meta is not None and not restart:
         diff = identity_diff(meta["identity"], ident)
         if diff:
@@ -663,6 +684,7 @@ def _work(
         "questions_per_second": round(n_q / wall, 3) if wall > 0 and n_q else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": shlex.join(["hierzoo", *sys.argv[1:]]),
+        **clf.provenance(),
     }
     write_json(out / "summary.json", summary)
     return summary
@@ -715,6 +737,9 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
         return summary
     scores = score_results([_circular_misses(r) for r in rows], taxonomy=taxonomy, ci=True)
+    absent = sum(1 for r in rows for key in r if key.startswith("absent_level"))
+    if absent:  # levels answered from log-probabilities that did not show every option letter
+        summary["levels_with_absent_letters"] = absent
     summary.update(
         {
             "n": scores.pop("n"),

@@ -23,8 +23,12 @@ FAMILIES: dict[str, str] = {
     "qwen3-vl": "hierzoo.models.vlm.qwen:Qwen3VLClassifier",
     "llava-onevision": "hierzoo.models.vlm.llava_onevision:LlavaOnevisionClassifier",
     "internvl": "hierzoo.models.vlm.internvl:InternVLClassifier",
+    "openai-chat": "hierzoo.models.api.openai_chat:OpenAIChatClassifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
+SERVED_FAMILIES = ("openai-chat",)
+SERVED_PREFIX = "openai:"
+"""``openai:MODEL``: the model ``MODEL`` behind an OpenAI-compatible chat-completions API."""
 
 # transformers config.json model_type -> family
 MODEL_TYPES = {
@@ -37,7 +41,7 @@ MODEL_TYPES = {
     "internvl": "internvl",
 }
 
-EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm"}
+EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm", "openai-chat": "api"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class ModelSpec:
         licence: the checkpoint's licence as its model card states it.
         paper: where the checkpoint comes from.
         source: where the weights load from when not the hub (a local directory).
+        served: answered by a server over a chat-completions API (``openai:MODEL``): there are
+            no weights here, and ``hub_id`` is the model name the server is asked for.
     """
 
     name: str
@@ -69,6 +75,7 @@ class ModelSpec:
     licence: str = ""
     paper: str = ""
     source: str | None = field(default=None, compare=False)
+    served: bool = False
 
     @property
     def location(self) -> str:
@@ -212,6 +219,15 @@ _ZOO = [
         )
         for size in ("1b", "2b", "4b", "8b", "38b")
     ],
+    # models behind an API
+    _s(
+        "gpt-4o",
+        "openai-chat",
+        "gpt-4o-2024-11-20",
+        licence="OpenAI API (proprietary)",
+        paper=f"OpenAI GPT-4o System Card (2024); the snapshot used in {PAPER}",
+        served=True,
+    ),
 ]
 
 ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
@@ -223,10 +239,15 @@ class UnknownModelError(ValueError):
 
 def list_models(family: str | None = None) -> list[str]:
     """Zoo names, optionally of one family (``"openclip"``, ``"qwen2.5-vl"``, or ``"clip"`` /
-    ``"vlm"`` for all CLIP-style or all vision-LLM families)."""
+    ``"vlm"`` / ``"api"`` for all CLIP-style, all local vision-LLM or all API families)."""
     if family is None:
         return list(ZOO)
-    groups = {"clip": CLIP_FAMILIES, "vlm": tuple(f for f in FAMILIES if f not in CLIP_FAMILIES)}
+    local = CLIP_FAMILIES + SERVED_FAMILIES
+    groups = {
+        "clip": CLIP_FAMILIES,
+        "vlm": tuple(f for f in FAMILIES if f not in local),
+        "api": SERVED_FAMILIES,
+    }
     wanted = groups.get(family, (family,))
     if not set(wanted) <= set(FAMILIES):
         raise ValueError(
@@ -290,12 +311,15 @@ def family_of_model(model: Any) -> str:
 
 
 def resolve(name_or_path: str | Path) -> ModelSpec:
-    """The spec for a zoo name, an ``hf-hub:org/repo`` id, a zoo hub id, or a local directory.
+    """The spec for a zoo name, an ``hf-hub:org/repo`` id, a zoo hub id, a local directory, or
+    ``openai:MODEL`` (a model behind a chat-completions API; nothing is asked of the network).
 
     Raises:
         UnknownModelError: with the closest zoo names, or what the directory lacks.
     """
     key = str(name_or_path)
+    if key.startswith(SERVED_PREFIX):
+        return _served_spec(key)
     if key.lower() in ZOO:
         return ZOO[key.lower()]
     path = Path(key).expanduser()
@@ -323,6 +347,21 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
         f"Unknown model {key!r}: not a zoo name, an hf-hub:org/repo id or a model directory.{hint} "
         "`hierzoo models` lists the zoo."
     )
+
+
+def _served_spec(key: str) -> ModelSpec:
+    """``openai:MODEL``: the zoo's entry for ``MODEL`` (``openai:gpt-4o``, the paper's snapshot)
+    when it has one, else a spec for the name as given (case kept: servers match it exactly)."""
+    model = key[len(SERVED_PREFIX) :].strip()
+    if not model:
+        raise UnknownModelError(
+            f"{key!r} names no model: write openai:MODEL, the name the server serves (e.g. "
+            "openai:gpt-4o, openai:Qwen/Qwen2.5-VL-72B-Instruct)."
+        )
+    for spec in ZOO.values():
+        if spec.served and model in (spec.name, spec.hub_id):
+            return spec
+    return ModelSpec(name=key, family=SERVED_FAMILIES[0], hub_id=model, served=True)
 
 
 def _family_of_hub(repo: str) -> str:

@@ -202,6 +202,23 @@ class HierClassifier(ABC):
         """Raise ``ValueError`` naming the setting when this model cannot answer under
         ``protocol`` (a run calls it before it writes anything); the default accepts any."""
 
+    def check_task(self, task: str) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` saying what is missing when this model cannot do a run's
+        ``task`` (``"questions"``, or ``"path"``: :meth:`predict_path` over the whole taxonomy);
+        a run calls it before it writes anything. The default accepts both."""
+
+    def identity(self, protocol: Protocol | None) -> dict[str, Any]:
+        """Items of a run's identity (``hierzoo eval``'s ``run.json``) that only the loaded model
+        knows, merged over the runner's own. Default ``{}``: the runner identifies a checkpoint
+        by its files. A model behind an API gives ``model_content`` (the model and the server
+        asked) and ``requests`` (every request setting that changes its answers)."""
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """What this model adds to a run's provenance (``summary.json``); default ``{}``. A
+        model behind an API gives its server and the token usage and estimated cost."""
+        return {}
+
     def timed_module(self) -> torch.nn.Module:
         """The module whose forward passes a benchmark times as the model's work (a CLIP
         model's image tower; a vision LLM's whole network). Default: ``self.model``."""

@@ -99,6 +99,19 @@ class Answers:
         correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
             every rotation of its options was answered right.
         extra: family-specific details (the letters, the prompt variant, the seed ...).
+
+    Answers read from replies or from a server's log-probabilities (models behind an API) also
+    carry:
+
+    Attributes:
+        replies: per sample and level, the raw generated reply (``None`` where none), recorded
+            as ``prediction_levelk``; ``None`` when the answers were not generated.
+        unknown: ``(N, L)`` bool, levels asked whose answer names no option (no option letter in
+            the reply, or none in the top log-probabilities): recorded as the paper's
+            ``Unknown``; ``None`` when every asked level has a choice.
+        absent: per sample and level, the option letters missing from the server's top
+            log-probabilities (``""`` when none), recorded as ``absent_levelk``; ``None`` when
+            the answers were not read from log-probabilities.
     """
 
     choice: np.ndarray
@@ -107,6 +120,9 @@ class Answers:
     errors: list[str | None]
     correct: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    replies: list[list[str | None]] | None = None
+    unknown: np.ndarray | None = None
+    absent: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.options)
@@ -122,8 +138,14 @@ class Answers:
 
         Keys: ``image``, ``label``, and per asked level ``k``: ``ground_truth_levelk``,
         ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
-        and ``probs_levelk`` (letter -> probability). A failed sample has ``error`` instead.
+        and ``probs_levelk`` (letter -> probability, where the answer has probabilities). A
+        failed sample has ``error`` instead. With :attr:`replies`, :attr:`unknown` and
+        :attr:`absent`: ``prediction_levelk`` (the raw reply), ``Unknown`` as the predicted
+        option and letter of a level whose answer names no option, and ``absent_levelk`` (the
+        letters missing from the top log-probabilities).
         """
+        from hierzoo.prompts import UNKNOWN
+
         out = []
         for i, q in enumerate(questions):
             row: dict[str, Any] = {"image": q.image, "label": q.label}
@@ -133,17 +155,22 @@ class Answers:
                 continue
             for k, opts in enumerate(self.options[i]):
                 c = int(self.choice[i, k])
-                if c < 0 or not opts:
+                unknown = self.unknown is not None and bool(self.unknown[i, k])
+                if (c < 0 and not unknown) or not opts:
                     continue
                 letters = [chr(65 + j) for j in range(len(opts))]
                 n = k + 1
                 row[f"ground_truth_level{n}"] = q.answers[k]
-                row[f"predicted_level{n}"] = opts[c]
-                row[f"predicted_level{n}_letter"] = letters[c]
+                if self.replies is not None and self.replies[i][k] is not None:
+                    row[f"prediction_level{n}"] = self.replies[i][k]
+                row[f"predicted_level{n}"] = UNKNOWN if c < 0 else opts[c]
+                row[f"predicted_level{n}_letter"] = UNKNOWN if c < 0 else letters[c]
                 row[f"choices_level{n}"] = dict(zip(letters, opts))
-                row[f"probs_level{n}"] = {
-                    L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
-                }
+                probs = self.probs[i, k, : len(opts)]
+                if np.isfinite(probs).all():
+                    row[f"probs_level{n}"] = {L: round(float(p), 6) for L, p in zip(letters, probs)}
+                if self.absent is not None and self.absent[i][k]:
+                    row[f"absent_level{n}"] = list(self.absent[i][k])
                 if self.correct is not None:
                     row[f"correct_level{n}"] = bool(self.correct[i, k])
             out.append(row)
