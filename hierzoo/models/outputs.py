@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hierzoo.prompts import UNKNOWN
+
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
     from hierzoo.taxonomy import Taxonomy
@@ -91,13 +93,18 @@ class Answers:
 
     Attributes:
         choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
-            level was not asked or the sample failed.
+            level was not asked, the sample failed, or (generated replies) no option letter was
+            found in the reply.
         probs: ``(N, L, C)`` float32, each option's probability (NaN padding); softmax over the
-            options, or the sigmoid per option for SigLIP.
+            options, or the sigmoid per option for SigLIP. With generated replies: the softmax
+            over the option letters' logits at the first generated token.
         options: per sample and level, the options in the order they were asked.
         errors: per sample, ``None`` or why it failed.
         correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
             every rotation of its options was answered right.
+        replies: per sample and level, the generated reply (``None`` where the level was not
+            asked), when answers were generated and parsed (``Protocol(answer="generate")``);
+            ``None`` when they were read from logits.
         extra: family-specific details (the letters, the prompt variant, the seed ...).
     """
 
@@ -107,12 +114,14 @@ class Answers:
     errors: list[str | None]
     correct: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    replies: list[list[str | None]] | None = None
 
     def __len__(self) -> int:
         return len(self.options)
 
     def predicted(self, i: int) -> list[str | None]:
-        """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
+        """The chosen option's name at each level of sample ``i`` (``None`` where not answered,
+        or where a generated reply named no option)."""
         return [
             opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
         ]
@@ -122,7 +131,10 @@ class Answers:
 
         Keys: ``image``, ``label``, and per asked level ``k``: ``ground_truth_levelk``,
         ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
-        and ``probs_levelk`` (letter -> probability). A failed sample has ``error`` instead.
+        and ``probs_levelk`` (letter -> probability). With generated replies also
+        ``prediction_levelk``, the reply as generated (the paper's field), and where no option
+        letter was found in it ``predicted_levelk`` and ``predicted_levelk_letter`` are
+        ``"Unknown"``, as the paper records them. A failed sample has ``error`` instead.
         """
         out = []
         for i, q in enumerate(questions):
@@ -133,13 +145,16 @@ class Answers:
                 continue
             for k, opts in enumerate(self.options[i]):
                 c = int(self.choice[i, k])
-                if c < 0 or not opts:
+                reply = self.replies[i][k] if self.replies is not None else None
+                if not opts or (c < 0 and reply is None):
                     continue
                 letters = [chr(65 + j) for j in range(len(opts))]
                 n = k + 1
                 row[f"ground_truth_level{n}"] = q.answers[k]
-                row[f"predicted_level{n}"] = opts[c]
-                row[f"predicted_level{n}_letter"] = letters[c]
+                if reply is not None:
+                    row[f"prediction_level{n}"] = reply
+                row[f"predicted_level{n}"] = opts[c] if c >= 0 else UNKNOWN
+                row[f"predicted_level{n}_letter"] = letters[c] if c >= 0 else UNKNOWN
                 row[f"choices_level{n}"] = dict(zip(letters, opts))
                 row[f"probs_level{n}"] = {
                     L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
