@@ -712,3 +712,95 @@ def test_records_of_generated_answers():
     logits = Answers(answers.choice, answers.probs, answers.options, [None])
     assert "prediction_level1" not in logits.to_records([q])[0]
     assert "predicted_level2" not in logits.to_records([q])[0]
+
+
+# ---------------------------------------------------------------------------- dry run
+def processor_truth(m, image: Image.Image, text: str) -> dict:
+    """Tiles, size and image tokens of one image, derived from the processor's output the way
+    each family's model reads it."""
+    enc = m.processor(text=[text], images=[image], return_tensors="pt")
+    config = m.model.config
+    if m.family in ("qwen2.5-vl", "qwen3-vl"):
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        ip = m.processor.image_processor
+        side = ip.patch_size * ip.merge_size
+        h, w = smart_resize(
+            image.height, image.width, side, ip.size["shortest_edge"], ip.size["longest_edge"]
+        )
+        assert enc["image_grid_thw"][0].tolist() == [1, h // ip.patch_size, w // ip.patch_size]
+        return {"size": [w, h], "tiles": 1, "tokens": (h // side) * (w // side)}
+    if m.family == "llava-onevision":
+        from transformers.models.llava_onevision.modeling_llava_onevision import (
+            image_size_to_num_patches,
+        )
+
+        tiles = image_size_to_num_patches(
+            image_size=enc["image_sizes"][0],
+            grid_pinpoints=config.image_grid_pinpoints,
+            patch_size=config.vision_config.image_size,
+        )
+        side = config.vision_config.image_size
+        # the base view's patches, then each crop's after unpadding, and the newline tokens
+        tokens = int((enc["input_ids"] == config.image_token_id).sum())
+        assert tokens >= (side // config.vision_config.patch_size) ** 2
+        return {"size": [side, side], "tiles": tiles, "tokens": tokens}
+    side = config.vision_config.image_size[0]
+    tiles = m.processor.image_processor.get_number_of_image_patches(image.height, image.width)
+    return {"size": [side, side], "tiles": tiles, "tokens": tiles * config.image_seq_length}
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_dry_run_shows_the_prompts_answer_tokenizes(model, questions, monkeypatch, mode):
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True, mode=mode)
+    described = model.describe_requests(questions, protocol=protocol)
+    seen: list[str] = []
+    encode = model._encode
+
+    def spy(texts, images, side):
+        seen.extend(texts)
+        return encode(texts, images, side)
+
+    monkeypatch.setattr(model, "_encode", spy)
+    model.prefix_cache = False
+    answers = model.answer(questions, protocol=protocol)
+    assert [d["text"] for d in described] == seen
+    asked = [(i, k) for i in range(len(questions)) for k, o in enumerate(answers.options[i]) if o]
+    assert [(d["sample"], d["level"] - 1) for d in described] == asked
+    for d in described:
+        assert d["letters"] == "ABCD"[: len(answers.options[d["sample"]][d["level"] - 1])]
+        assert "max_new_tokens" not in d and "rotation" not in d
+        q = questions[d["sample"]]
+        if mode == "text":
+            assert d["images"] == [] and "<|im_start|>system\nYou are a helpful" in d["text"]
+            continue
+        image = Image.open(q.path).convert("RGB")
+        (got,) = d["images"]
+        assert got == {"path": str(q.path), **processor_truth(model, image, d["text"])}
+        full = model.processor(text=[d["text"]], images=[image], return_tensors="pt")
+        assert d["prompt_tokens"] == full["input_ids"].shape[1]
+
+
+def test_dry_run_without_weights_equals_the_loaded_model(model, tiny_dirs, questions):
+    from hierzoo.models import load_for_dry_run
+
+    light = load_for_dry_run(tiny_dirs[model.family], prefix_cache=False)
+    assert light.model is None and type(light) is type(model) and not light.prefix_cache
+    protocol = generate_protocol(shuffle_options=True, circular=True)
+    described = light.describe_requests(questions, protocol=protocol, limit=7)
+    assert described == model.describe_requests(questions, protocol=protocol, limit=7)
+    assert len(described) == 7 and [d["rotation"] for d in described[:4]] == [0, 1, 2, 3]
+    assert {d["max_new_tokens"] for d in described} == {5 if model.family == "internvl" else 10}
+    assert light.describe_requests(questions, protocol=protocol, limit=0) == []
+    with pytest.raises(ValueError, match="without its weights.*load it with hierzoo.load"):
+        light.answer(questions, protocol=protocol)
+    with pytest.raises(ValueError, match=r"`limit` >= 0"):
+        light.describe_requests(questions, limit=-1)
+
+
+def test_dry_run_reports_an_unreadable_image(model, questions, image_dir):
+    questions[0].path = image_dir / "corrupt.jpg"
+    first, *_ = model.describe_requests(questions, protocol=Protocol(taxonomy="cub200"), limit=1)
+    (image,) = first["images"]
+    assert image["path"].endswith("corrupt.jpg") and image["error"]
+    assert first["prompt_tokens"] is None and "size" not in image

@@ -132,6 +132,7 @@ class _AnsweringMixin:
     ) -> _Work:
         protocol = protocol or Protocol()
         self.check_protocol(protocol)
+        self._require_weights()
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         plan = prompts.plan_questions(questions, protocol, family=self.family)
