@@ -137,6 +137,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-errors", action="store_true", help="redo samples recorded with an error"
     )
+    p.add_argument(
+        "--dry-run",
+        metavar="N",
+        type=opt.positive_int,
+        help="print the first N requests the run would make (one JSON object per line: prompt, "
+        "image sizes, tiles, tokens) and stop: loads the model's processor, not its weights; no "
+        "forward pass, nothing written",
+    )
     src = p.add_argument_group("questions")
     src.add_argument(
         "--questions",
@@ -204,6 +212,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "reply and parse it by the paper's rule (generate, as the paper's scripts answer)",
     )
     how.add_argument(
+        "--max-new-tokens",
+        metavar="N",
+        type=opt.positive_int,
+        help="with --answer generate: the most tokens of a reply (default: the paper's, 5 or 10 "
+        "by model, taxonomy and mode)",
+    )
+    how.add_argument(
         "--keep-option-order",
         action="store_true",
         help="ask options in the file's order (no shuffling)",
@@ -257,8 +272,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from hierzoo._io import dumps_line
     from hierzoo.report import format_summary
-    from hierzoo.runner import EvalConfig, RunError, retry_command, run_eval
+    from hierzoo.runner import EvalConfig, RunError, dry_run, retry_command, run_eval
 
     cfg = opt.config_from(
         EvalConfig,
@@ -278,6 +294,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         | ({} if args.batched_vision_attention else {"batched_vision_attention": False}),
     )
     try:
+        if args.dry_run:
+            for request in dry_run(cfg, args.dry_run):
+                sys.stdout.write(dumps_line(request))
+            return 0
         summary = run_eval(cfg)
     except RunError as e:
         print(f"hierzoo eval: error: {e}", file=sys.stderr)

@@ -57,7 +57,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rate:
         per_image = prov.get("images_per_second", 0)
         extra += f"; {rate:.1f} questions/s, {per_image:.1f} images/s on {prov.get('device')}"
-    return f"{table}\n{extra}"
+    answers = format_generated(summary)
+    return f"{table}\n{extra}" + (f"\n{answers}" if answers else "")
+
+
+def format_generated(summary: dict[str, Any]) -> str:
+    """One line on generated answers (``--answer generate``): how many replies named no option
+    and how often the parsed letter is the first token's most probable letter; ``""`` for
+    answers read from logits."""
+    if summary.get("answer") != "generate" or not summary.get("n_answers"):
+        return ""
+    n, unknown = summary["n_answers"], summary.get("n_unknown", 0)
+    agreement = summary.get("answer_agreement")
+    line = f"generated replies: {unknown} of {n} Unknown ({100 * unknown / n:.1f}%, scored wrong)"
+    if agreement is not None:
+        line += f"; the parsed letter is the first token's most probable letter in {agreement:.1f}%"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,9 +157,8 @@ def _names(runs: list[dict[str, Any]]) -> list[str]:
     defaults (questions, image), plus the run directory where two runs would read the same."""
     names = []
     for r in runs:
-        extra = [
-            str(r.get(k)) for k, d in (("task", "questions"), ("mode", "image")) if r.get(k, d) != d
-        ]
+        defaults = (("task", "questions"), ("mode", "image"), ("answer", "logits"))
+        extra = [str(r.get(k)) for k, d in defaults if r.get(k, d) != d]
         names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
     keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
     return [
@@ -171,12 +185,15 @@ def _merge_levels(lists: list[list[str]]) -> list[str]:
 def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run: labels, counts, each metric (percent) with ``_low``/``_high`` 95%
     bounds, ``hca_leaf_ratio`` (HCA / leaf accuracy, a fraction) and ``acc_<level>`` per level
-    name (the union over taxonomies; ``None`` where a run has no such level).
+    name (the union over taxonomies; ``None`` where a run has no such level). When any run
+    generated its answers (``--answer generate``), every row also has ``answer``, ``n_unknown``
+    and ``answer_agreement`` (percent; ``None`` for runs that read logits).
 
     Rows are grouped by taxonomy (in order of first appearance), best HCA first.
     """
     names = _names(runs)
     all_levels = _merge_levels([r.get("levels") or [] for r in runs])
+    generated = any(r.get("answer") == "generate" for r in runs)
     rows = []
     for name, r in zip(names, runs):
         m = r["metrics"] or {}
@@ -199,6 +216,10 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
+        if generated:
+            row["answer"] = r.get("answer", "logits")
+            row["n_unknown"] = r.get("n_unknown")
+            row["answer_agreement"] = r.get("answer_agreement")
         row["run"] = r["run_dir"]
         rows.append(row)
     order = list(dict.fromkeys(r["taxonomy"] for r in rows))
@@ -232,15 +253,27 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
             return "-"
         return f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]"
 
+    generated = any("answer" in r for r in rows)
     header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
-    header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")] + ["run"]
+    header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
+    header += ["answer", "Unknown", "Agree"] if generated else []
+    header += ["run"]
     body = []
     for r in rows:
         cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
+        if generated:
+            cells += [_cell(r[k]) for k in ("answer", "n_unknown", "answer_agreement")]
         body.append(cells + [_cell(r["run"])])
     out += markdown_table(header, body, right=set(range(4, len(header) - 1)))
+    if generated:
+        out += [
+            "",
+            "answer: how the answer was read (logits: the option letters' logits; generate: a "
+            "reply parsed by the paper's rule). Unknown: replies naming no option (scored wrong). "
+            "Agree: percent of replies whose letter is the first token's most probable letter.",
+        ]
 
     levels = [k for k in (rows[0] if rows else {}) if k.startswith("acc_")]
     for tax in dict.fromkeys(r["taxonomy"] for r in rows):

@@ -105,6 +105,7 @@ class EvalConfig:
     prompt_variant: int | None = None
     keep_option_order: bool = False
     answer: str = "logits"
+    max_new_tokens: int | None = None
     circular: bool = False
     mode: str = "image"
     templates: list[str] | None = None
@@ -134,7 +135,10 @@ class EvalConfig:
             "distractors",
             "limit",
         )
-        return {k: getattr(self, k) for k in keys}
+        ident = {k: getattr(self, k) for k in keys}
+        if self.max_new_tokens is not None:  # only when set: the ids of other runs stay the same
+            ident["max_new_tokens"] = self.max_new_tokens
+        return ident
 
     def check(self) -> None:
         """Reject settings no run can use, naming the value and the fix.
@@ -148,7 +152,14 @@ class EvalConfig:
             raise RunError(
                 f"Expected --protocol to be one of {PROTOCOLS}, but got {self.protocol!r}."
             )
-        for name, low in (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0)):
+        if self.max_new_tokens is not None and self.answer != "generate":
+            raise RunError(
+                f"--max-new-tokens {self.max_new_tokens} limits generated replies; add --answer "
+                "generate, or drop it."
+            )
+        numbers = (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0))
+        numbers += (("max_new_tokens", 1),)
+        for name, low in numbers:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
                 flag = "--" + name.replace("_", "-")
@@ -331,6 +342,13 @@ def run_identity(
     ident["image_root"] = str(Path(cfg.image_root).resolve()) if cfg.image_root else None
     ident["taxonomy"] = taxonomy_digest(taxonomy)
     ident["dtype"] = dtype
+    if cfg.task == "questions" and cfg.answer == "generate":
+        from hierzoo.prompts import max_new_tokens
+
+        # the reply length in effect, the paper's table's or the flag's
+        ident["max_new_tokens"] = cfg.max_new_tokens or max_new_tokens(
+            spec.family, cfg.taxonomy_name, cfg.mode
+        )
     ident["options"] = {
         k: v for k, v in sorted(cfg.model_kwargs.items()) if k not in _NEUTRAL_OPTIONS
     }
@@ -345,8 +363,12 @@ def _model_content(spec: Any) -> str | None:
 
 # --------------------------------------------------------------------------- running
 def _protocol(cfg: EvalConfig, clf: Any):
-    """The paper's protocol for the model's family under the run's settings."""
-    return clf.default_protocol(
+    """The paper's protocol for the model's family under the run's settings, checked.
+
+    Raises:
+        RunError: a setting this model cannot answer under.
+    """
+    protocol = clf.default_protocol(
         cfg.taxonomy_name,
         mode=cfg.mode,
         seed=cfg.seed,
@@ -356,6 +378,24 @@ def _protocol(cfg: EvalConfig, clf: Any):
         circular=cfg.circular,
         templates=cfg.templates,
     )
+    if cfg.max_new_tokens is not None:
+        protocol = replace(protocol, max_new_tokens=cfg.max_new_tokens)
+    try:
+        clf.check_protocol(protocol)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    return protocol
+
+
+def _in_asked_order(questions: list[Question], protocol: Any) -> tuple[list[Question], Any]:
+    """The questions with their options in the order the protocol asks them, and the protocol
+    that keeps that order. The paper draws every option order from one generator run through
+    the whole set, so the orders are fixed here, over all questions, before any subset (a
+    resumed run, a rank's shard) is asked."""
+    if not protocol.shuffle_options:
+        return questions, protocol
+    shuffled = shuffle_options(questions, protocol.seed, protocol.mode)
+    return shuffled, replace(protocol, shuffle_options=False)
 
 
 def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Question]:
@@ -541,8 +581,6 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
     protocol = _protocol(cfg, clf) if cfg.task == "questions" else None
     try:
         clf.check_task(cfg.task)
-        if protocol is not None:
-            clf.check_protocol(protocol)
     except ValueError as e:
         raise RunError(str(e)) from None
     ident["dtype"] = _dtype_name(clf)
@@ -575,6 +613,43 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
     todo_all = [i for i in range(len(questions)) if i not in done]
     todo = todo_all[d.rank :: d.world]
     return _work(cfg, d, out, clf, protocol, questions, taxonomy, todo, rid, ident, n_done)
+
+
+def dry_run(cfg: EvalConfig, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` requests the run ``cfg`` would make
+    (:meth:`~hierzoo.models.HierClassifier.describe_requests`), with the questions read and
+    checked as the run reads them and the options in its order. Loads the model's processor,
+    not its weights (:func:`hierzoo.models.load_for_dry_run`); runs no forward pass and writes
+    nothing (``--out`` is neither created nor locked).
+
+    Raises:
+        RunError: bad settings or inputs, a family that cannot describe its requests, a
+            processor that cannot load.
+    """
+    from hierzoo.models import load_for_dry_run
+
+    cfg.check()
+    if cfg.task != "questions":
+        raise RunError(
+            f"--dry-run shows the questions a model is asked; --task {cfg.task} asks none."
+        )
+    questions, _, _ = prepare_questions(cfg)
+    spec = resolve_spec(cfg)
+    check_images_resolve(cfg, questions)
+    try:
+        clf = load_for_dry_run(spec, **cfg.model_kwargs)
+    except ImportError:
+        raise
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    except Exception as e:
+        raise RunError(
+            f"The processor of {cfg.model!r} could not load ({type(e).__name__}: {e}); a hub "
+            "model's processor files must be downloaded or reachable."
+        ) from e
+    protocol = _protocol(cfg, clf)
+    questions, protocol = _in_asked_order(questions, protocol)
+    return clf.describe_requests(questions, protocol=protocol, limit=n)
 
 
 def _redo(row: dict[str, Any], cfg: EvalConfig) -> bool:
@@ -614,12 +689,8 @@ def _work(
     ident: dict[str, Any],
     n_done: int,
 ) -> dict[str, Any]:
-    if protocol is not None and protocol.shuffle_options:
-        # The paper draws every option order from one generator run through the whole set, so
-        # the orders are fixed here, over all questions, before any subset (a resumed run, a
-        # rank's shard) is asked; the model then keeps the order it is given.
-        questions = shuffle_options(questions, protocol.seed, protocol.mode)
-        protocol = replace(protocol, shuffle_options=False)
+    if protocol is not None:
+        questions, protocol = _in_asked_order(questions, protocol)
     per_sample = 1 if cfg.task == "path" else None
     n_q = sum(per_sample or sum(a is not None for a in questions[p].answers) for p in todo)
     shard = out / (f"predictions.rank{d.rank}.jsonl" if d.world > 1 else "predictions.jsonl")
@@ -751,7 +822,49 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
             "metrics": scores,
         }
     )
+    if cfg.task == "questions" and cfg.answer == "generate":
+        summary.update(generated_answer_stats(rows))
     return summary
+
+
+def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What generated answers add to a summary (``--answer generate``), from the result rows:
+
+    - ``answer``: ``"generate"``;
+    - ``n_answers``: the replies (asked levels of samples without an error; in circular mode
+      the first rotation's);
+    - ``n_unknown``: replies in which the paper's rule found no option letter (recorded as
+      ``"Unknown"``, scored wrong), and ``n_unknown_per_level`` (``{"level1": ..., ...}``);
+    - ``answer_agreement``: the percentage of replies whose parsed letter is the letter with
+      the highest probability at the first generated token (``probs_levelK``; a tie goes to the
+      earlier letter); an ``Unknown`` reply never agrees. ``None`` without replies.
+    """
+    from hierzoo.prompts import UNKNOWN
+
+    per_level: dict[int, int] = {}
+    n = unknown = agree = 0
+    for row in rows:
+        if row.get("error"):
+            continue
+        for key in row:
+            if not key.startswith("prediction_level"):
+                continue
+            level = key[len("prediction_level") :]
+            letter = row.get(f"predicted_level{level}_letter")
+            probs = row.get(f"probs_level{level}") or {}
+            n += 1
+            missed = letter == UNKNOWN
+            unknown += missed
+            per_level[int(level)] = per_level.get(int(level), 0) + missed
+            if probs and not missed:
+                agree += max(probs, key=probs.__getitem__) == letter
+    return {
+        "answer": "generate",
+        "n_answers": n,
+        "n_unknown": unknown,
+        "n_unknown_per_level": {f"level{k}": per_level[k] for k in sorted(per_level)},
+        "answer_agreement": round(100 * agree / n, 2) if n else None,
+    }
 
 
 def retry_command(argv: list[str] | None = None) -> str:

@@ -275,6 +275,23 @@ def test_path_task_is_refused_before_anything_is_written(setup, fresh, env, caps
     assert not out.exists() and fresh.received() == 0
 
 
+def test_dry_run_needs_no_key_and_sends_nothing(setup, fresh, env, monkeypatch, capsys):
+    """`--dry-run N` builds the first N request bodies as the run would send them (the image as
+    its size and digest), without a key, without a request, writing nothing."""
+    monkeypatch.delenv(KEY_ENV)
+    out = env / "dry"
+    code = main(_api_args(setup, fresh, out, GPT, "--answer", "generate", "--dry-run", "3"))
+    assert code == 0, capsys.readouterr().err
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["sample"], r["level"]) for r in lines] == [(0, 1), (0, 2), (0, 3)]
+    for r in lines:
+        assert r["request"]["model"] == GPT and r["max_new_tokens"] == 5
+        assert r["text"].startswith(CUB_GPT.format(CUB_RANKS[r["level"] - 1]))
+    assert fresh.received() == 0 and not out.exists() and _cache(env) == []
+    with pytest.raises(ApiAuthError):  # the real load still wants its key
+        hierzoo.load(f"openai:{GPT}", api_key_env=KEY_ENV)
+
+
 # ---------------------------------------------------------------------------- the paper's GPT-4o
 def test_paper_gpt4o_requests_equal_the_scripts(setup, env):
     """Image mode: gpt_img_all.py's messages and parameters (the transcription in
@@ -291,7 +308,7 @@ def test_paper_gpt4o_requests_equal_the_scripts(setup, env):
             cmap = {chr(65 + j): o for j, o in enumerate(choices)}
             text = ref.question(CUB_GPT.format(CUB_RANKS[k]), cmap)
             body = {**ref.GPT_PARAMS, "messages": ref.gpt_messages(text, data)}
-            expected.append((i, k, text, describe_request(body)))
+            expected.append((i, k + 1, text, describe_request(body)))
     assert [(s["sample"], s["level"], s["text"], s["request"]) for s in shown] == expected
     assert all(s["max_new_tokens"] == 5 for s in shown)
     assert clf.describe_requests(questions, protocol=protocol, limit=3) == shown[:3]
@@ -312,7 +329,7 @@ def test_paper_gpt4o_text_mode_and_wording_per_taxonomy(setup, env):
         for k, choices in enumerate(q.choices[:-1]):
             cmap = {chr(65 + j): o for j, o in enumerate(choices)}
             text = ref.question(CUB_GPT_TEXT.format(label=q.label, rank=CUB_RANKS[k]), cmap)
-            expected.append((i, k, {**ref.GPT_PARAMS, "messages": ref.gpt_messages(text)}))
+            expected.append((i, k + 1, {**ref.GPT_PARAMS, "messages": ref.gpt_messages(text)}))
     assert [(s["sample"], s["level"], s["request"]) for s in shown] == expected
     assert clf.default_protocol("imagenet-animal").prompt_variant == 1
     assert clf.default_protocol("imagenet-artifact", mode="text").prompt_variant == 2

@@ -113,6 +113,19 @@ def load(
         raise
 
 
+def load_for_dry_run(name_or_path: str | Path | ModelSpec, **options: Any) -> HierClassifier:
+    """A model's classifier without its weights, for :meth:`HierClassifier.describe_requests`
+    (``hierzoo eval --dry-run``): vision LLMs load their config and processor only, so a 72B
+    checkpoint's requests show without downloading or loading the model.
+
+    Raises:
+        ValueError: a family that cannot describe its requests, or another family's options.
+        ImportError: the family's backend is missing.
+    """
+    spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
+    return family_class(spec.family).for_dry_run(spec, **options)
+
+
 def _is_hub_miss(e: BaseException) -> bool:
     while e is not None:
         if type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or (

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hierzoo.prompts import UNKNOWN
+
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
     from hierzoo.taxonomy import Taxonomy
@@ -91,21 +93,20 @@ class Answers:
 
     Attributes:
         choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
-            level was not asked or the sample failed.
+            level was not asked, the sample failed, or (generated replies) no option letter was
+            found in the reply.
         probs: ``(N, L, C)`` float32, each option's probability (NaN padding); softmax over the
-            options, or the sigmoid per option for SigLIP.
+            options, or the sigmoid per option for SigLIP. With generated replies: the softmax
+            over the option letters' logits at the first generated token.
         options: per sample and level, the options in the order they were asked.
         errors: per sample, ``None`` or why it failed.
         correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
             every rotation of its options was answered right.
         extra: family-specific details (the letters, the prompt variant, the seed ...).
-
-    Answers read from replies or from a server's log-probabilities (models behind an API) also
-    carry:
-
-    Attributes:
-        replies: per sample and level, the raw generated reply (``None`` where none), recorded
-            as ``prediction_levelk``; ``None`` when the answers were not generated.
+        replies: per sample and level, the reply as generated (``None`` where the level was not
+            asked), recorded as ``prediction_levelk``, when answers were generated and parsed
+            (``Protocol(answer="generate")``, or a served model); ``None`` when they were read
+            from logits.
         unknown: ``(N, L)`` bool, levels asked whose answer names no option (no option letter in
             the reply, or none in the top log-probabilities): recorded as the paper's
             ``Unknown``; ``None`` when every asked level has a choice.
@@ -128,7 +129,8 @@ class Answers:
         return len(self.options)
 
     def predicted(self, i: int) -> list[str | None]:
-        """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
+        """The chosen option's name at each level of sample ``i`` (``None`` where not answered,
+        or where a generated reply named no option)."""
         return [
             opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
         ]
@@ -140,12 +142,11 @@ class Answers:
         ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
         and ``probs_levelk`` (letter -> probability, where the answer has probabilities). A
         failed sample has ``error`` instead. With :attr:`replies`, :attr:`unknown` and
-        :attr:`absent`: ``prediction_levelk`` (the raw reply), ``Unknown`` as the predicted
-        option and letter of a level whose answer names no option, and ``absent_levelk`` (the
-        letters missing from the top log-probabilities).
+        :attr:`absent`: ``prediction_levelk`` (the reply as generated, the paper's field),
+        ``"Unknown"`` as the predicted option and letter of a level whose answer names no option
+        (as the paper records it), and ``absent_levelk`` (the letters missing from the top
+        log-probabilities).
         """
-        from hierzoo.prompts import UNKNOWN
-
         out = []
         for i, q in enumerate(questions):
             row: dict[str, Any] = {"image": q.image, "label": q.label}
@@ -155,14 +156,16 @@ class Answers:
                 continue
             for k, opts in enumerate(self.options[i]):
                 c = int(self.choice[i, k])
+                reply = self.replies[i][k] if self.replies is not None else None
                 unknown = self.unknown is not None and bool(self.unknown[i, k])
-                if (c < 0 and not unknown) or not opts:
+                if not opts or (c < 0 and not unknown and reply is None):
+                    continue
                     continue
                 letters = [chr(65 + j) for j in range(len(opts))]
                 n = k + 1
                 row[f"ground_truth_level{n}"] = q.answers[k]
-                if self.replies is not None and self.replies[i][k] is not None:
-                    row[f"prediction_level{n}"] = self.replies[i][k]
+                if reply is not None:
+                    row[f"prediction_level{n}"] = reply
                 row[f"predicted_level{n}"] = UNKNOWN if c < 0 else opts[c]
                 row[f"predicted_level{n}_letter"] = UNKNOWN if c < 0 else letters[c]
                 row[f"choices_level{n}"] = dict(zip(letters, opts))

@@ -188,6 +188,7 @@ class OpenAIChatClassifier(HierClassifier):
         max_tokens: int | None = None,
         image_mime: str | None = None,
         cache_dir: str | Path | bool | None = None,
+        connect: bool = True,
     ):
         self.model = PAPER_MODELS.get(model, model)
         self.name = name or model
@@ -220,7 +221,9 @@ class OpenAIChatClassifier(HierClassifier):
         for answer in prompts.ANSWERS:  # every setting checked now, not at the first request
             for mode in prompts.MODES:
                 self.request_settings(answer, mode)
-        self.client = ChatClient(self.api)
+        # connect=False (``--dry-run``): requests are built and described, none is sent, so
+        # no client and no key are needed
+        self.client = ChatClient(self.api) if connect else None
         self.absent_letter_levels = 0
 
     # ------------------------------------------------------------------ construction
@@ -249,6 +252,19 @@ class OpenAIChatClassifier(HierClassifier):
                 "weights here to cast; drop --dtype."
             )
         return cls(spec.hub_id, name=spec.name, spec=spec, **options)
+
+    @classmethod
+    def for_dry_run(cls, spec: ModelSpec, **options: Any) -> OpenAIChatClassifier:
+        """The classifier with its request settings and no client (``hierzoo eval
+        --dry-run``): :meth:`describe_requests` builds the request bodies; no key is needed and
+        nothing is sent.
+
+        Raises:
+            OptionError: an option of another family, or of none.
+            ValueError: a bad option value.
+        """
+        cls.check_options(options, spec.name)
+        return cls(spec.hub_id, name=spec.name, spec=spec, connect=False, **options)
 
     @classmethod
     def from_model(cls, model: Any, processor: Any = None, **options: Any) -> HierClassifier:
@@ -440,7 +456,7 @@ class OpenAIChatClassifier(HierClassifier):
         for r, body in zip(wanted, run.bodies(wanted)):
             item: dict[str, Any] = {
                 "sample": r.sample,
-                "level": r.level,
+                "level": r.level + 1,
                 "rotation": r.rotation,
                 "letters": r.letters,
                 "text": r.text,

@@ -25,6 +25,7 @@ from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._answering import _AnsweringMixin
 from hierzoo.models.vlm._features import _FeaturesMixin
 from hierzoo.models.vlm._prefix_cache import _PrefixCacheMixin
+from hierzoo.models.vlm._requests import _RequestsMixin
 from hierzoo.models.vlm._scoring import _NodeScoringMixin
 
 if TYPE_CHECKING:
@@ -53,19 +54,26 @@ def cap_image_side(image: Image.Image, max_side: int) -> Image.Image:
 
 
 class VisionLLMClassifier(
-    _AnsweringMixin, _NodeScoringMixin, _FeaturesMixin, _PrefixCacheMixin, HierClassifier
+    _AnsweringMixin,
+    _RequestsMixin,
+    _NodeScoringMixin,
+    _FeaturesMixin,
+    _PrefixCacheMixin,
+    HierClassifier,
 ):
     """A transformers vision LLM that answers multiple-choice questions by letter logits.
 
     Subclasses name the transformers class and ``model_type`` of their family and override the
     hooks: :meth:`prompt_positions` and :meth:`suffix_positions` (the RoPE positions of a
     padded prompt batch and of text continuing a cached prefix), :meth:`image_transform`
-    (what happens to a decoded image before the processor), and for :meth:`features`
-    :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's features are read,
-    and how they split per image).
+    (what happens to a decoded image before the processor), :meth:`image_views` (the views of
+    an image in the processor's output, for :meth:`describe_requests`), and for
+    :meth:`features` :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's
+    features are read, and how they split per image).
 
     Attributes:
-        model: the transformers model (eval mode).
+        model: the transformers model (eval mode); ``None`` for a classifier made by
+            :meth:`for_dry_run`, which describes its requests but cannot answer them.
         processor: its processor (tokenizer, image processor, chat template).
         token_budget: the most (rows x sequence positions) one forward pass may hold; sets the
             number of images and questions per pass unless ``batch_size`` is given.
@@ -118,23 +126,28 @@ class VisionLLMClassifier(
             raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        weights = model is not None
         self.model = model
         self.processor = processor
         self.name = name
         self.spec = spec
-        self.device = model.device
-        self.dtype = model.dtype
-        self.token_budget = token_budget or _schedule.default_token_budget(model)
+        self.device = model.device if weights else torch.device("cpu")
+        self.dtype = model.dtype if weights else torch.float32
+        self.token_budget = token_budget or (
+            _schedule.default_token_budget(model) if weights else _schedule.CPU_TOKEN_BUDGET
+        )
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
         self.num_workers = num_workers
         self.process_on_device = process_on_device
         self._templates: dict[str, tuple[str, str]] = {}
-        forward = inspect.signature(model.forward).parameters
+        forward = inspect.signature(model.forward).parameters if weights else {}
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
         self.pipeline_stats = PipelineStats()
-        self.batched_vision_attention = self.batch_vision_attention(batched_vision_attention)
+        self.batched_vision_attention = (
+            self.batch_vision_attention(batched_vision_attention) if weights else False
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -176,14 +189,7 @@ class VisionLLMClassifier(
         transformers = _import_transformers()
         dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
-        config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
-        if config.model_type != cls.model_type:
-            raise ValueError(
-                f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
-                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its "
-                "family."
-            )
-        processor = transformers.AutoProcessor.from_pretrained(spec.location, **hub)
+        processor = cls._load_processor(spec)
         model = getattr(transformers, cls.model_class).from_pretrained(
             spec.location,
             dtype=dtype,
@@ -205,6 +211,49 @@ class VisionLLMClassifier(
             batched_vision_attention=batched_vision_attention,
             num_workers=num_workers,
             process_on_device=process_on_device,
+        )
+
+    @classmethod
+    def _load_processor(cls, spec: ModelSpec) -> Any:
+        """The checkpoint's processor, after checking that its config is the family's.
+
+        Raises:
+            ValueError: the checkpoint holds another family's model.
+        """
+        transformers = _import_transformers()
+        hub = {"revision": spec.revision} if spec.source is None else {}
+        config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
+        if config.model_type != cls.model_type:
+            raise ValueError(
+                f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
+                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its "
+                "family."
+            )
+        return transformers.AutoProcessor.from_pretrained(spec.location, **hub)
+
+    @classmethod
+    def for_dry_run(cls, spec: ModelSpec, **options: Any) -> VisionLLMClassifier:
+        """The checkpoint's classifier without its weights: its config and processor (tokenizer,
+        image processor, chat template) only, a few megabytes whatever the model's size, so
+        :meth:`describe_requests` shows what a run would ask and nothing can be answered.
+
+        Args:
+            spec: the zoo spec (a hub id reads the processor's files at ``spec.revision``).
+            **options: the options :meth:`from_spec` takes; ``prefix_cache`` is used (it decides
+                how prompts split), the others are checked and ignored.
+
+        Raises:
+            OptionError: an option of another family.
+            ValueError: the checkpoint holds another family's model.
+        """
+        cls.check_options(options, spec.name, pass_through=True)
+        processor = cls._load_processor(spec)
+        return cls(
+            None,
+            processor,
+            name=spec.name,
+            spec=spec,
+            prefix_cache=options.get("prefix_cache", True),
         )
 
     @classmethod
@@ -276,6 +325,13 @@ class VisionLLMClassifier(
             model.to(**moved)
         return cls(model.eval(), processor, name=name, spec=spec, **options)
 
+    def _require_weights(self) -> None:
+        if self.model is None:
+            raise ValueError(
+                f"{self.name!r} was loaded without its weights (for_dry_run): it describes its "
+                "requests but answers nothing; load it with hierzoo.load."
+            )
+
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
         """Turn window-batched attention in the vision tower on or off; returns whether it is on.
@@ -302,6 +358,13 @@ class VisionLLMClassifier(
     def suffix_positions(self, start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Positions of a left-padded continuation whose first real token sits at ``start``."""
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def image_views(self, inputs: Any) -> tuple[int, list[int]]:
+        """``(views, [width, height])`` of the one image of a processor output: how many tiles or
+        views of it the vision tower receives (thumbnail included), and the pixel size of each.
+        Default: ``pixel_values`` of ``(tiles, channels, height, width)``."""
+        pixels = inputs["pixel_values"]
+        return int(pixels.shape[0]), [int(pixels.shape[-1]), int(pixels.shape[-2])]
 
     def vision_site(self) -> tuple[Any, str]:
         """``(module, "input" | "output")``: the module whose input or output carries the vision

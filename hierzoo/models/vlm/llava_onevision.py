@@ -19,6 +19,11 @@ class LlavaOnevisionClassifier(VisionLLMClassifier):
     model_class = "LlavaOnevisionForConditionalGeneration"
     model_type = "llava_onevision"
 
+    def image_views(self, inputs: Any) -> tuple[int, list[int]]:
+        # pixel_values: (images, views, channels, height, width), the base view and the crops
+        pixels = inputs["pixel_values"]
+        return int(pixels.shape[1]), [int(pixels.shape[-1]), int(pixels.shape[-2])]
+
     def vision_site(self) -> tuple[Any, str]:
         # the projector's input: the tower's vision_feature_layer, select strategy applied
         return self.model.model.multi_modal_projector, "input"
