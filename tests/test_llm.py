@@ -84,10 +84,8 @@ def reference_logits(m, question: str, n: int, framing: str) -> np.ndarray:
         enc = tok([question + " Answer:"], return_tensors="pt")  # as the paper's --base runs
         letters = [tok.convert_tokens_to_ids("Ġ" + c) for c in "ABCDEFGH"[:n]]
     else:
-        messages = [
-            {"role": "system", "content": m.system_message},
-            {"role": "user", "content": question},
-        ]
+        system = [{"role": "system", "content": m.system_message}] if m.system_message else []
+        messages = [*system, {"role": "user", "content": question}]
         prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         enc = tok([prompt], add_special_tokens=False, return_tensors="pt")
         letters = tok.convert_tokens_to_ids(list("ABCDEFGH"[:n]))
@@ -401,3 +399,62 @@ def test_eval_runs_a_text_llm_end_to_end(dirs, tmp_path, capsys):
     task = ["--task", "path", "--taxonomy", "cub200", "--out", str(tmp_path / "path")]
     assert main([*args, *task]) == 2
     assert "--task questions --mode text" in capsys.readouterr().err
+
+
+def test_templates_without_a_clean_system_turn_still_answer(dirs, questions):
+    tok = AutoTokenizer.from_pretrained(dirs["qwen2"])
+    model = AutoModelForCausalLM.from_pretrained(dirs["qwen2"])
+    protocol = Protocol(taxonomy="cub200", mode="text")
+    # the head ends with a space that the next word's token takes: no shared prefix
+    tok.add_tokens([" Which"])
+    model.resize_token_embeddings(len(tok))
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+    )
+    with pytest.warns(UserWarning, match="merge across the end of the system turn"):
+        m = hierzoo.wrap(model, tok)
+    assert not m.prefix_cache and m.template("text")[0].endswith("user: ")
+    check_against_reference(m, questions, m.answer(questions, protocol=protocol), "chat")
+    # a template without a system role (Gemma 2's) is asked without one
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "<turn>{{ m['role'] }}\n{{ m['content'] }}<end>\n{% endfor %}"
+        "{% if add_generation_prompt %}<turn>model\n{% endif %}"
+    )
+    with pytest.raises(ValueError, match="System role not supported.*system_message=''"):
+        hierzoo.wrap(model, tok)
+    m = hierzoo.wrap(model, tok, system_message="")
+    assert m.template("text") == ("<turn>user\n", "<end>\n<turn>model\n") and m.prefix_cache
+    check_against_reference(m, questions, m.answer(questions, protocol=protocol), "chat")
+
+
+def test_an_empty_system_message_keeps_the_templates_own(dirs):
+    m = hierzoo.load(dirs["qwen2"], device="cpu", system_message="")
+    head, _ = m.template("text")
+    assert head == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\n"
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_defaults_to_bfloat16(dirs, models, key, questions):
+    name, framing = key
+    protocol = Protocol(taxonomy="cub200", mode="text")
+    cpu = models[key].answer(questions, protocol=protocol)
+    exact = hierzoo.load(dirs[name], device="cuda", dtype="float32", framing=framing)
+    assert exact.device.type == "cuda" and exact.token_budget > 8192
+    got = exact.answer(questions, protocol=protocol)
+    np.testing.assert_allclose(
+        got.extra["letter_logits"], cpu.extra["letter_logits"], atol=1e-4, equal_nan=True
+    )
+    assert np.array_equal(got.choice, cpu.choice)
+    fast = hierzoo.load(dirs[name], device="cuda", framing=framing)
+    assert fast.dtype == torch.bfloat16
+    half = fast.answer(questions, protocol=protocol)
+    np.testing.assert_allclose(
+        half.extra["letter_logits"], cpu.extra["letter_logits"], atol=0.1, equal_nan=True
+    )

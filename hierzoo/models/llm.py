@@ -13,6 +13,7 @@ position, many questions per fused pass, the system turn's KV cache shared by ev
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -121,7 +122,9 @@ class TextProcessor:
         return BatchFeature(dict(enc))
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        """The tokenizer's chat template over ``messages`` with plain-string contents.
+        """The tokenizer's chat template over ``messages`` with plain-string contents; a system
+        message whose content is empty is left out (the template's own default system turn, if
+        it has one, takes its place).
 
         Raises:
             ValueError: a message with an image.
@@ -133,6 +136,8 @@ class TextProcessor:
                 if any(part.get("type") != "text" for part in content):
                     raise ValueError("A text-only LLM takes no images.")
                 content = "".join(part["text"] for part in content)
+            if m["role"] == "system" and not content:
+                continue
             flat.append({**m, "content": content})
         return self.tokenizer.apply_chat_template(flat, **kwargs)
 
@@ -149,7 +154,8 @@ class TextLLMClassifier(LLMClassifier):
         framing: ``"chat"`` (the chat template over :attr:`system_message` and the question) or
             ``"base"`` (``question + " Answer:"``, no template; the letters are read as
             ``" A"``, ``" B"`` ...).
-        system_message: the system turn of the chat framing.
+        system_message: the system turn of the chat framing (``""``: none is sent, and the
+            chat template's own default, if it has one, takes its place).
         text_prompt_variants: the paper's wording variant per bundled taxonomy
             (:meth:`paper_prompt_variant`).
     """
@@ -201,8 +207,7 @@ class TextLLMClassifier(LLMClassifier):
         )
         if framing == "base":
             self.letter_separator = " "
-            if not self.template("text")[0]:
-                self.prefix_cache = False  # nothing before the question to share
+        self.template("text")  # a template that cannot ask the paper's questions fails here
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -237,7 +242,8 @@ class TextLLMClassifier(LLMClassifier):
             token_budget, batch_size, prefix_cache: as for vision LLMs.
             framing: ``"chat"`` or ``"base"`` (default: the spec's; else ``"chat"`` when the
                 tokenizer has a chat template, ``"base"`` when it has none).
-            system_message: the chat framing's system turn (default: the family's).
+            system_message: the chat framing's system turn (default: the family's; ``""``: none,
+                the template's own default system turn where it has one).
             **kwargs: passed to ``from_pretrained``; another family's options are refused.
 
         Raises:
@@ -455,18 +461,37 @@ class TextLLMClassifier(LLMClassifier):
             ValueError: image mode.
         """
         type(self).check_mode(mode, name=self.name)
-        if mode not in self._templates:
-            if self.framing == "base":
-                self._templates[mode] = (self._leading_special_text(), BASE_TAIL)
-            else:
-                self._templates[mode] = _chat.split_template(
-                    self.processor,
-                    mode,
-                    self.name,
-                    check_prefix=self.prefix_cache,
-                    system=self.system_message,
+        if mode in self._templates:
+            return self._templates[mode]
+        if self.framing == "base":
+            head, tail = self._leading_special_text(), BASE_TAIL
+        else:
+            try:
+                head, tail = _chat.split_template(
+                    self.processor, mode, self.name, check_prefix=False, system=self.system_message
                 )
-        return self._templates[mode]
+            except ValueError:
+                raise
+            except Exception as e:  # a template's own refusal (a Jinja exception)
+                raise ValueError(
+                    f"The chat template of {self.name!r} cannot render the paper's conversation "
+                    f"({type(e).__name__}: {e}); load it with system_message='' to send no "
+                    "system turn, or with framing='base'."
+                ) from e
+        if self.prefix_cache and not (
+            head and _chat.clean_boundary(self.processor.tokenizer, head, tail)
+        ):
+            # nothing before the question to share, or tokens that merge across its end: every
+            # question runs as one full prompt (the same answers, without the shared head)
+            if head:
+                warnings.warn(
+                    f"The tokens of {self.name!r} merge across the end of the system turn "
+                    f"{head[-20:]!r}: asking with full prompts (prefix_cache=False).",
+                    stacklevel=2,
+                )
+            self.prefix_cache = False
+        self._templates[mode] = (head, tail)
+        return head, tail
 
     def _leading_special_text(self) -> str:
         """The text of the special tokens the tokenizer puts before a text (a BOS), which the

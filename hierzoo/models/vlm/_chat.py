@@ -51,18 +51,23 @@ def split_template(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
             "prompts."
         )
-    if check_prefix:
-        tok = processor.tokenizer
-        split = (
-            tok(head, add_special_tokens=False)["input_ids"]
-            + tok(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    if check_prefix and not clean_boundary(processor.tokenizer, head, tail):
+        raise ValueError(
+            f"The tokens of {name!r} merge across the end of the shared prefix "
+            f"{head[-20:]!r}; load it with prefix_cache=False."
         )
-        if split != tok(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]:
-            raise ValueError(
-                f"The tokens of {name!r} merge across the end of the shared prefix "
-                f"{head[-20:]!r}; load it with prefix_cache=False."
-            )
     return head, tail
+
+
+def clean_boundary(tokenizer: Any, head: str, tail: str) -> bool:
+    """Whether the head's tokens end where the head's text ends: a user text and the tail
+    tokenized on their own continue the head's tokens exactly as in the whole prompt (a KV
+    cache of the head can then serve every question)."""
+    split = (
+        tokenizer(head, add_special_tokens=False)["input_ids"]
+        + tokenizer(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    )
+    return split == tokenizer(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
 
 
 def letter_token_ids(
