@@ -286,7 +286,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
-        help="only one model family (clip, vlm, openclip, qwen2.5-vl, ...)",
+        help="only one model family (clip, vlm, llm, openclip, qwen2.5-vl, ...)",
     )
     p.add_argument("--json", action="store_true", help="print the specs as JSON instead of a table")
     p.set_defaults(func=_cmd_models)
