@@ -134,6 +134,17 @@ def batch_sizes(value: str) -> list[int]:
         ) from None
 
 
+@_kind("run pair")
+def run_pair(value: str) -> tuple[str, str]:
+    """``VLM_RUN=LLM_RUN``: two run directories (``hierzoo report --pair``)."""
+    vlm, sep, llm = value.partition("=")
+    if not sep or not vlm or not llm:
+        raise argparse.ArgumentTypeError(
+            f"expected VLM_RUN=LLM_RUN (two run directories), but got {value!r}"
+        )
+    return vlm, llm
+
+
 @_kind("image size")
 def image_size(value: str) -> tuple[int, int]:
     """``WxH`` in pixels, e.g. ``500x375``."""

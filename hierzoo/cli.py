@@ -247,6 +247,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="MAP",
         help="vision LLMs larger than one GPU: a transformers device_map such as auto",
     )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own modelling code (transformers' trust_remote_code): needed "
+        "by models without a transformers class, such as InternLM2.5; only for code you trust",
+    )
     api = p.add_argument_group("models behind an API (--model openai:MODEL)")
     api.add_argument(
         "--api-base",
@@ -283,6 +289,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             k: v
             for k, v in (
                 ("device_map", args.device_map),
+                ("trust_remote_code", args.trust_remote_code or None),
                 ("decode_on_device", args.decode_on_device or None),
                 ("worker_decode", args.worker_decode),
                 ("api_base", args.api_base),
@@ -323,7 +330,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
-        help="only one model family (clip, vlm, api, openclip, qwen2.5-vl, openai-chat, ...)",
+        help="only one model family (clip, vlm, llm, api, openclip, qwen2.5-vl, openai-chat, ...)",
     )
     p.add_argument("--json", action="store_true", help="print the specs as JSON instead of a table")
     p.set_defaults(func=_cmd_models)
@@ -350,7 +357,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="compare eval runs: a table (Markdown, CSV) and plots",
         description="Read the summary.json of `hierzoo eval` run directories (or of every run "
         "directory one level under a folder) and write report.md, report.csv and three plots: "
-        "HCA against leaf accuracy, accuracy per level, and where paths first break.",
+        "HCA against leaf accuracy, accuracy per level, and where paths first break. A vision "
+        "LLM's text-mode run and its LLM's run on the same questions are also compared "
+        "(comparison.csv, vlm_vs_llm.png).",
     )
     p.add_argument("runs", nargs="+", metavar="DIR", help="run directory, or a folder of them")
     p.add_argument(
@@ -359,6 +368,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         default="hierzoo-report",
         help="report directory (default ./hierzoo-report)",
     )
+    p.add_argument(
+        "--pair",
+        metavar="VLM_RUN=LLM_RUN",
+        action="append",
+        type=opt.run_pair,
+        default=[],
+        help="compare a vision LLM's text-mode run with its LLM's run (repeatable); zoo models "
+        "are paired without it, by the vision LLM's base_llm",
+    )
     opt.no_plots_option(p, "plots, only the tables")
     p.set_defaults(func=_cmd_report)
 
@@ -366,17 +384,38 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hierzoo.report import load_runs, report_table, write_csv, write_markdown, write_plots
+    from hierzoo.report import (
+        PairError,
+        comparison_table,
+        load_runs,
+        pair_runs,
+        report_table,
+        write_comparison_csv,
+        write_csv,
+        write_markdown,
+        write_plots,
+    )
 
     runs = load_runs(args.runs)
+    try:
+        pairs = pair_runs(runs, args.pair)
+    except (PairError, FileNotFoundError, ValueError) as e:
+        print(f"hierzoo report: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = report_table(runs)
-    written = [write_markdown(rows, out / "report.md"), write_csv(rows, out / "report.csv")]
+    comparison = comparison_table(pairs)
+    written = [
+        write_markdown(rows, out / "report.md", comparison),
+        write_csv(rows, out / "report.csv"),
+    ]
+    if comparison:
+        written.append(write_comparison_csv(comparison, out / "comparison.csv"))
     print(written[0].read_text(), end="")
     if not args.no_plots:
         try:
-            written += write_plots(runs, out)
+            written += write_plots(runs, out, pairs)
         except ImportError as e:
             print(f"written: {', '.join(map(str, written))}")
             raise ImportError(f"{e} (or pass --no-plots)") from None

@@ -315,6 +315,21 @@ def resolve_spec(cfg: EvalConfig) -> Any:
         raise RunError(str(e)) from None
 
 
+def check_mode(cfg: EvalConfig, spec: Any) -> None:
+    """Stop before any image is read or the model is loaded when the model's family cannot run
+    the run's mode or task at all (a text-only LLM in image mode), naming the setting to use."""
+    from hierzoo.models._factory import family_class
+
+    try:
+        cls = family_class(spec.family)
+    except ImportError:
+        return  # loading the model names the missing extra
+    try:
+        cls.check_mode(cfg.mode, cfg.task, name=cfg.model)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
 def run_identity(
     cfg: EvalConfig,
     spec: Any,
@@ -560,6 +575,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
     questions, taxonomy, built = prepare_questions(cfg)
     spec = resolve_spec(cfg)
+    check_mode(cfg, spec)
     check_images_resolve(cfg, questions)
     ident = run_identity(
         cfg, spec, questions, taxonomy, model_content=_model_content(spec), dtype=_dtype_asked(cfg)

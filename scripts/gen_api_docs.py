@@ -55,6 +55,7 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
         "hierzoo.models: vision LLMs",
         "hierzoo.models.vlm",
         [
+            "LLMClassifier",
             "VisionLLMClassifier",
             "Qwen2_5_VLClassifier",
             "Qwen3VLClassifier",
@@ -62,11 +63,28 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
             "InternVLClassifier",
         ],
         {
+            "LLMClassifier": [],
             "VisionLLMClassifier": [],
             "Qwen2_5_VLClassifier": [],
             "Qwen3VLClassifier": [],
             "LlavaOnevisionClassifier": [],
             "InternVLClassifier": [],
+        },
+    ),
+    (
+        "hierzoo.models: text-only LLMs",
+        "hierzoo.models.llm",
+        ["TextLLMClassifier", "InternLM2Classifier", "TextProcessor"],
+        {
+            "TextLLMClassifier": [
+                "from_model",
+                "default_protocol",
+                "paper_prompt_variant",
+                "answer",
+                "template",
+            ],
+            "InternLM2Classifier": [],
+            "TextProcessor": [],
         },
     ),
     (

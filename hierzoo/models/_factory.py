@@ -94,7 +94,8 @@ def load(
             ``save_pretrained``, or a :class:`ModelSpec`.
         device: where to run; default the first GPU when there is one.
         dtype: weights' dtype; default the family's (float32 for CLIP models with bf16
-            autocast on CUDA; bfloat16 on CUDA and float32 on CPU for vision LLMs).
+            autocast on CUDA; bfloat16 on CUDA and float32 on CPU for vision LLMs and text-only
+            LLMs).
         **kwargs: family options (``cache_dir`` for CLIP text embeddings, ``device_map`` and
             ``token_budget`` for vision LLMs, ...).
     """

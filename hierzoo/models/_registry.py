@@ -24,8 +24,11 @@ FAMILIES: dict[str, str] = {
     "llava-onevision": "hierzoo.models.vlm.llava_onevision:LlavaOnevisionClassifier",
     "internvl": "hierzoo.models.vlm.internvl:InternVLClassifier",
     "openai-chat": "hierzoo.models.api.openai_chat:OpenAIChatClassifier",
+    "llm": "hierzoo.models.llm:TextLLMClassifier",
+    "internlm2": "hierzoo.models.llm:InternLM2Classifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
+LLM_FAMILIES = ("llm", "internlm2")
 SERVED_FAMILIES = ("openai-chat",)
 SERVED_PREFIX = "openai:"
 """``openai:MODEL``: the model ``MODEL`` behind an OpenAI-compatible chat-completions API."""
@@ -39,7 +42,33 @@ MODEL_TYPES = {
     "qwen3_vl": "qwen3-vl",
     "llava_onevision": "llava-onevision",
     "internvl": "internvl",
+    # text-only LLMs (AutoModelForCausalLM); any other config whose architectures are all
+    # ...ForCausalLM and that has no vision part is one too (is_causal_lm_config)
+    "qwen2": "llm",
+    "qwen2_moe": "llm",
+    "qwen3": "llm",
+    "qwen3_moe": "llm",
+    "llama": "llm",
+    "mistral": "llm",
+    "mixtral": "llm",
+    "gemma": "llm",
+    "gemma2": "llm",
+    "gemma3_text": "llm",
+    "phi3": "llm",
+    "internlm2": "internlm2",
 }
+
+# config.json keys that mark a model with a vision part, which is never a text-only LLM
+_VISION_KEYS = (
+    "vision_config",
+    "vision_tower",
+    "mm_vision_tower",
+    "visual",
+    "img_processor",
+    "vision_encoder",
+    "image_token_id",
+    "image_token_index",
+)
 
 EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm", "openai-chat": "api"}
 
@@ -62,6 +91,10 @@ class ModelSpec:
         source: where the weights load from when not the hub (a local directory).
         served: answered by a server over a chat-completions API (``openai:MODEL``): there are
             no weights here, and ``hub_id`` is the model name the server is asked for.
+        base_llm: a vision LLM's text-only counterpart in the zoo, the LLM the paper compares
+            its text-mode answers with (``hierzoo report`` pairs their runs).
+        framing: a text-only LLM's prompt framing, ``"chat"`` or ``"base"`` (``None``: from
+            its tokenizer; see :class:`hierzoo.models.llm.TextLLMClassifier`).
     """
 
     name: str
@@ -76,6 +109,8 @@ class ModelSpec:
     paper: str = ""
     source: str | None = field(default=None, compare=False)
     served: bool = False
+    base_llm: str | None = None
+    framing: str | None = None
 
     @property
     def location(self) -> str:
@@ -167,6 +202,7 @@ _ZOO = [
             params=size.upper(),
             licence=lic,
             paper=f"Qwen2.5-VL Technical Report (2025); used in {PAPER}",
+            base_llm=f"qwen2.5-{size}-instruct",
         )
         for size, lic in (
             ("3b", "Qwen Research"),
@@ -194,6 +230,7 @@ _ZOO = [
             params=size.upper(),
             licence="Apache-2.0",
             paper=f"Li et al. LLaVA-OneVision (2024); used in {PAPER}",
+            base_llm=f"qwen2-{size}-instruct",
         )
         for size in ("0.5b", "7b", "72b")
     ],
@@ -230,6 +267,59 @@ _ZOO = [
     ),
 ]
 
+_ZOO += [
+    # text-only LLMs: the paper's original LLMs (its evaluation/og_llm scripts) and the LLMs of the
+    # zoo's vision LLMs (their base_llm)
+    *[
+        _s(
+            f"qwen2.5-{size}-instruct",
+            "llm",
+            f"Qwen/Qwen2.5-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence=lic,
+            paper="Qwen2.5 Technical Report (2024)" + (f"; used in {PAPER}" if used else ""),
+        )
+        for size, lic, used in (
+            ("3b", "Qwen Research", False),
+            ("7b", "Apache-2.0", True),
+            ("32b", "Apache-2.0", False),
+            ("72b", "Qwen", False),
+        )
+    ],
+    _s(
+        "qwen2.5-7b",
+        "llm",
+        "Qwen/Qwen2.5-7B",
+        params="7B",
+        licence="Apache-2.0",
+        paper=f"Qwen2.5 Technical Report (2024), the base model; used in {PAPER}",
+        framing="base",
+    ),
+    *[
+        _s(
+            f"qwen2-{size}-instruct",
+            "llm",
+            f"Qwen/Qwen2-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence=lic,
+            paper="Qwen2 Technical Report (2024)" + (f"; used in {PAPER}" if used else ""),
+        )
+        for size, lic, used in (
+            ("0.5b", "Apache-2.0", False),
+            ("7b", "Apache-2.0", True),
+            ("72b", "Tongyi Qianwen", False),
+        )
+    ],
+    _s(
+        "internlm2.5-7b-chat",
+        "internlm2",
+        "internlm/internlm2_5-7b-chat",
+        params="7B",
+        licence="Apache-2.0 (code); weights free for research, commercial use on application",
+        paper=f"InternLM2 Technical Report (2024); used in {PAPER}",
+    ),
+]
+
 ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
 
 
@@ -239,13 +329,16 @@ class UnknownModelError(ValueError):
 
 def list_models(family: str | None = None) -> list[str]:
     """Zoo names, optionally of one family (``"openclip"``, ``"qwen2.5-vl"``, or ``"clip"`` /
-    ``"vlm"`` / ``"api"`` for all CLIP-style, all local vision-LLM or all API families)."""
+    ``"vlm"`` / ``"llm"`` / ``"api"`` for all CLIP-style, all local vision-LLM, all text-only-LLM
+    or all API families)."""
     if family is None:
         return list(ZOO)
-    local = CLIP_FAMILIES + SERVED_FAMILIES
     groups = {
         "clip": CLIP_FAMILIES,
-        "vlm": tuple(f for f in FAMILIES if f not in local),
+        "vlm": tuple(
+            f for f in FAMILIES if f not in CLIP_FAMILIES + LLM_FAMILIES + SERVED_FAMILIES
+        ),
+        "llm": LLM_FAMILIES,
         "api": SERVED_FAMILIES,
     }
     wanted = groups.get(family, (family,))
@@ -264,11 +357,29 @@ def family_of_dir(path: Path) -> str | None:
     cfg = path / "config.json"
     if cfg.is_file():
         try:
-            model_type = json.loads(cfg.read_text()).get("model_type")
+            config = json.loads(cfg.read_text())
         except (json.JSONDecodeError, OSError):
             return None
-        return MODEL_TYPES.get(model_type)
+        if not isinstance(config, dict):
+            return None
+        family = MODEL_TYPES.get(config.get("model_type"))
+        if family is None and is_causal_lm_config(config):
+            family = "llm"
+        return family
     return None
+
+
+def is_causal_lm_config(config: dict[str, Any]) -> bool:
+    """Whether a transformers ``config.json`` (as a dict) is a text-only causal LM: its
+    ``model_type`` is one of the text-only LLMs' in :data:`MODEL_TYPES`, or every name in its
+    ``architectures`` ends in ``ForCausalLM``; and it has no vision part (a ``vision_config``,
+    an image token ... as vision LLMs' configs have)."""
+    if any(key in config for key in _VISION_KEYS):
+        return False
+    if MODEL_TYPES.get(config.get("model_type")) in LLM_FAMILIES:
+        return True
+    names = config.get("architectures") or []
+    return bool(names) and all(str(n).endswith("ForCausalLM") for n in names)
 
 
 def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str:
@@ -284,7 +395,8 @@ def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> s
 
 def family_of_model(model: Any) -> str:
     """The family of a model object held in memory: an open_clip ``CLIP`` / ``CustomTextCLIP``,
-    or a transformers model by its ``config.model_type``.
+    or a transformers model by its ``config.model_type`` (any other text-only
+    ``...ForCausalLM``: a text-only LLM).
 
     Raises:
         TypeError: a model of another kind, naming the kinds hierzoo knows.
@@ -295,7 +407,15 @@ def family_of_model(model: Any) -> str:
         and hasattr(model, "encode_text")
     ):
         return "openclip"
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if (
+        model_type not in MODEL_TYPES
+        and type(model).__name__.endswith("ForCausalLM")
+        and hasattr(config, "to_dict")
+        and is_causal_lm_config({**config.to_dict(), "architectures": [type(model).__name__]})
+    ):
+        return "llm"
     if model_type is None:
         raise TypeError(
             f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
@@ -329,8 +449,8 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
             raise UnknownModelError(
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
                 "open_clip_config.json + weights, or a transformers config.json whose model_type "
-                "is one of "
-                f"{sorted(MODEL_TYPES)}."
+                f"is one of {sorted(MODEL_TYPES)} or whose architectures are ...ForCausalLM (a "
+                "text-only LLM)."
             )
         return ModelSpec(
             name=str(path), family=family, hub_id=str(path), source=str(path.resolve())

@@ -219,6 +219,13 @@ class HierClassifier(ABC):
             first_level=first_level,
         )
 
+    @classmethod  # noqa: B027 (optional hook)
+    def check_mode(cls, mode: str, task: str = "questions", name: str = "") -> None:
+        """Raise ``ValueError`` naming the setting to use when no model of the family can run
+        ``mode`` (``"image"`` / ``"text"``) or ``task`` (``"questions"`` / ``"path"``) at all:
+        a run asks before it reads an image or loads the model. The default accepts any (a
+        model may still refuse a protocol's details in :meth:`check_protocol`)."""
+
     def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` naming the setting when this model cannot answer under
         ``protocol`` (a run calls it before it writes anything); the default accepts any."""

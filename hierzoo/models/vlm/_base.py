@@ -11,22 +11,16 @@ each full prompt is the fallback and the reference.
 
 from __future__ import annotations
 
-import inspect
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
-from hierzoo.images import ImageInput, PipelineStats
-from hierzoo.models.base import HierClassifier, OptionError
-from hierzoo.models.vlm import _chat, _schedule
-from hierzoo.models.vlm._answering import _AnsweringMixin
-from hierzoo.models.vlm._features import _FeaturesMixin
-from hierzoo.models.vlm._prefix_cache import _PrefixCacheMixin
+from hierzoo.images import ImageInput
+from hierzoo.models.vlm import _schedule
+from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
 from hierzoo.models.vlm._requests import _RequestsMixin
-from hierzoo.models.vlm._scoring import _NodeScoringMixin
 
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
@@ -53,14 +47,7 @@ def cap_image_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
 
 
-class VisionLLMClassifier(
-    _AnsweringMixin,
-    _RequestsMixin,
-    _NodeScoringMixin,
-    _FeaturesMixin,
-    _PrefixCacheMixin,
-    HierClassifier,
-):
+class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     """A transformers vision LLM that answers multiple-choice questions by letter logits.
 
     Subclasses name the transformers class and ``model_type`` of their family and override the
@@ -92,19 +79,11 @@ class VisionLLMClassifier(
     """
 
     label = "vision LLM"
-    generative = True
-    options = frozenset(
-        {
-            "token_budget",
-            "batch_size",
-            "prefix_cache",
-            "batched_vision_attention",
-            "num_workers",
-            "process_on_device",
-            "device_map",
-            "attn_implementation",
-        }
-    )
+    options = LLMClassifier.options | {
+        "batched_vision_attention",
+        "num_workers",
+        "process_on_device",
+    }
     model_class: str = ""
     model_type: str = ""
 
@@ -122,31 +101,19 @@ class VisionLLMClassifier(
         num_workers: int | None = None,
         process_on_device: bool | None = None,
     ):
-        if token_budget is not None and token_budget < 1:
-            raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
-        weights = model is not None
-        self.model = model
-        self.processor = processor
-        self.name = name
-        self.spec = spec
-        self.device = model.device if weights else torch.device("cpu")
-        self.dtype = model.dtype if weights else torch.float32
-        self.token_budget = token_budget or (
-            _schedule.default_token_budget(model) if weights else _schedule.CPU_TOKEN_BUDGET
+        super().__init__(
+            model,
+            processor,
+            name=name,
+            spec=spec,
+            token_budget=token_budget,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
         )
-        self.batch_size = batch_size
-        self.prefix_cache = prefix_cache
         self.num_workers = num_workers
         self.process_on_device = process_on_device
-        self._templates: dict[str, tuple[str, str]] = {}
-        forward = inspect.signature(model.forward).parameters if weights else {}
-        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self._letter_cache: dict[tuple[str, int], list[int]] = {}
-        self.pipeline_stats = PipelineStats()
         self.batched_vision_attention = (
-            self.batch_vision_attention(batched_vision_attention) if weights else False
+            self.batch_vision_attention(batched_vision_attention) if model is not None else False
         )
 
     # ------------------------------------------------------------------ loading
@@ -287,18 +254,10 @@ class VisionLLMClassifier(
             ValueError: no processor to be had.
             OptionError: an option of another family, or one that only loading takes.
         """
-        from hierzoo.models._factory import resolve_device, resolve_dtype
         from hierzoo.models._hf import load_processor
 
         name = name or getattr(model, "name_or_path", "") or cls.model_class
-        loading = sorted({"device_map", "attn_implementation"} & options.keys())
-        if loading:
-            raise OptionError(
-                f"{', '.join(loading)}: options of loading a checkpoint (hierzoo.load); a model "
-                "held in memory runs as it was loaded.",
-                loading,
-                [],
-            )
+        refuse_loading_options(options)
         cls.check_options(options, name)
         transformers = _import_transformers()
         expected = getattr(transformers, cls.model_class)
@@ -309,28 +268,8 @@ class VisionLLMClassifier(
                 f"{type(model).__name__}."
             )
         processor = load_processor(model, processor, f"{cls.family} model")
-        target = resolve_dtype(dtype, model.dtype)
-        spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
-        if device is not None and spread:
-            raise ValueError(
-                "This model is spread over devices with device_map; wrap it without `device` (it "
-                "runs where it is)."
-            )
-        moved: dict[str, Any] = {}
-        if device is not None and model.device != resolve_device(device):
-            moved["device"] = resolve_device(device)
-        if target != model.dtype:
-            moved["dtype"] = target
-        if moved:
-            model.to(**moved)
+        place_model(model, device, dtype)
         return cls(model.eval(), processor, name=name, spec=spec, **options)
-
-    def _require_weights(self) -> None:
-        if self.model is None:
-            raise ValueError(
-                f"{self.name!r} was loaded without its weights (for_dry_run): it describes its "
-                "requests but answers nothing; load it with hierzoo.load."
-            )
 
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
@@ -345,26 +284,16 @@ class VisionLLMClassifier(
         """
         return False
 
-    def image_transform(self) -> Callable[[Image.Image], Any] | None:
-        """A picklable function applied to each decoded image in the loader workers, or ``None``."""
-        return None
-
-    def prompt_positions(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE positions of a padded processor batch, and the position after each row's last
-        real token (where a continuation starts). Default: 1-D positions counting real tokens."""
-        mask = inputs["attention_mask"].long()
-        return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1)
-
-    def suffix_positions(self, start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Positions of a left-padded continuation whose first real token sits at ``start``."""
-        return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
-
     def image_views(self, inputs: Any) -> tuple[int, list[int]]:
         """``(views, [width, height])`` of the one image of a processor output: how many tiles or
         views of it the vision tower receives (thumbnail included), and the pixel size of each.
         Default: ``pixel_values`` of ``(tiles, channels, height, width)``."""
         pixels = inputs["pixel_values"]
         return int(pixels.shape[0]), [int(pixels.shape[-1]), int(pixels.shape[-2])]
+
+    def image_transform(self) -> Callable[[Image.Image], Any] | None:
+        """A picklable function applied to each decoded image in the loader workers, or ``None``."""
+        return None
 
     def vision_site(self) -> tuple[Any, str]:
         """``(module, "input" | "output")``: the module whose input or output carries the vision
@@ -376,32 +305,6 @@ class VisionLLMClassifier(
         :meth:`vision_site` kept during a forward of the processor batch ``inputs`` (one image
         per row)."""
         raise NotImplementedError
-
-    # ------------------------------------------------------------------ prompts
-    def template(self, mode: str) -> tuple[str, str]:
-        """``(head, tail)``: the chat-template text before and after the user text of a mode
-        (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt."""
-        if mode not in self._templates:
-            self._templates[mode] = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache
-            )
-        return self._templates[mode]
-
-    def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
-        """Token ids of the first ``n`` option letters as the first assistant token (the
-        letter-token rule, :func:`hierzoo.models.vlm._chat.letter_token_ids`)."""
-        key = (mode, n)
-        if key not in self._letter_cache:
-            tail = self.template(mode)[1]
-            self._letter_cache[key] = _chat.letter_token_ids(
-                self.processor.tokenizer, tail, n, self.name
-            )
-        return self._letter_cache[key]
-
-    def answer_end(self) -> str:
-        """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
-        return _chat.answer_end(self.processor, self.name)
 
     # ------------------------------------------------------------------ inputs and scheduling
     def _image_groups(
@@ -426,19 +329,6 @@ class VisionLLMClassifier(
     def _prefix_tokens(self, image: Image.Image) -> int:
         head, _ = self.template("image")
         return len(self.processor(text=[head], images=[image])["input_ids"][0])
-
-    def _row_chunks(self, n_rows: int, row_tokens: int, batch_size: int | None) -> Iterator[slice]:
-        return _schedule.row_chunks(n_rows, row_tokens, batch_size, self.token_budget)
-
-    def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
-        start = time.perf_counter()
-        kw = {"device": str(self.device)} if images is not None and self._images_on_device() else {}
-        enc = self.processor(
-            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt", **kw
-        )
-        enc = enc.to(device=self.device, dtype=self.dtype)
-        self.pipeline_stats.preprocess += time.perf_counter() - start
-        return enc
 
     def _images_on_device(self) -> bool:
         """Whether images go through the processor on the model's device (see the attribute)."""

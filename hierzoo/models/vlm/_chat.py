@@ -14,58 +14,71 @@ SENTINEL = "<<hierzoo-user-text>>"
 _CHECK_TEXT = "Which one?\nA. first option\nB. second\nAnswer with the letter."
 
 
-def render(processor: Any, user: str, mode: str) -> str:
-    """The chat template over the paper's system message and ``user``, ending with the opening
-    of the assistant turn."""
+def render(processor: Any, user: str, mode: str, system: str | None = None) -> str:
+    """The chat template over the paper's system message (or ``system``) and ``user``, ending
+    with the opening of the assistant turn."""
     return processor.apply_chat_template(
-        prompts.messages(user, mode=mode), tokenize=False, add_generation_prompt=True
+        prompts.messages(user, mode=mode, system=system),
+        tokenize=False,
+        add_generation_prompt=True,
     )
 
 
-def split_template(processor: Any, mode: str, name: str, check_prefix: bool) -> tuple[str, str]:
+def split_template(
+    processor: Any, mode: str, name: str, check_prefix: bool, system: str | None = None
+) -> tuple[str, str]:
     """``(head, tail)``: the chat-template text before and after the user text of a mode.
 
     The head is the system turn and the start of the user turn with the image placeholder;
     the tail closes the user turn and opens the assistant turn. A full prompt is
     ``head + user_text + tail``. ``check_prefix``: also check that the head's tokens end where
-    the head's text ends (a KV cache of the head can then serve every question).
+    the head's text ends (a KV cache of the head can then serve every question). ``system``:
+    the system message (default: the paper's for the mode).
 
     Raises:
         ValueError: a template that does not place the user text verbatim once, that changes
             it, or (``check_prefix``) whose tokens merge across the end of the head.
     """
-    full = render(processor, SENTINEL, mode)
+    full = render(processor, SENTINEL, mode, system)
     if full.count(SENTINEL) != 1:
         raise ValueError(
             f"The chat template of {name!r} does not place the user text verbatim once in the "
             f"prompt ({full!r}); hierzoo cannot build its prompts."
         )
     head, tail = full.split(SENTINEL)
-    if render(processor, _CHECK_TEXT, mode) != head + _CHECK_TEXT + tail:
+    if render(processor, _CHECK_TEXT, mode, system) != head + _CHECK_TEXT + tail:
         raise ValueError(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
             "prompts."
         )
-    if check_prefix:
-        tok = processor.tokenizer
-        split = (
-            tok(head, add_special_tokens=False)["input_ids"]
-            + tok(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    if check_prefix and not clean_boundary(processor.tokenizer, head, tail):
+        raise ValueError(
+            f"The tokens of {name!r} merge across the end of the shared prefix "
+            f"{head[-20:]!r}; load it with prefix_cache=False."
         )
-        if split != tok(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]:
-            raise ValueError(
-                f"The tokens of {name!r} merge across the end of the shared prefix "
-                f"{head[-20:]!r}; load it with prefix_cache=False."
-            )
     return head, tail
 
 
-def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
+def clean_boundary(tokenizer: Any, head: str, tail: str) -> bool:
+    """Whether the head's tokens end where the head's text ends: a user text and the tail
+    tokenized on their own continue the head's tokens exactly as in the whole prompt (a KV
+    cache of the head can then serve every question)."""
+    split = (
+        tokenizer(head, add_special_tokens=False)["input_ids"]
+        + tokenizer(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    )
+    return split == tokenizer(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+
+
+def letter_token_ids(
+    tokenizer: Any, tail: str, n: int, name: str, separator: str = ""
+) -> list[int]:
     """Token ids of the first ``n`` option letters as the first assistant token.
 
     The rule: tokenize the template's tail (which ends the prompt, ``...assistant\\n``)
-    alone and followed by the letter; the one extra token is the letter's id. Tokenizers that
-    spell a letter ``"A"`` after a newline and ``" A"`` after a space get the right one.
+    alone and followed by ``separator`` and the letter; the one extra token is the letter's id.
+    Tokenizers that spell a letter ``"A"`` after a newline and ``" A"`` after a space get the
+    right one (a prompt ending ``" Answer:"`` takes ``separator=" "``: the letter ``" A"``).
 
     Raises:
         ValueError: a letter that is not one token after the tail.
@@ -73,7 +86,7 @@ def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
     base = tokenizer(tail, add_special_tokens=False)["input_ids"]
     ids = []
     for letter in prompts.letters(n):
-        got = tokenizer(tail + letter, add_special_tokens=False)["input_ids"]
+        got = tokenizer(tail + separator + letter, add_special_tokens=False)["input_ids"]
         if got[: len(base)] != base or len(got) != len(base) + 1:
             raise ValueError(
                 f"Option letter {letter!r} is not one token after the prompt's end "
@@ -84,9 +97,9 @@ def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
     return ids
 
 
-def answer_end(processor: Any, name: str) -> str:
+def answer_end(processor: Any, name: str, system: str | None = None) -> str:
     """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
-    msgs = [*prompts.messages("x"), {"role": "assistant", "content": SENTINEL}]
+    msgs = [*prompts.messages("x", system=system), {"role": "assistant", "content": SENTINEL}]
     after = processor.apply_chat_template(msgs, tokenize=False).split(SENTINEL)[-1]
     tok = processor.tokenizer
     ids = tok(after, add_special_tokens=False)["input_ids"]
