@@ -48,7 +48,8 @@ class _Generation:
 @dataclass
 class _Work:
     """One ``answer`` call's plan and what its passes fill in, per request: the first answer
-    token's letter logits and (generate) the reply; per entry: the error, if any."""
+    token's letter logits and (generate) the reply; per entry: the error, if any. ``system``:
+    the system message of a protocol that has its own (``None``: the template's default)."""
 
     protocol: Protocol
     plan: QuestionPlan
@@ -56,6 +57,7 @@ class _Work:
     errors: list[str | None]
     replies: list[str | None] | None
     generation: _Generation | None
+    system: str | None = None
 
 
 class _AnsweringMixin:
@@ -146,6 +148,7 @@ class _AnsweringMixin:
             [None] * len(questions),
             [None] * len(plan.requests) if generate else None,
             self._generation(protocol.reply_tokens(self.family)) if generate else None,
+            _own_system(plan),
         )
 
     def _generation(self, max_new_tokens: int) -> _Generation:
@@ -190,8 +193,11 @@ class _AnsweringMixin:
         plan, mode = work.plan, work.protocol.mode
         if not plan.requests:
             return
-        head, tail = self.template(mode)
-        letter_ids = self.letter_token_ids(plan.n_letters, mode)
+        head, tail = self.template(mode, work.system)
+        if work.protocol.name == "binary":
+            letter_ids = self.answer_token_ids(prompts.BINARY_ANSWERS, mode, work.system)
+        else:
+            letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
         texts = [r.text for r in plan.requests]
         ids = tok([t + tail for t in texts], add_special_tokens=False)["input_ids"]
@@ -253,7 +259,7 @@ class _AnsweringMixin:
         groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
         for local, out, replies in run(
-            mode, images, groups, letter_ids, batch_size, work.generation
+            mode, images, groups, letter_ids, batch_size, work.generation, work.system
         ):
             work.logits[[flat[t] for t in local]] = out
             if replies is not None and work.replies is not None:
@@ -272,11 +278,12 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)``: one prefix forward for all groups (one
         per image; one for all in text mode), then the rows' suffixes from copies of its KV cache,
         and (``generation``) the rows' greedy continuations from there (else replies ``None``)."""
-        prefix = self._prefix(images, len(groups) if images is not None else 1, mode)
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, system)
         owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
@@ -300,10 +307,11 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)`` from full prompts, many rows per
         forward, and (``generation``) their greedy continuations (else replies ``None``)."""
-        head, tail = self.template(mode)
+        head, tail = self.template(mode, system)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
@@ -395,6 +403,8 @@ class _AnsweringMixin:
 
     def _collect(self, work: _Work, samples: Sequence[int]) -> Answers:
         """The :class:`Answers` of the entries ``samples`` (in that order)."""
+        if work.protocol.name == "binary":
+            return self._collect_binary(work, samples)
         plan, protocol, logits, errors = work.plan, work.protocol, work.logits, work.errors
         n = len(samples)
         depth = max((len(o) for o in plan.options), default=0)
@@ -460,3 +470,67 @@ class _AnsweringMixin:
             extra=extra,
             replies=replies if generated else None,
         )
+
+    def _collect_binary(self, work: _Work, samples: Sequence[int]) -> Answers:
+        """The :class:`Answers` of yes/no statements (``--protocol binary``) for the entries
+        ``samples``: per level each option's answer (1 yes, 0 no, -1 neither: the paper's parse
+        of a reply, or ``Yes`` against ``No`` by logits) in asked order; ``choice`` the first
+        option answered yes (-1: none), ``probs`` each option's probability of ``Yes`` against
+        ``No`` at the answer position."""
+        plan, protocol, logits, errors = work.plan, work.protocol, work.logits, work.errors
+        n = len(samples)
+        depth = max((len(o) for o in plan.options), default=0)
+        width = max((len(opts) for o in plan.options for opts in o), default=1)
+        choice = np.full((n, depth), -1, dtype=np.int64)
+        probs = np.full((n, depth, width), np.nan, dtype=np.float32)
+        yes_no = np.full((n, depth, width, 2), np.nan, dtype=np.float32)
+        binary: list[list[list[int]]] = [[[] for _ in range(depth)] for _ in range(n)]
+        generated = work.replies is not None
+        replies: list[list[list[str]]] = [[[] for _ in range(depth)] for _ in range(n)]
+        for row, i in enumerate(samples):
+            if errors[i] is not None:
+                continue
+            for j in plan.by_sample[i]:
+                r = plan.requests[j]
+                k, pos = r.level, len(binary[row][r.level])
+                pair = logits[j, :2]
+                yes_no[row, k, pos] = pair.numpy()
+                probs[row, k, pos] = float(torch.softmax(pair, dim=0)[0])
+                if work.replies is not None:
+                    reply = work.replies[j] or ""
+                    replies[row][k].append(reply)
+                    said = prompts.parse_yes_no(reply)
+                else:
+                    said = int(bool(pair[0] > pair[1]))
+                binary[row][k].append(said)
+                if said == 1 and choice[row, k] < 0:
+                    choice[row, k] = pos
+        extra: dict[str, Any] = {
+            "model": self.name,
+            "family": self.family,
+            "protocol": protocol.to_dict(),
+            "prompt_variant": None,
+            "seed": protocol.seed if protocol.shuffle_options else None,
+            "answers": list(prompts.BINARY_ANSWERS),
+            "prefix_cache": self.prefix_cache,
+            "answer_logits": yes_no,
+        }
+        if work.generation is not None:
+            extra["max_new_tokens"] = work.generation.max_new_tokens
+        return Answers(
+            choice=choice,
+            probs=probs,
+            options=[plan.options[i] for i in samples],
+            errors=[errors[i] for i in samples],
+            extra=extra,
+            binary=binary,
+            statement_replies=replies if generated else None,
+        )
+
+
+def _own_system(plan: QuestionPlan) -> str | None:
+    """The system message of a plan whose protocol has its own (``binary``), else ``None`` (the
+    template's default: the paper's for the mode, or a text LLM's own)."""
+    if plan.protocol.name == "binary" and plan.requests:
+        return plan.requests[0].system
+    return None
