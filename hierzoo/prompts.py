@@ -386,6 +386,19 @@ def binary_text(statement: str) -> str:
     return statement + "\n" + paper_prompts()["binary"]["question"]
 
 
+def open_system_message(mode: str = "image") -> str:
+    """The system message of open-ended questions (``--protocol open``): hierzoo's naming
+    instruction in image mode, the paper's plain assistant in text mode."""
+    _check_mode(mode)
+    return paper_prompts()["open"]["system_image"] if mode == "image" else system_message(mode)
+
+
+def open_text(question: str) -> str:
+    """The user text of an open-ended question: the level's question, a newline, and
+    ``"Answer with the name only."`` (no options)."""
+    return question + "\n" + paper_prompts()["open"]["instruction"]
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How questions are asked. Fields a family does not use must keep their defaults.
@@ -507,14 +520,15 @@ class Protocol:
 
     def reply_tokens(self, family: str | None) -> int | None:
         """The most tokens of a generated reply for a model of ``family``: ``max_new_tokens``,
-        else the paper's (:func:`max_new_tokens`; 10 for ``binary``, as its script sets);
+        else the paper's (:func:`max_new_tokens`; 10 for ``binary``, as its script sets; 16
+        for ``open``, hierzoo's);
         ``None`` when answers are read from logits."""
         if self.answer != "generate":
             return None
         if self.max_new_tokens is not None:
             return self.max_new_tokens
-        if self.name == "binary":
-            return paper_prompts()["binary"]["max_new_tokens"]
+        if self.name in ("binary", "open"):
+            return paper_prompts()[self.name]["max_new_tokens"]
         return max_new_tokens(family, self.taxonomy, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
@@ -537,7 +551,7 @@ class Request:
         options: the options' names in asked order.
         letters: their letters, ``"ABCD"`` for four (``""`` for a yes/no statement).
         answer: the position of the right option in ``options`` (``--protocol binary``: 1 when
-            the statement is true, else 0).
+            the statement is true, else 0; ``open``: -1, no options).
         question: the level's question (variant, rank and label filled in).
         text: the user turn's text: the question, one line per option, the instruction.
         system: the system message.
@@ -608,7 +622,8 @@ def plan_questions(
     its own gets other orders: plan the whole set, then take the requests you need); in
     circular mode each level is asked once per rotation of its options. Under ``binary``
     (:attr:`Protocol.name`) each option of each asked level is one yes/no statement, in asked
-    order (:func:`binary_statement`, :func:`binary_text`). ``family`` (a model
+    order (:func:`binary_statement`, :func:`binary_text`); under ``open`` each asked level is one
+    question without options (:func:`open_text`). ``family`` (a model
     family such as ``"qwen2.5-vl"``) picks the paper's default prompt variant when the protocol
     names none.
 
@@ -636,6 +651,8 @@ def plan_questions(
         orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
     if protocol.name == "binary":
         return _plan_binary(questions, protocol, variant, orders, right)
+    if protocol.name == "open":
+        return _plan_open(questions, protocol, variant, orders)
     system = system_message(mode)
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
@@ -721,3 +738,53 @@ def _plan_binary(
                 )
     n_answers = len(BINARY_ANSWERS) if requests else 0
     return QuestionPlan(protocol, variant, requests, by_sample, orders, options, n_answers)
+
+
+def _plan_open(
+    questions: Sequence[Question],
+    protocol: Protocol,
+    variant: int,
+    orders: list[list[list[int]]],
+) -> QuestionPlan:
+    """The plan of ``--protocol open``: one request per asked level, the level's question and
+    :func:`open_text`'s instruction, no options (``options`` and ``letters`` empty, ``answer``
+    -1, ``order`` empty)."""
+    mode = protocol.mode
+    system = open_system_message(mode)
+    texts: dict[tuple[int, str | None], str] = {}
+    requests: list[Request] = []
+    by_sample: list[list[int]] = []
+    for i, q in enumerate(questions):
+        label = q.label if mode == "text" else None
+        image = None if mode == "text" else (str(q.path) if q.path is not None else q.image)
+        by_sample.append([])
+        for k, order in enumerate(orders[i]):
+            if not order:
+                continue
+            if (k, label) not in texts:
+                texts[k, label] = question_text(
+                    protocol.taxonomy,
+                    protocol.first_level + k,
+                    variant=variant,
+                    mode=mode,
+                    label=label,
+                )
+            by_sample[i].append(len(requests))
+            requests.append(
+                Request(
+                    sample=i,
+                    level=k,
+                    rotation=0,
+                    order=(),
+                    options=(),
+                    letters="",
+                    answer=-1,
+                    question=texts[k, label],
+                    text=open_text(texts[k, label]),
+                    system=system,
+                    mode=mode,
+                    image=image,
+                )
+            )
+    options = [[[] for _ in order_k] for order_k in orders]
+    return QuestionPlan(protocol, variant, requests, by_sample, orders, options, 0)

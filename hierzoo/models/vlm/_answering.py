@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.models.outputs import Answers
+from hierzoo.models.outputs import Answers, first_yes
 from hierzoo.models.vlm._prefix_cache import _cache_of
 from hierzoo.prompts import Protocol, QuestionPlan
 from hierzoo.tasks import Question
@@ -93,6 +93,8 @@ class _AnsweringMixin:
             ValueError: ``protocol.templates`` is set, a bad protocol value, or (generate) a
                 checkpoint whose generation config is not greedy under ``do_sample=False``.
         """
+        if _ranked(protocol):
+            return self._open_whole(questions, protocol, batch_size)
         work = self._prepare(questions, protocol, batch_size)
         for _ in self._score(questions, work, batch_size, progress):
             pass
@@ -109,6 +111,9 @@ class _AnsweringMixin:
         """Stream :meth:`answer` from one image loader: yields ``(positions, answers)`` for runs
         of consecutive entries (at most ``chunk_size``) as their images are done. The options are
         shuffled once over all ``questions``, so the pieces equal one ``answer`` call."""
+        if _ranked(protocol):
+            yield from self._iter_open_ranked(questions, protocol, batch_size, chunk_size)
+            return
         work = self._prepare(questions, protocol, batch_size)
         done = np.array([not rows for rows in work.plan.by_sample], dtype=bool)
         next_q = 0
@@ -122,8 +127,34 @@ class _AnsweringMixin:
                 piece = range(lo, min(lo + chunk_size, next_q))
                 yield list(piece), self._collect(work, piece)
 
+    def _open_whole(
+        self, questions: Sequence[Question], protocol: Protocol, batch_size: int | None
+    ) -> Answers:
+        """The constrained open answers of all ``questions`` in one :class:`Answers`."""
+        pieces = list(
+            self._iter_open_ranked(questions, protocol, batch_size, max(len(questions), 1))
+        )
+        if not pieces:
+            return self._open_answers(
+                prompts.plan_questions(questions, protocol, family=self.family),
+                protocol,
+                [],
+                [],
+                [],
+            )
+        return pieces[0][1]
+
     def check_protocol(self, protocol: Protocol) -> None:
         super().check_protocol(protocol)  # type: ignore[misc]
+        if protocol.name == "open":
+            from hierzoo.models.vlm._open import open_taxonomy
+
+            open_taxonomy(protocol)
+            if protocol.mode == "text" and protocol.answer == "logits":
+                raise ValueError(
+                    "--protocol open ranks the level's nodes by log-likelihood (--answer logits) "
+                    "in image mode only; in text mode use --answer generate (the free reply)."
+                )
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models (--template); {type(self).__name__} asks "
@@ -139,7 +170,8 @@ class _AnsweringMixin:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         plan = prompts.plan_questions(questions, protocol, family=self.family)
         self._require_weights()
-        logits = torch.full((len(plan.requests), max(plan.n_letters, 1)), float("nan"))
+        width = 0 if protocol.name == "open" else max(plan.n_letters, 1)
+        logits = torch.full((len(plan.requests), width), float("nan"))
         generate = protocol.answer == "generate"
         return _Work(
             protocol,
@@ -196,6 +228,8 @@ class _AnsweringMixin:
         head, tail = self.template(mode, work.system)
         if work.protocol.name == "binary":
             letter_ids = self.answer_token_ids(prompts.BINARY_ANSWERS, mode, work.system)
+        elif work.protocol.name == "open":
+            letter_ids = []
         else:
             letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
@@ -405,6 +439,8 @@ class _AnsweringMixin:
         """The :class:`Answers` of the entries ``samples`` (in that order)."""
         if work.protocol.name == "binary":
             return self._collect_binary(work, samples)
+        if work.protocol.name == "open":
+            return self._collect_open(work, samples)
         plan, protocol, logits, errors = work.plan, work.protocol, work.logits, work.errors
         n = len(samples)
         depth = max((len(o) for o in plan.options), default=0)
@@ -503,8 +539,8 @@ class _AnsweringMixin:
                 else:
                     said = int(bool(pair[0] > pair[1]))
                 binary[row][k].append(said)
-                if said == 1 and choice[row, k] < 0:
-                    choice[row, k] = pos
+            for k, said_k in enumerate(binary[row]):
+                choice[row, k] = first_yes(said_k)
         extra: dict[str, Any] = {
             "model": self.name,
             "family": self.family,
@@ -529,8 +565,15 @@ class _AnsweringMixin:
 
 
 def _own_system(plan: QuestionPlan) -> str | None:
-    """The system message of a plan whose protocol has its own (``binary``), else ``None`` (the
-    template's default: the paper's for the mode, or a text LLM's own)."""
-    if plan.protocol.name == "binary" and plan.requests:
+    """The system message of a plan whose protocol has its own (``binary``; ``open`` in image
+    mode), else ``None`` (the template's default: the paper's for the mode, or a text LLM's
+    own)."""
+    name, mode = plan.protocol.name, plan.protocol.mode
+    if (name == "binary" or (name == "open" and mode == "image")) and plan.requests:
         return plan.requests[0].system
     return None
+
+
+def _ranked(protocol: Protocol | None) -> bool:
+    """Whether a protocol asks for constrained open answers (``open`` read from logits)."""
+    return protocol is not None and protocol.name == "open" and protocol.answer == "logits"

@@ -21,6 +21,7 @@ from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._answering import _AnsweringMixin
 from hierzoo.models.vlm._features import _FeaturesMixin
+from hierzoo.models.vlm._open import _OpenMixin
 from hierzoo.models.vlm._prefix_cache import _PrefixCacheMixin
 from hierzoo.models.vlm._scoring import _NodeScoringMixin
 
@@ -77,7 +78,12 @@ def place_model(model: Any, device: str | torch.device | None, dtype: Any) -> No
 
 
 class LLMClassifier(
-    _AnsweringMixin, _NodeScoringMixin, _FeaturesMixin, _PrefixCacheMixin, HierClassifier
+    _AnsweringMixin,
+    _OpenMixin,
+    _NodeScoringMixin,
+    _FeaturesMixin,
+    _PrefixCacheMixin,
+    HierClassifier,
 ):
     """A transformers language model that answers multiple-choice questions by letter logits.
 
