@@ -57,8 +57,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rate:
         per_image = prov.get("images_per_second", 0)
         extra += f"; {rate:.1f} questions/s, {per_image:.1f} images/s on {prov.get('device')}"
-    answers = format_binary(summary) or format_generated(summary)
+    answers = format_binary(summary) or format_open(summary) or format_generated(summary)
     return f"{table}\n{extra}" + (f"\n{answers}" if answers else "")
+
+
+def format_open(summary: dict[str, Any]) -> str:
+    """One line on open-ended answers (``--protocol open``): how the replies were matched onto
+    the taxonomy's nodes; ``""`` for other protocols."""
+    tiers = summary.get("match_tiers")
+    if summary.get("protocol") != "open" or not tiers:
+        return ""
+    counts = ", ".join(f"{n} {how}" for how, n in tiers.items())
+    return f"open answers: {counts} of {summary['n_answers']}"
 
 
 def format_binary(summary: dict[str, Any]) -> str:

@@ -850,9 +850,43 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
     )
     if cfg.task == "questions" and cfg.protocol == "binary":
         summary.update(binary_answer_stats(rows, cfg.answer))
+    elif cfg.task == "questions" and cfg.protocol == "open":
+        summary.update(open_answer_stats(rows, cfg.answer))
     elif cfg.task == "questions" and cfg.answer == "generate":
         summary.update(generated_answer_stats(rows))
     return summary
+
+
+def open_answer_stats(rows: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+    """What open-ended answers (``--protocol open``) add to a summary, from the result rows'
+    ``match_levelK`` fields (samples without an error):
+
+    - ``answer``: ``"generate"`` (free replies) or ``"logits"`` (the level's nodes ranked);
+    - ``n_answers``: the levels answered;
+    - ``match_tiers``: how many replies each tier matched, ``{"exact": ..., "synonym": ...,
+      "fuzzy": ..., "none": ...}`` (``none``: scored wrong), or ``{"ranked": n}``;
+    - ``match_tiers_per_level``: the same per level, ``{"level1": {...}, ...}``.
+    """
+    from hierzoo.open_answers import MATCH_TIERS
+
+    tiers = ("ranked",) if answer == "logits" else MATCH_TIERS
+    total = dict.fromkeys(tiers, 0)
+    per_level: dict[int, dict[str, int]] = {}
+    for row in rows:
+        if row.get("error"):
+            continue
+        for key, how in row.items():
+            if not key.startswith("match_level"):
+                continue
+            level = per_level.setdefault(int(key[len("match_level") :]), dict.fromkeys(tiers, 0))
+            level[how] = level.get(how, 0) + 1
+            total[how] = total.get(how, 0) + 1
+    return {
+        "answer": answer,
+        "n_answers": sum(total.values()),
+        "match_tiers": total,
+        "match_tiers_per_level": {f"level{k}": per_level[k] for k in sorted(per_level)},
+    }
 
 
 def binary_answer_stats(rows: list[dict[str, Any]], answer: str) -> dict[str, Any]:
