@@ -379,3 +379,30 @@ def test_eval_records_summary_resume_and_dry_run(eval_setup, tmp_path, capsys):
     capsys.readouterr()
     assert main(_args(eval_setup, tmp_path / "text", "--mode", "text")) == 2
     assert "--protocol binary does not take --mode text" in capsys.readouterr().err
+
+
+def test_report_names_the_protocol(tmp_path):
+    from hierzoo.report import format_markdown, format_summary, report_table
+
+    def run(name, **extra):
+        return {"model": "qwen", "taxonomy": "cub200", "n": 0, "n_errors": 1, "metrics": None,
+                "run_dir": str(tmp_path / name), **extra}  # fmt: skip
+
+    runs = [run("paper"), run("binary", protocol="binary", answer="generate"), run("old")]
+    rows = report_table(runs)
+    assert [r["protocol"] for r in rows] == ["paper", "binary", "paper"]
+    assert rows[1]["model"] == "qwen (binary, generate)"
+    md = format_markdown(rows)
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[-5:] == ["protocol", "answer", "Unknown", "Agree", "run"]
+    line = next(x for x in md.splitlines() if "(binary, generate)" in x)
+    assert [c.strip() for c in line.strip("|").split("|")][cells.index("protocol")] == "binary"
+    stats = {"n_statements": 16, "n_yes": 5, "n_no": 10, "n_neither": 1, "n_levels": 4,
+             "levels_without_yes": 1, "levels_with_several_yes": 2}  # fmt: skip
+    summary = {**run("b"), "n": 1, "protocol": "binary", **stats}
+    summary["metrics"] = {k: 50.0 for k in ("hca", "leaf_acc", "por", "strict_por", "tor", "hf1")}
+    summary["metrics"]["level_acc"] = [50.0] * 4
+    summary["levels"] = ["order", "family", "genus", "species"]
+    text = format_summary(summary)
+    assert "statements: 5 yes, 10 no, 1 neither of 16; of 4 levels 1 without a yes" in text

@@ -316,3 +316,39 @@ def test_eval_open_records_summary_and_resume(eval_setup, tmp_path, capsys):
     assert main(_args(eval_setup, tmp_path / "text", "--mode", "text")) == 2
     assert "in text mode use --answer generate" in capsys.readouterr().err
     assert not (tmp_path / "text" / "predictions.jsonl").exists()
+
+
+def test_text_only_llm_names_the_node_in_text_mode(tmp_path):
+    """A text-only LLM answers open questions in text mode: the question names the leaf, the
+    reply equals ``generate`` on the chat prompt, matched as for vision LLMs."""
+    m = hierzoo.load(tiny.build_tiny_qwen2_lm(tmp_path / "lm"), device="cpu")
+    qs = read_questions("cub200-random")[:2]
+    protocol = Protocol(taxonomy="cub200", mode="text", answer="generate", name="open")
+    answers = m.answer(qs, protocol=protocol)
+    variant = answers.extra["prompt_variant"]
+    entry, cub = RAW["taxonomies"]["cub200"], load_taxonomy("cub200")
+    tok = m.processor.tokenizer
+    for i, q in enumerate(qs):
+        assert answers.open[i][3] is None  # the leaf is named, not asked
+        for k in range(3):
+            question = entry["text_prompts"][variant].replace("{rank}", entry["ranks"][k])
+            text = question.replace("{label}", q.label) + "\n" + RAW["open"]["instruction"]
+            messages = [
+                {"role": "system", "content": RAW["system_text"]},
+                {"role": "user", "content": text},
+            ]
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                out = m.model.generate(**enc, max_new_tokens=16, do_sample=False)
+            reply = tok.decode(
+                out[0, enc["input_ids"].shape[1] :],
+                skip_special_tokens=True,
+                clean_up_tokenization_spaces=False,
+            )
+            got = answers.open[i][k]
+            assert got["reply"] == reply
+            assert got["how"] == match_reply(reply, *level_vocabulary(cub, k)).how
+    # binary states what an image shows: image mode, which a text-only LLM refuses by name
+    with pytest.raises(ValueError, match=r"is a text-only LLM: .* use --mode text"):
+        m.check_protocol(Protocol(taxonomy="cub200", name="binary"))

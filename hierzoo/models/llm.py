@@ -162,6 +162,7 @@ class TextLLMClassifier(LLMClassifier):
 
     family = "llm"
     label = "text-only LLM"
+    protocols = ("paper", "open")
     options = LLMClassifier.options | {"framing", "system_message"}
     default_system_message: ClassVar[str] = prompts.system_message("text")
     text_prompt_variants: ClassVar[dict[str, int]] = PAPER_TEXT_VARIANTS
