@@ -406,3 +406,25 @@ def test_report_names_the_protocol(tmp_path):
     summary["levels"] = ["order", "family", "genus", "species"]
     text = format_summary(summary)
     assert "statements: 5 yes, 10 no, 1 neither of 16; of 4 levels 1 without a yes" in text
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(eval_setup, tmp_path):
+    """Each rank asks its share of the samples; the statements' option orders are drawn over the
+    whole set first, so the merged records equal one process's."""
+    import os
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "hierzoo"]
+    subprocess.run(base + _args(eval_setup, one), env=env, check=True, capture_output=True)
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29547", "-m", "hierzoo"]  # fmt: skip
+    res = subprocess.run(run + _args(eval_setup, two), env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
+    assert s1["n_statements"] == s2["n_statements"] == 16 * N_EVAL
