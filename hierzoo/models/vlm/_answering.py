@@ -88,6 +88,12 @@ class _AnsweringMixin:
         rotation's choice (``rotation_choices``, positions in ``options``; ``-1``: no letter)
         and, generated, each rotation's reply (``rotation_replies``).
 
+        Under ``protocol.name="binary"`` each option is one yes/no statement (``binary`` and,
+        generated, ``statement_replies`` are set; ``extra["answer_logits"]`` holds the
+        ``Yes`` / ``No`` logits); under ``"open"`` each level is asked without options and
+        ``open`` is set: generated replies matched onto the level's nodes, or (``logits``) the
+        level's nodes ranked by the log-likelihood of their names (docs/protocols.md).
+
         Raises:
             QuestionError: a level's answer is not among its options (before any model work).
             ValueError: ``protocol.templates`` is set, a bad protocol value, or (generate) a
@@ -131,18 +137,11 @@ class _AnsweringMixin:
         self, questions: Sequence[Question], protocol: Protocol, batch_size: int | None
     ) -> Answers:
         """The constrained open answers of all ``questions`` in one :class:`Answers`."""
-        pieces = list(
-            self._iter_open_ranked(questions, protocol, batch_size, max(len(questions), 1))
-        )
-        if not pieces:
-            return self._open_answers(
-                prompts.plan_questions(questions, protocol, family=self.family),
-                protocol,
-                [],
-                [],
-                [],
-            )
-        return pieces[0][1]
+        chunk = max(len(questions), 1)
+        for _, answers in self._iter_open_ranked(questions, protocol, batch_size, chunk):
+            return answers
+        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        return self._open_answers(plan, protocol, [], [], [])  # no questions
 
     def check_protocol(self, protocol: Protocol) -> None:
         super().check_protocol(protocol)  # type: ignore[misc]
