@@ -347,6 +347,58 @@ def parse_yes_no(reply: str) -> int:
     return 1 if text.startswith("y") else 0 if text.startswith("n") else -1
 
 
+BINARY_ANSWERS = ("Yes", "No")
+"""The answers of a yes/no statement (``--protocol binary``), in the order its logits are kept:
+with ``answer="logits"`` a statement is answered yes when ``Yes``'s first token has the higher
+logit of the two at the answer position."""
+
+
+def binary_system_message() -> str:
+    """The system message of the paper's yes/no statements (``--protocol binary``)."""
+    return paper_prompts()["binary"]["system"]
+
+
+def binary_statement(taxonomy: str | Taxonomy | None, level: int, option: str) -> str:
+    """The yes/no statement of one option of a level (0 = the top level):
+    ``"The bird in the image belongs to the order Passeriformes."`` for CUB-200, as the paper's
+    ``eval_CUB_binary.py`` writes it. Other taxonomies put their own noun (``animal``,
+    ``plant``, ``subject`` for generic prompts) and rank names in the same sentence; a taxonomy
+    without rank names says ``"belongs to the category {option}"``.
+
+    Raises:
+        ValueError: an unknown taxonomy, or a level beyond its ranks.
+    """
+    entry, binary = _entry(taxonomy), paper_prompts()["binary"]
+    names = entry["ranks"]
+    if names is None:
+        return binary["statement_unranked"].format(noun=entry["noun"], option=option)
+    if not 0 <= level < len(names):
+        name = taxonomy if isinstance(taxonomy, str) else getattr(taxonomy, "name", None)
+        raise ValueError(
+            f"Expected `level` in 0..{len(names) - 1} for the ranks {names} of {name!r}, but got "
+            f"{level!r}; the question set has more levels than the taxonomy."
+        )
+    return binary["statement"].format(noun=entry["noun"], rank=names[level], option=option)
+
+
+def binary_text(statement: str) -> str:
+    """The user text of a yes/no statement: the statement, a newline, the paper's question."""
+    return statement + "\n" + paper_prompts()["binary"]["question"]
+
+
+def open_system_message(mode: str = "image") -> str:
+    """The system message of open-ended questions (``--protocol open``): hierzoo's naming
+    instruction in image mode, the paper's plain assistant in text mode."""
+    _check_mode(mode)
+    return paper_prompts()["open"]["system_image"] if mode == "image" else system_message(mode)
+
+
+def open_text(question: str) -> str:
+    """The user text of an open-ended question: the level's question, a newline, and
+    ``"Answer with the name only."`` (no options)."""
+    return question + "\n" + paper_prompts()["open"]["instruction"]
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How questions are asked. Fields a family does not use must keep their defaults.
@@ -408,6 +460,17 @@ class Protocol:
                 )
         if self.first_level < 0:
             raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
+        if self.name == "binary" and self.mode != "image":
+            raise ValueError(
+                "--protocol binary states what the image shows ('The bird in the image belongs "
+                "to ...'); it has no text mode: use --mode image, or another protocol with "
+                "--mode text."
+            )
+        if self.name == "binary" and self.circular:
+            raise ValueError(
+                "--protocol binary asks one statement per option, so there is no option order "
+                "to rotate: drop --circular."
+            )
         if self.mode not in MODES:
             raise ValueError(f"Expected `mode` to be one of {MODES}, but got {self.mode!r}.")
         if self.prompt_variant is not None and not (
@@ -457,11 +520,15 @@ class Protocol:
 
     def reply_tokens(self, family: str | None) -> int | None:
         """The most tokens of a generated reply for a model of ``family``: ``max_new_tokens``,
-        else the paper's (:func:`max_new_tokens`); ``None`` when answers are read from logits."""
+        else the paper's (:func:`max_new_tokens`; 10 for ``binary``, as its script sets; 16
+        for ``open``, hierzoo's);
+        ``None`` when answers are read from logits."""
         if self.answer != "generate":
             return None
         if self.max_new_tokens is not None:
             return self.max_new_tokens
+        if self.name in ("binary", "open"):
+            return paper_prompts()[self.name]["max_new_tokens"]
         return max_new_tokens(family, self.taxonomy, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
@@ -482,8 +549,9 @@ class Request:
         rotation: which rotation of the options (0 unless the protocol is circular).
         order: the original option indices (positions in ``choices_level``), in asked order.
         options: the options' names in asked order.
-        letters: their letters, ``"ABCD"`` for four.
-        answer: the position of the right option in ``options``.
+        letters: their letters, ``"ABCD"`` for four (``""`` for a yes/no statement).
+        answer: the position of the right option in ``options`` (``--protocol binary``: 1 when
+            the statement is true, else 0; ``open``: -1, no options).
         question: the level's question (variant, rank and label filled in).
         text: the user turn's text: the question, one line per option, the instruction.
         system: the system message.
@@ -527,7 +595,8 @@ class QuestionPlan:
         orders: per entry and level, the original option indices in asked order (the first
             rotation's; ``[]`` for a level not asked).
         options: per entry and level, the options in that order (``[]`` where not asked).
-        n_letters: the most options of any request (0 when nothing is asked).
+        n_letters: the most options of any request (0 when nothing is asked); ``binary``: the
+            number of answer words (:data:`BINARY_ANSWERS`).
     """
 
     protocol: Protocol
@@ -551,7 +620,10 @@ def plan_questions(
     leaf, which the question names). With ``protocol.shuffle_options`` the options of the asked
     levels are shuffled by :func:`shuffled_orders` over the whole set (so a subset planned on
     its own gets other orders: plan the whole set, then take the requests you need); in
-    circular mode each level is asked once per rotation of its options. ``family`` (a model
+    circular mode each level is asked once per rotation of its options. Under ``binary``
+    (:attr:`Protocol.name`) each option of each asked level is one yes/no statement, in asked
+    order (:func:`binary_statement`, :func:`binary_text`); under ``open`` each asked level is one
+    question without options (:func:`open_text`). ``family`` (a model
     family such as ``"qwen2.5-vl"``) picks the paper's default prompt variant when the protocol
     names none.
 
@@ -577,6 +649,10 @@ def plan_questions(
         orders = shuffled_orders(asked, protocol.seed)
     else:
         orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
+    if protocol.name == "binary":
+        return _plan_binary(questions, protocol, variant, orders, right)
+    if protocol.name == "open":
+        return _plan_open(questions, protocol, variant, orders)
     system = system_message(mode)
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
@@ -619,3 +695,96 @@ def plan_questions(
                     )
                 )
     return QuestionPlan(protocol, variant, requests, by_sample, orders, options, n_letters)
+
+
+def _plan_binary(
+    questions: Sequence[Question],
+    protocol: Protocol,
+    variant: int,
+    orders: list[list[list[int]]],
+    right: list[list[int]],
+) -> QuestionPlan:
+    """The plan of ``--protocol binary``: per asked level, one request per option in asked order
+    (``options`` that option alone, ``letters`` empty, ``answer`` 1 when the statement is true,
+    else 0, ``rotation`` 0), as ``eval_CUB_binary.py`` asks them."""
+    system = binary_system_message()
+    requests: list[Request] = []
+    by_sample: list[list[int]] = []
+    options: list[list[list[str]]] = []
+    for i, q in enumerate(questions):
+        image = str(q.path) if q.path is not None else q.image
+        by_sample.append([])
+        options.append([[q.choices[k][j] for j in order] for k, order in enumerate(orders[i])])
+        for k, order in enumerate(orders[i]):
+            for j in order:
+                name = q.choices[k][j]
+                statement = binary_statement(protocol.taxonomy, protocol.first_level + k, name)
+                by_sample[i].append(len(requests))
+                requests.append(
+                    Request(
+                        sample=i,
+                        level=k,
+                        rotation=0,
+                        order=(j,),
+                        options=(name,),
+                        letters="",
+                        answer=int(j == right[i][k]),
+                        question=statement,
+                        text=binary_text(statement),
+                        system=system,
+                        mode=protocol.mode,
+                        image=image,
+                    )
+                )
+    n_answers = len(BINARY_ANSWERS) if requests else 0
+    return QuestionPlan(protocol, variant, requests, by_sample, orders, options, n_answers)
+
+
+def _plan_open(
+    questions: Sequence[Question],
+    protocol: Protocol,
+    variant: int,
+    orders: list[list[list[int]]],
+) -> QuestionPlan:
+    """The plan of ``--protocol open``: one request per asked level, the level's question and
+    :func:`open_text`'s instruction, no options (``options`` and ``letters`` empty, ``answer``
+    -1, ``order`` empty)."""
+    mode = protocol.mode
+    system = open_system_message(mode)
+    texts: dict[tuple[int, str | None], str] = {}
+    requests: list[Request] = []
+    by_sample: list[list[int]] = []
+    for i, q in enumerate(questions):
+        label = q.label if mode == "text" else None
+        image = None if mode == "text" else (str(q.path) if q.path is not None else q.image)
+        by_sample.append([])
+        for k, order in enumerate(orders[i]):
+            if not order:
+                continue
+            if (k, label) not in texts:
+                texts[k, label] = question_text(
+                    protocol.taxonomy,
+                    protocol.first_level + k,
+                    variant=variant,
+                    mode=mode,
+                    label=label,
+                )
+            by_sample[i].append(len(requests))
+            requests.append(
+                Request(
+                    sample=i,
+                    level=k,
+                    rotation=0,
+                    order=(),
+                    options=(),
+                    letters="",
+                    answer=-1,
+                    question=texts[k, label],
+                    text=open_text(texts[k, label]),
+                    system=system,
+                    mode=mode,
+                    image=image,
+                )
+            )
+    options = [[[] for _ in order_k] for order_k in orders]
+    return QuestionPlan(protocol, variant, requests, by_sample, orders, options, 0)

@@ -57,8 +57,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rate:
         per_image = prov.get("images_per_second", 0)
         extra += f"; {rate:.1f} questions/s, {per_image:.1f} images/s on {prov.get('device')}"
-    answers = format_generated(summary)
+    answers = format_binary(summary) or format_open(summary) or format_generated(summary)
     return f"{table}\n{extra}" + (f"\n{answers}" if answers else "")
+
+
+def format_open(summary: dict[str, Any]) -> str:
+    """One line on open-ended answers (``--protocol open``): how the replies were matched onto
+    the taxonomy's nodes; ``""`` for other protocols."""
+    tiers = summary.get("match_tiers")
+    if summary.get("protocol") != "open" or not tiers:
+        return ""
+    counts = ", ".join(f"{n} {how}" for how, n in tiers.items())
+    return f"open answers: {counts} of {summary['n_answers']}"
+
+
+def format_binary(summary: dict[str, Any]) -> str:
+    """One line on yes/no statements (``--protocol binary``): how many were answered yes, no or
+    neither, and how many levels got no yes or several; ``""`` for other protocols."""
+    if summary.get("protocol") != "binary" or not summary.get("n_statements"):
+        return ""
+    return (
+        f"statements: {summary['n_yes']} yes, {summary['n_no']} no, {summary['n_neither']} "
+        f"neither of {summary['n_statements']}; of {summary['n_levels']} levels "
+        f"{summary['levels_without_yes']} without a yes (scored wrong), "
+        f"{summary['levels_with_several_yes']} with several (the first counts)"
+    )
 
 
 def format_generated(summary: dict[str, Any]) -> str:
@@ -157,7 +180,12 @@ def _names(runs: list[dict[str, Any]]) -> list[str]:
     defaults (questions, image), plus the run directory where two runs would read the same."""
     names = []
     for r in runs:
-        defaults = (("task", "questions"), ("mode", "image"), ("answer", "logits"))
+        defaults = (
+            ("task", "questions"),
+            ("mode", "image"),
+            ("protocol", "paper"),
+            ("answer", "logits"),
+        )
         extra = [str(r.get(k)) for k, d in defaults if r.get(k, d) != d]
         names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
     keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
@@ -185,7 +213,8 @@ def _merge_levels(lists: list[list[str]]) -> list[str]:
 def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run: labels, counts, each metric (percent) with ``_low``/``_high`` 95%
     bounds, ``hca_leaf_ratio`` (HCA / leaf accuracy, a fraction) and ``acc_<level>`` per level
-    name (the union over taxonomies; ``None`` where a run has no such level). When any run
+    name (the union over taxonomies; ``None`` where a run has no such level), ``protocol`` (the
+    way of asking, ``--protocol``; ``paper`` for summaries without one). When any run
     generated its answers (``--answer generate``), every row also has ``answer``, ``n_unknown``
     and ``answer_agreement`` (percent; ``None`` for runs that read logits).
 
@@ -216,6 +245,7 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
+        row["protocol"] = r.get("protocol", "paper")
         if generated:
             row["answer"] = r.get("answer", "logits")
             row["n_unknown"] = r.get("n_unknown")
@@ -256,6 +286,7 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     generated = any("answer" in r for r in rows)
     header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
     header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
+    header += ["protocol"]
     header += ["answer", "Unknown", "Agree"] if generated else []
     header += ["run"]
     body = []
@@ -263,6 +294,7 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
         cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
+        cells += [_cell(r["protocol"])]
         if generated:
             cells += [_cell(r[k]) for k in ("answer", "n_unknown", "answer_agreement")]
         body.append(cells + [_cell(r["run"])])

@@ -153,6 +153,13 @@ class EvalConfig:
             raise RunError(
                 f"Expected --protocol to be one of {PROTOCOLS}, but got {self.protocol!r}."
             )
+        if self.protocol == "binary" and (self.mode != "image" or self.circular):
+            what = "--mode text" if self.mode != "image" else "--circular"
+            raise RunError(
+                f"--protocol binary does not take {what}: it states what the image shows, one "
+                "statement per option (no text mode, no option order to rotate); drop "
+                f"{what}."
+            )
         if self.max_new_tokens is not None and self.answer != "generate":
             raise RunError(
                 f"--max-new-tokens {self.max_new_tokens} limits generated replies; add --answer "
@@ -821,6 +828,7 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         "taxonomy": cfg.taxonomy_name,
         "task": cfg.task,
         "mode": cfg.mode,
+        "protocol": cfg.protocol,
     }
     if n_errors == len(rows):
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
@@ -840,9 +848,75 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
             "metrics": scores,
         }
     )
-    if cfg.task == "questions" and cfg.answer == "generate":
+    if cfg.task == "questions" and cfg.protocol == "binary":
+        summary.update(binary_answer_stats(rows, cfg.answer))
+    elif cfg.task == "questions" and cfg.protocol == "open":
+        summary.update(open_answer_stats(rows, cfg.answer))
+    elif cfg.task == "questions" and cfg.answer == "generate":
         summary.update(generated_answer_stats(rows))
     return summary
+
+
+def open_answer_stats(rows: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+    """What open-ended answers (``--protocol open``) add to a summary, from the result rows'
+    ``match_levelK`` fields (samples without an error):
+
+    - ``answer``: ``"generate"`` (free replies) or ``"logits"`` (the level's nodes ranked);
+    - ``n_answers``: the levels answered;
+    - ``match_tiers``: how many replies each tier matched, ``{"exact": ..., "synonym": ...,
+      "fuzzy": ..., "none": ...}`` (``none``: scored wrong), or ``{"ranked": n}``;
+    - ``match_tiers_per_level``: the same per level, ``{"level1": {...}, ...}``.
+    """
+    from hierzoo.open_answers import MATCH_TIERS
+
+    tiers = ("ranked",) if answer == "logits" else MATCH_TIERS
+    total = dict.fromkeys(tiers, 0)
+    per_level: dict[int, dict[str, int]] = {}
+    for row in rows:
+        if row.get("error"):
+            continue
+        for key, how in row.items():
+            if not key.startswith("match_level"):
+                continue
+            level = per_level.setdefault(int(key[len("match_level") :]), dict.fromkeys(tiers, 0))
+            level[how] = level.get(how, 0) + 1
+            total[how] = total.get(how, 0) + 1
+    return {
+        "answer": answer,
+        "n_answers": sum(total.values()),
+        "match_tiers": total,
+        "match_tiers_per_level": {f"level{k}": per_level[k] for k in sorted(per_level)},
+    }
+
+
+def binary_answer_stats(rows: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+    """What yes/no statements (``--protocol binary``) add to a summary, from the result rows'
+    ``binary_levelK`` fields (samples without an error):
+
+    - ``answer``: ``"logits"`` or ``"generate"``;
+    - ``n_statements``: the statements asked; ``n_yes``, ``n_no``, ``n_neither`` (a reply
+      that starts with neither ``y`` nor ``n``, the paper's ``-1``);
+    - ``n_levels``: the levels asked; ``levels_without_yes`` (predicted ``null``, scored
+      wrong) and ``levels_with_several_yes`` (the first yes in asked order is the prediction).
+    """
+    said = [
+        list(row[key].values())
+        for row in rows
+        if not row.get("error")
+        for key in row
+        if key.startswith("binary_level")
+    ]
+    flat = [v for level in said for v in level]
+    return {
+        "answer": answer,
+        "n_statements": len(flat),
+        "n_yes": flat.count(1),
+        "n_no": flat.count(0),
+        "n_neither": flat.count(-1),
+        "n_levels": len(said),
+        "levels_without_yes": sum(1 not in level for level in said),
+        "levels_with_several_yes": sum(level.count(1) > 1 for level in said),
+    }
 
 
 def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:

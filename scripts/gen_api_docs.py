@@ -135,6 +135,7 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
     ("hierzoo.metrics", "hierzoo.metrics", None, {}),
     ("hierzoo.tasks", "hierzoo.tasks", None, {}),
     ("hierzoo.prompts", "hierzoo.prompts", None, {}),
+    ("hierzoo.open_answers", "hierzoo.open_answers", None, {}),
     ("hierzoo.sft", "hierzoo.sft", None, {}),
 ]
 

@@ -162,6 +162,7 @@ class TextLLMClassifier(LLMClassifier):
 
     family = "llm"
     label = "text-only LLM"
+    protocols = ("paper", "open")
     options = LLMClassifier.options | {"framing", "system_message"}
     default_system_message: ClassVar[str] = prompts.system_message("text")
     text_prompt_variants: ClassVar[dict[str, int]] = PAPER_TEXT_VARIANTS
@@ -454,15 +455,21 @@ class TextLLMClassifier(LLMClassifier):
             yield positions, answers
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str = "text") -> tuple[str, str]:
+    def template(self, mode: str = "text", system: str | None = None) -> tuple[str, str]:
         """``(head, tail)`` around the user text: the chat template's (system turn and user
         header; end of turn and assistant header), or for the base framing the tokenizer's own
-        leading special tokens (a BOS, where it adds one) and ``" Answer:"``.
+        leading special tokens (a BOS, where it adds one) and ``" Answer:"``. The system turn is
+        the model's :attr:`system_message`; ``system`` must be ``None``.
 
         Raises:
-            ValueError: image mode.
+            ValueError: image mode, or a ``system`` message.
         """
         type(self).check_mode(mode, name=self.name)
+        if system is not None:
+            raise ValueError(
+                f"{self.name!r} asks with its own system message ({self.system_message!r}); "
+                "load it with system_message=... to change it."
+            )
         if mode in self._templates:
             return self._templates[mode]
         if self.framing == "base":

@@ -113,6 +113,20 @@ class Answers:
         absent: per sample and level, the option letters missing from the server's top
             log-probabilities (``""`` when none), recorded as ``absent_levelk``; ``None`` when
             the answers were not read from log-probabilities.
+        binary: yes/no statements (``--protocol binary``): per sample and level, each option's
+            answer in ``options`` order, ``1`` yes, ``0`` no, ``-1`` a reply that is neither
+            (``[]`` where not asked); ``choice`` is the first option answered yes (``-1``:
+            none) and ``probs`` each option's probability of ``Yes`` against ``No``. ``None``
+            under the other protocols.
+        statement_replies: with ``binary`` and generated answers, per sample and level the
+            reply to each option's statement, in ``options`` order.
+        open: open-ended answers (``--protocol open``): per sample and level ``None`` (not
+            asked) or a dict: ``name`` (the node answered, ``None`` when the reply matched
+            none), ``how`` (``exact``, ``synonym``, ``fuzzy``, ``none``: how a generated reply
+            was matched, :mod:`hierzoo.open_answers`; ``ranked``: the best of the level's nodes
+            by log-likelihood), with a generated reply ``reply`` and ``score`` (the match's
+            ratio), ranked ``ranked`` (the best names with their log-likelihoods). ``choice``
+            is -1 and ``options`` empty (no options are asked).
     """
 
     choice: np.ndarray
@@ -124,6 +138,9 @@ class Answers:
     replies: list[list[str | None]] | None = None
     unknown: np.ndarray | None = None
     absent: list[list[str]] | None = None
+    binary: list[list[list[int]]] | None = None
+    statement_replies: list[list[list[str]]] | None = None
+    open: list[list[dict[str, Any] | None]] | None = None
 
     def __len__(self) -> int:
         return len(self.options)
@@ -146,12 +163,40 @@ class Answers:
         ``"Unknown"`` as the predicted option and letter of a level whose answer names no option
         (as the paper records it), and ``absent_levelk`` (the letters missing from the top
         log-probabilities).
+
+        With :attr:`binary` (yes/no statements) a level has ``ground_truth_levelk``,
+        ``choices_levelk``, ``binary_levelk`` (option -> 1 | 0 | -1, in the order asked),
+        ``predicted_levelk`` (the first option answered yes in that order, ``None`` if none:
+        the paper's binary metric), ``probs_levelk`` (letter -> probability of ``Yes``) and,
+        generated, ``replies_levelk`` (option -> reply).
+
+        With :attr:`open` (open-ended answers) a level has ``ground_truth_levelk``,
+        ``predicted_levelk`` (the node answered, ``None`` when a reply matched none: scored
+        wrong), ``match_levelk`` (how: ``exact``, ``synonym``, ``fuzzy``, ``none`` or
+        ``ranked``) and, generated, ``prediction_levelk`` (the reply as generated) and
+        ``match_score_levelk``; ranked, ``ranked_levelk`` (name -> log-likelihood, best first).
         """
         out = []
         for i, q in enumerate(questions):
             row: dict[str, Any] = {"image": q.image, "label": q.label}
             if self.errors[i] is not None:
                 row["error"] = self.errors[i]
+                out.append(row)
+                continue
+            if self.open is not None:
+                _open_record(row, q, self.open[i])
+                out.append(row)
+                continue
+            if self.binary is not None:
+                _binary_record(
+                    row,
+                    q,
+                    self.options[i],
+                    self.binary[i],
+                    self.choice[i],
+                    self.probs[i],
+                    None if self.statement_replies is None else self.statement_replies[i],
+                )
                 out.append(row)
                 continue
             for k, opts in enumerate(self.options[i]):
@@ -178,6 +223,56 @@ class Answers:
                     row[f"correct_level{n}"] = bool(self.correct[i, k])
             out.append(row)
         return out
+
+
+def first_yes(said: Sequence[int]) -> int:
+    """The paper's binary prediction of one level (``utils/metric_binary.py``): the position of
+    the first option answered yes (``1``) in the order asked, ``-1`` when none was."""
+    return next((j for j, v in enumerate(said) if v == 1), -1)
+
+
+def _open_record(row: dict[str, Any], q: Question, opened: list[dict[str, Any] | None]) -> None:
+    """The fields of one sample's open-ended answers (see :meth:`Answers.to_records`)."""
+    for k, answer in enumerate(opened):
+        if answer is None:
+            continue
+        n = k + 1
+        row[f"ground_truth_level{n}"] = q.answers[k]
+        if "reply" in answer:
+            row[f"prediction_level{n}"] = answer["reply"]
+        row[f"predicted_level{n}"] = answer["name"]
+        row[f"match_level{n}"] = answer["how"]
+        if "score" in answer:
+            row[f"match_score_level{n}"] = answer["score"]
+        if "ranked" in answer:
+            row[f"ranked_level{n}"] = answer["ranked"]
+
+
+def _binary_record(
+    row: dict[str, Any],
+    q: Question,
+    options: list[list[str]],
+    binary: list[list[int]],
+    choice: np.ndarray,
+    probs: np.ndarray,
+    replies: list[list[str]] | None,
+) -> None:
+    """The fields of one sample's yes/no statements (see :meth:`Answers.to_records`)."""
+    for k, opts in enumerate(options):
+        said = binary[k]
+        if not opts or not said:
+            continue
+        n, c = k + 1, int(choice[k])
+        letters = [chr(65 + j) for j in range(len(opts))]
+        row[f"ground_truth_level{n}"] = q.answers[k]
+        row[f"choices_level{n}"] = dict(zip(letters, opts))
+        row[f"binary_level{n}"] = dict(zip(opts, said))
+        row[f"predicted_level{n}"] = opts[c] if c >= 0 else None
+        p = probs[k, : len(opts)]
+        if np.isfinite(p).all():
+            row[f"probs_level{n}"] = {L: round(float(v), 6) for L, v in zip(letters, p)}
+        if replies is not None:
+            row[f"replies_level{n}"] = dict(zip(opts, replies[k]))
 
 
 @dataclass

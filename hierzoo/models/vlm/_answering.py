@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.models.outputs import Answers
+from hierzoo.models.outputs import Answers, first_yes
 from hierzoo.models.vlm._prefix_cache import _cache_of
 from hierzoo.prompts import Protocol, QuestionPlan
 from hierzoo.tasks import Question
@@ -48,7 +48,8 @@ class _Generation:
 @dataclass
 class _Work:
     """One ``answer`` call's plan and what its passes fill in, per request: the first answer
-    token's letter logits and (generate) the reply; per entry: the error, if any."""
+    token's letter logits and (generate) the reply; per entry: the error, if any. ``system``:
+    the system message of a protocol that has its own (``None``: the template's default)."""
 
     protocol: Protocol
     plan: QuestionPlan
@@ -56,6 +57,7 @@ class _Work:
     errors: list[str | None]
     replies: list[str | None] | None
     generation: _Generation | None
+    system: str | None = None
 
 
 class _AnsweringMixin:
@@ -86,11 +88,19 @@ class _AnsweringMixin:
         rotation's choice (``rotation_choices``, positions in ``options``; ``-1``: no letter)
         and, generated, each rotation's reply (``rotation_replies``).
 
+        Under ``protocol.name="binary"`` each option is one yes/no statement (``binary`` and,
+        generated, ``statement_replies`` are set; ``extra["answer_logits"]`` holds the
+        ``Yes`` / ``No`` logits); under ``"open"`` each level is asked without options and
+        ``open`` is set: generated replies matched onto the level's nodes, or (``logits``) the
+        level's nodes ranked by the log-likelihood of their names (docs/protocols.md).
+
         Raises:
             QuestionError: a level's answer is not among its options (before any model work).
             ValueError: ``protocol.templates`` is set, a bad protocol value, or (generate) a
                 checkpoint whose generation config is not greedy under ``do_sample=False``.
         """
+        if _ranked(protocol):
+            return self._open_whole(questions, protocol, batch_size)
         work = self._prepare(questions, protocol, batch_size)
         for _ in self._score(questions, work, batch_size, progress):
             pass
@@ -107,6 +117,9 @@ class _AnsweringMixin:
         """Stream :meth:`answer` from one image loader: yields ``(positions, answers)`` for runs
         of consecutive entries (at most ``chunk_size``) as their images are done. The options are
         shuffled once over all ``questions``, so the pieces equal one ``answer`` call."""
+        if _ranked(protocol):
+            yield from self._iter_open_ranked(questions, protocol, batch_size, chunk_size)
+            return
         work = self._prepare(questions, protocol, batch_size)
         done = np.array([not rows for rows in work.plan.by_sample], dtype=bool)
         next_q = 0
@@ -120,8 +133,27 @@ class _AnsweringMixin:
                 piece = range(lo, min(lo + chunk_size, next_q))
                 yield list(piece), self._collect(work, piece)
 
+    def _open_whole(
+        self, questions: Sequence[Question], protocol: Protocol, batch_size: int | None
+    ) -> Answers:
+        """The constrained open answers of all ``questions`` in one :class:`Answers`."""
+        chunk = max(len(questions), 1)
+        for _, answers in self._iter_open_ranked(questions, protocol, batch_size, chunk):
+            return answers
+        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        return self._open_answers(plan, protocol, [], [], [])  # no questions
+
     def check_protocol(self, protocol: Protocol) -> None:
         super().check_protocol(protocol)  # type: ignore[misc]
+        if protocol.name == "open":
+            from hierzoo.models.vlm._open import open_taxonomy
+
+            open_taxonomy(protocol)
+            if protocol.mode == "text" and protocol.answer == "logits":
+                raise ValueError(
+                    "--protocol open ranks the level's nodes by log-likelihood (--answer logits) "
+                    "in image mode only; in text mode use --answer generate (the free reply)."
+                )
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models (--template); {type(self).__name__} asks "
@@ -137,7 +169,8 @@ class _AnsweringMixin:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         plan = prompts.plan_questions(questions, protocol, family=self.family)
         self._require_weights()
-        logits = torch.full((len(plan.requests), max(plan.n_letters, 1)), float("nan"))
+        width = 0 if protocol.name == "open" else max(plan.n_letters, 1)
+        logits = torch.full((len(plan.requests), width), float("nan"))
         generate = protocol.answer == "generate"
         return _Work(
             protocol,
@@ -146,6 +179,7 @@ class _AnsweringMixin:
             [None] * len(questions),
             [None] * len(plan.requests) if generate else None,
             self._generation(protocol.reply_tokens(self.family)) if generate else None,
+            _own_system(plan),
         )
 
     def _generation(self, max_new_tokens: int) -> _Generation:
@@ -190,8 +224,13 @@ class _AnsweringMixin:
         plan, mode = work.plan, work.protocol.mode
         if not plan.requests:
             return
-        head, tail = self.template(mode)
-        letter_ids = self.letter_token_ids(plan.n_letters, mode)
+        head, tail = self.template(mode, work.system)
+        if work.protocol.name == "binary":
+            letter_ids = self.answer_token_ids(prompts.BINARY_ANSWERS, mode, work.system)
+        elif work.protocol.name == "open":
+            letter_ids = []
+        else:
+            letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
         texts = [r.text for r in plan.requests]
         ids = tok([t + tail for t in texts], add_special_tokens=False)["input_ids"]
@@ -253,7 +292,7 @@ class _AnsweringMixin:
         groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
         for local, out, replies in run(
-            mode, images, groups, letter_ids, batch_size, work.generation
+            mode, images, groups, letter_ids, batch_size, work.generation, work.system
         ):
             work.logits[[flat[t] for t in local]] = out
             if replies is not None and work.replies is not None:
@@ -272,11 +311,12 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)``: one prefix forward for all groups (one
         per image; one for all in text mode), then the rows' suffixes from copies of its KV cache,
         and (``generation``) the rows' greedy continuations from there (else replies ``None``)."""
-        prefix = self._prefix(images, len(groups) if images is not None else 1, mode)
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, system)
         owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
@@ -300,10 +340,11 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)`` from full prompts, many rows per
         forward, and (``generation``) their greedy continuations (else replies ``None``)."""
-        head, tail = self.template(mode)
+        head, tail = self.template(mode, system)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
@@ -395,6 +436,10 @@ class _AnsweringMixin:
 
     def _collect(self, work: _Work, samples: Sequence[int]) -> Answers:
         """The :class:`Answers` of the entries ``samples`` (in that order)."""
+        if work.protocol.name == "binary":
+            return self._collect_binary(work, samples)
+        if work.protocol.name == "open":
+            return self._collect_open(work, samples)
         plan, protocol, logits, errors = work.plan, work.protocol, work.logits, work.errors
         n = len(samples)
         depth = max((len(o) for o in plan.options), default=0)
@@ -460,3 +505,74 @@ class _AnsweringMixin:
             extra=extra,
             replies=replies if generated else None,
         )
+
+    def _collect_binary(self, work: _Work, samples: Sequence[int]) -> Answers:
+        """The :class:`Answers` of yes/no statements (``--protocol binary``) for the entries
+        ``samples``: per level each option's answer (1 yes, 0 no, -1 neither: the paper's parse
+        of a reply, or ``Yes`` against ``No`` by logits) in asked order; ``choice`` the first
+        option answered yes (-1: none), ``probs`` each option's probability of ``Yes`` against
+        ``No`` at the answer position."""
+        plan, protocol, logits, errors = work.plan, work.protocol, work.logits, work.errors
+        n = len(samples)
+        depth = max((len(o) for o in plan.options), default=0)
+        width = max((len(opts) for o in plan.options for opts in o), default=1)
+        choice = np.full((n, depth), -1, dtype=np.int64)
+        probs = np.full((n, depth, width), np.nan, dtype=np.float32)
+        yes_no = np.full((n, depth, width, 2), np.nan, dtype=np.float32)
+        binary: list[list[list[int]]] = [[[] for _ in range(depth)] for _ in range(n)]
+        generated = work.replies is not None
+        replies: list[list[list[str]]] = [[[] for _ in range(depth)] for _ in range(n)]
+        for row, i in enumerate(samples):
+            if errors[i] is not None:
+                continue
+            for j in plan.by_sample[i]:
+                r = plan.requests[j]
+                k, pos = r.level, len(binary[row][r.level])
+                pair = logits[j, :2]
+                yes_no[row, k, pos] = pair.numpy()
+                probs[row, k, pos] = float(torch.softmax(pair, dim=0)[0])
+                if work.replies is not None:
+                    reply = work.replies[j] or ""
+                    replies[row][k].append(reply)
+                    said = prompts.parse_yes_no(reply)
+                else:
+                    said = int(bool(pair[0] > pair[1]))
+                binary[row][k].append(said)
+            for k, said_k in enumerate(binary[row]):
+                choice[row, k] = first_yes(said_k)
+        extra: dict[str, Any] = {
+            "model": self.name,
+            "family": self.family,
+            "protocol": protocol.to_dict(),
+            "prompt_variant": None,
+            "seed": protocol.seed if protocol.shuffle_options else None,
+            "answers": list(prompts.BINARY_ANSWERS),
+            "prefix_cache": self.prefix_cache,
+            "answer_logits": yes_no,
+        }
+        if work.generation is not None:
+            extra["max_new_tokens"] = work.generation.max_new_tokens
+        return Answers(
+            choice=choice,
+            probs=probs,
+            options=[plan.options[i] for i in samples],
+            errors=[errors[i] for i in samples],
+            extra=extra,
+            binary=binary,
+            statement_replies=replies if generated else None,
+        )
+
+
+def _own_system(plan: QuestionPlan) -> str | None:
+    """The system message of a plan whose protocol has its own (``binary``; ``open`` in image
+    mode), else ``None`` (the template's default: the paper's for the mode, or a text LLM's
+    own)."""
+    name, mode = plan.protocol.name, plan.protocol.mode
+    if (name == "binary" or (name == "open" and mode == "image")) and plan.requests:
+        return plan.requests[0].system
+    return None
+
+
+def _ranked(protocol: Protocol | None) -> bool:
+    """Whether a protocol asks for constrained open answers (``open`` read from logits)."""
+    return protocol is not None and protocol.name == "open" and protocol.answer == "logits"

@@ -79,6 +79,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     """
 
     label = "vision LLM"
+    protocols = ("paper", "binary", "open")
     options = LLMClassifier.options | {
         "batched_vision_attention",
         "num_workers",

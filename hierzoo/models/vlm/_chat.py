@@ -97,6 +97,34 @@ def letter_token_ids(
     return ids
 
 
+def answer_token_ids(tokenizer: Any, tail: str, words: tuple[str, ...], name: str) -> list[int]:
+    """Token ids of the first token of each answer word (``("Yes", "No")``) as the first
+    assistant token: ``tail + word`` tokenized, the first token after the tail's. A greedy reply
+    starts with the word whose first token has the highest logit of all tokens; the
+    ``logits`` answer compares these ids only.
+
+    Raises:
+        ValueError: a word that does not start a new token after the tail, or two words whose
+            first tokens are the same.
+    """
+    base = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    ids = []
+    for word in words:
+        got = tokenizer(tail + word, add_special_tokens=False)["input_ids"]
+        if got[: len(base)] != base or len(got) == len(base):
+            raise ValueError(
+                f"The answer {word!r} merges with the prompt's end {tail[-12:]!r} for {name!r}; "
+                "its logit cannot be read: use --answer generate."
+            )
+        ids.append(got[len(base)])
+    if len(set(ids)) < len(ids):
+        raise ValueError(
+            f"The answers {list(words)} start with the same token for {name!r}; their logits "
+            "cannot tell them apart: use --answer generate."
+        )
+    return ids
+
+
 def answer_end(processor: Any, name: str, system: str | None = None) -> str:
     """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
     msgs = [*prompts.messages("x", system=system), {"role": "assistant", "content": SENTINEL}]

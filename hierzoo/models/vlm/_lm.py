@@ -21,6 +21,7 @@ from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._answering import _AnsweringMixin
 from hierzoo.models.vlm._features import _FeaturesMixin
+from hierzoo.models.vlm._open import _OpenMixin
 from hierzoo.models.vlm._prefix_cache import _PrefixCacheMixin
 from hierzoo.models.vlm._scoring import _NodeScoringMixin
 
@@ -77,7 +78,12 @@ def place_model(model: Any, device: str | torch.device | None, dtype: Any) -> No
 
 
 class LLMClassifier(
-    _AnsweringMixin, _NodeScoringMixin, _FeaturesMixin, _PrefixCacheMixin, HierClassifier
+    _AnsweringMixin,
+    _OpenMixin,
+    _NodeScoringMixin,
+    _FeaturesMixin,
+    _PrefixCacheMixin,
+    HierClassifier,
 ):
     """A transformers language model that answers multiple-choice questions by letter logits.
 
@@ -139,10 +145,10 @@ class LLMClassifier(
         )
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
-        self._templates: dict[str, tuple[str, str]] = {}
+        self._templates: dict[Any, tuple[str, str]] = {}
         forward = inspect.signature(model.forward).parameters if weights else {}
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self._letter_cache: dict[tuple[str, int], list[int]] = {}
+        self._letter_cache: dict[tuple[Any, ...], list[int]] = {}
         self.pipeline_stats = PipelineStats()
 
     def _require_weights(self) -> None:
@@ -164,15 +170,17 @@ class LLMClassifier(
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str) -> tuple[str, str]:
+    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt."""
-        if mode not in self._templates:
-            self._templates[mode] = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache
+        a full prompt. ``system``: the system message of a protocol that has its own (default:
+        the paper's for the mode)."""
+        key = mode if system is None else (mode, system)
+        if key not in self._templates:
+            self._templates[key] = _chat.split_template(
+                self.processor, mode, self.name, check_prefix=self.prefix_cache, system=system
             )
-        return self._templates[mode]
+        return self._templates[key]
 
     def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
         """Token ids of the first ``n`` option letters as the first assistant token (the
@@ -182,6 +190,19 @@ class LLMClassifier(
             tail = self.template(mode)[1]
             self._letter_cache[key] = _chat.letter_token_ids(
                 self.processor.tokenizer, tail, n, self.name, self.letter_separator
+            )
+        return self._letter_cache[key]
+
+    def answer_token_ids(
+        self, words: tuple[str, ...], mode: str = "image", system: str | None = None
+    ) -> list[int]:
+        """Token ids of the first token of each answer word (``("Yes", "No")``) as the first
+        assistant token (:func:`hierzoo.models.vlm._chat.answer_token_ids`)."""
+        key = (mode, system, words)
+        if key not in self._letter_cache:
+            tail = self.template(mode, system)[1]
+            self._letter_cache[key] = _chat.answer_token_ids(
+                self.processor.tokenizer, tail, words, self.name
             )
         return self._letter_cache[key]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from hierzoo import prompts
 from hierzoo.images import ImageDataset
+from hierzoo.models.vlm._answering import _own_system
 from hierzoo.prompts import Protocol
 from hierzoo.tasks import Question
 
@@ -39,7 +40,9 @@ class _RequestsMixin:
           vision tower receives it, after resizing), ``tiles`` (the tiles or views it receives,
           thumbnail included; 1 for Qwen-VL) and ``tokens`` (the image's tokens in the prompt),
           or ``error`` when it cannot be read; ``[]`` in text mode;
-        - ``letters``: the option letters; ``max_new_tokens`` with generated answers.
+        - ``letters``: the option letters (``""`` for a yes/no statement, whose ``option``
+          is the option it states, ``--protocol binary``); ``max_new_tokens`` with generated
+          answers.
 
         Images are read and transformed as a run reads them and go through the same processor
         call, so the sizes, tiles and tokens are the processor's own output.
@@ -56,7 +59,7 @@ class _RequestsMixin:
         requests = plan.requests[:limit] if limit is not None else plan.requests
         if not requests:
             return []
-        head, tail = self.template(protocol.mode)
+        head, tail = self.template(protocol.mode, _own_system(plan))
         reply_tokens = protocol.reply_tokens(self.family)
         images: dict[int, tuple[Any, str | None]] = {}
         if protocol.mode == "image":
@@ -85,6 +88,8 @@ class _RequestsMixin:
             entry["prompt_tokens"] = None if inputs is None else int(inputs["input_ids"].shape[1])
             entry["images"] = described
             entry["letters"] = r.letters
+            if protocol.name == "binary":
+                entry["option"] = r.options[0]
             if reply_tokens is not None:
                 entry["max_new_tokens"] = reply_tokens
             out.append(entry)

@@ -113,11 +113,16 @@ class _NodeScoringMixin:
         return _NodePlan(context_ids, answers, [int(x) for x in taxonomy.level])
 
     def _node_loglik(
-        self, images: list[Image.Image], plan: _NodePlan, batch_size: int | None
+        self,
+        images: list[Image.Image],
+        plan: _NodePlan,
+        batch_size: int | None,
+        system: str | None = None,
     ) -> torch.Tensor:
-        """``(len(images), n_nodes)`` log-likelihoods of the node names for a group of images."""
+        """``(len(images), n_nodes)`` log-likelihoods of the node names for a group of images
+        (``system``: a protocol's own system message, default the paper's)."""
         n_img, depth = len(images), len(plan.contexts)
-        prefix = self._prefix(images, n_img)
+        prefix = self._prefix(images, n_img, "image", system)
         rows = [g for g in range(n_img) for _ in range(depth)]
         out, attention, mask = self._continue(
             prefix, rows, [plan.contexts[k] for _ in range(n_img) for k in range(depth)]
