@@ -248,16 +248,18 @@ def shuffled_orders(n_options: Sequence[Sequence[int | None]], seed: int) -> lis
 
     ``n_options[i][k]`` is the number of options of level ``k`` of question ``i``, or ``None``
     when that level is not asked. One ``random.Random(seed)`` runs through the questions in
-    order and shuffles each asked level's options with ``shuffle``, visiting the levels in the
-    order of their sorted ``levelK`` keys (``level1, level10, level11, level2, ...``), as the
-    scripts do. Returns, per question and level, the original option indices in asked order
-    (``[]`` for a level not asked).
+    order and shuffles each asked level's options with ``shuffle``, visiting the levels in
+    numeric order of their ``levelK`` keys (``level2`` before ``level10``), as the paper's
+    scripts for the taxonomies with ten or more levels do (its ImageNet scripts sort the keys
+    with ``key=lambda x: int(x[5:])``; the others sort them as strings, which gives the same
+    order up to nine levels). Returns, per question and level, the original option indices in
+    asked order (``[]`` for a level not asked).
     """
     rng = random.Random(seed)
     out: list[list[list[int]]] = []
     for counts in n_options:
         orders: list[list[int]] = [[] for _ in counts]
-        for k in sorted(range(len(counts)), key=lambda j: f"level{j + 1}"):
+        for k in range(len(counts)):
             if counts[k] is None:
                 continue
             order = list(range(counts[k]))

@@ -170,16 +170,24 @@ def test_shuffled_orders_reproduce_the_papers_generator():
     assert prompts.shuffled_orders(counts, seed=0) != got
 
 
-def test_shuffled_orders_visit_levels_in_sorted_key_order():
-    counts = [[3] * 12]
-    got = prompts.shuffled_orders(counts, seed=1)
-    rng = random.Random(1)
-    expected: dict[int, list[int]] = {}
-    for key in sorted(f"level{k}" for k in range(1, 13)):
-        choices = [0, 1, 2]
-        rng.shuffle(choices)
-        expected[int(key[5:]) - 1] = choices
-    assert got == [[expected[k] for k in range(12)]]
+def test_shuffled_orders_visit_levels_in_numeric_key_order():
+    """The paper's ImageNet scripts sort level keys numerically (level2 before level10): the
+    draws land on the same levels as its transcribed loop on a 12-level set (with unasked levels
+    and levels of different option counts, so that a wrong order shifts every later draw)."""
+    from paper_reference import shuffled_indices
+
+    rng = random.Random(5)
+    counts = [
+        [rng.choice([None, 2, 3, 4, 4, 4]) for _ in range(rng.randint(4, 12))] for _ in range(60)
+    ]
+    counts[0] = [3] * 12
+    got = prompts.shuffled_orders(counts, seed=42)
+    assert got == shuffled_indices(counts, seed=42, numeric=True)
+    assert got != shuffled_indices(counts, seed=42, numeric=False)
+    # up to nine levels (CUB-200, iNat21) string and numeric order agree
+    short = [row[:9] for row in counts]
+    string_order = shuffled_indices(short, seed=42, numeric=False)
+    assert prompts.shuffled_orders(short, seed=42) == string_order
 
 
 def test_the_paper_parse_rules_equal_its_scripts_on_random_replies():
