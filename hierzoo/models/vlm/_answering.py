@@ -99,7 +99,7 @@ class _AnsweringMixin:
         self.check_protocol(protocol)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
-        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        plan = prompts.plan_questions(questions, protocol, family=self.family, model=self.zoo_name)
         logits = torch.full((len(plan.requests), max(plan.n_letters, 1)), float("nan"))
         return protocol, plan, logits, [None] * len(questions)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from hierzoo import prompts
 from hierzoo.images import ImageInput, PipelineStats
 from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
@@ -315,13 +316,26 @@ class VisionLLMClassifier(
         raise NotImplementedError
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def zoo_name(self) -> str | None:
+        """The zoo name the model was loaded by, ``None`` for a directory or a model held in
+        memory: the key of the paper's per-model settings (its default prompt variants,
+        :func:`hierzoo.prompts.default_prompt_variant`)."""
+        spec = self.spec
+        return spec.name if spec is not None and spec.source is None else None
+
     def template(self, mode: str) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
-        (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt."""
+        (see :func:`hierzoo.models.vlm._chat.split_template`), with the system message the
+        paper sends this family (:func:`hierzoo.prompts.system_message`); ``head + user_text +
+        tail`` is a full prompt."""
         if mode not in self._templates:
             self._templates[mode] = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache
+                self.processor,
+                mode,
+                self.name,
+                check_prefix=self.prefix_cache,
+                system=prompts.system_message(mode, self.family),
             )
         return self._templates[mode]
 
