@@ -590,13 +590,19 @@ def qwen_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def qwen_fetch_image(image: Image.Image) -> Image.Image:
+def qwen_fetch_image(
+    image: Image.Image,
+    factor: int = QWEN_IMAGE_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> Image.Image:
     """qwen_vl_utils' ``fetch_image`` for ``{"type": "image", "image": path}`` without
     min/max_pixels (vision_process.py:97-140): RGB, then ``image.resize((w, h))`` to
-    :func:`smart_resize`'s size with PIL's default filter (BICUBIC for RGB images)."""
+    :func:`smart_resize`'s size with PIL's default filter (BICUBIC for RGB images). ``factor``
+    is ``fetch_image``'s ``size_factor`` (28 for Qwen2.5-VL); the pixel range its defaults."""
     image = qwen_to_rgb(image)
     width, height = image.size
-    h, w = smart_resize(height, width)
+    h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return image.resize((w, h))
 
 
@@ -613,10 +619,15 @@ def qwen_cap(image: Image.Image, max_side: int = QWEN_MAX_SIDE) -> Image.Image:
     return image
 
 
-def paper_qwen_image(image: Image.Image) -> Image.Image:
+def paper_qwen_image(
+    image: Image.Image,
+    factor: int = QWEN_IMAGE_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> Image.Image:
     """The image the paper's Qwen scripts hand the processor: :func:`qwen_fetch_image` first,
     then :func:`qwen_cap` (that order)."""
-    return qwen_cap(qwen_fetch_image(image))
+    return qwen_cap(qwen_fetch_image(image, factor, min_pixels, max_pixels))
 
 
 def paper_qwen_sizes(width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:

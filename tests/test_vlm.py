@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import paper_reference  # noqa: E402
 from PIL import Image  # noqa: E402
+from vlm_reference import paper_inputs, paper_request, paper_system  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo.models import Protocol, tiny  # noqa: E402
@@ -96,18 +96,11 @@ def questions(image_dir, cub_questions) -> list[Question]:
 
 
 # ---------------------------------------------------------------------------- reference
-def paper_system(family: str, mode: str) -> str:
-    """The system message the paper's scripts send a family (LLaVA-OneVision's image runs:
-    hierzoo's documented assumption, the expert message)."""
-    if family == "internvl":
-        return paper_reference.INTERNVL_SYSTEM
-    return paper_reference.SYSTEM_EXPERT if mode == "image" else paper_reference.SYSTEM_HELPFUL
-
-
 def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=None):
-    """Letter logits of one question: full chat prompt + image through the processor, one
-    forward pass, the last position's logits at the letters' token ids. ``variant`` defaults to
-    the paper's (0 in image mode, 1 in text mode for CUB-200)."""
+    """Letter logits of one question: the paper's prompt and image (built by
+    ``vlm_reference`` from the transcription of its scripts), one forward pass, the last
+    position's logits at the letters' token ids. ``variant`` defaults to the paper's (0 in
+    image mode, 1 in text mode for CUB-200)."""
     variant = (0 if mode == "image" else 1) if variant is None else variant
     entry = RAW["taxonomies"]["cub200"]
     template = entry[f"{mode}_prompts"][variant]
@@ -117,15 +110,10 @@ def reference_logits(m, question: Question, level: int, options, *, mode="image"
     text = "\n".join(
         [question_text, *[f"{c}. {o}" for c, o in zip(letters, options)], RAW["instruction"]]
     )
-    content = ([{"type": "image"}] if mode == "image" else []) + [{"type": "text", "text": text}]
-    system = [{"type": "text", "text": paper_system(m.family, mode)}]
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
-    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    images = [Image.open(question.path).convert("RGB")] if mode == "image" else None
-    enc = m.processor(text=[prompt], images=images, return_tensors="pt")
+    image = Image.open(question.path) if mode == "image" else None
+    _, out = paper_request(m, paper_system(m.family, mode), text, image)
     ids = m.processor.tokenizer.convert_tokens_to_ids(list(letters))
-    with torch.no_grad():
-        return m.model(**enc).logits[0, -1, ids].float().numpy()
+    return out.logits[0, -1, ids].float().numpy()
 
 
 def check_against_reference(m, questions, answers, *, mode="image", variant=None):
@@ -281,7 +269,10 @@ def test_processing_images_on_the_device_gives_the_same_answers(model, questions
         got = model.answer(questions, protocol=protocol)
     finally:
         model.process_on_device = None
-    assert supported  # all four families' processors are torchvision-backed in transformers 5
+    # all four families' processors are torchvision-backed in transformers 5; InternVL's tiles
+    # are cut with the PIL backend under the paper's image processing (PIL resizing, as the
+    # paper's scripts), which stays on the CPU
+    assert supported == (model.family != "internvl")
     np.testing.assert_allclose(
         got.extra["letter_logits"], base.extra["letter_logits"], atol=TOL, rtol=0
     )
@@ -427,19 +418,13 @@ def small_cub():
 
 
 def reference_node_loglik(m, image: Image.Image, question_text: str, name: str) -> float:
-    """log p(name + end-of-turn | prompt), from one full forward of prompt + answer."""
-    messages = [
-        {"role": "system", "content": [{"type": "text", "text": paper_system(m.family, "image")}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question_text}]},
-    ]
-    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ctx = m.processor(text=[prompt], images=[image], return_tensors="pt")
-    full = m.processor(text=[prompt + name + "<|im_end|>"], images=[image], return_tensors="pt")
-    n = ctx["input_ids"].shape[1]
-    ids = full["input_ids"][0]
-    assert torch.equal(ids[:n], ctx["input_ids"][0])
-    with torch.no_grad():
-        logp = torch.log_softmax(m.model(**full).logits[0].float(), dim=-1)
+    """log p(name + end-of-turn | prompt), from one full forward of the paper's prompt + answer."""
+    system = paper_system(m.family, "image")
+    ctx, _ = paper_inputs(m, system, question_text, image)
+    ids, out = paper_request(m, system, question_text, image, answer=name + "<|im_end|>")
+    n = len(ctx)
+    assert ids[:n] == ctx
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)
     return float(sum(logp[t - 1, ids[t]] for t in range(n, len(ids))))
 
 

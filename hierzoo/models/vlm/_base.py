@@ -31,7 +31,12 @@ from hierzoo.models.vlm._scoring import _NodeScoringMixin
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
 
-__all__ = ["VisionLLMClassifier", "cap_image_side"]
+__all__ = ["IMAGE_PROCESSING", "VisionLLMClassifier", "cap_image_side"]
+
+IMAGE_PROCESSING = ("paper", "checkpoint")
+"""How a vision LLM prepares images: as the paper's scripts did for the family (``paper``: LLaVA-
+OneVision one padded square view, InternVL at most four tiles, Qwen-VL resized to its patch grid
+before the 1680 px cap), or as the checkpoint's processor does by itself (``checkpoint``)."""
 
 
 def _import_transformers() -> Any:
@@ -61,9 +66,11 @@ class VisionLLMClassifier(
     Subclasses name the transformers class and ``model_type`` of their family and override the
     hooks: :meth:`prompt_positions` and :meth:`suffix_positions` (the RoPE positions of a
     padded prompt batch and of text continuing a cached prefix), :meth:`image_transform`
-    (what happens to a decoded image before the processor), and for :meth:`features`
+    (what happens to a decoded image before the processor), :meth:`paper_processor` (the
+    processor set as the paper's scripts prepare images), and for :meth:`features`
     :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's features are read,
-    and how they split per image).
+    and how they split per image). :attr:`paper_dtype` is the precision the paper ran the family
+    in (the default on CUDA).
 
     Attributes:
         model: the transformers model (eval mode).
@@ -79,6 +86,9 @@ class VisionLLMClassifier(
         process_on_device: run the image processor's resizing, normalising and patching on the
             model's device (transformers' torchvision-backed processors take a ``device``);
             ``None`` (default): on CUDA, where the processor supports it.
+        image_processing: ``"paper"`` (default): images prepared as the paper's scripts prepared
+            them for the family; ``"checkpoint"``: as the checkpoint's processor does by itself
+            (see :data:`IMAGE_PROCESSING`).
         pipeline_stats: host time of the last calls (:class:`hierzoo.images.PipelineStats`):
             waiting for decoded images (``input_wait``) and inside the processor
             (``preprocess``: tokenising, and the image work unless it runs on the device).
@@ -96,10 +106,12 @@ class VisionLLMClassifier(
             "process_on_device",
             "device_map",
             "attn_implementation",
+            "image_processing",
         }
     )
     model_class: str = ""
     model_type: str = ""
+    paper_dtype: torch.dtype = torch.bfloat16
 
     def __init__(
         self,
@@ -114,13 +126,22 @@ class VisionLLMClassifier(
         batched_vision_attention: bool = True,
         num_workers: int | None = None,
         process_on_device: bool | None = None,
+        image_processing: str = "paper",
     ):
+        if image_processing not in IMAGE_PROCESSING:
+            raise ValueError(
+                f"Expected `image_processing` to be one of {IMAGE_PROCESSING}, but got "
+                f"{image_processing!r}."
+            )
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
         self.model = model
-        self.processor = processor
+        self.image_processing = image_processing
+        self.processor = (
+            self.paper_processor(processor) if image_processing == "paper" else processor
+        )
         self.name = name
         self.spec = spec
         self.device = model.device
@@ -153,6 +174,7 @@ class VisionLLMClassifier(
         batched_vision_attention: bool = True,
         num_workers: int | None = None,
         process_on_device: bool | None = None,
+        image_processing: str = "paper",
         **kwargs: Any,
     ) -> VisionLLMClassifier:
         """Load a checkpoint (hub id at ``spec.revision``, or a ``save_pretrained`` directory).
@@ -160,7 +182,9 @@ class VisionLLMClassifier(
         Args:
             spec: the zoo spec (``spec.location`` is what loads).
             device: where the model runs (ignored with ``device_map``).
-            dtype: weights' dtype; default bfloat16 on CUDA, float32 on CPU.
+            dtype: weights' dtype; default on CUDA the precision the paper ran the family in
+                (:attr:`paper_dtype`: float16 for LLaVA-OneVision, bfloat16 for the others),
+                float32 on CPU.
             device_map: transformers' ``device_map`` (``"auto"`` spreads a model over GPUs).
             attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...
             token_budget, batch_size, prefix_cache, process_on_device: see the class attributes.
@@ -168,6 +192,7 @@ class VisionLLMClassifier(
                 tower's attention as one call per window length instead of one per window
                 (:meth:`batch_vision_attention`); ``False`` keeps transformers' own loop.
             num_workers: image-decoding worker processes (default: one per core but one).
+            image_processing: ``"paper"`` or ``"checkpoint"`` (see the class attributes).
             **kwargs: passed to the model's ``from_pretrained``; another family's options are
                 refused (:meth:`check_options`).
         """
@@ -175,7 +200,7 @@ class VisionLLMClassifier(
 
         cls.check_options(kwargs, spec.name, pass_through=True)
         transformers = _import_transformers()
-        dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = resolve_dtype(dtype, cls.paper_dtype if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
         config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
         if config.model_type != cls.model_type:
@@ -206,6 +231,7 @@ class VisionLLMClassifier(
             batched_vision_attention=batched_vision_attention,
             num_workers=num_workers,
             process_on_device=process_on_device,
+            image_processing=image_processing,
         )
 
     @classmethod
@@ -232,7 +258,7 @@ class VisionLLMClassifier(
             **options: ``token_budget``, ``batch_size``, ``prefix_cache``,
                 ``batched_vision_attention`` (on by default for Qwen-VL: it patches the attention
                 modules of ``model``'s vision tower in place, with the same outputs),
-                ``num_workers``, ``process_on_device``.
+                ``num_workers``, ``process_on_device``, ``image_processing``.
 
         Raises:
             TypeError: a model that is not the family's class with a language-model head.
@@ -293,6 +319,12 @@ class VisionLLMClassifier(
     def image_transform(self) -> Callable[[Image.Image], Any] | None:
         """A picklable function applied to each decoded image in the loader workers, or ``None``."""
         return None
+
+    def paper_processor(self, processor: Any) -> Any:
+        """The processor to use under ``image_processing="paper"``: a copy set as the paper's
+        scripts prepare images where that differs from the checkpoint's own settings (the
+        processor passed in is not changed). Default: ``processor`` itself."""
+        return processor
 
     def prompt_positions(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE positions of a padded processor batch, and the position after each row's last
@@ -376,7 +408,7 @@ class VisionLLMClassifier(
 
     def _prefix_tokens(self, image: Image.Image) -> int:
         head, _ = self.template("image")
-        return len(self.processor(text=[head], images=[image])["input_ids"][0])
+        return len(self._encode([head], [image], side="right")["input_ids"][0])
 
     def _row_chunks(self, n_rows: int, row_tokens: int, batch_size: int | None) -> Iterator[slice]:
         return _schedule.row_chunks(n_rows, row_tokens, batch_size, self.token_budget)
@@ -400,7 +432,10 @@ class VisionLLMClassifier(
             return False
         import typing
 
-        kwargs = getattr(getattr(self.processor, "image_processor", None), "valid_kwargs", None)
+        image_processor = getattr(self.processor, "image_processor", None)
+        if type(image_processor).__name__.endswith("Pil"):  # transformers' PIL backend
+            return False
+        kwargs = getattr(image_processor, "valid_kwargs", None)
         try:
             return kwargs is not None and "device" in typing.get_type_hints(kwargs)
         except Exception:  # an unresolvable annotation: do not guess
