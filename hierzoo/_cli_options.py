@@ -134,6 +134,17 @@ def batch_sizes(value: str) -> list[int]:
         ) from None
 
 
+@_kind("run pair")
+def run_pair(value: str) -> tuple[str, str]:
+    """``VLM_RUN=LLM_RUN``: two run directories (``hierzoo report --pair``)."""
+    vlm, sep, llm = value.partition("=")
+    if not sep or not vlm or not llm:
+        raise argparse.ArgumentTypeError(
+            f"expected VLM_RUN=LLM_RUN (two run directories), but got {value!r}"
+        )
+    return vlm, llm
+
+
 @_kind("image size")
 def image_size(value: str) -> tuple[int, int]:
     """``WxH`` in pixels, e.g. ``500x375``."""
@@ -161,6 +172,32 @@ def device(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a device torch knows; use {DEVICE_FORMS}"
         ) from None
+    return value
+
+
+@_kind("URL")
+def api_base(value: str) -> str:
+    """An http(s) base URL of a chat-completions server, without trailing slashes."""
+    from hierzoo.models.api.request import normalize_api_base
+
+    try:
+        return normalize_api_base(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an http(s) URL such as http://HOST:8000/v1, but got {value!r}"
+        ) from None
+
+
+@_kind("environment variable")
+def env_name(value: str) -> str:
+    """The name of an environment variable (letters, digits and ``_``, not starting with a
+    digit). A value that is not one is not echoed: it may be the secret itself."""
+    if not value or value[0].isdigit() or not all(c.isalnum() or c == "_" for c in value):
+        raise argparse.ArgumentTypeError(
+            "expected the NAME of an environment variable (letters, digits and _), such as "
+            "OPENAI_API_KEY; export the key in it, never pass the key itself (the value given is "
+            "not shown)"
+        )
     return value
 
 

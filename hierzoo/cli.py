@@ -137,6 +137,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-errors", action="store_true", help="redo samples recorded with an error"
     )
+    p.add_argument(
+        "--dry-run",
+        metavar="N",
+        type=opt.positive_int,
+        help="print the first N requests the run would make (one JSON object per line: prompt, "
+        "image sizes, tiles, tokens) and stop: loads the model's processor, not its weights; no "
+        "forward pass, nothing written",
+    )
     src = p.add_argument_group("questions")
     src.add_argument(
         "--questions",
@@ -204,6 +212,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "reply and parse it by the paper's rule (generate, as the paper's scripts answer)",
     )
     how.add_argument(
+        "--max-new-tokens",
+        metavar="N",
+        type=opt.positive_int,
+        help="with --answer generate: the most tokens of a reply (default: the paper's, 5 or 10 "
+        "by model, taxonomy and mode)",
+    )
+    how.add_argument(
         "--keep-option-order",
         action="store_true",
         help="ask options in the file's order (no shuffling)",
@@ -232,12 +247,40 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="MAP",
         help="vision LLMs larger than one GPU: a transformers device_map such as auto",
     )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own modelling code (transformers' trust_remote_code): needed "
+        "by models without a transformers class, such as InternLM2.5; only for code you trust",
+    )
+    api = p.add_argument_group("models behind an API (--model openai:MODEL)")
+    api.add_argument(
+        "--api-base",
+        type=opt.api_base,
+        metavar="URL",
+        help="the chat-completions server's base URL, ending in /v1 (default OpenAI's, "
+        "https://api.openai.com/v1)",
+    )
+    api.add_argument(
+        "--api-key-env",
+        type=opt.env_name,
+        metavar="NAME",
+        help="the environment variable that holds the API key (default OPENAI_API_KEY); the "
+        "key itself is never written anywhere",
+    )
+    api.add_argument(
+        "--concurrency",
+        type=opt.positive_int,
+        metavar="N",
+        help="requests in flight (default 16)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from hierzoo._io import dumps_line
     from hierzoo.report import format_summary
-    from hierzoo.runner import EvalConfig, RunError, retry_command, run_eval
+    from hierzoo.runner import EvalConfig, RunError, dry_run, retry_command, run_eval
 
     cfg = opt.config_from(
         EvalConfig,
@@ -246,14 +289,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             k: v
             for k, v in (
                 ("device_map", args.device_map),
+                ("trust_remote_code", args.trust_remote_code or None),
                 ("decode_on_device", args.decode_on_device or None),
                 ("worker_decode", args.worker_decode),
+                ("api_base", args.api_base),
+                ("api_key_env", args.api_key_env),
+                ("concurrency", args.concurrency),
             )
             if v
         }
         | ({} if args.batched_vision_attention else {"batched_vision_attention": False}),
     )
     try:
+        if args.dry_run:
+            for request in dry_run(cfg, args.dry_run):
+                sys.stdout.write(dumps_line(request))
+            return 0
         summary = run_eval(cfg)
     except RunError as e:
         print(f"hierzoo eval: error: {e}", file=sys.stderr)
@@ -279,7 +330,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
-        help="only one model family (clip, vlm, openclip, qwen2.5-vl, ...)",
+        help="only one model family (clip, vlm, llm, api, openclip, qwen2.5-vl, openai-chat, ...)",
     )
     p.add_argument("--json", action="store_true", help="print the specs as JSON instead of a table")
     p.set_defaults(func=_cmd_models)
@@ -306,7 +357,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="compare eval runs: a table (Markdown, CSV) and plots",
         description="Read the summary.json of `hierzoo eval` run directories (or of every run "
         "directory one level under a folder) and write report.md, report.csv and three plots: "
-        "HCA against leaf accuracy, accuracy per level, and where paths first break.",
+        "HCA against leaf accuracy, accuracy per level, and where paths first break. A vision "
+        "LLM's text-mode run and its LLM's run on the same questions are also compared "
+        "(comparison.csv, vlm_vs_llm.png).",
     )
     p.add_argument("runs", nargs="+", metavar="DIR", help="run directory, or a folder of them")
     p.add_argument(
@@ -315,6 +368,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         default="hierzoo-report",
         help="report directory (default ./hierzoo-report)",
     )
+    p.add_argument(
+        "--pair",
+        metavar="VLM_RUN=LLM_RUN",
+        action="append",
+        type=opt.run_pair,
+        default=[],
+        help="compare a vision LLM's text-mode run with its LLM's run (repeatable); zoo models "
+        "are paired without it, by the vision LLM's base_llm",
+    )
     opt.no_plots_option(p, "plots, only the tables")
     p.set_defaults(func=_cmd_report)
 
@@ -322,17 +384,38 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hierzoo.report import load_runs, report_table, write_csv, write_markdown, write_plots
+    from hierzoo.report import (
+        PairError,
+        comparison_table,
+        load_runs,
+        pair_runs,
+        report_table,
+        write_comparison_csv,
+        write_csv,
+        write_markdown,
+        write_plots,
+    )
 
     runs = load_runs(args.runs)
+    try:
+        pairs = pair_runs(runs, args.pair)
+    except (PairError, FileNotFoundError, ValueError) as e:
+        print(f"hierzoo report: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = report_table(runs)
-    written = [write_markdown(rows, out / "report.md"), write_csv(rows, out / "report.csv")]
+    comparison = comparison_table(pairs)
+    written = [
+        write_markdown(rows, out / "report.md", comparison),
+        write_csv(rows, out / "report.csv"),
+    ]
+    if comparison:
+        written.append(write_comparison_csv(comparison, out / "comparison.csv"))
     print(written[0].read_text(), end="")
     if not args.no_plots:
         try:
-            written += write_plots(runs, out)
+            written += write_plots(runs, out, pairs)
         except ImportError as e:
             print(f"written: {', '.join(map(str, written))}")
             raise ImportError(f"{e} (or pass --no-plots)") from None
@@ -667,7 +750,10 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         "the --labels paths are relative to",
     )
     p.add_argument(
-        "--labels", metavar="CSV", help="a CSV of image,leaf instead of the folder layout"
+        "--labels",
+        metavar="CSV",
+        help="a CSV of image,leaf instead of the folder layout; relative image paths are "
+        "relative to --images when given, else to the CSV's folder",
     )
     p.add_argument(
         "--where",

@@ -235,17 +235,14 @@ def site_order(name: str) -> tuple[int, int, int]:
 
 def _samples(cfg: ProbeConfig, taxonomy: Taxonomy) -> tuple[list[str], list[str], list[str]]:
     """``(paths, ids, leaf labels)`` of the run's images."""
-    from hierzoo.tasks import samples_from_csv, samples_from_folder
+    from hierzoo.tasks import samples_from_images
 
-    if cfg.labels:
-        pairs = samples_from_csv(cfg.labels, image_root=cfg.images)
-    elif cfg.images:
-        pairs = samples_from_folder(cfg.images, taxonomy)
-    else:
+    if not (cfg.images or cfg.labels):
         raise ProbeError(
-            "Give --images DIR (one folder per leaf), or --labels CSV (image,leaf) with --images "
-            "as their root."
+            "Give --images DIR (one folder per leaf, or the flat layout of docs/questions.md), or "
+            "--labels CSV (image,leaf; relative paths from --images, else from the CSV's folder)."
         )
+    pairs = samples_from_images(cfg.images, taxonomy, labels=cfg.labels)
     if cfg.limit:
         pairs = pairs[: cfg.limit]
     root = Path(cfg.images).resolve() if cfg.images else None

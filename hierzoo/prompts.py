@@ -224,6 +224,22 @@ def default_prompt_variant(
     return int(table["modes"][mode].get(key, 0))
 
 
+def max_new_tokens(
+    family: str | None, taxonomy: str | Taxonomy | None = None, mode: str = "image"
+) -> int:
+    """The most tokens a generated answer may have (``Protocol(answer="generate")``), as the
+    paper's scripts set ``max_new_tokens``: 10 for Qwen2.5-VL and LLaVA-OneVision image runs, 5
+    for Qwen2.5-VL on both iNat21 taxonomies, for InternVL and for every text run (the table
+    ``max_new_tokens`` of ``prompts.json``). A family or taxonomy the table does not list takes
+    its ``default`` (image 10, text 5)."""
+    _check_mode(mode)
+    table = paper_prompts()["max_new_tokens"]
+    entry = table["families"].get(family, {}).get(mode, table["default"][mode])
+    if isinstance(entry, int):
+        return entry
+    return entry.get(_paper_key(taxonomy) or "", entry["default"])
+
+
 def question_text(
     taxonomy: str | Taxonomy | None,
     level: int,
@@ -391,6 +407,8 @@ class Protocol:
         answer: ``"logits"`` (the option letters' logits at the answer position) or
             ``"generate"`` (a greedy reply parsed by :func:`parse_paper_answer`, as the paper's
             scripts answer); see :data:`ANSWERS`.
+        max_new_tokens: with ``answer="generate"``, the most tokens a reply may have; ``None``:
+            the paper's for the family, taxonomy and mode (:func:`max_new_tokens`).
     """
 
     taxonomy: str | Taxonomy | None = None
@@ -402,10 +420,20 @@ class Protocol:
     templates: tuple[str, ...] | None = None
     first_level: int = 0
     answer: str = "logits"
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
             raise ValueError(f"Expected `answer` to be one of {ANSWERS}, but got {self.answer!r}.")
+        if self.max_new_tokens is not None:
+            n = self.max_new_tokens
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"Expected `max_new_tokens` to be an integer >= 1, but got {n!r}.")
+            if self.answer != "generate":
+                raise ValueError(
+                    f"`max_new_tokens` ({self.max_new_tokens}) limits generated replies: set "
+                    "answer='generate' (--answer generate), or leave it None."
+                )
         if self.first_level < 0:
             raise ValueError(f"Expected `first_level` >= 0, but got {self.first_level!r}.")
         if self.mode not in MODES:
@@ -454,6 +482,15 @@ class Protocol:
             return ranks(self.taxonomy)
         got = self.taxonomy.ranks
         return list(got) if got else None
+
+    def reply_tokens(self, family: str | None) -> int | None:
+        """The most tokens of a generated reply for a model of ``family``: ``max_new_tokens``,
+        else the paper's (:func:`max_new_tokens`); ``None`` when answers are read from logits."""
+        if self.answer != "generate":
+            return None
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return max_new_tokens(family, self.taxonomy, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values (a ``Taxonomy`` written as its name)."""

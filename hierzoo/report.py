@@ -57,7 +57,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rate:
         per_image = prov.get("images_per_second", 0)
         extra += f"; {rate:.1f} questions/s, {per_image:.1f} images/s on {prov.get('device')}"
-    return f"{table}\n{extra}"
+    answers = format_generated(summary)
+    return f"{table}\n{extra}" + (f"\n{answers}" if answers else "")
+
+
+def format_generated(summary: dict[str, Any]) -> str:
+    """One line on generated answers (``--answer generate``): how many replies named no option
+    and how often the parsed letter is the first token's most probable letter; ``""`` for
+    answers read from logits."""
+    if summary.get("answer") != "generate" or not summary.get("n_answers"):
+        return ""
+    n, unknown = summary["n_answers"], summary.get("n_unknown", 0)
+    agreement = summary.get("answer_agreement")
+    line = f"generated replies: {unknown} of {n} Unknown ({100 * unknown / n:.1f}%, scored wrong)"
+    if agreement is not None:
+        line += f"; the parsed letter is the first token's most probable letter in {agreement:.1f}%"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,9 +157,8 @@ def _names(runs: list[dict[str, Any]]) -> list[str]:
     defaults (questions, image), plus the run directory where two runs would read the same."""
     names = []
     for r in runs:
-        extra = [
-            str(r.get(k)) for k, d in (("task", "questions"), ("mode", "image")) if r.get(k, d) != d
-        ]
+        defaults = (("task", "questions"), ("mode", "image"), ("answer", "logits"))
+        extra = [str(r.get(k)) for k, d in defaults if r.get(k, d) != d]
         names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
     keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
     return [
@@ -171,12 +185,15 @@ def _merge_levels(lists: list[list[str]]) -> list[str]:
 def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run: labels, counts, each metric (percent) with ``_low``/``_high`` 95%
     bounds, ``hca_leaf_ratio`` (HCA / leaf accuracy, a fraction) and ``acc_<level>`` per level
-    name (the union over taxonomies; ``None`` where a run has no such level).
+    name (the union over taxonomies; ``None`` where a run has no such level). When any run
+    generated its answers (``--answer generate``), every row also has ``answer``, ``n_unknown``
+    and ``answer_agreement`` (percent; ``None`` for runs that read logits).
 
     Rows are grouped by taxonomy (in order of first appearance), best HCA first.
     """
     names = _names(runs)
     all_levels = _merge_levels([r.get("levels") or [] for r in runs])
+    generated = any(r.get("answer") == "generate" for r in runs)
     rows = []
     for name, r in zip(names, runs):
         m = r["metrics"] or {}
@@ -199,6 +216,10 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
+        if generated:
+            row["answer"] = r.get("answer", "logits")
+            row["n_unknown"] = r.get("n_unknown")
+            row["answer_agreement"] = r.get("answer_agreement")
         row["run"] = r["run_dir"]
         rows.append(row)
     order = list(dict.fromkeys(r["taxonomy"] for r in rows))
@@ -232,15 +253,27 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
             return "-"
         return f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]"
 
+    generated = any("answer" in r for r in rows)
     header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
-    header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")] + ["run"]
+    header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
+    header += ["answer", "Unknown", "Agree"] if generated else []
+    header += ["run"]
     body = []
     for r in rows:
         cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
+        if generated:
+            cells += [_cell(r[k]) for k in ("answer", "n_unknown", "answer_agreement")]
         body.append(cells + [_cell(r["run"])])
     out += markdown_table(header, body, right=set(range(4, len(header) - 1)))
+    if generated:
+        out += [
+            "",
+            "answer: how the answer was read (logits: the option letters' logits; generate: a "
+            "reply parsed by the paper's rule). Unknown: replies naming no option (scored wrong). "
+            "Agree: percent of replies whose letter is the first token's most probable letter.",
+        ]
 
     levels = [k for k in (rows[0] if rows else {}) if k.startswith("acc_")]
     for tax in dict.fromkeys(r["taxonomy"] for r in rows):
@@ -258,15 +291,198 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write :func:`format_markdown` of the rows to ``path``."""
+def write_markdown(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    comparison: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write :func:`format_markdown` of the rows to ``path``, followed by
+    :func:`format_comparison` of ``comparison`` (the rows of :func:`comparison_table`) when
+    there are any."""
     path = Path(path)
-    path.write_text(format_markdown(rows))
+    text = format_markdown(rows)
+    if comparison:
+        text += "\n" + format_comparison(comparison)
+    path.write_text(text)
     return path
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the rows as CSV (every key a column; empty where ``None``; floats to 4 decimals)."""
+    return tables.write_csv(rows, path, digits=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# a vision LLM's text-mode run next to its LLM's run: the paper's "the LLM is the bottleneck"
+
+COMPARED = [("hca", "HCA"), ("leaf_acc", "Leaf"), ("por", "POR"), ("strict_por", "S-POR")]
+_SAME = ("questions", "taxonomy", "task", "answer", "circular")  # identity items a pair shares
+
+
+class PairError(ValueError):
+    """Two runs that cannot be compared (another question set, taxonomy or setting)."""
+
+
+def _zoo_spec(run: dict[str, Any]) -> Any:
+    """The zoo spec of a run's model: by the name it was run with (a zoo name or a zoo hub id),
+    else by the spec recorded in its provenance; ``None`` for a model outside the zoo."""
+    from hierzoo.models._registry import ZOO
+
+    recorded = (run.get("provenance") or {}).get("model") or {}
+    for name in (str(run.get("model", "")), str(recorded.get("name", ""))):
+        key = name.lower().removeprefix("hf-hub:")
+        if key in ZOO:
+            return ZOO[key]
+        spec = next((s for s in ZOO.values() if s.hub_id.lower() == key), None)
+        if spec is not None:
+            return spec
+    return None
+
+
+def _identity(run: dict[str, Any]) -> dict[str, Any] | None:
+    return (run.get("provenance") or {}).get("identity")
+
+
+def _mismatch(vlm: dict[str, Any], llm: dict[str, Any]) -> str | None:
+    """Why two runs do not answer the same questions the same way, or ``None`` if they do."""
+    for run in (vlm, llm):
+        if run.get("mode") != "text":
+            return f"{run['run_dir']} was run in {run.get('mode')} mode, not text mode"
+    if vlm["taxonomy"] != llm["taxonomy"]:
+        return f"taxonomies differ ({vlm['taxonomy']} and {llm['taxonomy']})"
+    a, b = _identity(vlm), _identity(llm)
+    if a is None or b is None:
+        missing = vlm if a is None else llm
+        return f"{missing['run_dir']} records no run identity (summary.json without provenance)"
+    for key in _SAME:
+        if a.get(key) != b.get(key):
+            what = "question sets (content hashes)" if key == "questions" else key
+            return f"their {what} differ ({a.get(key)!r} and {b.get(key)!r})"
+    return None
+
+
+def pair_runs(
+    runs: list[dict[str, Any]], explicit: Iterable[tuple[str | Path, str | Path]] = ()
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(vision-LLM run, LLM run)`` pairs: each vision LLM's text-mode run next to a run of its
+    text-only LLM on the same questions.
+
+    Found by the zoo: a run of a vision LLM whose spec names a ``base_llm``
+    (``qwen2.5-vl-7b`` -> ``qwen2.5-7b-instruct``) pairs with every run of that LLM with the same
+    taxonomy, question set (the content hash in the run identity), task, answer setting and
+    circular setting; both in text mode. ``explicit``: more pairs as ``(VLM run, LLM run)``
+    paths (run directories or their ``summary.json``, read if not among ``runs``), for models
+    outside the zoo; they must match in the same way.
+
+    Raises:
+        PairError: an explicit pair whose runs cannot be compared, naming why.
+    """
+    by_dir = {Path(r["run_dir"]).resolve(): r for r in runs}
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for vlm_path, llm_path in explicit:
+        got = []
+        for p in (vlm_path, llm_path):
+            path = Path(p)
+            run_dir = (path.parent if path.name == "summary.json" else path).resolve()
+            if run_dir not in by_dir:
+                by_dir[run_dir] = load_runs([run_dir])[0]
+            got.append(by_dir[run_dir])
+        why = _mismatch(got[0], got[1])
+        if why is not None:
+            raise PairError(f"--pair {vlm_path}={llm_path}: cannot compare these runs: {why}.")
+        pairs.append((got[0], got[1]))
+    specs = {id(r): _zoo_spec(r) for r in runs}
+    for vlm in runs:
+        spec = specs[id(vlm)]
+        if spec is None or not spec.base_llm or vlm.get("mode") != "text":
+            continue
+        for llm in runs:
+            other = specs[id(llm)]
+            known = any(v is vlm and m is llm for v, m in pairs)
+            if (
+                not known
+                and other is not None
+                and other.name == spec.base_llm
+                and _mismatch(vlm, llm) is None
+            ):
+                pairs.append((vlm, llm))
+    return pairs
+
+
+def comparison_table(
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Three flat rows per pair of :func:`pair_runs`: the vision LLM in text mode, its LLM, and
+    the difference (vision LLM minus LLM, percentage points); per row ``pair`` (its number),
+    ``role`` (``vlm``, ``llm``, ``difference``), ``model``, ``taxonomy``, ``n``, the metrics of
+    :data:`COMPARED` and ``acc_<level>`` per level of either run (``None`` where missing). A
+    run without scored samples gives ``None`` metrics, and so does the difference."""
+    names = _names([r for pair in pairs for r in pair])
+    rows: list[dict[str, Any]] = []
+    for i, (vlm, llm) in enumerate(pairs):
+        levels = _merge_levels([vlm.get("levels") or [], llm.get("levels") or []])
+        sides = []
+        for role, run, name in (("vlm", vlm, names[2 * i]), ("llm", llm, names[2 * i + 1])):
+            m = run["metrics"] or {}
+            row: dict[str, Any] = {
+                "pair": i + 1,
+                "role": role,
+                "model": name,
+                "taxonomy": run["taxonomy"],
+                "n": run["n"],
+            }
+            for k, _ in COMPARED:
+                row[k] = m[k]["value"] if m.get(k) else None
+            acc = dict(zip(run.get("levels") or [], m.get("level_acc") or []))
+            for lev in levels:
+                row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
+            row["run"] = run["run_dir"]
+            sides.append(row)
+        diff: dict[str, Any] = {
+            "pair": i + 1,
+            "role": "difference",
+            "model": "difference (vision LLM - LLM)",
+            "taxonomy": vlm["taxonomy"],
+            "n": None,
+        }
+        for k in [k for k, _ in COMPARED] + [f"acc_{lev}" for lev in levels]:
+            a, b = sides[0][k], sides[1][k]
+            diff[k] = a - b if a is not None and b is not None else None
+        diff["run"] = None
+        rows += [*sides, diff]
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`comparison_table` as Markdown: one table per taxonomy, a vision LLM's
+    text-mode run, its LLM's run and their difference in consecutive rows."""
+    out = [
+        "## Vision LLMs and their LLMs, text mode",
+        "",
+        "The same text questions (the leaf named in the question, no image) asked of a vision "
+        "LLM and of the text-only LLM it was built on. Percent of scored samples; the leaf is "
+        "given in text mode. difference: vision LLM minus LLM, in percentage points.",
+    ]
+    for tax in dict.fromkeys(r["taxonomy"] for r in rows):
+        group = [r for r in rows if r["taxonomy"] == tax]
+        levels = list(dict.fromkeys(k for r in group for k in r if k.startswith("acc_")))
+        levels = [k for k in levels if any(r.get(k) is not None for r in group)]
+        header = ["model", "n"] + [h for _, h in COMPARED] + [k[4:] for k in levels]
+        body = []
+        for r in group:
+            sign = r["role"] == "difference"
+            cells = [_cell(r["model"]), _cell(r["n"])]
+            for k in [k for k, _ in COMPARED] + levels:
+                v = r.get(k)
+                cells.append(f"{v:+.1f}" if sign and v is not None else _cell(v))
+            body.append(cells)
+        out += ["", f"### {_cell(tax)}", ""]
+        out += markdown_table(header, body, right=set(range(1, len(header))))
+    return "\n".join(out) + "\n"
+
+
+def write_comparison_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows of :func:`comparison_table` as CSV (every key a column)."""
     return tables.write_csv(rows, path, digits=4)
 
 
@@ -515,8 +731,58 @@ def plot_first_error(runs: list[dict[str, Any]], path: str | Path) -> Path:
     return plots.save(fig, Path(path))
 
 
-def write_plots(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """``hca_vs_leaf.png``, ``level_accuracy.png`` and ``first_error.png`` in ``out_dir``.
+def plot_vlm_vs_llm(pairs: list[tuple[dict[str, Any], dict[str, Any]]], path: str | Path) -> Path:
+    """Accuracy per level of each vision LLM in text mode (solid) and of its LLM (dashed), one
+    panel per pair, with both runs' HCA in the legend."""
+    scored = [(v, m) for v, m in pairs if v["metrics"] and m["metrics"]]
+    if not scored:
+        raise ValueError("nothing to plot: no pair has scored samples in both runs")
+    names = _names([r for pair in scored for r in pair])
+    levels = [_merge_levels([v["levels"], m["levels"]]) for v, m in scored]
+    widths = [max(3, len(v)) for v in levels]
+    fig = plots.figure(figsize=(min(16, 2.4 + 0.8 * sum(widths) + 1.2 * len(scored)), 4.6))
+    axes = fig.subplots(1, len(scored), sharey=True, squeeze=False, width_ratios=widths)[0]
+    rotate = any(len(v) > 5 or max(map(len, v)) > 9 for v in levels)
+    colours = plots.colours(names[::2])
+    for i, (ax, (vlm, llm), order) in enumerate(zip(axes, scored, levels)):
+        xs = {lev: j for j, lev in enumerate(order)}
+        colour = colours[names[2 * i]]
+        for run, name, style in ((vlm, names[2 * i], "-"), (llm, names[2 * i + 1], "--")):
+            acc = run["metrics"]["level_acc"]
+            ax.errorbar(
+                [xs[lev] for lev in run["levels"]],
+                [a["value"] for a in acc],
+                yerr=[[a["value"] - a["low"] for a in acc], [a["high"] - a["value"] for a in acc]],
+                color=colour,
+                ls=style,
+                marker="o" if style == "-" else "s",
+                ms=4,
+                lw=1.5,
+                elinewidth=0.8,
+                capsize=2,
+                label=f"{name}: HCA {run['metrics']['hca']['value']:.1f}",
+            )
+        plots.level_ticks(ax, list(xs), rotate)
+        ax.set_xlim(-0.4, len(xs) - 0.6)
+        ax.set_title(str(vlm["taxonomy"]), fontsize=10)
+        ax.set_xlabel("level (coarse → fine)")
+        ax.grid(True, axis="y", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+        ax.legend(loc="lower left", frameon=False, fontsize=7)
+    axes[0].set_ylim(0, 100)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle("Vision LLM in text mode (solid) and its LLM (dashed): accuracy per level")
+    return plots.save(fig, Path(path))
+
+
+def write_plots(
+    runs: list[dict[str, Any]],
+    out_dir: str | Path,
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
+) -> list[Path]:
+    """``hca_vs_leaf.png``, ``level_accuracy.png`` and ``first_error.png`` in ``out_dir``, and
+    ``vlm_vs_llm.png`` (:func:`plot_vlm_vs_llm`) for the ``pairs`` of :func:`pair_runs` with
+    scored samples on both sides.
 
     Runs whose metrics are null (every sample failed) are left out; none at all is an error.
     Needs matplotlib (``pip install 'hierzoo[plot]'``).
@@ -525,8 +791,11 @@ def write_plots(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
         raise ValueError("nothing to plot: no run has scored samples (every metrics is null)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
+    written = [
         plot_hca_vs_leaf(runs, out / "hca_vs_leaf.png"),
         plot_level_accuracy(runs, out / "level_accuracy.png"),
         plot_first_error(runs, out / "first_error.png"),
     ]
+    if pairs and any(v["metrics"] and m["metrics"] for v, m in pairs):
+        written.append(plot_vlm_vs_llm(pairs, out / "vlm_vs_llm.png"))
+    return written

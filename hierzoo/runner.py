@@ -68,8 +68,20 @@ from hierzoo.tasks import (
 TASKS = ("questions", "path")
 PROTOCOLS = ("paper",)
 
-# model options that change how work is scheduled or where it runs, not the numbers
-_NEUTRAL_OPTIONS = frozenset({"device_map", "num_workers", "cache_dir", "token_budget"})
+# model options that change how work is scheduled or where it runs, not the numbers (an API
+# model's key variable, requests in flight, timeouts and retries among them)
+_NEUTRAL_OPTIONS = frozenset(
+    {
+        "device_map",
+        "num_workers",
+        "cache_dir",
+        "token_budget",
+        "api_key_env",
+        "concurrency",
+        "timeout",
+        "max_retries",
+    }
+)
 # how many of the first questions must have an image before the model is loaded
 _IMAGE_PROBE = 32
 
@@ -93,6 +105,7 @@ class EvalConfig:
     prompt_variant: int | None = None
     keep_option_order: bool = False
     answer: str = "logits"
+    max_new_tokens: int | None = None
     circular: bool = False
     mode: str = "image"
     templates: list[str] | None = None
@@ -122,7 +135,10 @@ class EvalConfig:
             "distractors",
             "limit",
         )
-        return {k: getattr(self, k) for k in keys}
+        ident = {k: getattr(self, k) for k in keys}
+        if self.max_new_tokens is not None:  # only when set: the ids of other runs stay the same
+            ident["max_new_tokens"] = self.max_new_tokens
+        return ident
 
     def check(self) -> None:
         """Reject settings no run can use, naming the value and the fix.
@@ -136,7 +152,14 @@ class EvalConfig:
             raise RunError(
                 f"Expected --protocol to be one of {PROTOCOLS}, but got {self.protocol!r}."
             )
-        for name, low in (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0)):
+        if self.max_new_tokens is not None and self.answer != "generate":
+            raise RunError(
+                f"--max-new-tokens {self.max_new_tokens} limits generated replies; add --answer "
+                "generate, or drop it."
+            )
+        numbers = (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0))
+        numbers += (("max_new_tokens", 1),)
+        for name, low in numbers:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
                 flag = "--" + name.replace("_", "-")
@@ -223,9 +246,7 @@ def prepare_questions(cfg: EvalConfig) -> tuple[list[Question], Any, bool]:
                 "--images / --labels need --taxonomy NAME: hierzoo builds the questions from the "
                 "taxonomy."
             )
-        # relative paths in a labels file are relative to --images, else to the file's folder
-        root = cfg.images or (str(Path(cfg.labels).resolve().parent) if cfg.labels else None)
-        pairs = samples_from_images(root, taxonomy, labels=cfg.labels)
+        pairs = samples_from_images(cfg.images, taxonomy, labels=cfg.labels)
         questions = build_questions(taxonomy, pairs, distractors=cfg.distractors, seed=cfg.seed)
         for q in questions:
             q.path = Path(q.image) if Path(q.image).is_file() else None
@@ -294,6 +315,21 @@ def resolve_spec(cfg: EvalConfig) -> Any:
         raise RunError(str(e)) from None
 
 
+def check_mode(cfg: EvalConfig, spec: Any) -> None:
+    """Stop before any image is read or the model is loaded when the model's family cannot run
+    the run's mode or task at all (a text-only LLM in image mode), naming the setting to use."""
+    from hierzoo.models._factory import family_class
+
+    try:
+        cls = family_class(spec.family)
+    except ImportError:
+        return  # loading the model names the missing extra
+    try:
+        cls.check_mode(cfg.mode, cfg.task, name=cfg.model)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
 def run_identity(
     cfg: EvalConfig,
     spec: Any,
@@ -306,14 +342,28 @@ def run_identity(
     """What a run's numbers are computed from. Two runs with the same identity may share a
     folder; ``None`` marks an item not known yet (the model's content before it is downloaded,
     the dtype before the model has loaded), which :func:`identity_diff` does not compare.
-    A local model is identified by its files' content, not by how its path is written."""
+    A local model is identified by its files' content, not by how its path is written; a model
+    behind an API by its name and the server asked (``model_content`` and ``requests`` come from
+    the loaded model: :meth:`~hierzoo.models.base.HierClassifier.identity`)."""
     ident = cfg.identity()
-    ident["model"] = "local directory" if spec.source else f"{spec.hub_id}@{spec.revision}"
+    if spec.source:
+        ident["model"] = "local directory"
+    elif spec.served:
+        ident["model"] = f"api:{spec.hub_id}"
+    else:
+        ident["model"] = f"{spec.hub_id}@{spec.revision}"
     ident["model_content"] = model_content
     ident["questions"] = questions_digest(questions)
     ident["image_root"] = str(Path(cfg.image_root).resolve()) if cfg.image_root else None
     ident["taxonomy"] = taxonomy_digest(taxonomy)
     ident["dtype"] = dtype
+    if cfg.task == "questions" and cfg.answer == "generate":
+        from hierzoo.prompts import max_new_tokens
+
+        # the reply length in effect, the paper's table's or the flag's
+        ident["max_new_tokens"] = cfg.max_new_tokens or max_new_tokens(
+            spec.family, cfg.taxonomy_name, cfg.mode
+        )
     ident["options"] = {
         k: v for k, v in sorted(cfg.model_kwargs.items()) if k not in _NEUTRAL_OPTIONS
     }
@@ -328,8 +378,12 @@ def _model_content(spec: Any) -> str | None:
 
 # --------------------------------------------------------------------------- running
 def _protocol(cfg: EvalConfig, clf: Any):
-    """The paper's protocol for the model's family under the run's settings."""
-    return clf.default_protocol(
+    """The paper's protocol for the model's family under the run's settings, checked.
+
+    Raises:
+        RunError: a setting this model cannot answer under.
+    """
+    protocol = clf.default_protocol(
         cfg.taxonomy_name,
         mode=cfg.mode,
         seed=cfg.seed,
@@ -339,6 +393,24 @@ def _protocol(cfg: EvalConfig, clf: Any):
         circular=cfg.circular,
         templates=cfg.templates,
     )
+    if cfg.max_new_tokens is not None:
+        protocol = replace(protocol, max_new_tokens=cfg.max_new_tokens)
+    try:
+        clf.check_protocol(protocol)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    return protocol
+
+
+def _in_asked_order(questions: list[Question], protocol: Any) -> tuple[list[Question], Any]:
+    """The questions with their options in the order the protocol asks them, and the protocol
+    that keeps that order. The paper draws every option order from one generator run through
+    the whole set, so the orders are fixed here, over all questions, before any subset (a
+    resumed run, a rank's shard) is asked."""
+    if not protocol.shuffle_options:
+        return questions, protocol
+    shuffled = shuffle_options(questions, protocol.seed, protocol.mode)
+    return shuffled, replace(protocol, shuffle_options=False)
 
 
 def shuffle_options(questions: list[Question], seed: int, mode: str) -> list[Question]:
@@ -503,6 +575,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
     questions, taxonomy, built = prepare_questions(cfg)
     spec = resolve_spec(cfg)
+    check_mode(cfg, spec)
     check_images_resolve(cfg, questions)
     ident = run_identity(
         cfg, spec, questions, taxonomy, model_content=_model_content(spec), dtype=_dtype_asked(cfg)
@@ -522,13 +595,13 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
 
     clf = load_model(cfg, d)
     protocol = _protocol(cfg, clf) if cfg.task == "questions" else None
-    if protocol is not None:
-        try:
-            clf.check_protocol(protocol)
-        except ValueError as e:
-            raise RunError(str(e)) from None
+    try:
+        clf.check_task(cfg.task)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     ident["dtype"] = _dtype_name(clf)
     ident["model_content"] = _model_content(spec)
+    ident.update(clf.identity(protocol))
     if meta is not None and not restart:
         diff = identity_diff(meta["identity"], ident)
         if diff:
@@ -556,6 +629,43 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
     todo_all = [i for i in range(len(questions)) if i not in done]
     todo = todo_all[d.rank :: d.world]
     return _work(cfg, d, out, clf, protocol, questions, taxonomy, todo, rid, ident, n_done)
+
+
+def dry_run(cfg: EvalConfig, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` requests the run ``cfg`` would make
+    (:meth:`~hierzoo.models.HierClassifier.describe_requests`), with the questions read and
+    checked as the run reads them and the options in its order. Loads the model's processor,
+    not its weights (:func:`hierzoo.models.load_for_dry_run`); runs no forward pass and writes
+    nothing (``--out`` is neither created nor locked).
+
+    Raises:
+        RunError: bad settings or inputs, a family that cannot describe its requests, a
+            processor that cannot load.
+    """
+    from hierzoo.models import load_for_dry_run
+
+    cfg.check()
+    if cfg.task != "questions":
+        raise RunError(
+            f"--dry-run shows the questions a model is asked; --task {cfg.task} asks none."
+        )
+    questions, _, _ = prepare_questions(cfg)
+    spec = resolve_spec(cfg)
+    check_images_resolve(cfg, questions)
+    try:
+        clf = load_for_dry_run(spec, **cfg.model_kwargs)
+    except ImportError:
+        raise
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    except Exception as e:
+        raise RunError(
+            f"The processor of {cfg.model!r} could not load ({type(e).__name__}: {e}); a hub "
+            "model's processor files must be downloaded or reachable."
+        ) from e
+    protocol = _protocol(cfg, clf)
+    questions, protocol = _in_asked_order(questions, protocol)
+    return clf.describe_requests(questions, protocol=protocol, limit=n)
 
 
 def _redo(row: dict[str, Any], cfg: EvalConfig) -> bool:
@@ -595,12 +705,8 @@ def _work(
     ident: dict[str, Any],
     n_done: int,
 ) -> dict[str, Any]:
-    if protocol is not None and protocol.shuffle_options:
-        # The paper draws every option order from one generator run through the whole set, so
-        # the orders are fixed here, over all questions, before any subset (a resumed run, a
-        # rank's shard) is asked; the model then keeps the order it is given.
-        questions = shuffle_options(questions, protocol.seed, protocol.mode)
-        protocol = replace(protocol, shuffle_options=False)
+    if protocol is not None:
+        questions, protocol = _in_asked_order(questions, protocol)
     per_sample = 1 if cfg.task == "path" else None
     n_q = sum(per_sample or sum(a is not None for a in questions[p].answers) for p in todo)
     shard = out / (f"predictions.rank{d.rank}.jsonl" if d.world > 1 else "predictions.jsonl")
@@ -665,6 +771,7 @@ def _work(
         "questions_per_second": round(n_q / wall, 3) if wall > 0 and n_q else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": shlex.join(["hierzoo", *sys.argv[1:]]),
+        **clf.provenance(),
     }
     write_json(out / "summary.json", summary)
     return summary
@@ -717,6 +824,9 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
         return summary
     scores = score_results([_circular_misses(r) for r in rows], taxonomy=taxonomy, ci=True)
+    absent = sum(1 for r in rows for key in r if key.startswith("absent_level"))
+    if absent:  # levels answered from log-probabilities that did not show every option letter
+        summary["levels_with_absent_letters"] = absent
     summary.update(
         {
             "n": scores.pop("n"),
@@ -728,7 +838,49 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
             "metrics": scores,
         }
     )
+    if cfg.task == "questions" and cfg.answer == "generate":
+        summary.update(generated_answer_stats(rows))
     return summary
+
+
+def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What generated answers add to a summary (``--answer generate``), from the result rows:
+
+    - ``answer``: ``"generate"``;
+    - ``n_answers``: the replies (asked levels of samples without an error; in circular mode
+      the first rotation's);
+    - ``n_unknown``: replies in which the paper's rule found no option letter (recorded as
+      ``"Unknown"``, scored wrong), and ``n_unknown_per_level`` (``{"level1": ..., ...}``);
+    - ``answer_agreement``: the percentage of replies whose parsed letter is the letter with
+      the highest probability at the first generated token (``probs_levelK``; a tie goes to the
+      earlier letter); an ``Unknown`` reply never agrees. ``None`` without replies.
+    """
+    from hierzoo.prompts import UNKNOWN
+
+    per_level: dict[int, int] = {}
+    n = unknown = agree = 0
+    for row in rows:
+        if row.get("error"):
+            continue
+        for key in row:
+            if not key.startswith("prediction_level"):
+                continue
+            level = key[len("prediction_level") :]
+            letter = row.get(f"predicted_level{level}_letter")
+            probs = row.get(f"probs_level{level}") or {}
+            n += 1
+            missed = letter == UNKNOWN
+            unknown += missed
+            per_level[int(level)] = per_level.get(int(level), 0) + missed
+            if probs and not missed:
+                agree += max(probs, key=probs.__getitem__) == letter
+    return {
+        "answer": "generate",
+        "n_answers": n,
+        "n_unknown": unknown,
+        "n_unknown_per_level": {f"level{k}": per_level[k] for k in sorted(per_level)},
+        "answer_agreement": round(100 * agree / n, 2) if n else None,
+    }
 
 
 def retry_command(argv: list[str] | None = None) -> str:

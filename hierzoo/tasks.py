@@ -478,8 +478,9 @@ def samples_from_images(
     """(image, leaf) pairs for ``hierzoo eval --images DIR [--labels FILE]``, whatever the layout.
 
     - ``labels``: a CSV of ``image,leaf`` (:func:`samples_from_csv`; relative paths are relative
-      to ``images``); with the ``oxford-pets`` taxonomy also a list in the dataset's own format
-      (``annotations/list.txt``, ``trainval.txt``, ``test.txt``), naming ``images/NAME.jpg``.
+      to ``images``, or to the CSV's own folder without ``images``); with the ``oxford-pets``
+      taxonomy also a list in the dataset's own format (``annotations/list.txt``,
+      ``trainval.txt``, ``test.txt``), naming ``images/NAME.jpg``.
     - A folder of sub-folders: the ImageFolder layout, one sub-folder per leaf
       (:func:`samples_from_folder`).
     - A flat folder of image files: the label is in each file name, ``<Leaf_name>_<n>.<ext>``
@@ -496,7 +497,9 @@ def samples_from_images(
         if taxonomy.name == OXFORD_PETS and _is_pet_list(Path(labels)):
             folder = _pet_images_folder(Path(images)) if images is not None else Path(".")
             return _samples_from_pet_list(Path(labels), folder, taxonomy, must_exist=False)
-        return samples_from_csv(labels, image_root=images)
+        # relative paths in a labels CSV are relative to --images, else to the CSV's own folder
+        root = images if images is not None else Path(labels).resolve().parent
+        return samples_from_csv(labels, image_root=root)
     if images is None:
         raise QuestionError("Give --images DIR (and optionally --labels FILE).")
     root = Path(images)

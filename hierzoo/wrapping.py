@@ -6,7 +6,9 @@ that very object, without copying a weight and without global state:
 - an open_clip ``CLIP`` / ``CustomTextCLIP`` -> ``OpenClipClassifier``;
 - a transformers model, by ``config.model_type``: ``clip`` / ``siglip`` -> ``HFClipClassifier``;
   ``qwen2_5_vl``, ``qwen3_vl``, ``llava_onevision``, ``internvl`` -> the family's
-  ``VisionLLMClassifier`` subclass (the same table ``hierzoo.load`` uses);
+  ``VisionLLMClassifier`` subclass (the same table ``hierzoo.load`` uses); a text-only
+  ``...ForCausalLM`` (``qwen2``, ``llama``, ``mistral`` ... or any other without a vision part)
+  -> ``TextLLMClassifier``;
   the family's ``from_model`` does the rest, as ``from_spec`` does for ``hierzoo.load``;
 - a peft ``PeftModel`` around any of these (LoRA and the other adapters that live inside the
   base model's modules): hierzoo runs the base model, whose layers carry the adapter, so what
@@ -46,8 +48,9 @@ def wrap(
 
     Args:
         model: an open_clip ``CLIP`` / ``CustomTextCLIP``; a transformers CLIP, SigLIP,
-            Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision or InternVL model (the ``...Model`` of a CLIP,
-            the ``...ForConditionalGeneration`` of a vision LLM); a peft ``PeftModel`` around one;
+            Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision or InternVL model or a text-only LLM (the
+            ``...Model`` of a CLIP, the ``...ForConditionalGeneration`` of a vision LLM, the
+            ``...ForCausalLM`` of a text-only LLM); a peft ``PeftModel`` around one;
             or any of these inside ``DistributedDataParallel``, ``DataParallel`` or
             ``torch.compile``.
         processor_or_tokenizer: open_clip: its tokenizer, or a name for
@@ -55,7 +58,7 @@ def wrap(
             context length, for models with open_clip's own text tower). transformers: its
             processor (tokenizer + image processor + chat template), or a directory or hub id to
             load it from (default: ``model.name_or_path``, where ``from_pretrained`` loaded the
-            model from).
+            model from); a text-only LLM takes its tokenizer.
         preprocess: open_clip only: the PIL -> tensor transform (default: open_clip's evaluation
             transform for the model's own preprocessing config).
         name: what results and progress bars call the model (default: where it was loaded from,

@@ -55,6 +55,7 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
         "hierzoo.models: vision LLMs",
         "hierzoo.models.vlm",
         [
+            "LLMClassifier",
             "VisionLLMClassifier",
             "Qwen2_5_VLClassifier",
             "Qwen3VLClassifier",
@@ -62,6 +63,7 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
             "InternVLClassifier",
         ],
         {
+            "LLMClassifier": [],
             "VisionLLMClassifier": [],
             "Qwen2_5_VLClassifier": [],
             "Qwen3VLClassifier": [],
@@ -70,9 +72,27 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
         },
     ),
     (
+        "hierzoo.models: text-only LLMs",
+        "hierzoo.models.llm",
+        ["TextLLMClassifier", "InternLM2Classifier", "TextProcessor"],
+        {
+            "TextLLMClassifier": [
+                "from_model",
+                "default_protocol",
+                "paper_prompt_variant",
+                "answer",
+                "template",
+            ],
+            "InternLM2Classifier": [],
+            "TextProcessor": [],
+        },
+    ),
+    (
         "hierzoo.models.api: models behind a chat-completions API",
         "hierzoo.models.api",
         [
+            "OpenAIChatClassifier",
+            "NotAvailableOverApi",
             "ApiSettings",
             "ChatClient",
             "ChatResult",
@@ -98,7 +118,19 @@ SECTIONS: list[tuple[str, str, list[str] | None, dict[str, list[str]]]] = [
             "retry_after_seconds",
             "retry_delay",
         ],
-        {"ChatClient": ["run", "send"]},
+        {
+            "ChatClient": ["run", "send"],
+            "OpenAIChatClassifier": [
+                "from_spec",
+                "request_settings",
+                "default_protocol",
+                "answer",
+                "iter_answers",
+                "describe_requests",
+                "identity",
+                "provenance",
+            ],
+        },
     ),
     ("hierzoo.metrics", "hierzoo.metrics", None, {}),
     ("hierzoo.tasks", "hierzoo.tasks", None, {}),

@@ -984,3 +984,20 @@ def paper_metrics(
         "por_f1": por_f1(preds, truths),
         "layers": layer_accuracy(preds, truths),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP-style models: loading and precision
+# --------------------------------------------------------------------------------------------
+OPENCLIP_MODEL = "ViT-L-14"
+OPENCLIP_PRETRAINED = "laion2b_s32b_b82k"
+"""evaluation/clip/openclip.py:9-11: ``open_clip.create_model_and_transforms(model_name,
+pretrained=pretrained)`` with these defaults, ``open_clip.get_tokenizer(model_name)``."""
+
+OPENCLIP_AUTOCAST = "float16"
+"""evaluation/clip/openclip.py:25: float32 weights under ``torch.autocast(device_type="cuda")``,
+whose CUDA default dtype is float16."""
+
+SIGLIP_AUTOCAST = None
+"""evaluation/clip/siglip.py:12-13: ``AutoModel.from_pretrained(model_path)`` (float32), no
+autocast."""

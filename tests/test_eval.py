@@ -357,3 +357,141 @@ def test_vision_llm_text_mode_records_the_named_leaf_as_given(setup, vlm_dir, tm
     assert all("probs_level4" not in r and "probs_level3" in r for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["leaf_acc"]["value"] == 100.0 and summary["mode"] == "text"
+
+
+def test_vision_llm_generated_answers_are_recorded_and_counted(setup, vlm_dir, tmp_path):
+    from hierzoo.runner import generated_answer_stats
+
+    out = tmp_path / "generate"
+    assert main(_vlm_args(setup, vlm_dir, out, "--answer", "generate")) == 0
+    rows = _lines(out / "predictions.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    unknown = agree = 0
+    for r in rows:
+        for k in range(1, 5):
+            reply, letter = r[f"prediction_level{k}"], r[f"predicted_level{k}_letter"]
+            first = next((c for c in "ABCD" if c in reply), "Unknown")  # the paper's rule
+            assert letter == first
+            name = r[f"choices_level{k}"].get(letter, "Unknown")
+            assert r[f"predicted_level{k}"] == name
+            unknown += letter == "Unknown"
+            probs = r[f"probs_level{k}"]
+            agree += letter == max(probs, key=probs.get)
+    assert summary["answer"] == "generate" and summary["n_answers"] == 4 * len(rows)
+    assert summary["n_unknown"] == unknown == sum(summary["n_unknown_per_level"].values())
+    assert summary["answer_agreement"] == round(100 * agree / summary["n_answers"], 2)
+    assert summary == {**summary, **generated_answer_stats(rows)}
+    ident = json.loads((out / "run.json").read_text())["identity"]
+    assert ident["answer"] == "generate" and ident["max_new_tokens"] == 10
+    # the same run asked for logits has no replies; the letter probabilities are the same
+    logits = tmp_path / "logits"
+    assert main(_vlm_args(setup, vlm_dir, logits)) == 0
+    plain = _lines(logits / "predictions.jsonl")
+    assert not any(k.startswith("prediction_level") for r in plain for k in r)
+    assert [r["probs_level2"] for r in plain] == [r["probs_level2"] for r in rows]
+    assert "n_unknown" not in json.loads((logits / "summary.json").read_text())
+
+
+def test_max_new_tokens_is_part_of_the_run(setup, vlm_dir, tmp_path, capsys):
+    out = tmp_path / "short"
+    assert (
+        main(_vlm_args(setup, vlm_dir, out, "--answer", "generate", "--max-new-tokens", "1")) == 0
+    )
+    ident = json.loads((out / "run.json").read_text())["identity"]
+    assert ident["max_new_tokens"] == 1
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(vlm_dir)
+    for r in _lines(out / "predictions.jsonl"):
+        for k in range(1, 5):
+            assert len(tok(r[f"prediction_level{k}"], add_special_tokens=False)["input_ids"]) <= 1
+    capsys.readouterr()
+    args = _vlm_args(setup, vlm_dir, out, "--answer", "generate", "--max-new-tokens", "2")
+    assert main(args) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
+    assert main(_vlm_args(setup, vlm_dir, tmp_path / "x", "--max-new-tokens", "3")) == 2
+    err = capsys.readouterr().err
+    assert "--max-new-tokens 3 limits generated replies; add --answer generate" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_dry_run_prints_requests_and_writes_nothing(setup, vlm_dir, tmp_path, capsys):
+    out = tmp_path / "dry"
+    args = _vlm_args(setup, vlm_dir, out, "--answer", "generate", "--dry-run", "5")
+    assert main(args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert not out.exists()
+    assert [(r["sample"], r["level"]) for r in lines] == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 1)]
+    for r in lines:
+        assert r["max_new_tokens"] == 10 and r["letters"] == "ABCD"
+        assert r["text"].startswith("<|im_start|>system\n") and r["text"].endswith("assistant\n")
+        (image,) = r["images"]
+        assert image["tiles"] == 1 and image["tokens"] > 0 and len(image["size"]) == 2
+    # the options in the run's order: the dry run shows what the run asks
+    run = tmp_path / "run"
+    assert main(_vlm_args(setup, vlm_dir, run, "--answer", "generate")) == 0
+    first = _lines(run / "predictions.jsonl")[0]
+    for r in lines[:4]:
+        options = "\n".join(f"{c}. {o}" for c, o in first[f"choices_level{r['level']}"].items())
+        assert options in r["text"]
+    capsys.readouterr()
+    assert main(_args(setup, tmp_path / "clip", "--dry-run", "2")) == 2
+    err = capsys.readouterr().err
+    assert "cannot describe their requests (--dry-run)" in err and not (tmp_path / "clip").exists()
+    assert main(_vlm_args(setup, vlm_dir, out, "--task", "path", "--dry-run", "2")) == 2
+    assert "--task path asks none" in capsys.readouterr().err
+
+
+def test_unknown_answers_score_as_wrong(setup):
+    """The paper's "Unknown" (no option letter in a reply) is wrong at its level, with and
+    without the taxonomy, as the paper's metric (string mismatch) has it."""
+    q = read_questions("cub200-similar")[0]
+    right = {"image": q.image, "label": q.label}
+    for k, answer in enumerate(q.answers, start=1):
+        right[f"ground_truth_level{k}"] = answer
+        right[f"predicted_level{k}"] = answer
+    unknown = {**right, "predicted_level2": "Unknown", "predicted_level2_letter": "Unknown"}
+    from hierzoo import load_taxonomy
+
+    for taxonomy in (load_taxonomy("cub200"), None):
+        scores = score_results([right, unknown], taxonomy=taxonomy)
+        # (without a taxonomy one shared first level reads as the root and is not scored)
+        acc = dict(zip(scores["levels"], (round(a, 6) for a in scores["level_acc"])))
+        assert acc.pop(scores["levels"][-3]) == 50.0 and set(acc.values()) == {100.0}
+        assert scores["hca"] == 50.0
+
+
+def test_generated_answer_stats_count_replies_unknowns_and_agreement():
+    from hierzoo.runner import generated_answer_stats
+
+    def level(k, reply, letter, probs):
+        return {
+            f"prediction_level{k}": reply,
+            f"predicted_level{k}_letter": letter,
+            f"probs_level{k}": dict(zip("ABCD", probs)),
+        }
+
+    rows = [
+        {
+            **level(1, "B", "B", [0.1, 0.6, 0.2, 0.1]),
+            **level(2, "Answer: C", "A", [0.1, 0.2, 0.6, 0.1]),
+        },
+        {**level(1, "c", "Unknown", [0.7, 0.1, 0.1, 0.1]), **level(2, "D", "D", [0.4, 0, 0, 0.4])},
+        {"error": "unreadable", **level(1, "A", "A", [1, 0, 0, 0])},
+        {
+            **level(2, "A", "A", [0.25] * 4),
+            "predicted_level3": "given",
+            "predicted_level3_given": True,
+        },
+    ]
+    stats = generated_answer_stats(rows)
+    # agree: row 0 level 1 (B); row 3 level 2 (a four-way tie goes to A); not: "Answer: C" read
+    # as A against C, Unknown, and D against a tie A/D that goes to A
+    assert stats == {
+        "answer": "generate",
+        "n_answers": 5,
+        "n_unknown": 1,
+        "n_unknown_per_level": {"level1": 1, "level2": 0},
+        "answer_agreement": 40.0,
+    }
+    assert generated_answer_stats([])["answer_agreement"] is None

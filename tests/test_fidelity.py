@@ -178,6 +178,17 @@ def test_llava_checkpoint_image_processing_keeps_anyres(models, tmp_path):
     assert n(ours) == m.pad_image_tokens() == 17 and n(enc) > n(ours)
 
 
+def test_image_processing_is_part_of_the_run_identity(models):
+    """Runs whose images were prepared differently never resume or mix; a bad value is refused
+    naming the choices."""
+    m = models["internvl"]
+    native = hierzoo.wrap(m.model, m.processor, image_processing="checkpoint")
+    assert m.identity(None)["image_processing"] == "paper"
+    assert native.identity(None)["image_processing"] == "checkpoint"
+    with pytest.raises(ValueError, match=r"`image_processing` to be one of .*'pad'"):
+        hierzoo.wrap(m.model, m.processor, image_processing="pad")
+
+
 # ---------------------------------------------------------------- InternVL: load_image(max_num=4)
 def _real_internvl_image_processor():
     """The InternVL3-*-hf image processor settings (transformers' conversion script): 448 px
@@ -328,3 +339,63 @@ def test_qwen_pixels_through_the_processor_equal_the_papers_pil_processor():
         theirs = slow(images=[pr.paper_qwen_image(image)], return_tensors="pt")
         assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
         torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- CLIP-style: loading, precision
+def test_openclip_loads_as_the_paper_by_its_pretrained_tag():
+    """The zoo's OpenCLIP ViT-L/14 loads as the paper's script loads it (architecture and
+    pretrained tag), the tag names the same hub weights, and its preprocessing is the tag's
+    (mean and std 0.5, which the hf-hub config does not fix)."""
+    open_clip = pytest.importorskip("open_clip")
+    from hierzoo.models._registry import resolve
+    from hierzoo.models.clip.openclip import open_clip_args
+
+    spec = resolve("openclip-vit-l-14.laion2b")
+    assert open_clip_args(spec) == (pr.OPENCLIP_MODEL, {"pretrained": pr.OPENCLIP_PRETRAINED})
+    tag = open_clip.get_pretrained_cfg(pr.OPENCLIP_MODEL, pr.OPENCLIP_PRETRAINED)
+    assert tag["hf_hub"].rstrip("/") == spec.hub_id
+    assert tag["mean"] == tag["std"] == (0.5, 0.5, 0.5)
+    # models the paper did not load by tag keep the hub id; directories load as directories
+    assert open_clip_args(resolve("bioclip2")) == ("hf-hub:imageomics/bioclip-2", {})
+    local = resolve("openclip-vit-l-14.laion2b").__class__(
+        name="x", family="openclip", hub_id="x", source="/some/dir", pretrained_tag="t"
+    )
+    assert open_clip_args(local) == ("local-dir:/some/dir", {})
+
+
+@pytest.mark.parametrize(
+    ("name", "paper"),
+    [
+        ("openclip-vit-l-14.laion2b", pr.OPENCLIP_AUTOCAST),
+        ("siglip-so400m", pr.SIGLIP_AUTOCAST),
+        ("bioclip2", "bfloat16"),  # not a paper model: hierzoo's own
+    ],
+)
+def test_clip_precision_on_cuda_is_the_papers(tmp_path, name, paper):
+    """float32 weights on CUDA run under the paper's autocast for its checkpoints (OpenCLIP
+    float16, SigLIP none). Only the settings are read here: nothing runs on the device."""
+    pytest.importorskip("open_clip")
+    from hierzoo.models import tiny_clip
+    from hierzoo.models._registry import resolve
+    from hierzoo.models.clip.hf import HFClipClassifier
+    from hierzoo.models.clip.openclip import OpenClipClassifier
+
+    spec = resolve(name)
+    if spec.family == "openclip":
+        import open_clip
+
+        d = tiny_clip.build_tiny_openclip(tmp_path / "m")
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{d}")
+        clf = OpenClipClassifier.from_model(
+            model, open_clip.get_tokenizer(f"local-dir:{d}"), preprocess, spec=spec, device="cpu"
+        )
+    else:
+        d = tiny_clip.build_tiny_siglip(tmp_path / "m")
+        model = transformers.AutoModel.from_pretrained(d)
+        clf = HFClipClassifier.from_model(model, str(d), spec=spec, device="cpu")
+    assert clf.dtype == torch.float32 and clf._precision == "float32"  # CPU: never autocast
+    clf.device = torch.device("cuda")
+    want = getattr(torch, paper) if paper is not None else None
+    assert clf.paper_autocast == want
+    short = {"float16": "+fp16-autocast", "bfloat16": "+bf16-autocast", None: ""}[paper]
+    assert clf._precision == "float32" + short

@@ -322,10 +322,12 @@ fast = TensorDecode(16, (16, 16))
 assert fast(path).shape == (3, 16, 16)
 assert fast(path).shape == (3, 16, 16)
 assert warnings.filters == before
-(batch,) = iterate_images([path] * 3, fast, 3, num_workers=1)
-assert batch.failed == {{}} and batch.data.shape == (3, 3, 16, 16), batch.failed
 with quiet_torchvision():
     assert len(warnings.filters) == len(before) + 1
+assert warnings.filters == before
+(batch,) = iterate_images([path] * 3, fast, 3, num_workers=1)
+assert batch.failed == {{}} and batch.data.shape == (3, 3, 16, 16), batch.failed
+assert warnings.filters == before
 stop = threading.Event()
 other = threading.Thread(target=stop.wait)
 other.start()
@@ -510,5 +512,5 @@ def test_a_classifier_with_an_unknown_step_keeps_the_pil_pixels(paths, tmp_path,
         want = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
     torch.testing.assert_close(a, want, atol=1e-5, rtol=0)
     for kw in ({"worker_decode": "tensor"}, {"decode_on_device": True}):
-        with pytest.raises(ValueError, match="not a plain"):
+        with pytest.raises(ValueError, match=r"cannot run on tensors \(.*(Lambda|_Invert)"):
             wrap(**kw)

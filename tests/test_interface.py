@@ -127,7 +127,10 @@ def test_settings_are_passed_at_construction(pair):
     assert vlm.num_workers == 0
     with pytest.raises(OptionError, match="token_budget: options of vision LLMs") as caught:
         clip.from_model(clip.model, clip.tokenizer, clip.transform, token_budget=5)
-    assert caught.value.options == ["token_budget"] and caught.value.owners == ["vision LLM"]
+    assert caught.value.options == ["token_budget"] and caught.value.owners == [
+        "vision LLM",
+        "text-only LLM",
+    ]
     with pytest.raises(OptionError, match="colour: not options of open_clip models"):
         clip.from_model(clip.model, clip.tokenizer, clip.transform, colour="red")
     with pytest.raises(OptionError, match="device_map: options of loading a checkpoint"):

@@ -294,3 +294,62 @@ def test_the_paper_parse_rules_equal_its_scripts_on_random_replies():
         assert parse_yes_no(reply) == parse_binary(reply)[0], reply
     assert parse_paper_answer("Answer: C", "ABCD") == "A"  # the paper's quirk, kept
     assert parse_paper_answer("D", "ABC") is None
+
+
+# max_new_tokens of the paper's scripts, per script (family, taxonomy, mode -> tokens), read from
+# the generate calls of github: yuanqing-ai/LLM-Hierarchical-Consistency
+PAPER_MAX_NEW_TOKENS = [
+    ("qwen2.5-vl", "cub200", "image", 10),  # evaluation/vllm/qwen/eval_CUB.py:186
+    ("qwen2.5-vl", "inat21-animal", "image", 5),  # eval_natural_animal.py:199
+    ("qwen2.5-vl", "inat21-plant", "image", 5),  # eval_natural_plant.py:200
+    ("qwen2.5-vl", "imagenet-animal", "image", 10),  # eval_animal.py
+    ("qwen2.5-vl", "imagenet-artifact", "image", 10),  # eval_artifact.py
+    ("qwen2.5-vl", "food101", "image", 10),  # eval_food.py
+    ("llava-onevision", "cub200", "image", 10),  # evaluation/vllm/llava/eval_CUB.py:124
+    ("llava-onevision", "inat21-animal", "image", 10),  # eval_natural_animal.py
+    ("llava-onevision", "inat21-plant", "image", 10),  # eval_natural_plant.py
+    ("llava-onevision", "imagenet-animal", "image", 10),  # eval_animal.py
+    ("llava-onevision", "imagenet-artifact", "image", 10),  # eval_artifact.py
+    ("llava-onevision", "food101", "image", 10),  # eval_food.py
+    *[("internvl", t, "image", 5) for t in prompts.paper_taxonomies()],  # eval_img_*.py:221
+    *[
+        (family, t, "text", 5)  # evaluation/llm/{qwen,llava,internvl}/eval_text_*.py
+        for family in ("qwen2.5-vl", "llava-onevision", "internvl")
+        for t in ("cub200", "inat21-animal", "inat21-plant", "imagenet-animal", "imagenet-artifact")
+    ],
+]
+
+
+@pytest.mark.parametrize(("family", "taxonomy", "mode", "tokens"), PAPER_MAX_NEW_TOKENS)
+def test_max_new_tokens_are_the_papers(family, taxonomy, mode, tokens):
+    assert prompts.max_new_tokens(family, taxonomy, mode) == tokens
+    protocol = prompts.Protocol(taxonomy=load_taxonomy(taxonomy), mode=mode, answer="generate")
+    assert protocol.reply_tokens(family) == tokens
+
+
+def test_max_new_tokens_defaults_and_override():
+    # a family or taxonomy the paper did not run: image 10, text 5
+    assert prompts.max_new_tokens("qwen3-vl", "cub200", "image") == 10
+    assert prompts.max_new_tokens("qwen3-vl", "inat21-animal", "text") == 5
+    assert prompts.max_new_tokens("qwen2.5-vl", None, "image") == 10
+    assert prompts.max_new_tokens("qwen2.5-vl", "oxford-pets", "image") == 10
+    assert prompts.max_new_tokens(None) == 10
+    assert prompts.Protocol(taxonomy="inat21-plant").reply_tokens("qwen2.5-vl") is None
+    override = prompts.Protocol(taxonomy="inat21-plant", answer="generate", max_new_tokens=32)
+    assert override.reply_tokens("qwen2.5-vl") == 32
+    assert override.to_dict()["max_new_tokens"] == 32
+    with pytest.raises(ValueError, match="`mode`.*'video'"):
+        prompts.max_new_tokens("internvl", "cub200", "video")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_max_new_tokens_must_be_a_positive_integer(bad):
+    with pytest.raises(
+        ValueError, match=f"`max_new_tokens` to be an integer >= 1, but got {bad!r}"
+    ):
+        prompts.Protocol(answer="generate", max_new_tokens=bad)
+
+
+def test_max_new_tokens_needs_generated_answers():
+    with pytest.raises(ValueError, match=r"limits generated replies: set answer='generate'"):
+        prompts.Protocol(max_new_tokens=10)

@@ -345,3 +345,40 @@ def test_one_table_formatter_for_text_and_markdown():
         "| --- | ---: |",
         "| m|x | 1.0 |",
     ]
+
+
+def test_generated_answers_show_their_unknowns_and_agreement(tmp_path, capsys):
+    generated = {
+        **RUNS["qwen-cub"],
+        "answer": "generate",
+        "n_answers": 4000,
+        "n_unknown": 37,
+        "n_unknown_per_level": {"level1": 10, "level2": 9, "level3": 9, "level4": 9},
+        "answer_agreement": 93.45,
+    }
+    root = write_runs(tmp_path / "runs", {"qwen-logits": RUNS["qwen-cub"], "qwen-gen": generated})
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--no-plots"]) == 0
+    md = (out / "report.md").read_text()
+    table = _md_rows(md)
+    header, body = table[0], table[2:]
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert header[-4:] == ["answer", "Unknown", "Agree", "run"]
+    assert rows["qwen2.5-vl-7b (generate)"]["Unknown"] == "37"
+    assert rows["qwen2.5-vl-7b (generate)"]["Agree"] == "93.5"
+    assert rows["qwen2.5-vl-7b"]["answer"] == "logits" and rows["qwen2.5-vl-7b"]["Unknown"] == "-"
+    assert "Unknown: replies naming no option (scored wrong)" in md
+    with (out / "report.csv").open() as f:
+        csv_rows = {Path(r["run"]).name: r for r in csv.DictReader(f)}
+    assert csv_rows["qwen-gen"]["n_unknown"] == "37"
+    assert csv_rows["qwen-gen"]["answer_agreement"] == "93.45"
+    assert csv_rows["qwen-logits"]["n_unknown"] == ""
+    text = format_summary(generated)
+    assert text.splitlines()[-1] == (
+        "generated replies: 37 of 4000 Unknown (0.9%, scored wrong); the parsed letter is the "
+        "first token's most probable letter in 93.5%"
+    )
+    # reports of runs that read logits only are unchanged: no answer columns
+    only = write_runs(tmp_path / "only", {"qwen-logits": RUNS["qwen-cub"]})
+    assert main(["report", str(only), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    assert "Unknown" not in (tmp_path / "o" / "report.md").read_text()

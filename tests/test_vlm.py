@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from vlm_reference import paper_inputs, paper_request, paper_system  # noqa: E402
+from vlm_reference import IMAGE_POSITION, paper_inputs, paper_request, paper_system  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo.models import Protocol, tiny  # noqa: E402
@@ -96,11 +96,9 @@ def questions(image_dir, cub_questions) -> list[Question]:
 
 
 # ---------------------------------------------------------------------------- reference
-def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=None):
-    """Letter logits of one question: the paper's prompt and image (built by
-    ``vlm_reference`` from the transcription of its scripts), one forward pass, the last
-    position's logits at the letters' token ids. ``variant`` defaults to the paper's (0 in
-    image mode, 1 in text mode for CUB-200)."""
+def reference_text(m, question: Question, level: int, options, *, mode="image", variant=None):
+    """The user text of one question as the paper's scripts write it. ``variant`` defaults to
+    the paper's (0 in image mode, 1 in text mode for CUB-200)."""
     variant = (0 if mode == "image" else 1) if variant is None else variant
     entry = RAW["taxonomies"]["cub200"]
     template = entry[f"{mode}_prompts"][variant]
@@ -110,10 +108,40 @@ def reference_logits(m, question: Question, level: int, options, *, mode="image"
     text = "\n".join(
         [question_text, *[f"{c}. {o}" for c, o in zip(letters, options)], RAW["instruction"]]
     )
+    return text
+
+
+def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=None):
+    """Letter logits of one question: the paper's prompt and image (built by
+    ``vlm_reference`` from the transcription of its scripts), one forward pass, the last
+    position's logits at the letters' token ids."""
+    text = reference_text(m, question, level, options, mode=mode, variant=variant)
     image = Image.open(question.path) if mode == "image" else None
     _, out = paper_request(m, paper_system(m.family, mode), text, image)
-    ids = m.processor.tokenizer.convert_tokens_to_ids(list(letters))
+    ids = m.processor.tokenizer.convert_tokens_to_ids(list("ABCDEFGH"[: len(options)]))
     return out.logits[0, -1, ids].float().numpy()
+
+
+def reference_reply(m, question: Question, level: int, options, max_new_tokens: int, **kw) -> str:
+    """The reply of one question as the paper's scripts get it: ``model.generate`` on the
+    paper's prompt and image, greedy, the new tokens decoded without special tokens."""
+    mode = kw.get("mode", "image")
+    text = reference_text(m, question, level, options, **kw)
+    image = Image.open(question.path) if mode == "image" else None
+    ids, inputs = paper_inputs(m, paper_system(m.family, mode), text, image)
+    if "inputs_embeds" in inputs:
+        # LLaVA's spliced image features: the prompt's ids go along (the image positions as the
+        # image token) so that logits processors such as a repetition penalty see the prompt,
+        # as they do in hierzoo's generation from input ids
+        image_id = m.model.config.image_token_id
+        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
+        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
+    with torch.no_grad():
+        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return m.processor.batch_decode(
+        new, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )[0]
 
 
 def check_against_reference(m, questions, answers, *, mode="image", variant=None):
@@ -394,7 +422,10 @@ def test_extra_records_the_protocol(model, questions):
         "mode": "image",
         "templates": None,
         "first_level": 0,
+        "answer": "logits",
+        "max_new_tokens": None,
     }
+    assert "max_new_tokens" not in extra and answers.replies is None
     assert extra["prompt_variant"] == 0 and extra["seed"] == 3 and extra["letters"] == "ABCD"
     assert extra["family"] == model.family and extra["prefix_cache"] is True
 
@@ -522,3 +553,263 @@ def test_the_papers_loop_asks_what_the_model_is_asked(models, questions):
     _, names = vlm_forward_loop(m, questions)
     answers = m.answer(questions, protocol=Protocol(taxonomy="cub200", shuffle_options=True))
     assert names == [answers.predicted(i) for i in range(len(questions))]
+
+
+# ---------------------------------------------------------------------------- generated answers
+def generate_protocol(**kw) -> Protocol:
+    return Protocol(taxonomy="cub200", answer="generate", **kw)
+
+
+@pytest.fixture
+def generation_config(model):
+    """The model's generation config, put back after the test."""
+    saved = copy.deepcopy(model.model.generation_config)
+    yield model.model.generation_config
+    model.model.generation_config = saved
+
+
+def check_replies(m, questions, answers, max_new_tokens, *, mode="image"):
+    """Every reply equals ``generate`` on that question alone, and the choice is the paper's
+    parse of it."""
+    from hierzoo import prompts
+
+    asked = 0
+    for i, q in enumerate(questions):
+        for k, options in enumerate(answers.options[i]):
+            if not options:
+                assert answers.replies[i][k] is None and answers.choice[i, k] == -1
+                continue
+            asked += 1
+            ref = reference_reply(m, q, k, options, max_new_tokens, mode=mode)
+            assert answers.replies[i][k] == ref, (i, k)
+            letters = "ABCDEFGH"[: len(options)]
+            letter = prompts.parse_paper_answer(ref, letters)
+            assert answers.choice[i, k] == (letters.index(letter) if letter else -1)
+    assert asked > 0
+
+
+def test_generated_replies_equal_generate_per_question(model, questions):
+    protocol = generate_protocol(shuffle_options=True)
+    answers = model.answer(questions, protocol=protocol)
+    paper = {"qwen2.5-vl": 10, "llava-onevision": 10, "internvl": 5, "qwen3-vl": 10}
+    assert answers.extra["max_new_tokens"] == paper[model.family]
+    check_replies(model, questions, answers, paper[model.family])
+    # the letter probabilities are those of --answer logits: the first generated token's
+    logits = model.answer(questions, protocol=Protocol(taxonomy="cub200", shuffle_options=True))
+    np.testing.assert_allclose(answers.probs, logits.probs, atol=TOL, equal_nan=True)
+    assert logits.replies is None
+    # full prompts, one image per pass, one question per pass: the same replies
+    runs = {"one image per pass": model.answer(questions, protocol=protocol, batch_size=1)}
+    model.token_budget, budget = 150, model.token_budget
+    try:
+        runs["one question per pass"] = model.answer(questions, protocol=protocol)
+    finally:
+        model.token_budget = budget
+    model.prefix_cache = False
+    runs["full prompts"] = model.answer(questions, protocol=protocol)
+    for key, got in runs.items():
+        assert got.replies == answers.replies, key
+        assert np.array_equal(got.choice, answers.choice), key
+        np.testing.assert_allclose(got.probs, answers.probs, atol=TOL, equal_nan=True)
+
+
+def test_generated_replies_in_text_mode(model, questions):
+    qs = questions[:2]
+    for q in qs:
+        q.path = Path("/nonexistent/image.jpg")
+    answers = model.answer(qs, protocol=generate_protocol(mode="text"))
+    assert answers.extra["max_new_tokens"] == 5 and answers.errors == [None, None]
+    check_replies(model, qs, answers, 5, mode="text")
+    model.prefix_cache = False
+    assert model.answer(qs, protocol=generate_protocol(mode="text")).replies == answers.replies
+
+
+def test_the_checkpoints_generation_config_is_applied(model, questions, generation_config):
+    """A repetition penalty and sampling settings (ignored under do_sample=False), as Qwen2.5-VL's
+    checkpoints carry them: the replies still equal ``generate`` on each question, and the
+    penalty changes them."""
+    generation_config.repetition_penalty = 3.0
+    generation_config.temperature, generation_config.top_k, generation_config.top_p = 0.1, 1, 0.001
+    answers = model.answer(questions[:2], protocol=generate_protocol(max_new_tokens=6))
+    check_replies(model, questions[:2], answers, 6)
+    model.prefix_cache = False
+    plain = model.answer(questions[:2], protocol=generate_protocol(max_new_tokens=6))
+    assert plain.replies == answers.replies
+    generation_config.repetition_penalty = None
+    assert model.answer(questions[:2], protocol=generate_protocol(max_new_tokens=6)).replies != (
+        answers.replies
+    )
+
+
+def test_a_biased_model_parses_and_records_as_the_paper(model, questions, generation_config):
+    """A generation config that favours one token makes every reply that token repeated: "B"
+    parses as B, "x" as Unknown, recorded in the paper's fields."""
+    tok = model.processor.tokenizer
+    generation_config.sequence_bias = [[[tok.convert_tokens_to_ids("B")], 100.0]]
+    answers = model.answer(questions, protocol=generate_protocol(max_new_tokens=3))
+    check_replies(model, questions[:1], answers, 3)
+    records = answers.to_records(questions)
+    for i, q in enumerate(questions):
+        for k, options in enumerate(answers.options[i]):
+            n = k + 1
+            assert answers.replies[i][k] == "BBB" and answers.choice[i, k] == 1
+            assert records[i][f"prediction_level{n}"] == "BBB"
+            assert records[i][f"predicted_level{n}_letter"] == "B"
+            assert records[i][f"predicted_level{n}"] == options[1]
+            assert records[i][f"ground_truth_level{n}"] == q.answers[k]
+            assert set(records[i][f"probs_level{n}"]) == set("ABCD"[: len(options)])
+
+    generation_config.sequence_bias = [[[tok.convert_tokens_to_ids("x")], 100.0]]
+    answers = model.answer(questions[:1], protocol=generate_protocol(max_new_tokens=3))
+    assert (answers.choice == -1).all() and answers.replies[0] == ["xxx"] * 4
+    (record,) = answers.to_records(questions[:1])
+    for n in range(1, 5):
+        assert record[f"prediction_level{n}"] == "xxx"
+        assert record[f"predicted_level{n}"] == record[f"predicted_level{n}_letter"] == "Unknown"
+        assert record[f"ground_truth_level{n}"] == questions[0].answers[n - 1]
+    assert answers.predicted(0) == [None] * 4
+
+
+def test_circular_generation_parses_every_rotation(model, questions, generation_config):
+    tok = model.processor.tokenizer
+    generation_config.sequence_bias = [[[tok.convert_tokens_to_ids("B")], 100.0]]
+    qs = questions[:3]
+    answers = model.answer(qs, protocol=generate_protocol(circular=True, max_new_tokens=2))
+    rotations = answers.extra["rotation_choices"]
+    for i in range(len(qs)):
+        for k, options in enumerate(answers.options[i]):
+            m = len(options)
+            # rotation r asks options[r:] + options[:r]; its "B" is options[(r + 1) % m]
+            assert rotations[i, k, :m].tolist() == [(r + 1) % m for r in range(m)]
+            assert answers.extra["rotation_replies"][i][k] == ["BB"] * m
+            assert not answers.correct[i, k]  # one letter for every rotation is never right
+    generation_config.sequence_bias = [[[tok.convert_tokens_to_ids("x")], 100.0]]
+    unknown = model.answer(qs, protocol=generate_protocol(circular=True, max_new_tokens=2))
+    assert (unknown.extra["rotation_choices"] == -1).all() and not unknown.correct.any()
+
+
+def test_a_generation_config_that_is_not_greedy_is_refused(model, questions, generation_config):
+    generation_config.num_beams = 2
+    with pytest.raises(ValueError, match="decodes by beam_search.*greedy decoding only"):
+        model.answer(questions[:1], protocol=generate_protocol())
+
+
+def test_records_of_generated_answers():
+    """The record mapping alone: a parsed reply, an Unknown one, a level not asked."""
+    from hierzoo.models.outputs import Answers
+
+    q = Question(
+        image="a.jpg",
+        label="leaf",
+        answers=["top", "mid", "leaf"],
+        choices=[["top", "other"], ["x", "mid", "y"], ["leaf", "z"]],
+    )
+    answers = Answers(
+        choice=np.array([[0, -1, -1]]),
+        probs=np.array([[[0.7, 0.3, np.nan], [0.2, 0.5, 0.3], [np.nan] * 3]], dtype=np.float32),
+        options=[[["top", "other"], ["x", "mid", "y"], []]],
+        errors=[None],
+        replies=[["Answer: B", "c", None]],
+    )
+    (row,) = answers.to_records([q])
+    assert row["prediction_level1"] == "Answer: B"
+    assert row["predicted_level1"] == "top" and row["predicted_level1_letter"] == "A"
+    assert row["prediction_level2"] == "c"
+    assert row["predicted_level2"] == row["predicted_level2_letter"] == "Unknown"
+    assert row["probs_level2"] == {"A": 0.2, "B": 0.5, "C": 0.3}
+    assert not any(key.endswith("level3") for key in row)
+    logits = Answers(answers.choice, answers.probs, answers.options, [None])
+    assert "prediction_level1" not in logits.to_records([q])[0]
+    assert "predicted_level2" not in logits.to_records([q])[0]
+
+
+# ---------------------------------------------------------------------------- dry run
+def processor_truth(m, image: Image.Image, text: str) -> tuple[dict, int]:
+    """Tiles, size and image tokens of one image as the paper's scripts prepare it (the
+    transcription of their image code, then the processor's own output the way each family's
+    model reads it), and the prompt's token count."""
+    import paper_reference as pr
+
+    config = m.model.config
+    if m.family in ("qwen2.5-vl", "qwen3-vl"):
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        ip = m.processor.image_processor
+        side = ip.patch_size * ip.merge_size
+        image = pr.paper_qwen_image(image, side, 4 * side * side, 16384 * side * side)
+        enc = m.processor(text=[text], images=[image], return_tensors="pt")
+        h, w = smart_resize(
+            image.height, image.width, side, ip.size["shortest_edge"], ip.size["longest_edge"]
+        )
+        assert enc["image_grid_thw"][0].tolist() == [1, h // ip.patch_size, w // ip.patch_size]
+        truth = {"size": [w, h], "tiles": 1, "tokens": (h // side) * (w // side)}
+        return truth, int(enc["input_ids"].shape[1])
+    if m.family == "llava-onevision":
+        # one padded view: the tower's patch features and the image_newline (pad mode)
+        side = config.vision_config.image_size
+        tokens = (side // config.vision_config.patch_size) ** 2 + 1
+        assert config.vision_feature_select_strategy == "full"
+        ids = pr.tokenizer_image_token(text, lambda c: m.processor.tokenizer(c)["input_ids"])
+        return {"size": [side, side], "tiles": 1, "tokens": tokens}, len(ids) - 1 + tokens
+    side = config.vision_config.image_size[0]
+    tiles = len(pr.load_image(image, input_size=side, max_num=4)[0])
+    enc = m.processor(text=[text], images=[image], return_tensors="pt")
+    truth = {"size": [side, side], "tiles": tiles, "tokens": tiles * config.image_seq_length}
+    return truth, int(enc["input_ids"].shape[1])
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_dry_run_shows_the_prompts_answer_tokenizes(model, questions, monkeypatch, mode):
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True, mode=mode)
+    described = model.describe_requests(questions, protocol=protocol)
+    seen: list[str] = []
+    encode = model._encode
+
+    def spy(texts, images, side):
+        seen.extend(texts)
+        return encode(texts, images, side)
+
+    monkeypatch.setattr(model, "_encode", spy)
+    model.prefix_cache = False
+    answers = model.answer(questions, protocol=protocol)
+    assert [d["text"] for d in described] == seen
+    asked = [(i, k) for i in range(len(questions)) for k, o in enumerate(answers.options[i]) if o]
+    assert [(d["sample"], d["level"] - 1) for d in described] == asked
+    for d in described:
+        assert d["letters"] == "ABCD"[: len(answers.options[d["sample"]][d["level"] - 1])]
+        assert "max_new_tokens" not in d and "rotation" not in d
+        q = questions[d["sample"]]
+        if mode == "text":
+            system = paper_system(model.family, "text")
+            assert d["images"] == [] and f"<|im_start|>system\n{system}<|im_end|>" in d["text"]
+            continue
+        image = Image.open(q.path).convert("RGB")
+        (got,) = d["images"]
+        truth, prompt_tokens = processor_truth(model, image, d["text"])
+        assert got == {"path": str(q.path), **truth}
+        assert d["prompt_tokens"] == prompt_tokens
+
+
+def test_dry_run_without_weights_equals_the_loaded_model(model, tiny_dirs, questions):
+    from hierzoo.models import load_for_dry_run
+
+    light = load_for_dry_run(tiny_dirs[model.family], prefix_cache=False)
+    assert light.model is None and type(light) is type(model) and not light.prefix_cache
+    protocol = generate_protocol(shuffle_options=True, circular=True)
+    described = light.describe_requests(questions, protocol=protocol, limit=7)
+    assert described == model.describe_requests(questions, protocol=protocol, limit=7)
+    assert len(described) == 7 and [d["rotation"] for d in described[:4]] == [0, 1, 2, 3]
+    assert {d["max_new_tokens"] for d in described} == {5 if model.family == "internvl" else 10}
+    assert light.describe_requests(questions, protocol=protocol, limit=0) == []
+    with pytest.raises(ValueError, match="without its weights.*load it with hierzoo.load"):
+        light.answer(questions, protocol=protocol)
+    with pytest.raises(ValueError, match=r"`limit` >= 0"):
+        light.describe_requests(questions, limit=-1)
+
+
+def test_dry_run_reports_an_unreadable_image(model, questions, image_dir):
+    questions[0].path = image_dir / "corrupt.jpg"
+    first, *_ = model.describe_requests(questions, protocol=Protocol(taxonomy="cub200"), limit=1)
+    (image,) = first["images"]
+    assert image["path"].endswith("corrupt.jpg") and image["error"]
+    assert first["prompt_tokens"] is None and "size" not in image

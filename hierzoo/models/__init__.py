@@ -18,6 +18,7 @@ from hierzoo.prompts import Protocol
 
 _LAZY = {
     "load": "hierzoo.models._factory",
+    "load_for_dry_run": "hierzoo.models._factory",
     "resolve_device": "hierzoo.models._factory",
     "HierClassifier": "hierzoo.models.base",
     "OptionError": "hierzoo.models.base",
@@ -43,6 +44,7 @@ __all__ = [
     "UnknownModelError",
     "list_models",
     "load",
+    "load_for_dry_run",
     "resolve",
     "resolve_device",
 ]

@@ -94,7 +94,8 @@ def load(
             ``save_pretrained``, or a :class:`ModelSpec`.
         device: where to run; default the first GPU when there is one.
         dtype: weights' dtype; default the family's (float32 for CLIP models with bf16
-            autocast on CUDA; bfloat16 on CUDA and float32 on CPU for vision LLMs).
+            autocast on CUDA; bfloat16 on CUDA and float32 on CPU for vision LLMs and text-only
+            LLMs).
         **kwargs: family options (``cache_dir`` for CLIP text embeddings, ``device_map`` and
             ``token_budget`` for vision LLMs, ...).
     """
@@ -111,6 +112,19 @@ def load(
                 unavailable_message(spec, "some of its files could not be fetched")
             ) from e
         raise
+
+
+def load_for_dry_run(name_or_path: str | Path | ModelSpec, **options: Any) -> HierClassifier:
+    """A model's classifier without its weights, for :meth:`HierClassifier.describe_requests`
+    (``hierzoo eval --dry-run``): vision LLMs load their config and processor only, so a 72B
+    checkpoint's requests show without downloading or loading the model.
+
+    Raises:
+        ValueError: a family that cannot describe its requests, or another family's options.
+        ImportError: the family's backend is missing.
+    """
+    spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
+    return family_class(spec.family).for_dry_run(spec, **options)
 
 
 def _is_hub_miss(e: BaseException) -> bool:

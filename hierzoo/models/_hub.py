@@ -53,12 +53,16 @@ def hub_commit(repo: str, revision: str = "main") -> str | None:
     return commit if _COMMIT.match(commit) else None
 
 
-def model_fingerprint(spec: ModelSpec) -> str | None:
+def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str | None:
     """What identifies the numbers a spec's weights give: ``dir:<sha256>`` of a local directory's
-    files, ``hub:<repo>@<commit>`` of a cached hub snapshot, or ``None`` when the hub model is not
-    in the cache yet (it is after loading)."""
+    files (file digests remembered under ``cache_dir``), ``hub:<repo>@<commit>`` of a cached hub
+    snapshot, or ``None`` when the hub model is not in the cache yet (it is after loading), or
+    for a model behind an API (the loaded model says which server it asks:
+    :meth:`~hierzoo.models.base.HierClassifier.identity`)."""
+    if spec.served:
+        return None
     if spec.source is not None:
-        return "dir:" + directory_fingerprint(spec.source)
+        return "dir:" + directory_fingerprint(spec.source, cache_dir)
     commit = hub_commit(spec.hub_id, spec.revision)
     return f"hub:{spec.hub_id}@{commit}" if commit else None
 
@@ -95,7 +99,9 @@ def ensure_available(spec: ModelSpec) -> None:
         ModelUnavailableError: offline (``HF_HUB_OFFLINE``) or the hub unreachable, and the
             model not cached.
     """
-    if spec.source is not None or hub_commit(spec.hub_id, spec.revision) is not None:
+    if spec.served or spec.source is not None:
+        return
+    if hub_commit(spec.hub_id, spec.revision) is not None:
         return
     if _offline():
         raise ModelUnavailableError(

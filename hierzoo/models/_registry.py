@@ -23,8 +23,15 @@ FAMILIES: dict[str, str] = {
     "qwen3-vl": "hierzoo.models.vlm.qwen:Qwen3VLClassifier",
     "llava-onevision": "hierzoo.models.vlm.llava_onevision:LlavaOnevisionClassifier",
     "internvl": "hierzoo.models.vlm.internvl:InternVLClassifier",
+    "openai-chat": "hierzoo.models.api.openai_chat:OpenAIChatClassifier",
+    "llm": "hierzoo.models.llm:TextLLMClassifier",
+    "internlm2": "hierzoo.models.llm:InternLM2Classifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
+LLM_FAMILIES = ("llm", "internlm2")
+SERVED_FAMILIES = ("openai-chat",)
+SERVED_PREFIX = "openai:"
+"""``openai:MODEL``: the model ``MODEL`` behind an OpenAI-compatible chat-completions API."""
 
 # transformers config.json model_type -> family
 MODEL_TYPES = {
@@ -35,9 +42,35 @@ MODEL_TYPES = {
     "qwen3_vl": "qwen3-vl",
     "llava_onevision": "llava-onevision",
     "internvl": "internvl",
+    # text-only LLMs (AutoModelForCausalLM); any other config whose architectures are all
+    # ...ForCausalLM and that has no vision part is one too (is_causal_lm_config)
+    "qwen2": "llm",
+    "qwen2_moe": "llm",
+    "qwen3": "llm",
+    "qwen3_moe": "llm",
+    "llama": "llm",
+    "mistral": "llm",
+    "mixtral": "llm",
+    "gemma": "llm",
+    "gemma2": "llm",
+    "gemma3_text": "llm",
+    "phi3": "llm",
+    "internlm2": "internlm2",
 }
 
-EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm"}
+# config.json keys that mark a model with a vision part, which is never a text-only LLM
+_VISION_KEYS = (
+    "vision_config",
+    "vision_tower",
+    "mm_vision_tower",
+    "visual",
+    "img_processor",
+    "vision_encoder",
+    "image_token_id",
+    "image_token_index",
+)
+
+EXTRAS = {"openclip": "clip", "hf-clip": "vlm", "hf-siglip": "vlm", "openai-chat": "api"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,18 @@ class ModelSpec:
         licence: the checkpoint's licence as its model card states it.
         paper: where the checkpoint comes from.
         source: where the weights load from when not the hub (a local directory).
+        served: answered by a server over a chat-completions API (``openai:MODEL``): there are
+            no weights here, and ``hub_id`` is the model name the server is asked for.
+        base_llm: a vision LLM's text-only counterpart in the zoo, the LLM the paper compares
+            its text-mode answers with (``hierzoo report`` pairs their runs).
+        framing: a text-only LLM's prompt framing, ``"chat"`` or ``"base"`` (``None``: from
+            its tokenizer; see :class:`hierzoo.models.llm.TextLLMClassifier`).
+        autocast: CLIP-style models: the autocast dtype of their float32 weights on CUDA
+            (``"bfloat16"``, ``"float16"``, or ``None`` for plain float32), the paper's for its
+            checkpoints.
+        pretrained_tag: OpenCLIP checkpoints the paper loaded by architecture and open_clip
+            ``pretrained`` tag (``arch`` + this tag): loaded the same way, which fixes their
+            image preprocessing to the tag's (``None``: by ``hf-hub:`` id).
     """
 
     name: str
@@ -69,6 +114,11 @@ class ModelSpec:
     licence: str = ""
     paper: str = ""
     source: str | None = field(default=None, compare=False)
+    served: bool = False
+    base_llm: str | None = None
+    framing: str | None = None
+    autocast: str | None = "bfloat16"
+    pretrained_tag: str | None = None
 
     @property
     def location(self) -> str:
@@ -112,6 +162,8 @@ _ZOO = [
         params="428M",
         licence="MIT",
         paper=f"OpenCLIP (LAION-2B, s32B b82K); used in {PAPER}",
+        autocast="float16",
+        pretrained_tag="laion2b_s32b_b82k",
     ),
     _s(
         "openclip-vit-b-32.laion2b",
@@ -141,6 +193,7 @@ _ZOO = [
         params="878M",
         licence="Apache-2.0",
         paper=f"Zhai et al. Sigmoid Loss for Language Image Pre-Training (2023); used in {PAPER}",
+        autocast=None,
     ),
     _s(
         "siglip2-so400m",
@@ -160,6 +213,7 @@ _ZOO = [
             params=size.upper(),
             licence=lic,
             paper=f"Qwen2.5-VL Technical Report (2025); used in {PAPER}",
+            base_llm=f"qwen2.5-{size}-instruct",
         )
         for size, lic in (
             ("3b", "Qwen Research"),
@@ -187,6 +241,7 @@ _ZOO = [
             params=size.upper(),
             licence="Apache-2.0",
             paper=f"Li et al. LLaVA-OneVision (2024); used in {PAPER}",
+            base_llm=f"qwen2-{size}-instruct",
         )
         for size in ("0.5b", "7b", "72b")
     ],
@@ -212,6 +267,68 @@ _ZOO = [
         )
         for size in ("1b", "2b", "4b", "8b", "38b")
     ],
+    # models behind an API
+    _s(
+        "gpt-4o",
+        "openai-chat",
+        "gpt-4o-2024-11-20",
+        licence="OpenAI API (proprietary)",
+        paper=f"OpenAI GPT-4o System Card (2024); the snapshot used in {PAPER}",
+        served=True,
+    ),
+]
+
+_ZOO += [
+    # text-only LLMs: the paper's original LLMs (its evaluation/og_llm scripts) and the LLMs of the
+    # zoo's vision LLMs (their base_llm)
+    *[
+        _s(
+            f"qwen2.5-{size}-instruct",
+            "llm",
+            f"Qwen/Qwen2.5-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence=lic,
+            paper="Qwen2.5 Technical Report (2024)" + (f"; used in {PAPER}" if used else ""),
+        )
+        for size, lic, used in (
+            ("3b", "Qwen Research", False),
+            ("7b", "Apache-2.0", True),
+            ("32b", "Apache-2.0", False),
+            ("72b", "Qwen", False),
+        )
+    ],
+    _s(
+        "qwen2.5-7b",
+        "llm",
+        "Qwen/Qwen2.5-7B",
+        params="7B",
+        licence="Apache-2.0",
+        paper=f"Qwen2.5 Technical Report (2024), the base model; used in {PAPER}",
+        framing="base",
+    ),
+    *[
+        _s(
+            f"qwen2-{size}-instruct",
+            "llm",
+            f"Qwen/Qwen2-{size.upper()}-Instruct",
+            params=size.upper(),
+            licence=lic,
+            paper="Qwen2 Technical Report (2024)" + (f"; used in {PAPER}" if used else ""),
+        )
+        for size, lic, used in (
+            ("0.5b", "Apache-2.0", False),
+            ("7b", "Apache-2.0", True),
+            ("72b", "Tongyi Qianwen", False),
+        )
+    ],
+    _s(
+        "internlm2.5-7b-chat",
+        "internlm2",
+        "internlm/internlm2_5-7b-chat",
+        params="7B",
+        licence="Apache-2.0 (code); weights free for research, commercial use on application",
+        paper=f"InternLM2 Technical Report (2024); used in {PAPER}",
+    ),
 ]
 
 ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
@@ -223,10 +340,18 @@ class UnknownModelError(ValueError):
 
 def list_models(family: str | None = None) -> list[str]:
     """Zoo names, optionally of one family (``"openclip"``, ``"qwen2.5-vl"``, or ``"clip"`` /
-    ``"vlm"`` for all CLIP-style or all vision-LLM families)."""
+    ``"vlm"`` / ``"llm"`` / ``"api"`` for all CLIP-style, all local vision-LLM, all text-only-LLM
+    or all API families)."""
     if family is None:
         return list(ZOO)
-    groups = {"clip": CLIP_FAMILIES, "vlm": tuple(f for f in FAMILIES if f not in CLIP_FAMILIES)}
+    groups = {
+        "clip": CLIP_FAMILIES,
+        "vlm": tuple(
+            f for f in FAMILIES if f not in CLIP_FAMILIES + LLM_FAMILIES + SERVED_FAMILIES
+        ),
+        "llm": LLM_FAMILIES,
+        "api": SERVED_FAMILIES,
+    }
     wanted = groups.get(family, (family,))
     if not set(wanted) <= set(FAMILIES):
         raise ValueError(
@@ -243,45 +368,46 @@ def family_of_dir(path: Path) -> str | None:
     cfg = path / "config.json"
     if cfg.is_file():
         try:
-            model_type = json.loads(cfg.read_text()).get("model_type")
+            config = json.loads(cfg.read_text())
         except (json.JSONDecodeError, OSError):
             return None
-        return MODEL_TYPES.get(model_type)
+        if not isinstance(config, dict):
+            return None
+        family = MODEL_TYPES.get(config.get("model_type"))
+        if family is None and is_causal_lm_config(config):
+            family = "llm"
+        return family
     return None
+
+
+def is_causal_lm_config(config: dict[str, Any]) -> bool:
+    """Whether a transformers ``config.json`` (as a dict) is a text-only causal LM: its
+    ``model_type`` is one of the text-only LLMs' in :data:`MODEL_TYPES`, or every name in its
+    ``architectures`` ends in ``ForCausalLM``; and it has no vision part (a ``vision_config``,
+    an image token ... as vision LLMs' configs have)."""
+    if any(key in config for key in _VISION_KEYS):
+        return False
+    if MODEL_TYPES.get(config.get("model_type")) in LLM_FAMILIES:
+        return True
+    names = config.get("architectures") or []
+    return bool(names) and all(str(n).endswith("ForCausalLM") for n in names)
 
 
 def model_fingerprint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str:
     """What a spec's weights are, by content: ``"dir:<sha256>"`` for a local directory (its
     weight, config and tokenizer files, :func:`hierzoo._io.directory_fingerprint`; file digests
     remembered under ``cache_dir``), ``"hub:<repo>@<commit>"`` for a hub model whose snapshot
-    is in the local hub cache (the snapshot folder's commit, whatever branch the revision
-    names), else ``"hub:<repo>@<revision>"``."""
-    if spec.source is not None:
-        from hierzoo._io import directory_fingerprint
+    is in the local hub cache (:func:`hierzoo.models._hub.model_fingerprint`), else
+    ``"hub:<repo>@<revision>"``."""
+    from hierzoo.models._hub import model_fingerprint as content
 
-        return f"dir:{directory_fingerprint(spec.source, cache_dir)}"
-    return f"hub:{spec.hub_id}@{_snapshot_commit(spec.hub_id, spec.revision) or spec.revision}"
-
-
-def _snapshot_commit(repo: str, revision: str) -> str | None:
-    """The commit of the local hub cache's snapshot of ``repo`` at ``revision``, or ``None``."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("open_clip_config.json", "config.json"):
-        try:
-            found = try_to_load_from_cache(repo, filename, revision=revision)
-        except Exception:  # a malformed repo id or cache: no snapshot to name
-            continue
-        if isinstance(found, str):
-            return Path(found).parent.name
-    return None
+    return content(spec, cache_dir) or f"hub:{spec.hub_id}@{spec.revision}"
 
 
 def family_of_model(model: Any) -> str:
     """The family of a model object held in memory: an open_clip ``CLIP`` / ``CustomTextCLIP``,
-    or a transformers model by its ``config.model_type``.
+    or a transformers model by its ``config.model_type`` (any other text-only
+    ``...ForCausalLM``: a text-only LLM).
 
     Raises:
         TypeError: a model of another kind, naming the kinds hierzoo knows.
@@ -292,7 +418,15 @@ def family_of_model(model: Any) -> str:
         and hasattr(model, "encode_text")
     ):
         return "openclip"
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if (
+        model_type not in MODEL_TYPES
+        and type(model).__name__.endswith("ForCausalLM")
+        and hasattr(config, "to_dict")
+        and is_causal_lm_config({**config.to_dict(), "architectures": [type(model).__name__]})
+    ):
+        return "llm"
     if model_type is None:
         raise TypeError(
             f"hierzoo.wrap does not know a {type(model).__module__}.{type(model).__name__}: "
@@ -308,12 +442,15 @@ def family_of_model(model: Any) -> str:
 
 
 def resolve(name_or_path: str | Path) -> ModelSpec:
-    """The spec for a zoo name, an ``hf-hub:org/repo`` id, a zoo hub id, or a local directory.
+    """The spec for a zoo name, an ``hf-hub:org/repo`` id, a zoo hub id, a local directory, or
+    ``openai:MODEL`` (a model behind a chat-completions API; nothing is asked of the network).
 
     Raises:
         UnknownModelError: with the closest zoo names, or what the directory lacks.
     """
     key = str(name_or_path)
+    if key.startswith(SERVED_PREFIX):
+        return _served_spec(key)
     if key.lower() in ZOO:
         return ZOO[key.lower()]
     path = Path(key).expanduser()
@@ -323,8 +460,8 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
             raise UnknownModelError(
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
                 "open_clip_config.json + weights, or a transformers config.json whose model_type "
-                "is one of "
-                f"{sorted(MODEL_TYPES)}."
+                f"is one of {sorted(MODEL_TYPES)} or whose architectures are ...ForCausalLM (a "
+                "text-only LLM)."
             )
         return ModelSpec(
             name=str(path), family=family, hub_id=str(path), source=str(path.resolve())
@@ -341,6 +478,21 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
         f"Unknown model {key!r}: not a zoo name, an hf-hub:org/repo id or a model directory.{hint} "
         "`hierzoo models` lists the zoo."
     )
+
+
+def _served_spec(key: str) -> ModelSpec:
+    """``openai:MODEL``: the zoo's entry for ``MODEL`` (``openai:gpt-4o``, the paper's snapshot)
+    when it has one, else a spec for the name as given (case kept: servers match it exactly)."""
+    model = key[len(SERVED_PREFIX) :].strip()
+    if not model:
+        raise UnknownModelError(
+            f"{key!r} names no model: write openai:MODEL, the name the server serves (e.g. "
+            "openai:gpt-4o, openai:Qwen/Qwen2.5-VL-72B-Instruct)."
+        )
+    for spec in ZOO.values():
+        if spec.served and model in (spec.name, spec.hub_id):
+            return spec
+    return ModelSpec(name=key, family=SERVED_FAMILIES[0], hub_id=model, served=True)
 
 
 def _family_of_hub(repo: str) -> str:

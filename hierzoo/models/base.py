@@ -44,6 +44,15 @@ class OptionError(ValueError):
         self.owners = list(owners)
 
 
+def _no_dry_run(cls: type) -> str:
+    family = getattr(cls, "family", "") or cls.__name__
+    return (
+        f"{family!r} models ({getattr(cls, 'label', 'model')}s) cannot describe their requests "
+        "(--dry-run): it shows the prompts of models that answer the questions through a "
+        "language model, such as the vision LLMs."
+    )
+
+
 class HierClassifier(ABC):
     """A model that scores the nodes of a taxonomy for images, whatever its family.
 
@@ -130,6 +139,18 @@ class HierClassifier(ABC):
         raise NotImplementedError(f"{cls.__name__} does not wrap models held in memory.")
 
     @classmethod
+    def for_dry_run(cls, spec: ModelSpec, **options: Any) -> HierClassifier:
+        """The classifier of a checkpoint with what :meth:`describe_requests` needs and without
+        its weights (``hierzoo eval --dry-run``): a family implements it where it can describe
+        its requests without loading the model.
+
+        Raises:
+            ValueError: the family cannot (default).
+            OptionError: an option of another family.
+        """
+        raise ValueError(_no_dry_run(cls))
+
+    @classmethod
     def check_options(
         cls, options: Iterable[str], name: str, *, pass_through: bool = False
     ) -> None:
@@ -198,9 +219,53 @@ class HierClassifier(ABC):
             first_level=first_level,
         )
 
+    @classmethod  # noqa: B027 (optional hook)
+    def check_mode(cls, mode: str, task: str = "questions", name: str = "") -> None:
+        """Raise ``ValueError`` naming the setting to use when no model of the family can run
+        ``mode`` (``"image"`` / ``"text"``) or ``task`` (``"questions"`` / ``"path"``) at all:
+        a run asks before it reads an image or loads the model. The default accepts any (a
+        model may still refuse a protocol's details in :meth:`check_protocol`)."""
+
     def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` naming the setting when this model cannot answer under
         ``protocol`` (a run calls it before it writes anything); the default accepts any."""
+
+    def check_task(self, task: str) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` saying what is missing when this model cannot do a run's
+        ``task`` (``"questions"``, or ``"path"``: :meth:`predict_path` over the whole taxonomy);
+        a run calls it before it writes anything. The default accepts both."""
+
+    def identity(self, protocol: Protocol | None) -> dict[str, Any]:
+        """Items of a run's identity (``hierzoo eval``'s ``run.json``) that only the loaded model
+        knows, merged over the runner's own. Default ``{}``: the runner identifies a checkpoint
+        by its files. A model behind an API gives ``model_content`` (the model and the server
+        asked) and ``requests`` (every request setting that changes its answers)."""
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """What this model adds to a run's provenance (``summary.json``); default ``{}``. A
+        model behind an API gives its server and the token usage and estimated cost."""
+        return {}
+
+    def describe_requests(
+        self,
+        questions: Sequence[Question],
+        *,
+        protocol: Protocol | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` requests (all when ``None``) that :meth:`answer` would make for
+        ``questions`` under ``protocol``, one plain dict each (JSON values), without running the
+        model (``hierzoo eval --dry-run N`` prints them): at least ``sample`` (the entry's
+        position), ``level`` (``K`` of its ``levelK`` keys), ``text`` (the prompt as sent),
+        ``images`` (per image what the model receives) and ``letters``, and ``max_new_tokens``
+        with generated answers; the vision LLMs' fields are in their
+        :meth:`~hierzoo.models.vlm.VisionLLMClassifier.describe_requests`.
+
+        Raises:
+            ValueError: the family cannot describe its requests (default).
+        """
+        raise ValueError(_no_dry_run(type(self)))
 
     def timed_module(self) -> torch.nn.Module:
         """The module whose forward passes a benchmark times as the model's work (a CLIP

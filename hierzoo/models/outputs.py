@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hierzoo.prompts import UNKNOWN
+
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
     from hierzoo.taxonomy import Taxonomy
@@ -91,14 +93,26 @@ class Answers:
 
     Attributes:
         choice: ``(N, L)`` int, index of the chosen option in ``options[i][k]``; ``-1`` where the
-            level was not asked or the sample failed.
+            level was not asked, the sample failed, or (generated replies) no option letter was
+            found in the reply.
         probs: ``(N, L, C)`` float32, each option's probability (NaN padding); softmax over the
-            options, or the sigmoid per option for SigLIP.
+            options, or the sigmoid per option for SigLIP. With generated replies: the softmax
+            over the option letters' logits at the first generated token.
         options: per sample and level, the options in the order they were asked.
         errors: per sample, ``None`` or why it failed.
         correct: ``(N, L)`` bool or ``None``; set in circular mode, where a level is right only if
             every rotation of its options was answered right.
         extra: family-specific details (the letters, the prompt variant, the seed ...).
+        replies: per sample and level, the reply as generated (``None`` where the level was not
+            asked), recorded as ``prediction_levelk``, when answers were generated and parsed
+            (``Protocol(answer="generate")``, or a served model); ``None`` when they were read
+            from logits.
+        unknown: ``(N, L)`` bool, levels asked whose answer names no option (no option letter in
+            the reply, or none in the top log-probabilities): recorded as the paper's
+            ``Unknown``; ``None`` when every asked level has a choice.
+        absent: per sample and level, the option letters missing from the server's top
+            log-probabilities (``""`` when none), recorded as ``absent_levelk``; ``None`` when
+            the answers were not read from log-probabilities.
     """
 
     choice: np.ndarray
@@ -107,12 +121,16 @@ class Answers:
     errors: list[str | None]
     correct: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    replies: list[list[str | None]] | None = None
+    unknown: np.ndarray | None = None
+    absent: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.options)
 
     def predicted(self, i: int) -> list[str | None]:
-        """The chosen option's name at each level of sample ``i`` (``None`` where not answered)."""
+        """The chosen option's name at each level of sample ``i`` (``None`` where not answered,
+        or where a generated reply named no option)."""
         return [
             opts[c] if c >= 0 else None for opts, c in zip(self.options[i], self.choice[i].tolist())
         ]
@@ -122,7 +140,12 @@ class Answers:
 
         Keys: ``image``, ``label``, and per asked level ``k``: ``ground_truth_levelk``,
         ``predicted_levelk``, ``predicted_levelk_letter``, ``choices_levelk`` (letter -> option)
-        and ``probs_levelk`` (letter -> probability). A failed sample has ``error`` instead.
+        and ``probs_levelk`` (letter -> probability, where the answer has probabilities). A
+        failed sample has ``error`` instead. With :attr:`replies`, :attr:`unknown` and
+        :attr:`absent`: ``prediction_levelk`` (the reply as generated, the paper's field),
+        ``"Unknown"`` as the predicted option and letter of a level whose answer names no option
+        (as the paper records it), and ``absent_levelk`` (the letters missing from the top
+        log-probabilities).
         """
         out = []
         for i, q in enumerate(questions):
@@ -133,17 +156,24 @@ class Answers:
                 continue
             for k, opts in enumerate(self.options[i]):
                 c = int(self.choice[i, k])
-                if c < 0 or not opts:
+                reply = self.replies[i][k] if self.replies is not None else None
+                unknown = self.unknown is not None and bool(self.unknown[i, k])
+                if not opts or (c < 0 and not unknown and reply is None):
+                    continue
                     continue
                 letters = [chr(65 + j) for j in range(len(opts))]
                 n = k + 1
                 row[f"ground_truth_level{n}"] = q.answers[k]
-                row[f"predicted_level{n}"] = opts[c]
-                row[f"predicted_level{n}_letter"] = letters[c]
+                if reply is not None:
+                    row[f"prediction_level{n}"] = reply
+                row[f"predicted_level{n}"] = UNKNOWN if c < 0 else opts[c]
+                row[f"predicted_level{n}_letter"] = UNKNOWN if c < 0 else letters[c]
                 row[f"choices_level{n}"] = dict(zip(letters, opts))
-                row[f"probs_level{n}"] = {
-                    L: round(float(p), 6) for L, p in zip(letters, self.probs[i, k, : len(opts)])
-                }
+                probs = self.probs[i, k, : len(opts)]
+                if np.isfinite(probs).all():
+                    row[f"probs_level{n}"] = {L: round(float(p), 6) for L, p in zip(letters, probs)}
+                if self.absent is not None and self.absent[i][k]:
+                    row[f"absent_level{n}"] = list(self.absent[i][k])
                 if self.correct is not None:
                     row[f"correct_level{n}"] = bool(self.correct[i, k])
             out.append(row)

@@ -1,10 +1,14 @@
-"""Tiny, random-weight vision LLMs built offline from the real transformers classes.
+"""Tiny, random-weight vision LLMs and text-only LLMs built offline from the real transformers
+classes.
 
-Each builder writes a directory that loads back with ``AutoProcessor.from_pretrained`` and
-``AutoModelForImageTextToText.from_pretrained``: float32 weights drawn from ``seed``, a byte-level
-BPE tokenizer trained locally with the family's special tokens, the family's chat-template layout,
-an image processor and a video processor. One forward pass takes milliseconds on a CPU, so tests
-can run the real model code paths without downloading a checkpoint.
+Each vision-LLM builder writes a directory that loads back with ``AutoProcessor.from_pretrained``
+and ``AutoModelForImageTextToText.from_pretrained``: float32 weights drawn from ``seed``, a
+byte-level BPE tokenizer trained locally with the family's special tokens, the family's
+chat-template layout, an image processor and a video processor. The text-only builders
+(``build_tiny_qwen2_lm``, ``build_tiny_llama_lm``) write a ``...ForCausalLM`` and its tokenizer,
+which load with ``AutoTokenizer`` and ``AutoModelForCausalLM``. One forward pass takes
+milliseconds on a CPU, so tests can run the real model code paths without downloading a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -15,23 +19,36 @@ from os import PathLike
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
     GotOcr2ImageProcessor,
     InternVLConfig,
     InternVLForConditionalGeneration,
     InternVLProcessor,
     InternVLVideoProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
@@ -44,8 +61,10 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 __all__ = [
     "build_tiny_internvl",
+    "build_tiny_llama_lm",
     "build_tiny_llava_onevision",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen2_lm",
     "build_tiny_qwen3_vl",
 ]
 
@@ -187,6 +206,35 @@ _INTERNVL_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+_QWEN2_5_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_LLAMA3_BOS = "<|begin_of_text|>"
+_LLAMA3_EOT = "<|eot_id|>"
+_LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- message['content'] | trim }}{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
 )
 
 
@@ -463,3 +511,57 @@ def build_tiny_internvl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
         chat_template=_INTERNVL_CHAT_TEMPLATE,
     )
     return _save(out_dir, model, processor)
+
+
+def _save_lm(out_dir: str | PathLike[str], model: PreTrainedModel, tokenizer: object) -> Path:
+    """Save a causal LM and its tokenizer (its chat template included) to ``out_dir``."""
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
+def build_tiny_qwen2_lm(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random text-only ``Qwen2ForCausalLM`` with a Qwen2.5-Instruct-style
+    chat template (plain-string message content; its own default system message when none is
+    given) and a tokenizer that adds no BOS, as Qwen's."""
+    torch.manual_seed(seed)
+    tokenizer = _train_tokenizer({})
+    tokenizer.chat_template = _QWEN2_5_CHAT_TEMPLATE
+    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tokenizer)))
+    return _save_lm(out_dir, model, tokenizer)
+
+
+def build_tiny_llama_lm(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random text-only ``LlamaForCausalLM`` with a Llama-3-style chat
+    template (``<|start_header_id|>`` turns, contents trimmed) and a tokenizer that puts
+    ``<|begin_of_text|>`` before every text, as Llama 3's does."""
+    torch.manual_seed(seed)
+    trained = _train_tokenizer(
+        {}, extra_tokens=(_LLAMA3_BOS, "<|start_header_id|>", "<|end_header_id|>", _LLAMA3_EOT)
+    )
+    backend = trained.backend_tokenizer
+    bos_id = trained.convert_tokens_to_ids(_LLAMA3_BOS)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{_LLAMA3_BOS} $A",
+        pair=f"{_LLAMA3_BOS} $A {_LLAMA3_BOS} $B",
+        special_tokens=[(_LLAMA3_BOS, bos_id)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=_LLAMA3_BOS,
+        eos_token=_LLAMA3_EOT,
+        pad_token=_ENDOFTEXT,
+        chat_template=_LLAMA3_CHAT_TEMPLATE,
+    )
+    config = LlamaConfig(
+        **{
+            **_TEXT_SIZE,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": bos_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    return _save_lm(out_dir, LlamaForCausalLM(config), tokenizer)

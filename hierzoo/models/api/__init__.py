@@ -3,7 +3,8 @@ vLLM or SGLang servers.
 
 The request builder, the logprob reading, usage and the cache are plain Python;
 ``ChatClient`` imports the ``openai`` package when it is made (``pip install 'hierzoo[api]'``), so
-importing this package imports neither openai nor torch. See docs/served.md.
+importing this package imports neither openai nor torch. :class:`OpenAIChatClassifier` (the
+``openai-chat`` family, ``hierzoo.load("openai:MODEL")``) imports both. See docs/served.md.
 """
 
 from typing import Any
@@ -37,6 +38,8 @@ _LAZY = {
     "PRICES": "hierzoo.models.api.usage",
     "Usage": "hierzoo.models.api.usage",
     "estimate_cost": "hierzoo.models.api.usage",
+    "NotAvailableOverApi": "hierzoo.models.api.openai_chat",
+    "OpenAIChatClassifier": "hierzoo.models.api.openai_chat",
 }
 
 __all__ = sorted(_LAZY)

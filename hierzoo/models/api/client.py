@@ -65,8 +65,9 @@ _NO_KEY = "EMPTY"
 without ``--api-key`` accept any)."""
 
 
-class ApiError(RuntimeError):
-    """A failure that stops a run (the message says what to change)."""
+class ApiError(ValueError):
+    """A failure that stops a run (the message says what to change): a ``ValueError``, so the
+    command line reports it in one line, as any other setting to fix."""
 
 
 class ApiAuthError(ApiError):

@@ -27,6 +27,7 @@ from hierzoo.images import (
     prefetch,
     split_transform,
     tensor_decode_split,
+    unreproducible_step,
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
@@ -109,9 +110,9 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         )
         if decode_on_device and self.device_preprocess is None:
             raise ValueError(
-                f"decode_on_device=True, but the model's preprocessing ({transform!r}) is not a "
-                "plain "
-                "resize / crop / normalise that hierzoo can run on tensors; leave it off."
+                f"decode_on_device=True, but the model's preprocessing has a step hierzoo cannot "
+                f"run on tensors ({unreproducible_step(transform) or transform!r}); leave it off "
+                "(the model's own PIL pipeline is then used)."
             )
         self.normalize_on_device = normalize_on_device
         self.worker_decode = worker_decode  # checked by the property
@@ -133,11 +134,10 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         if value not in ("pil", "tensor"):
             raise ValueError(f"Expected worker_decode 'pil' or 'tensor', but got {value!r}.")
         if value == "tensor" and tensor_decode_split(self.transform) is None:
+            step = unreproducible_step(self.transform) or repr(self.transform)
             raise ValueError(
-                f"worker_decode='tensor', but the model's preprocessing ({self.transform!r}) is "
-                "not a plain "
-                "resize / crop / normalise that hierzoo can run on tensors; use "
-                "worker_decode='pil'."
+                f"worker_decode='tensor', but the model's preprocessing has a step hierzoo cannot "
+                f"run on tensors ({step}); use worker_decode='pil'."
             )
         self._worker_decode = value
 
@@ -245,13 +245,30 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
 
     # ----------------------------------------------------------------- shared machinery
     @property
+    def paper_autocast(self) -> torch.dtype | None:
+        """The autocast dtype of float32 weights on CUDA: the zoo spec's ``autocast`` (the
+        paper's precision for its checkpoints: float16 for OpenCLIP ViT-L/14 under its script's
+        ``torch.autocast("cuda")``, none for SigLIP), bfloat16 for other models; ``None``: no
+        autocast."""
+        name = self.spec.autocast if self.spec is not None else "bfloat16"
+        return getattr(torch, name) if name is not None else None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            return self.paper_autocast
+        return None
+
+    @property
     def _precision(self) -> str:
-        autocast = self.device.type == "cuda" and self.dtype == torch.float32
-        return f"{str(self.dtype).replace('torch.', '')}{'+bf16-autocast' if autocast else ''}"
+        autocast = self._autocast_dtype()
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        tail = f"+{short[autocast]}-autocast" if autocast is not None else ""
+        return f"{str(self.dtype).replace('torch.', '')}{tail}"
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        autocast = self._autocast_dtype()
+        if autocast is not None:
+            return torch.autocast("cuda", dtype=autocast)
         return torch.autocast(self.device.type, enabled=False)
 
     @torch.inference_mode()

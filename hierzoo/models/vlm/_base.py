@@ -11,8 +11,6 @@ each full prompt is the fallback and the reference.
 
 from __future__ import annotations
 
-import inspect
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +18,14 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.images import ImageInput, PipelineStats
-from hierzoo.models.base import HierClassifier, OptionError
+from hierzoo.images import ImageInput
 from hierzoo.models.vlm import _chat, _schedule
-from hierzoo.models.vlm._answering import _AnsweringMixin
-from hierzoo.models.vlm._features import _FeaturesMixin
-from hierzoo.models.vlm._prefix_cache import _PrefixCacheMixin
-from hierzoo.models.vlm._scoring import _NodeScoringMixin
+from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
+from hierzoo.models.vlm._requests import _RequestsMixin
 
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
+    from hierzoo.prompts import Protocol
 
 __all__ = ["IMAGE_PROCESSING", "VisionLLMClassifier", "cap_image_side"]
 
@@ -58,22 +54,22 @@ def cap_image_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
 
 
-class VisionLLMClassifier(
-    _AnsweringMixin, _NodeScoringMixin, _FeaturesMixin, _PrefixCacheMixin, HierClassifier
-):
+class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     """A transformers vision LLM that answers multiple-choice questions by letter logits.
 
     Subclasses name the transformers class and ``model_type`` of their family and override the
     hooks: :meth:`prompt_positions` and :meth:`suffix_positions` (the RoPE positions of a
     padded prompt batch and of text continuing a cached prefix), :meth:`image_transform`
     (what happens to a decoded image before the processor), :meth:`paper_processor` (the
-    processor set as the paper's scripts prepare images), and for :meth:`features`
+    processor set as the paper's scripts prepare images), :meth:`image_views` (the views of an
+    image in the processor's output, for :meth:`describe_requests`), and for :meth:`features`
     :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's features are read,
     and how they split per image). :attr:`paper_dtype` is the precision the paper ran the family
     in (the default on CUDA).
 
     Attributes:
-        model: the transformers model (eval mode).
+        model: the transformers model (eval mode); ``None`` for a classifier made by
+            :meth:`for_dry_run`, which describes its requests but cannot answer them.
         processor: its processor (tokenizer, image processor, chat template).
         token_budget: the most (rows x sequence positions) one forward pass may hold; sets the
             number of images and questions per pass unless ``batch_size`` is given.
@@ -95,20 +91,12 @@ class VisionLLMClassifier(
     """
 
     label = "vision LLM"
-    generative = True
-    options = frozenset(
-        {
-            "token_budget",
-            "batch_size",
-            "prefix_cache",
-            "batched_vision_attention",
-            "num_workers",
-            "process_on_device",
-            "device_map",
-            "attn_implementation",
-            "image_processing",
-        }
-    )
+    options = LLMClassifier.options | {
+        "batched_vision_attention",
+        "num_workers",
+        "process_on_device",
+        "image_processing",
+    }
     model_class: str = ""
     model_type: str = ""
     paper_dtype: torch.dtype = torch.bfloat16
@@ -133,30 +121,21 @@ class VisionLLMClassifier(
                 f"Expected `image_processing` to be one of {IMAGE_PROCESSING}, but got "
                 f"{image_processing!r}."
             )
-        if token_budget is not None and token_budget < 1:
-            raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
-        self.model = model
         self.image_processing = image_processing
-        self.processor = (
-            self.paper_processor(processor) if image_processing == "paper" else processor
+        super().__init__(
+            model,
+            self.paper_processor(processor) if image_processing == "paper" else processor,
+            name=name,
+            spec=spec,
+            token_budget=token_budget,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
         )
-        self.name = name
-        self.spec = spec
-        self.device = model.device
-        self.dtype = model.dtype
-        self.token_budget = token_budget or _schedule.default_token_budget(model)
-        self.batch_size = batch_size
-        self.prefix_cache = prefix_cache
         self.num_workers = num_workers
         self.process_on_device = process_on_device
-        self._templates: dict[str, tuple[str, str]] = {}
-        forward = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self._letter_cache: dict[tuple[str, int], list[int]] = {}
-        self.pipeline_stats = PipelineStats()
-        self.batched_vision_attention = self.batch_vision_attention(batched_vision_attention)
+        self.batched_vision_attention = (
+            self.batch_vision_attention(batched_vision_attention) if model is not None else False
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -202,14 +181,7 @@ class VisionLLMClassifier(
         transformers = _import_transformers()
         dtype = resolve_dtype(dtype, cls.paper_dtype if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
-        config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
-        if config.model_type != cls.model_type:
-            raise ValueError(
-                f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
-                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its "
-                "family."
-            )
-        processor = transformers.AutoProcessor.from_pretrained(spec.location, **hub)
+        processor = cls._load_processor(spec)
         model = getattr(transformers, cls.model_class).from_pretrained(
             spec.location,
             dtype=dtype,
@@ -232,6 +204,51 @@ class VisionLLMClassifier(
             num_workers=num_workers,
             process_on_device=process_on_device,
             image_processing=image_processing,
+        )
+
+    @classmethod
+    def _load_processor(cls, spec: ModelSpec) -> Any:
+        """The checkpoint's processor, after checking that its config is the family's.
+
+        Raises:
+            ValueError: the checkpoint holds another family's model.
+        """
+        transformers = _import_transformers()
+        hub = {"revision": spec.revision} if spec.source is None else {}
+        config = transformers.AutoConfig.from_pretrained(spec.location, **hub)
+        if config.model_type != cls.model_type:
+            raise ValueError(
+                f"{spec.location!r} holds a {config.model_type!r} model, but {cls.__name__} loads "
+                f"{cls.model_type!r}; load it by its directory or hub id so hierzoo picks its "
+                "family."
+            )
+        return transformers.AutoProcessor.from_pretrained(spec.location, **hub)
+
+    @classmethod
+    def for_dry_run(cls, spec: ModelSpec, **options: Any) -> VisionLLMClassifier:
+        """The checkpoint's classifier without its weights: its config and processor (tokenizer,
+        image processor, chat template) only, a few megabytes whatever the model's size, so
+        :meth:`describe_requests` shows what a run would ask and nothing can be answered.
+
+        Args:
+            spec: the zoo spec (a hub id reads the processor's files at ``spec.revision``).
+            **options: the options :meth:`from_spec` takes; ``prefix_cache`` (it decides how
+                prompts split) and ``image_processing`` (how images are prepared) are used, the
+                others are checked and ignored.
+
+        Raises:
+            OptionError: an option of another family.
+            ValueError: the checkpoint holds another family's model.
+        """
+        cls.check_options(options, spec.name, pass_through=True)
+        processor = cls._load_processor(spec)
+        return cls(
+            None,
+            processor,
+            name=spec.name,
+            spec=spec,
+            prefix_cache=options.get("prefix_cache", True),
+            image_processing=options.get("image_processing", "paper"),
         )
 
     @classmethod
@@ -265,18 +282,10 @@ class VisionLLMClassifier(
             ValueError: no processor to be had.
             OptionError: an option of another family, or one that only loading takes.
         """
-        from hierzoo.models._factory import resolve_device, resolve_dtype
         from hierzoo.models._hf import load_processor
 
         name = name or getattr(model, "name_or_path", "") or cls.model_class
-        loading = sorted({"device_map", "attn_implementation"} & options.keys())
-        if loading:
-            raise OptionError(
-                f"{', '.join(loading)}: options of loading a checkpoint (hierzoo.load); a model "
-                "held in memory runs as it was loaded.",
-                loading,
-                [],
-            )
+        refuse_loading_options(options)
         cls.check_options(options, name)
         transformers = _import_transformers()
         expected = getattr(transformers, cls.model_class)
@@ -287,21 +296,13 @@ class VisionLLMClassifier(
                 f"{type(model).__name__}."
             )
         processor = load_processor(model, processor, f"{cls.family} model")
-        target = resolve_dtype(dtype, model.dtype)
-        spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
-        if device is not None and spread:
-            raise ValueError(
-                "This model is spread over devices with device_map; wrap it without `device` (it "
-                "runs where it is)."
-            )
-        moved: dict[str, Any] = {}
-        if device is not None and model.device != resolve_device(device):
-            moved["device"] = resolve_device(device)
-        if target != model.dtype:
-            moved["dtype"] = target
-        if moved:
-            model.to(**moved)
+        place_model(model, device, dtype)
         return cls(model.eval(), processor, name=name, spec=spec, **options)
+
+    def identity(self, protocol: Protocol | None) -> dict[str, Any]:
+        """The image processing (``image_processing``): a run prepared one way never resumes
+        or mixes with one prepared the other."""
+        return {**super().identity(protocol), "image_processing": self.image_processing}
 
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
@@ -316,6 +317,13 @@ class VisionLLMClassifier(
         """
         return False
 
+    def image_views(self, inputs: Any) -> tuple[int, list[int]]:
+        """``(views, [width, height])`` of the one image of a processor output: how many tiles or
+        views of it the vision tower receives (thumbnail included), and the pixel size of each.
+        Default: ``pixel_values`` of ``(tiles, channels, height, width)``."""
+        pixels = inputs["pixel_values"]
+        return int(pixels.shape[0]), [int(pixels.shape[-1]), int(pixels.shape[-2])]
+
     def image_transform(self) -> Callable[[Image.Image], Any] | None:
         """A picklable function applied to each decoded image in the loader workers, or ``None``."""
         return None
@@ -325,16 +333,6 @@ class VisionLLMClassifier(
         scripts prepare images where that differs from the checkpoint's own settings (the
         processor passed in is not changed). Default: ``processor`` itself."""
         return processor
-
-    def prompt_positions(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE positions of a padded processor batch, and the position after each row's last
-        real token (where a continuation starts). Default: 1-D positions counting real tokens."""
-        mask = inputs["attention_mask"].long()
-        return (mask.cumsum(-1) - 1).clamp(min=0), mask.sum(-1)
-
-    def suffix_positions(self, start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Positions of a left-padded continuation whose first real token sits at ``start``."""
-        return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def vision_site(self) -> tuple[Any, str]:
         """``(module, "input" | "output")``: the module whose input or output carries the vision
@@ -348,14 +346,6 @@ class VisionLLMClassifier(
         raise NotImplementedError
 
     # ------------------------------------------------------------------ prompts
-    @property
-    def zoo_name(self) -> str | None:
-        """The zoo name the model was loaded by, ``None`` for a directory or a model held in
-        memory: the key of the paper's per-model settings (its default prompt variants,
-        :func:`hierzoo.prompts.default_prompt_variant`)."""
-        spec = self.spec
-        return spec.name if spec is not None and spec.source is None else None
-
     def template(self, mode: str) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`), with the system message the
@@ -370,21 +360,6 @@ class VisionLLMClassifier(
                 system=prompts.system_message(mode, self.family),
             )
         return self._templates[mode]
-
-    def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
-        """Token ids of the first ``n`` option letters as the first assistant token (the
-        letter-token rule, :func:`hierzoo.models.vlm._chat.letter_token_ids`)."""
-        key = (mode, n)
-        if key not in self._letter_cache:
-            tail = self.template(mode)[1]
-            self._letter_cache[key] = _chat.letter_token_ids(
-                self.processor.tokenizer, tail, n, self.name
-            )
-        return self._letter_cache[key]
-
-    def answer_end(self) -> str:
-        """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
-        return _chat.answer_end(self.processor, self.name)
 
     # ------------------------------------------------------------------ inputs and scheduling
     def _image_groups(
@@ -408,20 +383,7 @@ class VisionLLMClassifier(
 
     def _prefix_tokens(self, image: Image.Image) -> int:
         head, _ = self.template("image")
-        return len(self._encode([head], [image], side="right")["input_ids"][0])
-
-    def _row_chunks(self, n_rows: int, row_tokens: int, batch_size: int | None) -> Iterator[slice]:
-        return _schedule.row_chunks(n_rows, row_tokens, batch_size, self.token_budget)
-
-    def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
-        start = time.perf_counter()
-        kw = {"device": str(self.device)} if images is not None and self._images_on_device() else {}
-        enc = self.processor(
-            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt", **kw
-        )
-        enc = enc.to(device=self.device, dtype=self.dtype)
-        self.pipeline_stats.preprocess += time.perf_counter() - start
-        return enc
+        return len(self.processor(text=[head], images=[image])["input_ids"][0])
 
     def _images_on_device(self) -> bool:
         """Whether images go through the processor on the model's device (see the attribute)."""

@@ -69,26 +69,34 @@ def split_template(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
             "prompts."
         )
-    if check_prefix:
-        tok = processor.tokenizer
-        split = (
-            tok(head, add_special_tokens=False)["input_ids"]
-            + tok(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    if check_prefix and not clean_boundary(processor.tokenizer, head, tail):
+        raise ValueError(
+            f"The tokens of {name!r} merge across the end of the shared prefix "
+            f"{head[-20:]!r}; load it with prefix_cache=False."
         )
-        if split != tok(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]:
-            raise ValueError(
-                f"The tokens of {name!r} merge across the end of the shared prefix "
-                f"{head[-20:]!r}; load it with prefix_cache=False."
-            )
     return head, tail
 
 
-def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
+def clean_boundary(tokenizer: Any, head: str, tail: str) -> bool:
+    """Whether the head's tokens end where the head's text ends: a user text and the tail
+    tokenized on their own continue the head's tokens exactly as in the whole prompt (a KV
+    cache of the head can then serve every question)."""
+    split = (
+        tokenizer(head, add_special_tokens=False)["input_ids"]
+        + tokenizer(_CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+    )
+    return split == tokenizer(head + _CHECK_TEXT + tail, add_special_tokens=False)["input_ids"]
+
+
+def letter_token_ids(
+    tokenizer: Any, tail: str, n: int, name: str, separator: str = ""
+) -> list[int]:
     """Token ids of the first ``n`` option letters as the first assistant token.
 
     The rule: tokenize the template's tail (which ends the prompt, ``...assistant\\n``)
-    alone and followed by the letter; the one extra token is the letter's id. Tokenizers that
-    spell a letter ``"A"`` after a newline and ``" A"`` after a space get the right one.
+    alone and followed by ``separator`` and the letter; the one extra token is the letter's id.
+    Tokenizers that spell a letter ``"A"`` after a newline and ``" A"`` after a space get the
+    right one (a prompt ending ``" Answer:"`` takes ``separator=" "``: the letter ``" A"``).
 
     Raises:
         ValueError: a letter that is not one token after the tail.
@@ -96,7 +104,7 @@ def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
     base = tokenizer(tail, add_special_tokens=False)["input_ids"]
     ids = []
     for letter in prompts.letters(n):
-        got = tokenizer(tail + letter, add_special_tokens=False)["input_ids"]
+        got = tokenizer(tail + separator + letter, add_special_tokens=False)["input_ids"]
         if got[: len(base)] != base or len(got) != len(base) + 1:
             raise ValueError(
                 f"Option letter {letter!r} is not one token after the prompt's end "
@@ -107,9 +115,10 @@ def letter_token_ids(tokenizer: Any, tail: str, n: int, name: str) -> list[int]:
     return ids
 
 
-def answer_end(processor: Any, name: str) -> str:
-    """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
-    msgs = [*messages("x", "image"), {"role": "assistant", "content": _text(SENTINEL)}]
+def answer_end(processor: Any, name: str, system: str | None = None) -> str:
+    """The text that closes an assistant turn right after its content (``<|im_end|>``), in a
+    conversation with ``system`` (default: the paper's text-mode message)."""
+    msgs = [*messages("x", "text", system), {"role": "assistant", "content": _text(SENTINEL)}]
     rendered = processor.apply_chat_template(msgs, tokenize=False)
     if rendered.count(SENTINEL) != 1:
         raise ValueError(

@@ -161,6 +161,7 @@ class _FeaturesMixin:
         """
         from tqdm.auto import tqdm
 
+        self._require_weights()
         sites = parse_sites(where)
         check_kinds(sites, ("vision", "projector", "llm", "llm-answer"), self.family)
         items, _ = as_list(images)
@@ -286,6 +287,7 @@ class _FeaturesMixin:
           naming the node (``Based on taxonomy, where does {name} fall in terms of {rank}?``),
           hidden state ``K`` at the answer position; needs ``taxonomy``.
         """
+        self._require_weights()
         sites = parse_sites(where)
         check_kinds(sites, ("llm", "llm-answer"), self.family)
         names = list(names)

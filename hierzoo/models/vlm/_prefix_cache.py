@@ -10,7 +10,7 @@ continue each row's head (:meth:`~hierzoo.models.vlm.VisionLLMClassifier.suffix_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,11 +19,13 @@ from PIL import Image
 
 @dataclass
 class _Prefix:
-    """A prefix forward: its KV cache, attention mask and where each row continues."""
+    """A prefix forward: its KV cache, attention mask, where each row continues, and (a head's
+    forward) each row's real token ids, image tokens expanded."""
 
     cache: Any
     mask: torch.Tensor
     start: torch.Tensor
+    ids: list[list[int]] = field(default_factory=list)
 
 
 def _cache_of(output: Any) -> Any:
@@ -65,7 +67,9 @@ class _PrefixCacheMixin:
         enc = self._encode([head] * n, images, side="right")
         positions, start = self.prompt_positions(enc)
         out = self.model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return _Prefix(_cache_of(out), enc["attention_mask"], start)
+        mask = enc["attention_mask"]
+        ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], mask)]
+        return _Prefix(_cache_of(out), mask, start, ids)
 
     def _continue(
         self,

@@ -52,6 +52,7 @@ class _NodeScoringMixin:
         """
         from tqdm.auto import tqdm
 
+        self._require_weights()
         items, _ = as_list(images)
         if any(isinstance(x, torch.Tensor) for x in items):
             raise ValueError(

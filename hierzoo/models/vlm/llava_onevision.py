@@ -89,17 +89,26 @@ class LlavaOnevisionClassifier(VisionLLMClassifier):
             views.append(((x.astype(np.float32) - mean) / std).transpose(2, 0, 1))
         return torch.from_numpy(np.ascontiguousarray(np.stack(views)))[:, None]
 
+    def _pad_prompts(self, texts: list[str]) -> list[str]:
+        """``texts`` with each image token repeated for the positions of one padded view."""
+        token = self.processor.image_token
+        n = self.pad_image_tokens()
+        return [t.replace(token, token * n) for t in texts]
+
+    def _prefix_tokens(self, image: Image.Image) -> int:
+        if not self._pad:
+            return super()._prefix_tokens(image)
+        head, _ = self.template("image")
+        return len(self.processor.tokenizer(self._pad_prompts([head]))["input_ids"][0])
+
     def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
         if images is None or not self._pad:
             return super()._encode(texts, images, side)
         from transformers import BatchFeature
 
         start = time.perf_counter()
-        token = self.processor.image_token
-        n = self.pad_image_tokens()
-        expanded = [t.replace(token, token * n) for t in texts]
         enc = self.processor.tokenizer(
-            expanded, padding=True, padding_side=side, return_tensors="pt"
+            self._pad_prompts(texts), padding=True, padding_side=side, return_tensors="pt"
         )
         pixels = self._pad_pixels(images)
         data = {
@@ -116,6 +125,11 @@ class LlavaOnevisionClassifier(VisionLLMClassifier):
         out = BatchFeature(data).to(device=self.device, dtype=self.dtype)
         self.pipeline_stats.preprocess += time.perf_counter() - start
         return out
+
+    def image_views(self, inputs: Any) -> tuple[int, list[int]]:
+        # pixel_values: (images, views, channels, height, width), the base view and the crops
+        pixels = inputs["pixel_values"]
+        return int(pixels.shape[1]), [int(pixels.shape[-1]), int(pixels.shape[-2])]
 
     # ------------------------------------------------------------------ features
     def vision_site(self) -> tuple[Any, str]:

@@ -117,6 +117,12 @@ class _QwenVLClassifier(VisionLLMClassifier):
     def vision_site(self) -> tuple[Any, str]:
         return self.model.model.visual, "output"
 
+    def image_views(self, inputs: Any) -> tuple[int, list[int]]:
+        # one view, resized to whole patches: its (t, h, w) patch grid times the patch size
+        _, h, w = inputs["image_grid_thw"][0].tolist()
+        patch = self.processor.image_processor.patch_size
+        return 1, [w * patch, h * patch]
+
     def batch_vision_attention(self, on: bool = True) -> bool:
         from hierzoo.models import _vision_attention
 
