@@ -105,6 +105,36 @@ def test_requests_equal_the_papers(models, family, mode):
             )
 
 
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_dry_run_describes_the_papers_requests(models, tmp_path, family):
+    """What ``describe_requests`` (``hierzoo eval --dry-run``) shows is the paper's request:
+    the prompt's token count, the image's tiles or views and its image tokens, for images of
+    several shapes."""
+    m = models[family]
+    qs = read_questions("cub200-random")[:4]
+    sizes = [(100, 75), (48, 90), (140, 140), (60, 40)]
+    for q, size in zip(qs, sizes):
+        q.path = tmp_path / f"{size[0]}x{size[1]}.png"
+        _image(*size).save(q.path)
+    protocol = Protocol(taxonomy="cub200", shuffle_options=True)
+    plan = prompts.plan_questions(qs, protocol, family=family)
+    described = m.describe_requests(qs, protocol=protocol)
+    assert len(described) == len(plan.requests)
+    system = paper_system(family, "image")
+    for d, r in zip(described, plan.requests):
+        image = Image.open(qs[r.sample].path)
+        ids, _ = paper_inputs(m, system, r.text, image)
+        (got,) = d["images"]
+        n_image = sum(t in (IMAGE_POSITION, m.model.config.image_token_id) for t in ids)
+        assert d["prompt_tokens"] == len(ids) and got["tokens"] == n_image, (family, d["sample"])
+        if family == "internvl":
+            side = m.model.config.vision_config.image_size[0]
+            tiles = len(pr.load_image(image, input_size=side, max_num=4)[0])
+        else:
+            tiles = 1  # Qwen: one image; LLaVA: one padded view
+        assert got["tiles"] == tiles, (family, sizes[d["sample"]])
+
+
 def test_llava_text_mode_lower_cases_the_leaf(models):
     qs = read_questions("cub200-random")[:1]
     plan = prompts.plan_questions(

@@ -316,8 +316,9 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
                 raise ValueError(
                     f"The text embeddings of {int(bad.sum())} of {len(missing)} names by "
                     f"{self.name!r} are not finite (NaN or infinity; the first: {shown}): the "
-                    "model's text tower gives no usable numbers. Check its weights and dtype "
-                    "(float16 overflows in some text towers: try dtype='float32')."
+                    "model's text tower gives no usable numbers. Check its weights and "
+                    f"precision ({self._precision}; float16 overflows in some text towers: try "
+                    "dtype='float32' without a float16 autocast)."
                 )
             self.text_cache.add(templates, missing, emb)
         return torch.stack([table[k] for k in keys]).to(self.device)
@@ -411,7 +412,8 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
     ) -> tuple[torch.Tensor, list[str | None]]:
         """``(N, D)`` unit-norm float32 image embeddings on the model's device (NaN rows for
         images that failed) and the per-image errors. Decoding and preprocessing run in
-        DataLoader workers; on CUDA, pinned memory, non-blocking copies and bf16 autocast."""
+        DataLoader workers; on CUDA, pinned memory, non-blocking copies and the model's autocast
+        (:attr:`paper_autocast`)."""
         items, _ = as_list(images) if not isinstance(images, list) else (images, False)
         out: torch.Tensor | None = None
         errors: list[str | None] = [None] * len(items)
