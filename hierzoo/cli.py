@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from hierzoo import __version__
 from hierzoo import _cli_options as opt
+from hierzoo.prompts import PROTOCOLS
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -193,9 +194,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     how.add_argument(
         "--protocol",
-        choices=["paper"],
+        choices=PROTOCOLS,
         default="paper",
-        help="how questions are asked: the paper's prompts and answer rule (the only one so far)",
+        help="how questions are asked: paper (the paper's four-choice questions), cot, bio-cot, "
+        "taxonomy-context, binary (the paper's prompting experiments), open (no options); a "
+        "model refuses those its family does not answer under (docs/protocols.md)",
     )
     how.add_argument(
         "--prompt-variant",

@@ -43,6 +43,12 @@ N_VARIANTS = 5
 ANSWERS = ("logits", "generate")
 """How a vision LLM's answer is read: the option letters' logits at the answer position
 (``logits``), or a greedy reply parsed by the paper's rule (``generate``)."""
+PROTOCOLS = ("paper", "cot", "bio-cot", "taxonomy-context", "binary", "open")
+"""Named ways of asking (``--protocol NAME``, :attr:`Protocol.name`): ``paper`` (the paper's
+four-choice questions), its prompting experiments ``cot`` (chain of thought), ``bio-cot`` (the
+taxonomy-reasoning system prompt), ``taxonomy-context`` (the whole taxonomy in the prompt) and
+``binary`` (a yes/no statement per option), and ``open`` (no options: the model names the node).
+A family answers under the names in its ``protocols`` and refuses the others by name."""
 UNKNOWN = "Unknown"
 """What the paper records as the prediction when no option letter is found in a reply."""
 
@@ -409,6 +415,8 @@ class Protocol:
             scripts answer); see :data:`ANSWERS`.
         max_new_tokens: with ``answer="generate"``, the most tokens a reply may have; ``None``:
             the paper's for the family, taxonomy and mode (:func:`max_new_tokens`).
+        name: the way of asking, one of :data:`PROTOCOLS` (``"paper"``: the paper's four-choice
+            questions).
     """
 
     taxonomy: str | Taxonomy | None = None
@@ -421,8 +429,13 @@ class Protocol:
     first_level: int = 0
     answer: str = "logits"
     max_new_tokens: int | None = None
+    name: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(
+                f"Expected `name` (--protocol) to be one of {PROTOCOLS}, but got {self.name!r}."
+            )
         if self.answer not in ANSWERS:
             raise ValueError(f"Expected `answer` to be one of {ANSWERS}, but got {self.answer!r}.")
         if self.max_new_tokens is not None:

@@ -66,7 +66,6 @@ from hierzoo.tasks import (
 )
 
 TASKS = ("questions", "path")
-PROTOCOLS = ("paper",)
 
 # model options that change how work is scheduled or where it runs, not the numbers (an API
 # model's key variable, requests in flight, timeouts and retries among them)
@@ -146,6 +145,8 @@ class EvalConfig:
         Raises:
             RunError: an unknown task or protocol, a number out of range, a missing companion.
         """
+        from hierzoo.prompts import PROTOCOLS
+
         if self.task not in TASKS:
             raise RunError(f"Expected --task to be one of {TASKS}, but got {self.task!r}.")
         if self.protocol not in PROTOCOLS:
@@ -392,6 +393,7 @@ def _protocol(cfg: EvalConfig, clf: Any):
         answer=cfg.answer,
         circular=cfg.circular,
         templates=cfg.templates,
+        name=cfg.protocol,
     )
     if cfg.max_new_tokens is not None:
         protocol = replace(protocol, max_new_tokens=cfg.max_new_tokens)

@@ -21,10 +21,7 @@ names and leaf labels come first in a lookup, then synonyms.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -34,9 +31,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hierzoo._io import read_text
-
-PATH_SEPARATOR = " > "
+from hierzoo._taxonomy_files import (
+    PATH_SEPARATOR,
+    TaxonomyError,
+    guess_format,
+    read_csv_paths,
+    read_json_object,
+)
+from hierzoo._taxonomy_files import norm as _norm
 
 _PAPER = "the paper's {} (github.com/yuanqing-ai/LLM-Hierarchical-Consistency, MIT licence)"
 _LINNAEAN = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -89,14 +91,6 @@ BUNDLED = {
 }
 """Bundled taxonomies by name. Each entry is a :class:`Bundled` tuple; ``entry[1]`` is the rank
 names (``None`` for the WordNet and Food-101 taxonomies)."""
-
-
-class TaxonomyError(ValueError):
-    """A taxonomy file or a node lookup that cannot be honoured."""
-
-
-def _norm(name: str) -> str:
-    return name.strip().lower()
 
 
 @dataclass(frozen=True, eq=False)
@@ -705,18 +699,6 @@ def _unique_pairs(pairs: Iterable[tuple[str, list[str]]]) -> list[tuple[str, lis
     return [(k, p) for k, p in pairs]
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out and out[key] != value:
-            raise TaxonomyError(
-                f"Key {key!r} appears twice in the JSON file with different values "
-                f"({out[key]!r} and {value!r}); keep one."
-            )
-        out[key] = value
-    return out
-
-
 def bundled_taxonomies() -> list[str]:
     """Names of the taxonomies that ship with hierzoo."""
     return list(BUNDLED)
@@ -767,23 +749,11 @@ def load_taxonomy(
     if format is not None and format not in formats:
         raise TaxonomyError(f"Expected `format` to be one of {formats}, but got {format!r}.")
     if format == "csv" or (format is None and path.suffix.lower() == ".csv"):
-        return _load_csv(path, ranks)
-    text = read_text(path, TaxonomyError)
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise TaxonomyError(f"{path} is not valid JSON ({e}); expected a taxonomy file.") from e
-    except RecursionError:
-        raise TaxonomyError(
-            f"{path} is nested deeper than the JSON reader allows (about "
-            f"{sys.getrecursionlimit()} levels); write a taxonomy this deep as leaf -> path or "
-            "node -> parent JSON, or as a CSV."
-        ) from None
-    if not isinstance(data, Mapping) or not data:
-        raise TaxonomyError(
-            f"{path} holds {type(data).__name__} {str(data)[:60]!r}; expected a JSON object "
-            "(leaf -> path, a nested tree, or node -> parent)."
+        paths, csv_ranks = read_csv_paths(path)
+        return Taxonomy.from_paths(
+            paths, ranks=ranks or csv_ranks, name=path.stem, source=str(path)
         )
+    data = read_json_object(path)
     source = str(path)
     if isinstance(data.get("paths"), Mapping):
         ranks = ranks or data.get("ranks")
@@ -793,79 +763,9 @@ def load_taxonomy(
         return Taxonomy.from_paths(
             data["paths"], ranks=ranks, name=path.stem, synonyms=synonyms, source=source
         )
-    format = format or _guess_format(data)
+    format = format or guess_format(data)
     if format == "parents":
         return Taxonomy.from_parents(data, ranks=ranks, name=path.stem, source=source)
     if format == "tree":
         return Taxonomy.from_tree(data, ranks=ranks, name=path.stem, source=source)
     return Taxonomy.from_paths(data, ranks=ranks, name=path.stem, source=source)
-
-
-def _guess_format(data: Mapping) -> str:
-    values = list(data.values())
-    if all(v is None or isinstance(v, str) for v in values):
-        return "parents"
-    if all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in values):
-        # {leaf: path} when most keys end their own path; else a one-level tree of leaf lists
-        hits = sum(_norm(k) == _norm(v[-1]) for k, v in data.items())
-        return "paths" if hits >= max(1, len(data) // 2) else "tree"
-    if any(isinstance(v, Mapping) for v in values):
-        return "tree"
-    return "paths"  # from_paths names the first malformed entry
-
-
-def _load_csv(path: Path, ranks: Sequence[str] | None) -> Taxonomy:
-    reader = csv.reader(io.StringIO(read_text(path, TaxonomyError), newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise TaxonomyError(
-            f"{path} is empty; expected a header with one column per rank."
-        ) from None
-    while header and not header[-1]:
-        header.pop()
-    for col, h in enumerate(header, start=1):
-        if not h:
-            raise TaxonomyError(
-                f"{path}:1: column {col} has no rank name; name every column of the header "
-                "(a rank, or label)."
-            )
-    label_col = next((i for i, h in enumerate(header) if h.lower() == "label"), None)
-    rank_cols = [i for i in range(len(header)) if i != label_col]
-    seen: dict[str, tuple[str, list[str]]] = {}
-    for lineno, row in enumerate(reader, start=2):
-        if not any(c.strip() for c in row):
-            continue
-        extra = [c for c in row[len(header) :] if c.strip()]
-        if extra:
-            raise TaxonomyError(
-                f"{path}:{lineno}: the row has {len(header) + len(extra)} cells but the header "
-                f"{len(header)} ({header!r}); {extra!r} would be lost. Add a column to the header, "
-                "or quote a name that holds a comma."
-            )
-        names = [row[i].strip() if i < len(row) else "" for i in rank_cols]
-        while names and not names[-1]:
-            names.pop()
-        if not names or any(not n for n in names):
-            raise TaxonomyError(
-                f"{path}:{lineno}: row {row!r} has an empty name inside its path; fill every "
-                "rank from the first column down to the leaf (trailing ranks may be empty)."
-            )
-        has_label = label_col is not None and label_col < len(row) and row[label_col].strip()
-        label = row[label_col].strip() if has_label else names[-1]
-        first = seen.setdefault(_norm(label), (label, names))
-        if [_norm(n) for n in first[1]] != [_norm(n) for n in names]:
-            raise TaxonomyError(
-                f"{path}:{lineno}: leaf {label!r} is listed again with a different path "
-                f"{PATH_SEPARATOR.join(names)!r} (first: {PATH_SEPARATOR.join(first[1])!r}). "
-                "Keep one path per leaf."
-            )
-    paths = dict(seen.values())
-    if not paths:
-        raise TaxonomyError(f"{path} has a header but no rows; expected one row per leaf.")
-    rank_names = tuple(header[i] for i in rank_cols)
-    tax_ranks = ranks
-    if tax_ranks is None:
-        depth = max(len(p) for p in paths.values())
-        tax_ranks = rank_names[:depth]
-    return Taxonomy.from_paths(paths, ranks=tax_ranks, name=path.stem, source=str(path))

@@ -353,3 +353,14 @@ def test_max_new_tokens_must_be_a_positive_integer(bad):
 def test_max_new_tokens_needs_generated_answers():
     with pytest.raises(ValueError, match=r"limits generated replies: set answer='generate'"):
         prompts.Protocol(max_new_tokens=10)
+
+
+def test_protocol_names_are_checked():
+    """Protocol(name=...) takes the names of PROTOCOLS only, naming the bad one; a family
+    refuses a name outside its ``protocols`` by name before any model work."""
+    from hierzoo.models.base import HierClassifier
+
+    assert prompts.Protocol().name == "paper" and "paper" in prompts.PROTOCOLS
+    with pytest.raises(ValueError, match=r"--protocol.*but got 'chain'"):
+        prompts.Protocol(name="chain")
+    assert HierClassifier.protocols == ("paper",)

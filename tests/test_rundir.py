@@ -80,8 +80,17 @@ def _summary(out):
         ["--template", "a {} {}"],
         ["--template", "{oops}"],
         ["--prompt-variant", "2"],
+        ["--protocol", "binary"],
     ],
-    ids=["model-typo", "device", "circular-clip", "template-two-slots", "template-name", "variant"],
+    ids=[
+        "model-typo",
+        "device",
+        "circular-clip",
+        "template-two-slots",
+        "template-name",
+        "variant",
+        "protocol-clip",
+    ],
 )
 def test_a_failed_start_claims_nothing(setup, tmp_path, capsys, bad):
     out = tmp_path / "run"

@@ -424,6 +424,7 @@ def test_extra_records_the_protocol(model, questions):
         "first_level": 0,
         "answer": "logits",
         "max_new_tokens": None,
+        "name": "paper",
     }
     assert "max_new_tokens" not in extra and answers.replies is None
     assert extra["prompt_variant"] == 0 and extra["seed"] == 3 and extra["letters"] == "ABCD"

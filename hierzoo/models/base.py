@@ -74,6 +74,8 @@ class HierClassifier(ABC):
         generative: whether it answers through a language model (letter logits of a prompt);
             ``False``: it scores names by embedding similarity, every node of a level at once.
         options: the keyword options its loaders and constructor take.
+        protocols: the ways of asking (:data:`hierzoo.prompts.PROTOCOLS`) it answers under;
+            :meth:`check_protocol` refuses the others by name.
         name: the zoo name or the path the model was loaded from.
         spec: the zoo spec, when loaded from the zoo.
         device: where the model runs.
@@ -83,6 +85,7 @@ class HierClassifier(ABC):
     label: ClassVar[str] = "model"
     generative: ClassVar[bool] = False
     options: ClassVar[frozenset[str]] = frozenset()
+    protocols: ClassVar[tuple[str, ...]] = ("paper",)
     name: str = ""
     spec: ModelSpec | None = None
     device: torch.device = torch.device("cpu")
@@ -200,6 +203,7 @@ class HierClassifier(ABC):
         circular: bool = False,
         templates: Sequence[str] | None = None,
         first_level: int = 0,
+        name: str = "paper",
     ) -> Protocol:
         """The protocol the paper uses for this family under a run's settings.
 
@@ -217,6 +221,7 @@ class HierClassifier(ABC):
             mode=mode,
             templates=tuple(templates) if templates else None,
             first_level=first_level,
+            name=name,
         )
 
     @classmethod  # noqa: B027 (optional hook)
@@ -226,9 +231,17 @@ class HierClassifier(ABC):
         a run asks before it reads an image or loads the model. The default accepts any (a
         model may still refuse a protocol's details in :meth:`check_protocol`)."""
 
-    def check_protocol(self, protocol: Protocol) -> None:  # noqa: B027 (optional hook)
+    def check_protocol(self, protocol: Protocol) -> None:
         """Raise ``ValueError`` naming the setting when this model cannot answer under
-        ``protocol`` (a run calls it before it writes anything); the default accepts any."""
+        ``protocol`` (a run calls it before it writes anything). The default refuses a
+        :attr:`Protocol.name <hierzoo.prompts.Protocol.name>` not in :attr:`protocols`;
+        families that override it call it too."""
+        if protocol.name not in self.protocols:
+            names = ", ".join(self.protocols)
+            raise ValueError(
+                f"--protocol {protocol.name} (Protocol(name={protocol.name!r})) is not available "
+                f"for {self.label}s such as {self.name!r}; they answer under: {names}."
+            )
 
     def check_task(self, task: str) -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` saying what is missing when this model cannot do a run's

@@ -380,6 +380,7 @@ class TextLLMClassifier(LLMClassifier):
         circular: bool = False,
         templates: Sequence[str] | None = None,
         first_level: int = 0,
+        name: str = "paper",
     ) -> Protocol:
         """The paper's text protocol: text mode, the file's option order, the text runs' wording
         variant (:meth:`paper_prompt_variant`) unless ``prompt_variant`` is given. Another
@@ -394,6 +395,7 @@ class TextLLMClassifier(LLMClassifier):
             circular=circular,
             templates=templates,
             first_level=first_level,
+            name=name,
         )
         return self._with_variant(protocol)
 

@@ -317,6 +317,7 @@ class OpenAIChatClassifier(HierClassifier):
         circular: bool = False,
         templates: Sequence[str] | None = None,
         first_level: int = 0,
+        name: str = "paper",
     ) -> Protocol:
         """The GPT-4o layout: the file's option order and the paper's GPT wording
         (:data:`PAPER_GPT_VARIANTS`). The vision-LLM layout: the local vision LLMs' protocol
@@ -332,10 +333,11 @@ class OpenAIChatClassifier(HierClassifier):
                 circular=circular,
                 templates=templates,
                 first_level=first_level,
+                name=name,
             )
-        name = taxonomy if isinstance(taxonomy, str) else getattr(taxonomy, "name", None)
-        if prompt_variant is None and name in prompts.paper_taxonomies():
-            prompt_variant = PAPER_GPT_VARIANTS.get((name, mode), 0)
+        tax = taxonomy if isinstance(taxonomy, str) else getattr(taxonomy, "name", None)
+        if prompt_variant is None and tax in prompts.paper_taxonomies():
+            prompt_variant = PAPER_GPT_VARIANTS.get((tax, mode), 0)
         return Protocol(
             taxonomy=taxonomy,
             prompt_variant=prompt_variant,
@@ -346,9 +348,11 @@ class OpenAIChatClassifier(HierClassifier):
             mode=mode,
             templates=tuple(templates) if templates else None,
             first_level=first_level,
+            name=name,
         )
 
     def check_protocol(self, protocol: Protocol) -> None:
+        super().check_protocol(protocol)
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models (--template); {self.name!r} is asked the "

@@ -204,6 +204,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         circular: bool = False,
         templates: Sequence[str] | None = None,
         first_level: int = 0,
+        name: str = "paper",
     ) -> Protocol:
         """The paper's CLIP protocol: the file's option order (a CLIP score does not depend on
         it); ``mode``, ``circular``, ``prompt_variant`` (CLIP models use ``templates``) and
@@ -217,6 +218,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
             mode=mode,
             templates=tuple(templates) if templates else None,
             first_level=first_level,
+            name=name,
         )
 
     def benchmark_forward(
@@ -463,6 +465,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         return NodeScores(logits=logits, kind=self.score_kind, taxonomy=taxonomy, errors=errors)
 
     def check_protocol(self, protocol: Protocol) -> None:
+        super().check_protocol(protocol)
         _check_clip_protocol(protocol)
         _protocol_ranks(protocol, protocol.templates or self.templates)
 

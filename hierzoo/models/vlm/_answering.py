@@ -121,6 +121,7 @@ class _AnsweringMixin:
                 yield list(piece), self._collect(work, piece)
 
     def check_protocol(self, protocol: Protocol) -> None:
+        super().check_protocol(protocol)  # type: ignore[misc]
         if protocol.templates is not None:
             raise ValueError(
                 f"Protocol.templates is for CLIP models (--template); {type(self).__name__} asks "
