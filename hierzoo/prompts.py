@@ -91,8 +91,6 @@ GENERIC_RANKED = {
 name the level's rank (as the paper's ranked taxonomies do), 2-4 are :data:`GENERIC`'s; the
 ranks are the taxonomy's."""
 
-_DEFAULT_VARIANT = {("inat21-animal", "qwen2.5-vl"): 1, ("inat21-animal", "internvl"): 1}
-
 
 @lru_cache(maxsize=1)
 def paper_prompts() -> dict[str, Any]:
@@ -155,11 +153,29 @@ def _check_variant(variant: int) -> None:
         raise ValueError(f"Expected `variant` in 0..{N_VARIANTS - 1}, but got {variant!r}.")
 
 
-def system_message(mode: str = "image") -> str:
+def system_message(mode: str = "image", family: str | None = None) -> str:
     """The system message of a mode: the expert instruction (image) or the plain assistant
-    (text)."""
+    (text); ``family`` (a model family such as ``"internvl"``) takes the one the paper's scripts
+    send that family where it differs (InternVL: its built-in message in both modes; see
+    ``families`` in ``prompts.json``)."""
     _check_mode(mode)
-    return paper_prompts()["system_image" if mode == "image" else "system_text"]
+    key = "system_image" if mode == "image" else "system_text"
+    return _family_rules(family).get(key, paper_prompts()[key])
+
+
+def _family_rules(family: str | None) -> dict[str, Any]:
+    """The ``families`` entry of ``prompts.json`` for a family (empty when it has none)."""
+    if family is None:
+        return {}
+    entry = paper_prompts()["families"].get(family)
+    return entry if isinstance(entry, dict) else {}
+
+
+def lowercase_label(mode: str, family: str | None = None) -> bool:
+    """Whether the paper's scripts lower-case the leaf name a question names in ``mode`` for a
+    family (LLaVA-OneVision's text runs do)."""
+    _check_mode(mode)
+    return mode in _family_rules(family).get("lowercase_label", ())
 
 
 def instruction() -> str:
@@ -184,11 +200,34 @@ def ranks(taxonomy: str | Taxonomy | None) -> list[str] | None:
     return list(r) if r is not None else None
 
 
-def default_prompt_variant(taxonomy: str | Taxonomy | None, family: str | None = None) -> int:
-    """The variant the paper's run scripts use: 0, except 1 for iNat21-Animal with Qwen2.5-VL
-    and InternVL (``family`` is a model family name such as ``"qwen2.5-vl"``)."""
+def default_prompt_variant(
+    taxonomy: str | Taxonomy | None,
+    family: str | None = None,
+    *,
+    model: str | None = None,
+    mode: str = "image",
+) -> int:
+    """The variant the paper's run scripts use for a taxonomy, model and mode.
+
+    Looked up in ``default_variants`` of ``prompts.json``: the model's own entry (``model``, a
+    zoo name such as ``"qwen2.5-vl-7b"``: the 7B asks iNat21-Plant in variant 1 where the 32B
+    and 72B ask variant 0), else the family's (``family``, such as ``"qwen2.5-vl"``: 1 for
+    iNat21-Animal in image mode), else the mode's (text mode: 1 for CUB-200 and both iNat21
+    taxonomies, 2 for both ImageNet ones), else 0. A taxonomy the paper did not use gets 0.
+    """
     _entry(taxonomy)
-    return _DEFAULT_VARIANT.get((_paper_key(taxonomy), family), 0)
+    _check_mode(mode)
+    key = _paper_key(taxonomy)
+    if key is None:
+        return 0
+    table = paper_prompts()["default_variants"]
+    entry = table["models"][mode].get(model or "", {}).get("taxonomies", {}).get(key)
+    if entry is not None:
+        return int(entry["variant"])
+    by_family = table["families"][mode].get(family or "", {})
+    if key in by_family:
+        return int(by_family[key])
+    return int(table["modes"][mode].get(key, 0))
 
 
 def max_new_tokens(
@@ -270,16 +309,18 @@ def shuffled_orders(n_options: Sequence[Sequence[int | None]], seed: int) -> lis
 
     ``n_options[i][k]`` is the number of options of level ``k`` of question ``i``, or ``None``
     when that level is not asked. One ``random.Random(seed)`` runs through the questions in
-    order and shuffles each asked level's options with ``shuffle``, visiting the levels in the
-    order of their sorted ``levelK`` keys (``level1, level10, level11, level2, ...``), as the
-    scripts do. Returns, per question and level, the original option indices in asked order
-    (``[]`` for a level not asked).
+    order and shuffles each asked level's options with ``shuffle``, visiting the levels in
+    numeric order of their ``levelK`` keys (``level2`` before ``level10``), as the paper's
+    scripts for the taxonomies with ten or more levels do (its ImageNet scripts sort the keys
+    with ``key=lambda x: int(x[5:])``; the others sort them as strings, which gives the same
+    order up to nine levels). Returns, per question and level, the original option indices in
+    asked order (``[]`` for a level not asked).
     """
     rng = random.Random(seed)
     out: list[list[list[int]]] = []
     for counts in n_options:
         orders: list[list[int]] = [[] for _ in counts]
-        for k in sorted(range(len(counts)), key=lambda j: f"level{j + 1}"):
+        for k in range(len(counts)):
             if counts[k] is None:
                 continue
             order = list(range(counts[k]))
@@ -613,6 +654,7 @@ def plan_questions(
     protocol: Protocol | None = None,
     *,
     family: str | None = None,
+    model: str | None = None,
 ) -> QuestionPlan:
     """The exact requests of a question set under a protocol.
 
@@ -623,9 +665,11 @@ def plan_questions(
     circular mode each level is asked once per rotation of its options. Under ``binary``
     (:attr:`Protocol.name`) each option of each asked level is one yes/no statement, in asked
     order (:func:`binary_statement`, :func:`binary_text`); under ``open`` each asked level is one
-    question without options (:func:`open_text`). ``family`` (a model
-    family such as ``"qwen2.5-vl"``) picks the paper's default prompt variant when the protocol
-    names none.
+    question without options (:func:`open_text`). ``family`` (a model family such as
+    ``"internvl"``) and ``model`` (its zoo name) ask as the paper's scripts ask that model: the
+    system message (:func:`system_message`), the leaf name's case in text mode
+    (:func:`lowercase_label`) and, when the protocol names no variant, the default prompt
+    variant (:func:`default_prompt_variant`).
 
     Raises:
         QuestionError: a level whose answer is not among its options.
@@ -636,7 +680,7 @@ def plan_questions(
     _entry(protocol.taxonomy)
     variant = protocol.prompt_variant
     if variant is None:
-        variant = default_prompt_variant(protocol.taxonomy, family)
+        variant = default_prompt_variant(protocol.taxonomy, family, model=model, mode=mode)
     asked = asked_options([(q.answers, q.choices) for q in questions], mode)
     right = [
         [q.answer_index(k) if n is not None else -1 for k, n in enumerate(counts)]
@@ -653,13 +697,16 @@ def plan_questions(
         return _plan_binary(questions, protocol, variant, orders, right)
     if protocol.name == "open":
         return _plan_open(questions, protocol, variant, orders)
-    system = system_message(mode)
+    system = system_message(mode, family)
+    lower = lowercase_label(mode, family)
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
     by_sample: list[list[int]] = []
     options: list[list[list[str]]] = []
     for i, q in enumerate(questions):
         label = q.label if mode == "text" else None
+        if lower and label is not None:
+            label = label.lower()
         image = None if mode == "text" else (str(q.path) if q.path is not None else q.image)
         by_sample.append([])
         options.append([[q.choices[k][j] for j in order] for k, order in enumerate(orders[i])])

@@ -121,9 +121,10 @@ def run_id(identity: dict[str, Any]) -> str:
 
 def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Differing items, skipping those ``new`` does not know yet (``None`` in ``new`` for the
-    model's content, dtype and an API model's request settings, before the model has loaded)."""
+    model's content, dtype, an API model's request settings and a vision LLM's image
+    processing, before the model has loaded)."""
     diff = settings_diff(old, new)
-    for key in ("model_content", "dtype", "requests"):
+    for key in ("model_content", "dtype", "requests", "image_processing"):
         if key in diff and diff[key][1] is None:
             del diff[key]
     return diff

@@ -246,6 +246,49 @@ def shuffled_indices(
 
 
 # --------------------------------------------------------------------------------------------
+# Run scripts: the --prompt_order of every run
+# --------------------------------------------------------------------------------------------
+
+_TAXONOMIES = ("inat21-animal", "inat21-plant", "imagenet-artifact", "imagenet-animal", "cub200")
+
+_IMAGE = _TAXONOMIES + ("food101",)
+
+RUN_SCRIPT_VARIANTS: dict[tuple[str, str], dict[str, int]] = {
+    # scripts/all_image_benchmarks.sh (its order: iNat21-Animal, iNat21-Plant, ImgNet-Artifact,
+    # ImgNet-Animal, CUB-200, Food-101)
+    ("image", "llava-ov-7b"): dict(zip(_IMAGE, (0, 0, 0, 0, 0, 0))),  # :12-32
+    ("image", "internvl2.5-8b"): dict(zip(_IMAGE, (1, 0, 0, 2, 0, 0))),  # :37-57
+    ("image", "internvl3-8b"): dict(zip(_IMAGE, (1, 0, 0, 0, 0, 0))),  # :63-88
+    ("image", "qwen2.5-vl-7b"): dict(zip(_IMAGE, (1, 1, 0, 0, 0, 0))),  # :95-120
+    ("image", "qwen2.5-vl-32b"): dict(zip(_IMAGE, (1, 0, 0, 0, 0, 0))),  # :128-153
+    ("image", "qwen2.5-vl-72b"): dict(zip(_IMAGE, (1, 0, 0, 0, 0, 0))),  # :160-185
+    # GPT-4o: --dataset_prompt natural_animal, natural_plant, artifact, animal, cub, food
+    # (:192-217); the fixed wordings of evaluation/vllm/gpt/gpt_img_all.py:51-104 equal these
+    # variants
+    ("image", "gpt-4o"): dict(zip(_IMAGE, (0, 0, 1, 1, 0, 0))),
+    # scripts/all_text_benchmarks.sh
+    ("text", "llava-ov-7b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :4-20
+    ("text", "internvl2.5-8b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :25-41
+    ("text", "internvl3-8b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :47-68
+    ("text", "qwen2.5-vl-7b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :76-96
+    ("text", "qwen2.5-vl-32b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :104-124
+    ("text", "qwen2.5-vl-72b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :131-151
+    # GPT-4o text scripts: one wording each (evaluation/llm/gpt/gpt_cub_text.py:62-66,
+    # gpt_natural_text.py, gpt_imgnet_text.py:61)
+    ("text", "gpt-4o"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),
+    # scripts/all_og_llm_on_text.sh
+    ("text", "qwen2.5-7b-instruct"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :4-16
+    ("text", "qwen2-7b-instruct"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # :21-33
+    ("text", "qwen2.5-7b"): dict(zip(_TAXONOMIES, (1, 1, 2, 2, 1))),  # --base, :39-51
+    ("text", "internlm2.5-7b-chat"): dict(zip(_TAXONOMIES, (2, 2, 1, 1, 1))),  # :56-68
+}
+"""``--prompt_order`` of every run of the paper's run scripts, keyed by (mode, model): the
+number each command asks for, including the commands that do not run as written (line
+continuations without a space, wrong test sets, a missing script; see the notes in
+hierzoo/data/prompts.json)."""
+
+
+# --------------------------------------------------------------------------------------------
 # Question text and answer parsing
 # --------------------------------------------------------------------------------------------
 
@@ -547,13 +590,19 @@ def qwen_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def qwen_fetch_image(image: Image.Image) -> Image.Image:
+def qwen_fetch_image(
+    image: Image.Image,
+    factor: int = QWEN_IMAGE_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> Image.Image:
     """qwen_vl_utils' ``fetch_image`` for ``{"type": "image", "image": path}`` without
     min/max_pixels (vision_process.py:97-140): RGB, then ``image.resize((w, h))`` to
-    :func:`smart_resize`'s size with PIL's default filter (BICUBIC for RGB images)."""
+    :func:`smart_resize`'s size with PIL's default filter (BICUBIC for RGB images). ``factor``
+    is ``fetch_image``'s ``size_factor`` (28 for Qwen2.5-VL); the pixel range its defaults."""
     image = qwen_to_rgb(image)
     width, height = image.size
-    h, w = smart_resize(height, width)
+    h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return image.resize((w, h))
 
 
@@ -570,10 +619,15 @@ def qwen_cap(image: Image.Image, max_side: int = QWEN_MAX_SIDE) -> Image.Image:
     return image
 
 
-def paper_qwen_image(image: Image.Image) -> Image.Image:
+def paper_qwen_image(
+    image: Image.Image,
+    factor: int = QWEN_IMAGE_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> Image.Image:
     """The image the paper's Qwen scripts hand the processor: :func:`qwen_fetch_image` first,
     then :func:`qwen_cap` (that order)."""
-    return qwen_cap(qwen_fetch_image(image))
+    return qwen_cap(qwen_fetch_image(image, factor, min_pixels, max_pixels))
 
 
 def paper_qwen_sizes(width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -930,3 +984,20 @@ def paper_metrics(
         "por_f1": por_f1(preds, truths),
         "layers": layer_accuracy(preds, truths),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP-style models: loading and precision
+# --------------------------------------------------------------------------------------------
+OPENCLIP_MODEL = "ViT-L-14"
+OPENCLIP_PRETRAINED = "laion2b_s32b_b82k"
+"""evaluation/clip/openclip.py:9-11: ``open_clip.create_model_and_transforms(model_name,
+pretrained=pretrained)`` with these defaults, ``open_clip.get_tokenizer(model_name)``."""
+
+OPENCLIP_AUTOCAST = "float16"
+"""evaluation/clip/openclip.py:25: float32 weights under ``torch.autocast(device_type="cuda")``,
+whose CUDA default dtype is float16."""
+
+SIGLIP_AUTOCAST = None
+"""evaluation/clip/siglip.py:12-13: ``AutoModel.from_pretrained(model_path)`` (float32), no
+autocast."""

@@ -67,9 +67,12 @@ def cub():
     return hierzoo.load_taxonomy("cub200")
 
 
-def _load(model_dirs, name):
+def _load(model_dirs, name, **options):
     return hierzoo.load(
-        str(model_dirs[name]), device="cpu", **({"cache_dir": False} if name in CLIPS else {})
+        str(model_dirs[name]),
+        device="cpu",
+        **({"cache_dir": False} if name in CLIPS else {}),
+        **options,
     )
 
 
@@ -285,7 +288,10 @@ def _reference_vision(m, images):
 
 @pytest.mark.parametrize("family", list(VLMS))
 def test_vlm_features_equal_output_hidden_states(model_dirs, images, cub, family):
-    m = _load(model_dirs, family)
+    # the checkpoints' own image processing, so that the processor here makes the same inputs;
+    # the paper's (pad views, four tiles, the Qwen resize order) is checked below and in
+    # test_fidelity.py
+    m = _load(model_dirs, family, image_processing="checkpoint")
     sites = ["vision", "projector", "llm:0", "llm:1", "llm:-1", "llm:-1:answer:0", "llm:1:answer:3"]
     got = m.features([*images, "/no/such.jpg"], sites, taxonomy=cub, batch_size=2)
     assert got.errors[:3] == [None] * 3 and "No image file" in got.errors[3]
@@ -311,6 +317,36 @@ def test_vlm_features_equal_output_hidden_states(model_dirs, images, cub, family
     vision, projected = _reference_vision(m, [_rgb(p) for p in images])
     torch.testing.assert_close(got["vision"][:3], vision, atol=TOL, rtol=0)
     torch.testing.assert_close(got["projector"][:3], projected, atol=TOL, rtol=0)
+
+
+def test_llava_pad_view_features_equal_the_papers_view(model_dirs, images, cub):
+    """Under the paper's image processing a LLaVA-OneVision image is one padded view: the
+    vision, projector and LLM features are those of LLaVA-NeXT's pad-mode computation
+    (vlm_reference, from the transcription of its scripts)."""
+    from vlm_reference import IMAGE_POSITION, paper_request, paper_system
+
+    m = _load(model_dirs, "llava-onevision")
+    got = m.features(images, ["vision", "projector", "llm:0", "llm:-1"], taxonomy=cub)
+    cfg = m.model.config
+    for i, path in enumerate(images):
+        img = _rgb(path)
+        ids, out = paper_request(
+            m, paper_system(m.family, "image"), "", img, output_hidden_states=True
+        )
+        at = torch.tensor(ids) == IMAGE_POSITION
+        hidden = out.hidden_states
+        # the newline embedding is the last image position; the projector site reads its
+        # input, the tower's patch features
+        for site, k in [("projector", 0), ("llm:0", 0), ("llm:-1", -1)]:
+            torch.testing.assert_close(got[site][i], hidden[k][0, at].mean(0), atol=TOL, rtol=0)
+        import paper_reference as pr
+
+        ip = m.processor.image_processor
+        pixels = pr.llava_pad_pixels(img, ip.image_mean, ip.image_std, cfg.vision_config.image_size)
+        with torch.no_grad():
+            tower = m.model.model.vision_tower(pixels[None], output_hidden_states=True)
+        vision = tower.hidden_states[cfg.vision_feature_layer][0]
+        torch.testing.assert_close(got["vision"][i], vision.mean(0), atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["qwen3-vl", "internvl"])

@@ -131,6 +131,88 @@ def test_default_prompt_variant():
     assert prompts.default_prompt_variant(None, "qwen2.5-vl") == 0
 
 
+def test_default_variants_equal_the_run_scripts():
+    """Every run of the paper's run scripts (transcribed in paper_reference) gets its variant
+    from the model's entry, including the per-model exceptions."""
+    from paper_reference import RUN_SCRIPT_VARIANTS
+
+    for (mode, model), table in RUN_SCRIPT_VARIANTS.items():
+        for taxonomy, variant in table.items():
+            got = prompts.default_prompt_variant(taxonomy, model=model, mode=mode)
+            assert got == variant, (mode, model, taxonomy)
+    listed = {(m, n) for m, models in RAW["default_variants"]["models"].items() for n in models}
+    assert listed == set(RUN_SCRIPT_VARIANTS)
+
+
+def test_default_variant_exceptions_per_model():
+    v = prompts.default_prompt_variant
+    assert v("inat21-plant", "qwen2.5-vl", model="qwen2.5-vl-7b") == 1
+    assert v("inat21-plant", "qwen2.5-vl", model="qwen2.5-vl-32b") == 0
+    assert v("inat21-plant", "qwen2.5-vl", model="qwen2.5-vl-72b") == 0
+    assert v("imagenet-animal", model="internvl2.5-8b") == 2
+    assert v("imagenet-animal", "internvl", model="internvl3-8b") == 0
+    assert v("imagenet-animal", model="gpt-4o") == 1
+    assert v("imagenet-artifact", model="gpt-4o") == 1
+    assert v("inat21-animal", model="internlm2.5-7b-chat", mode="text") == 2
+    assert v("imagenet-animal", model="internlm2.5-7b-chat", mode="text") == 1
+
+
+def test_default_variant_falls_back_to_the_family_then_the_mode():
+    v = prompts.default_prompt_variant
+    # a model outside the table: its family's entry (the old signature still works)
+    assert v("inat21-animal", "qwen2.5-vl", model="qwen2.5-vl-3b") == 1
+    assert v("inat21-animal", "internvl", model="internvl3.5-8b") == 1
+    assert v("inat21-animal", "qwen3-vl") == 0
+    # text mode: 1 for CUB-200 and iNat21, 2 for ImageNet, whatever the model
+    for family in (None, "qwen2.5-vl", "llava-onevision", "internvl", "qwen3-vl"):
+        for taxonomy, variant in [
+            ("cub200", 1),
+            ("inat21-animal", 1),
+            ("inat21-plant", 1),
+            ("imagenet-animal", 2),
+            ("imagenet-artifact", 2),
+            ("food101", 0),
+            ("oxford-pets", 0),
+            (None, 0),
+        ]:
+            assert v(taxonomy, family, mode="text") == variant, (family, taxonomy)
+    assert v("cub200", "internvl", mode="image") == 0
+    with pytest.raises(ValueError, match="`mode`"):
+        v("cub200", mode="video")
+
+
+def test_the_planner_asks_each_family_as_the_paper_does(tmp_path):
+    from hierzoo.tasks import read_questions
+
+    qs = read_questions("cub200-random")[:3]
+    helpful = "You are a helpful assistant."
+    internvl = RAW["families"]["internvl"]["system_image"]
+    assert internvl.startswith("你是书生·万象，英文名是InternVL")
+    cases = [
+        ("qwen2.5-vl", "image", RAW["system_image"], False),
+        ("qwen2.5-vl", "text", helpful, False),
+        ("internvl", "image", internvl, False),
+        ("internvl", "text", internvl, False),
+        ("llava-onevision", "image", RAW["system_image"], False),
+        ("llava-onevision", "text", helpful, True),
+        (None, "text", helpful, False),
+    ]
+    for family, mode, system, lower in cases:
+        assert prompts.system_message(mode, family) == system
+        plan = prompts.plan_questions(
+            qs, prompts.Protocol(taxonomy="cub200", mode=mode), family=family
+        )
+        assert {r.system for r in plan.requests} == {system}
+        assert plan.prompt_variant == (1 if mode == "text" else 0)
+        if mode == "text":
+            label = qs[0].label.lower() if lower else qs[0].label
+            assert label in plan.requests[0].question and qs[0].label != qs[0].label.lower()
+    plan = prompts.plan_questions(
+        qs, prompts.Protocol(taxonomy="inat21-plant"), family="qwen2.5-vl", model="qwen2.5-vl-7b"
+    )
+    assert plan.prompt_variant == 1
+
+
 def test_generic_prompts_for_other_taxonomies():
     assert prompts.question_text(None, 7) == prompts.GENERIC["image_prompts"][0]
     assert prompts.question_text(None, 0, variant=2, mode="text", label="oak") == (
@@ -170,16 +252,24 @@ def test_shuffled_orders_reproduce_the_papers_generator():
     assert prompts.shuffled_orders(counts, seed=0) != got
 
 
-def test_shuffled_orders_visit_levels_in_sorted_key_order():
-    counts = [[3] * 12]
-    got = prompts.shuffled_orders(counts, seed=1)
-    rng = random.Random(1)
-    expected: dict[int, list[int]] = {}
-    for key in sorted(f"level{k}" for k in range(1, 13)):
-        choices = [0, 1, 2]
-        rng.shuffle(choices)
-        expected[int(key[5:]) - 1] = choices
-    assert got == [[expected[k] for k in range(12)]]
+def test_shuffled_orders_visit_levels_in_numeric_key_order():
+    """The paper's ImageNet scripts sort level keys numerically (level2 before level10): the
+    draws land on the same levels as its transcribed loop on a 12-level set (with unasked levels
+    and levels of different option counts, so that a wrong order shifts every later draw)."""
+    from paper_reference import shuffled_indices
+
+    rng = random.Random(5)
+    counts = [
+        [rng.choice([None, 2, 3, 4, 4, 4]) for _ in range(rng.randint(4, 12))] for _ in range(60)
+    ]
+    counts[0] = [3] * 12
+    got = prompts.shuffled_orders(counts, seed=42)
+    assert got == shuffled_indices(counts, seed=42, numeric=True)
+    assert got != shuffled_indices(counts, seed=42, numeric=False)
+    # up to nine levels (CUB-200, iNat21) string and numeric order agree
+    short = [row[:9] for row in counts]
+    string_order = shuffled_indices(short, seed=42, numeric=False)
+    assert prompts.shuffled_orders(short, seed=42) == string_order
 
 
 def test_the_paper_parse_rules_equal_its_scripts_on_random_replies():

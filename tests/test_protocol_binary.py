@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
+from vlm_reference import IMAGE_POSITION, paper_inputs  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo import prompts  # noqa: E402
@@ -202,15 +203,37 @@ def questions(tmp_path_factory):
 
 
 def reference_inputs(m, question, level: int, option: str):
-    """The paper's messages for one statement through the processor: system, image, text."""
+    """The paper's request for one statement (its messages: system, image, text), with the
+    image prepared as the paper's scripts prepare it (tests/vlm_reference.py): the rendered
+    prompt, its token ids (LLaVA's image positions as ``IMAGE_POSITION``) and the model's
+    keyword arguments."""
     text = ref.binary_question(level, option)
     messages = [
-        {"role": "system", "content": ref.BINARY_SYSTEM},
+        # the system turn as a list of text parts, the form every chat template renders (the
+        # -ov-hf template renders a plain string as an empty system turn)
+        {"role": "system", "content": [{"type": "text", "text": ref.BINARY_SYSTEM}]},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
     ]
     prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     image = Image.open(question.path).convert("RGB")
-    return prompt, m.processor(text=[prompt], images=[image], return_tensors="pt")
+    ids, inputs = paper_inputs(m, ref.BINARY_SYSTEM, text, image)
+    return prompt, ids, inputs
+
+
+def reference_generate(m, question, level: int, option: str, max_new_tokens: int) -> str:
+    """``generate`` on the paper's request for one statement, the reply decoded."""
+    _, ids, inputs = reference_inputs(m, question, level, option)
+    if "inputs_embeds" in inputs:  # LLaVA: the prompt's ids go along, as in tests/test_vlm.py
+        image_id = m.model.config.image_token_id
+        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
+        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
+    with torch.no_grad():
+        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return m.processor.batch_decode(
+        out[:, inputs["input_ids"].shape[1] :],
+        skip_special_tokens=True,
+        clean_up_tokenization_spaces=False,
+    )[0]
 
 
 def yes_no_ids(m, prompt: str) -> list[int]:
@@ -233,9 +256,10 @@ def test_logits_answers_equal_a_forward_per_statement(model, questions):
     assert answers.extra["answers"] == ["Yes", "No"] and answers.statement_replies is None
     got = answers.extra["answer_logits"]
     for i, k, j, option in each_statement(answers):
-        prompt, enc = reference_inputs(model, questions[i], k, option)
+        prompt, _, inputs = reference_inputs(model, questions[i], k, option)
         with torch.no_grad():
-            logits = model.model(**enc).logits[0, -1, yes_no_ids(model, prompt)].float().numpy()
+            logits = model.model(**inputs).logits[0, -1, yes_no_ids(model, prompt)]
+        logits = logits.float().numpy()
         np.testing.assert_allclose(got[i, k, j], logits, atol=TOL)
         assert answers.binary[i][k][j] == int(logits[0] > logits[1])
         p_yes = torch.softmax(torch.tensor(logits), 0)[0].item()
@@ -254,14 +278,7 @@ def test_generated_answers_equal_generate_per_statement(model, questions):
     for i, k, j, option in each_statement(answers):
         if i == 1 and k < 3:  # the first image, and the second's level of two options
             continue
-        _, enc = reference_inputs(model, questions[i], k, option)
-        with torch.no_grad():
-            out = model.model.generate(**enc, max_new_tokens=10, do_sample=False)
-        reply = model.processor.batch_decode(
-            out[:, enc["input_ids"].shape[1] :],
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
-        )[0]
+        reply = reference_generate(model, questions[i], k, option, 10)
         assert answers.statement_replies[i][k][j] == reply
         assert answers.binary[i][k][j] == ref.parse_binary(reply)[0]
     model.prefix_cache = False
@@ -298,10 +315,10 @@ def test_dry_run_shows_the_papers_prompts(model, questions):
     plan = prompts.plan_questions(questions, binary())
     assert len(described) == len(plan.requests)
     for entry, r in zip(described, plan.requests):
-        prompt, enc = reference_inputs(model, questions[r.sample], r.level, r.options[0])
+        prompt, ids, _ = reference_inputs(model, questions[r.sample], r.level, r.options[0])
         assert entry["text"] == prompt and entry["option"] == r.options[0]
         assert (entry["sample"], entry["level"]) == (r.sample, r.level + 1)
-        assert entry["prompt_tokens"] == enc["input_ids"].shape[1]
+        assert entry["prompt_tokens"] == len(ids)
         assert entry["letters"] == "" and entry["max_new_tokens"] == 10
 
 

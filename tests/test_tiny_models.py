@@ -54,7 +54,7 @@ EXPECTED_IMAGE_TOKENS = {
     "qwen2_5_vl": {(64, 64): 16, (80, 48): 15},
     "qwen3_vl": {(64, 64): 16, (80, 48): 15},
     "llava_onevision": {(64, 64): 36, (80, 48): 44},
-    "internvl": {(64, 64): 16, (80, 48): 48},
+    "internvl": {(64, 64): 16, (80, 48): 112},  # max_patches 12: 3x2 tiles and a thumbnail
 }
 
 TEXT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"}
@@ -102,19 +102,40 @@ def test_saved_directory_loads_with_auto_classes(loaded):
     assert model.num_parameters() < 1_000_000
 
 
+def _expected(name: str, system_as_list: bool) -> str:
+    """The official templates' rendering; the -ov-hf LLaVA-OneVision template renders a
+    plain-string content as nothing (an empty system turn)."""
+    if name == "llava_onevision" and not system_as_list:
+        return EXPECTED_PROMPT[name].replace(SYSTEM, "", 1)
+    return EXPECTED_PROMPT[name]
+
+
 @pytest.mark.parametrize("system_as_list", [False, True])
 def test_chat_template_follows_official_layout(loaded, system_as_list):
     name, processor, _ = loaded
     prompt = processor.apply_chat_template(
         _messages(system_as_list), tokenize=False, add_generation_prompt=True
     )
-    assert prompt == EXPECTED_PROMPT[name]
+    assert prompt == _expected(name, system_as_list)
+
+
+def test_llava_template_drops_a_plain_string_system_message(loaded):
+    """As the paper_reference transcription of the -ov-hf template says it does."""
+    from paper_reference import llava_ov_hf_render
+
+    name, processor, _ = loaded
+    for system_as_list in (False, True):
+        messages = _messages(system_as_list)
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if name == "llava_onevision":
+            assert prompt == llava_ov_hf_render(messages, add_generation_prompt=True)
+        assert (SYSTEM in prompt) == (system_as_list or name != "llava_onevision")
 
 
 def test_chat_template_without_generation_prompt(loaded):
     name, processor, _ = loaded
     prompt = processor.apply_chat_template(_messages(False), tokenize=False)
-    assert prompt == EXPECTED_PROMPT[name].removesuffix("<|im_start|>assistant\n")
+    assert prompt == _expected(name, False).removesuffix("<|im_start|>assistant\n")
 
 
 def test_default_system_prompt_only_for_qwen2_5_vl(loaded):

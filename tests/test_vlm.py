@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
+from vlm_reference import IMAGE_POSITION, paper_inputs, paper_request, paper_system  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo.models import Protocol, tiny  # noqa: E402
@@ -95,47 +96,55 @@ def questions(image_dir, cub_questions) -> list[Question]:
 
 
 # ---------------------------------------------------------------------------- reference
-def reference_prompt(m, question: Question, level: int, options, *, mode="image", variant=0):
-    """The full chat prompt of one question, and its processor inputs (with the image)."""
+def reference_text(m, question: Question, level: int, options, *, mode="image", variant=None):
+    """The user text of one question as the paper's scripts write it. ``variant`` defaults to
+    the paper's (0 in image mode, 1 in text mode for CUB-200)."""
+    variant = (0 if mode == "image" else 1) if variant is None else variant
     entry = RAW["taxonomies"]["cub200"]
     template = entry[f"{mode}_prompts"][variant]
-    question_text = template.replace("{rank}", entry["ranks"][level]).replace(
-        "{label}", question.label
-    )
+    label = question.label.lower() if m.family == "llava-onevision" else question.label
+    question_text = template.replace("{rank}", entry["ranks"][level]).replace("{label}", label)
     letters = "ABCDEFGH"[: len(options)]
     text = "\n".join(
         [question_text, *[f"{c}. {o}" for c, o in zip(letters, options)], RAW["instruction"]]
     )
-    content = ([{"type": "image"}] if mode == "image" else []) + [{"type": "text", "text": text}]
-    system = RAW["system_image"] if mode == "image" else RAW["system_text"]
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
-    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    images = [Image.open(question.path).convert("RGB")] if mode == "image" else None
-    return prompt, m.processor(text=[prompt], images=images, return_tensors="pt")
+    return text
 
 
-def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=0):
-    """Letter logits of one question: full chat prompt + image through the processor, one
-    forward pass, the last position's logits at the letters' token ids."""
-    _, enc = reference_prompt(m, question, level, options, mode=mode, variant=variant)
+def reference_logits(m, question: Question, level: int, options, *, mode="image", variant=None):
+    """Letter logits of one question: the paper's prompt and image (built by
+    ``vlm_reference`` from the transcription of its scripts), one forward pass, the last
+    position's logits at the letters' token ids."""
+    text = reference_text(m, question, level, options, mode=mode, variant=variant)
+    image = Image.open(question.path) if mode == "image" else None
+    _, out = paper_request(m, paper_system(m.family, mode), text, image)
     ids = m.processor.tokenizer.convert_tokens_to_ids(list("ABCDEFGH"[: len(options)]))
-    with torch.no_grad():
-        return m.model(**enc).logits[0, -1, ids].float().numpy()
+    return out.logits[0, -1, ids].float().numpy()
 
 
 def reference_reply(m, question: Question, level: int, options, max_new_tokens: int, **kw) -> str:
-    """The reply of one question as the paper's scripts get it: ``model.generate`` on the full
-    prompt + image, greedy, the new tokens decoded without special tokens."""
-    _, enc = reference_prompt(m, question, level, options, **kw)
+    """The reply of one question as the paper's scripts get it: ``model.generate`` on the
+    paper's prompt and image, greedy, the new tokens decoded without special tokens."""
+    mode = kw.get("mode", "image")
+    text = reference_text(m, question, level, options, **kw)
+    image = Image.open(question.path) if mode == "image" else None
+    ids, inputs = paper_inputs(m, paper_system(m.family, mode), text, image)
+    if "inputs_embeds" in inputs:
+        # LLaVA's spliced image features: the prompt's ids go along (the image positions as the
+        # image token) so that logits processors such as a repetition penalty see the prompt,
+        # as they do in hierzoo's generation from input ids
+        image_id = m.model.config.image_token_id
+        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
+        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
     with torch.no_grad():
-        out = m.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, enc["input_ids"].shape[1] :]
+        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, inputs["input_ids"].shape[1] :]
     return m.processor.batch_decode(
         new, skip_special_tokens=True, clean_up_tokenization_spaces=False
     )[0]
 
 
-def check_against_reference(m, questions, answers, *, mode="image", variant=0):
+def check_against_reference(m, questions, answers, *, mode="image", variant=None):
     for i, q in enumerate(questions):
         for k, options in enumerate(answers.options[i]):
             if not options:
@@ -203,7 +212,10 @@ def test_prompt_split_and_letter_tokens(model):
         head, tail = model.template(mode)
         user = "Q?\nA. x\nB. y\nAnswer with the option's letter from the given choices directly."
         msgs = [
-            {"role": "system", "content": RAW[f"system_{mode}"]},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": paper_system(model.family, mode)}],
+            },
             {
                 "role": "user",
                 "content": ([{"type": "image"}] if mode == "image" else [])
@@ -285,7 +297,10 @@ def test_processing_images_on_the_device_gives_the_same_answers(model, questions
         got = model.answer(questions, protocol=protocol)
     finally:
         model.process_on_device = None
-    assert supported  # all four families' processors are torchvision-backed in transformers 5
+    # all four families' processors are torchvision-backed in transformers 5; InternVL's tiles
+    # are cut with the PIL backend under the paper's image processing (PIL resizing, as the
+    # paper's scripts), which stays on the CPU
+    assert supported == (model.family != "internvl")
     np.testing.assert_allclose(
         got.extra["letter_logits"], base.extra["letter_logits"], atol=TOL, rtol=0
     )
@@ -435,19 +450,13 @@ def small_cub():
 
 
 def reference_node_loglik(m, image: Image.Image, question_text: str, name: str) -> float:
-    """log p(name + end-of-turn | prompt), from one full forward of prompt + answer."""
-    messages = [
-        {"role": "system", "content": RAW["system_image"]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question_text}]},
-    ]
-    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ctx = m.processor(text=[prompt], images=[image], return_tensors="pt")
-    full = m.processor(text=[prompt + name + "<|im_end|>"], images=[image], return_tensors="pt")
-    n = ctx["input_ids"].shape[1]
-    ids = full["input_ids"][0]
-    assert torch.equal(ids[:n], ctx["input_ids"][0])
-    with torch.no_grad():
-        logp = torch.log_softmax(m.model(**full).logits[0].float(), dim=-1)
+    """log p(name + end-of-turn | prompt), from one full forward of the paper's prompt + answer."""
+    system = paper_system(m.family, "image")
+    ctx, _ = paper_inputs(m, system, question_text, image)
+    ids, out = paper_request(m, system, question_text, image, answer=name + "<|im_end|>")
+    n = len(ctx)
+    assert ids[:n] == ctx
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)
     return float(sum(logp[t - 1, ids[t]] for t in range(n, len(ids))))
 
 
@@ -716,39 +725,38 @@ def test_records_of_generated_answers():
 
 
 # ---------------------------------------------------------------------------- dry run
-def processor_truth(m, image: Image.Image, text: str) -> dict:
-    """Tiles, size and image tokens of one image, derived from the processor's output the way
-    each family's model reads it."""
-    enc = m.processor(text=[text], images=[image], return_tensors="pt")
+def processor_truth(m, image: Image.Image, text: str) -> tuple[dict, int]:
+    """Tiles, size and image tokens of one image as the paper's scripts prepare it (the
+    transcription of their image code, then the processor's own output the way each family's
+    model reads it), and the prompt's token count."""
+    import paper_reference as pr
+
     config = m.model.config
     if m.family in ("qwen2.5-vl", "qwen3-vl"):
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
         ip = m.processor.image_processor
         side = ip.patch_size * ip.merge_size
+        image = pr.paper_qwen_image(image, side, 4 * side * side, 16384 * side * side)
+        enc = m.processor(text=[text], images=[image], return_tensors="pt")
         h, w = smart_resize(
             image.height, image.width, side, ip.size["shortest_edge"], ip.size["longest_edge"]
         )
         assert enc["image_grid_thw"][0].tolist() == [1, h // ip.patch_size, w // ip.patch_size]
-        return {"size": [w, h], "tiles": 1, "tokens": (h // side) * (w // side)}
+        truth = {"size": [w, h], "tiles": 1, "tokens": (h // side) * (w // side)}
+        return truth, int(enc["input_ids"].shape[1])
     if m.family == "llava-onevision":
-        from transformers.models.llava_onevision.modeling_llava_onevision import (
-            image_size_to_num_patches,
-        )
-
-        tiles = image_size_to_num_patches(
-            image_size=enc["image_sizes"][0],
-            grid_pinpoints=config.image_grid_pinpoints,
-            patch_size=config.vision_config.image_size,
-        )
+        # one padded view: the tower's patch features and the image_newline (pad mode)
         side = config.vision_config.image_size
-        # the base view's patches, then each crop's after unpadding, and the newline tokens
-        tokens = int((enc["input_ids"] == config.image_token_id).sum())
-        assert tokens >= (side // config.vision_config.patch_size) ** 2
-        return {"size": [side, side], "tiles": tiles, "tokens": tokens}
+        tokens = (side // config.vision_config.patch_size) ** 2 + 1
+        assert config.vision_feature_select_strategy == "full"
+        ids = pr.tokenizer_image_token(text, lambda c: m.processor.tokenizer(c)["input_ids"])
+        return {"size": [side, side], "tiles": 1, "tokens": tokens}, len(ids) - 1 + tokens
     side = config.vision_config.image_size[0]
-    tiles = m.processor.image_processor.get_number_of_image_patches(image.height, image.width)
-    return {"size": [side, side], "tiles": tiles, "tokens": tiles * config.image_seq_length}
+    tiles = len(pr.load_image(image, input_size=side, max_num=4)[0])
+    enc = m.processor(text=[text], images=[image], return_tensors="pt")
+    truth = {"size": [side, side], "tiles": tiles, "tokens": tiles * config.image_seq_length}
+    return truth, int(enc["input_ids"].shape[1])
 
 
 @pytest.mark.parametrize("mode", ["image", "text"])
@@ -773,13 +781,14 @@ def test_dry_run_shows_the_prompts_answer_tokenizes(model, questions, monkeypatc
         assert "max_new_tokens" not in d and "rotation" not in d
         q = questions[d["sample"]]
         if mode == "text":
-            assert d["images"] == [] and "<|im_start|>system\nYou are a helpful" in d["text"]
+            system = paper_system(model.family, "text")
+            assert d["images"] == [] and f"<|im_start|>system\n{system}<|im_end|>" in d["text"]
             continue
         image = Image.open(q.path).convert("RGB")
         (got,) = d["images"]
-        assert got == {"path": str(q.path), **processor_truth(model, image, d["text"])}
-        full = model.processor(text=[d["text"]], images=[image], return_tensors="pt")
-        assert d["prompt_tokens"] == full["input_ids"].shape[1]
+        truth, prompt_tokens = processor_truth(model, image, d["text"])
+        assert got == {"path": str(q.path), **truth}
+        assert d["prompt_tokens"] == prompt_tokens
 
 
 def test_dry_run_without_weights_equals_the_loaded_model(model, tiny_dirs, questions):

@@ -95,6 +95,12 @@ class ModelSpec:
             its text-mode answers with (``hierzoo report`` pairs their runs).
         framing: a text-only LLM's prompt framing, ``"chat"`` or ``"base"`` (``None``: from
             its tokenizer; see :class:`hierzoo.models.llm.TextLLMClassifier`).
+        autocast: CLIP-style models: the autocast dtype of their float32 weights on CUDA
+            (``"bfloat16"``, ``"float16"``, or ``None`` for plain float32), the paper's for its
+            checkpoints.
+        pretrained_tag: OpenCLIP checkpoints the paper loaded by architecture and open_clip
+            ``pretrained`` tag (``arch`` + this tag): loaded the same way, which fixes their
+            image preprocessing to the tag's (``None``: by ``hf-hub:`` id).
     """
 
     name: str
@@ -111,6 +117,8 @@ class ModelSpec:
     served: bool = False
     base_llm: str | None = None
     framing: str | None = None
+    autocast: str | None = "bfloat16"
+    pretrained_tag: str | None = None
 
     @property
     def location(self) -> str:
@@ -154,6 +162,8 @@ _ZOO = [
         params="428M",
         licence="MIT",
         paper=f"OpenCLIP (LAION-2B, s32B b82K); used in {PAPER}",
+        autocast="float16",
+        pretrained_tag="laion2b_s32b_b82k",
     ),
     _s(
         "openclip-vit-b-32.laion2b",
@@ -183,6 +193,7 @@ _ZOO = [
         params="878M",
         licence="Apache-2.0",
         paper=f"Zhai et al. Sigmoid Loss for Language Image Pre-Training (2023); used in {PAPER}",
+        autocast=None,
     ),
     _s(
         "siglip2-so400m",

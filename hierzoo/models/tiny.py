@@ -172,14 +172,17 @@ _QWEN3_VL_CHAT_TEMPLATE = (
 )
 
 _LLAVA_ONEVISION_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
+    # the template of the llava-hf/llava-onevision-qwen2-*-ov-hf checkpoints (transformers'
+    # convert_llava_onevision_weights_to_hf.py), verbatim: a message's content must be a list of
+    # typed parts; a plain-string content renders as nothing
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{# Render all images first #}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\\n' }}{% endfor %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{# Render all video then #}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
-    "{{ '<video>\\n' }}{% endfor %}"
+    "{{ '<video>\n' }}{% endfor %}"
+    "{# Render all text next #}"
     "{% if message['role'] != 'assistant' %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ content['text'] }}{% endfor %}"
@@ -187,10 +190,8 @@ _LLAVA_ONEVISION_CHAT_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}"
     "{% endif %}"
-    "{% endif %}"
-    "{{ '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 _INTERNVL_CHAT_TEMPLATE = (
@@ -415,8 +416,8 @@ def build_tiny_qwen3_vl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
 def build_tiny_llava_onevision(out_dir: str | PathLike[str], seed: int = 0) -> Path:
     """Build and save a tiny random LLaVA-OneVision (SigLIP + Qwen2, anyres) in the -ov-hf layout.
 
-    The chat template is the -ov-hf one, extended to render string message content (the
-    official template drops it), so a plain-string system prompt works.
+    The chat template is the -ov-hf checkpoints' own, verbatim: it renders a plain-string
+    message content (a system prompt passed as a string) as an empty turn, as the real ones do.
     """
     torch.manual_seed(seed)
     tokenizer = _train_tokenizer({"image_token": "<image>", "video_token": "<video>"})
@@ -460,7 +461,8 @@ def build_tiny_llava_onevision(out_dir: str | PathLike[str], seed: int = 0) -> P
 
 
 def build_tiny_internvl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
-    """Build and save a tiny random InternVL (-hf format); each 64x64 tile gives 16 image tokens."""
+    """Build and save a tiny random InternVL (-hf format); each 64x64 tile gives 16 image tokens,
+    and the processor crops up to 12 tiles and a thumbnail, as the -hf checkpoints' does."""
     torch.manual_seed(seed)
     tokenizer = _train_tokenizer(
         {
@@ -497,7 +499,7 @@ def build_tiny_internvl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
             size=dict(side),
             crop_to_patches=True,
             min_patches=1,
-            max_patches=4,
+            max_patches=12,
             image_mean=_IMAGENET_MEAN,
             image_std=_IMAGENET_STD,
         ),

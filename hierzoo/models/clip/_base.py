@@ -247,13 +247,30 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
 
     # ----------------------------------------------------------------- shared machinery
     @property
+    def paper_autocast(self) -> torch.dtype | None:
+        """The autocast dtype of float32 weights on CUDA: the zoo spec's ``autocast`` (the
+        paper's precision for its checkpoints: float16 for OpenCLIP ViT-L/14 under its script's
+        ``torch.autocast("cuda")``, none for SigLIP), bfloat16 for other models; ``None``: no
+        autocast."""
+        name = self.spec.autocast if self.spec is not None else "bfloat16"
+        return getattr(torch, name) if name is not None else None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            return self.paper_autocast
+        return None
+
+    @property
     def _precision(self) -> str:
-        autocast = self.device.type == "cuda" and self.dtype == torch.float32
-        return f"{str(self.dtype).replace('torch.', '')}{'+bf16-autocast' if autocast else ''}"
+        autocast = self._autocast_dtype()
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        tail = f"+{short[autocast]}-autocast" if autocast is not None else ""
+        return f"{str(self.dtype).replace('torch.', '')}{tail}"
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        autocast = self._autocast_dtype()
+        if autocast is not None:
+            return torch.autocast("cuda", dtype=autocast)
         return torch.autocast(self.device.type, enabled=False)
 
     @torch.inference_mode()
@@ -301,8 +318,9 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
                 raise ValueError(
                     f"The text embeddings of {int(bad.sum())} of {len(missing)} names by "
                     f"{self.name!r} are not finite (NaN or infinity; the first: {shown}): the "
-                    "model's text tower gives no usable numbers. Check its weights and dtype "
-                    "(float16 overflows in some text towers: try dtype='float32')."
+                    "model's text tower gives no usable numbers. Check its weights and "
+                    f"precision ({self._precision}; float16 overflows in some text towers: try "
+                    "dtype='float32' without a float16 autocast)."
                 )
             self.text_cache.add(templates, missing, emb)
         return torch.stack([table[k] for k in keys]).to(self.device)
@@ -396,7 +414,8 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
     ) -> tuple[torch.Tensor, list[str | None]]:
         """``(N, D)`` unit-norm float32 image embeddings on the model's device (NaN rows for
         images that failed) and the per-image errors. Decoding and preprocessing run in
-        DataLoader workers; on CUDA, pinned memory, non-blocking copies and bf16 autocast."""
+        DataLoader workers; on CUDA, pinned memory, non-blocking copies and the model's autocast
+        (:attr:`paper_autocast`)."""
         items, _ = as_list(images) if not isinstance(images, list) else (images, False)
         out: torch.Tensor | None = None
         errors: list[str | None] = [None] * len(items)

@@ -14,7 +14,25 @@ from hierzoo.models._sites import SiteError
 from hierzoo.models.clip._base import ClipClassifier, _text_cache_key
 from hierzoo.models.clip._features import _class_token, _mean_after_class_token
 
-__all__ = ["OpenClipClassifier"]
+__all__ = ["OpenClipClassifier", "open_clip_args"]
+
+
+def open_clip_args(spec: ModelSpec) -> tuple[str, dict[str, str]]:
+    """``(model_name, pretrained kwargs)`` for ``open_clip.create_model_and_transforms``: a
+    local directory as ``local-dir:``; a checkpoint the paper loaded by architecture and
+    ``pretrained`` tag (``spec.pretrained_tag``) the same way, which takes the tag's image
+    preprocessing (ViT-L/14 ``laion2b_s32b_b82k``: mean and std 0.5); else ``hf-hub:`` with the
+    preprocessing of the hub's ``open_clip_config.json``."""
+    if spec.source:
+        return f"local-dir:{spec.source}", {}
+    if spec.pretrained_tag:
+        if not spec.arch:
+            raise ValueError(
+                f"The zoo entry {spec.name!r} names an open_clip pretrained tag but no "
+                "architecture (arch=...)."
+            )
+        return spec.arch, {"pretrained": spec.pretrained_tag}
+    return f"hf-hub:{spec.hub_id}", {}
 
 
 class OpenClipClassifier(ClipClassifier):
@@ -40,9 +58,9 @@ class OpenClipClassifier(ClipClassifier):
     ) -> OpenClipClassifier:
         import open_clip
 
-        ident = f"local-dir:{spec.source}" if spec.source else f"hf-hub:{spec.hub_id}"
-        model, _, preprocess = open_clip.create_model_and_transforms(ident)
-        tokenizer = open_clip.get_tokenizer(ident)
+        name, pretrained = open_clip_args(spec)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, **pretrained)
+        tokenizer = open_clip.get_tokenizer(name)
         return cls.from_model(
             model,
             tokenizer,

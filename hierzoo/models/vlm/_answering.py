@@ -167,7 +167,7 @@ class _AnsweringMixin:
         self.check_protocol(protocol)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
-        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        plan = prompts.plan_questions(questions, protocol, family=self.family, model=self.zoo_name)
         self._require_weights()
         width = 0 if protocol.name == "open" else max(plan.n_letters, 1)
         logits = torch.full((len(plan.requests), width), float("nan"))

@@ -17,15 +17,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from hierzoo import prompts
 from hierzoo.images import ImageInput
-from hierzoo.models.vlm import _schedule
+from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
 from hierzoo.models.vlm._requests import _RequestsMixin
 
 if TYPE_CHECKING:
     from hierzoo.models._registry import ModelSpec
+    from hierzoo.prompts import Protocol
 
-__all__ = ["VisionLLMClassifier", "cap_image_side"]
+__all__ = ["IMAGE_PROCESSING", "VisionLLMClassifier", "cap_image_side"]
+
+IMAGE_PROCESSING = ("paper", "checkpoint")
+"""How a vision LLM prepares images: as the paper's scripts did for the family (``paper``: LLaVA-
+OneVision one padded square view, InternVL at most four tiles, Qwen-VL resized to its patch grid
+before the 1680 px cap), or as the checkpoint's processor does by itself (``checkpoint``)."""
 
 
 def _import_transformers() -> Any:
@@ -53,10 +60,12 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     Subclasses name the transformers class and ``model_type`` of their family and override the
     hooks: :meth:`prompt_positions` and :meth:`suffix_positions` (the RoPE positions of a
     padded prompt batch and of text continuing a cached prefix), :meth:`image_transform`
-    (what happens to a decoded image before the processor), :meth:`image_views` (the views of
-    an image in the processor's output, for :meth:`describe_requests`), and for
-    :meth:`features` :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's
-    features are read, and how they split per image).
+    (what happens to a decoded image before the processor), :meth:`paper_processor` (the
+    processor set as the paper's scripts prepare images), :meth:`image_views` (the views of an
+    image in the processor's output, for :meth:`describe_requests`), and for :meth:`features`
+    :meth:`vision_site` and :meth:`vision_tokens` (where the vision tower's features are read,
+    and how they split per image). :attr:`paper_dtype` is the precision the paper ran the family
+    in (the default on CUDA).
 
     Attributes:
         model: the transformers model (eval mode); ``None`` for a classifier made by
@@ -73,6 +82,9 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         process_on_device: run the image processor's resizing, normalising and patching on the
             model's device (transformers' torchvision-backed processors take a ``device``);
             ``None`` (default): on CUDA, where the processor supports it.
+        image_processing: ``"paper"`` (default): images prepared as the paper's scripts prepared
+            them for the family; ``"checkpoint"``: as the checkpoint's processor does by itself
+            (see :data:`IMAGE_PROCESSING`).
         pipeline_stats: host time of the last calls (:class:`hierzoo.images.PipelineStats`):
             waiting for decoded images (``input_wait``) and inside the processor
             (``preprocess``: tokenising, and the image work unless it runs on the device).
@@ -84,9 +96,11 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         "batched_vision_attention",
         "num_workers",
         "process_on_device",
+        "image_processing",
     }
     model_class: str = ""
     model_type: str = ""
+    paper_dtype: torch.dtype = torch.bfloat16
 
     def __init__(
         self,
@@ -101,10 +115,17 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         batched_vision_attention: bool = True,
         num_workers: int | None = None,
         process_on_device: bool | None = None,
+        image_processing: str = "paper",
     ):
+        if image_processing not in IMAGE_PROCESSING:
+            raise ValueError(
+                f"Expected `image_processing` to be one of {IMAGE_PROCESSING}, but got "
+                f"{image_processing!r}."
+            )
+        self.image_processing = image_processing
         super().__init__(
             model,
-            processor,
+            self.paper_processor(processor) if image_processing == "paper" else processor,
             name=name,
             spec=spec,
             token_budget=token_budget,
@@ -133,6 +154,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         batched_vision_attention: bool = True,
         num_workers: int | None = None,
         process_on_device: bool | None = None,
+        image_processing: str = "paper",
         **kwargs: Any,
     ) -> VisionLLMClassifier:
         """Load a checkpoint (hub id at ``spec.revision``, or a ``save_pretrained`` directory).
@@ -140,7 +162,9 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         Args:
             spec: the zoo spec (``spec.location`` is what loads).
             device: where the model runs (ignored with ``device_map``).
-            dtype: weights' dtype; default bfloat16 on CUDA, float32 on CPU.
+            dtype: weights' dtype; default on CUDA the precision the paper ran the family in
+                (:attr:`paper_dtype`: float16 for LLaVA-OneVision, bfloat16 for the others),
+                float32 on CPU.
             device_map: transformers' ``device_map`` (``"auto"`` spreads a model over GPUs).
             attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...
             token_budget, batch_size, prefix_cache, process_on_device: see the class attributes.
@@ -148,6 +172,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
                 tower's attention as one call per window length instead of one per window
                 (:meth:`batch_vision_attention`); ``False`` keeps transformers' own loop.
             num_workers: image-decoding worker processes (default: one per core but one).
+            image_processing: ``"paper"`` or ``"checkpoint"`` (see the class attributes).
             **kwargs: passed to the model's ``from_pretrained``; another family's options are
                 refused (:meth:`check_options`).
         """
@@ -155,7 +180,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
 
         cls.check_options(kwargs, spec.name, pass_through=True)
         transformers = _import_transformers()
-        dtype = resolve_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = resolve_dtype(dtype, cls.paper_dtype if device.type == "cuda" else torch.float32)
         hub = {"revision": spec.revision} if spec.source is None else {}
         processor = cls._load_processor(spec)
         model = getattr(transformers, cls.model_class).from_pretrained(
@@ -179,6 +204,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             batched_vision_attention=batched_vision_attention,
             num_workers=num_workers,
             process_on_device=process_on_device,
+            image_processing=image_processing,
         )
 
     @classmethod
@@ -207,8 +233,9 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
 
         Args:
             spec: the zoo spec (a hub id reads the processor's files at ``spec.revision``).
-            **options: the options :meth:`from_spec` takes; ``prefix_cache`` is used (it decides
-                how prompts split), the others are checked and ignored.
+            **options: the options :meth:`from_spec` takes; ``prefix_cache`` (it decides how
+                prompts split) and ``image_processing`` (how images are prepared) are used, the
+                others are checked and ignored.
 
         Raises:
             OptionError: an option of another family.
@@ -222,6 +249,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             name=spec.name,
             spec=spec,
             prefix_cache=options.get("prefix_cache", True),
+            image_processing=options.get("image_processing", "paper"),
         )
 
     @classmethod
@@ -248,7 +276,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             **options: ``token_budget``, ``batch_size``, ``prefix_cache``,
                 ``batched_vision_attention`` (on by default for Qwen-VL: it patches the attention
                 modules of ``model``'s vision tower in place, with the same outputs),
-                ``num_workers``, ``process_on_device``.
+                ``num_workers``, ``process_on_device``, ``image_processing``.
 
         Raises:
             TypeError: a model that is not the family's class with a language-model head.
@@ -271,6 +299,11 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         processor = load_processor(model, processor, f"{cls.family} model")
         place_model(model, device, dtype)
         return cls(model.eval(), processor, name=name, spec=spec, **options)
+
+    def identity(self, protocol: Protocol | None) -> dict[str, Any]:
+        """The image processing (``image_processing``): a run prepared one way never resumes
+        or mixes with one prepared the other."""
+        return {**super().identity(protocol), "image_processing": self.image_processing}
 
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
@@ -296,6 +329,12 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         """A picklable function applied to each decoded image in the loader workers, or ``None``."""
         return None
 
+    def paper_processor(self, processor: Any) -> Any:
+        """The processor to use under ``image_processing="paper"``: a copy set as the paper's
+        scripts prepare images where that differs from the checkpoint's own settings (the
+        processor passed in is not changed). Default: ``processor`` itself."""
+        return processor
+
     def vision_site(self) -> tuple[Any, str]:
         """``(module, "input" | "output")``: the module whose input or output carries the vision
         tower's features for the ``vision`` site."""
@@ -306,6 +345,23 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         :meth:`vision_site` kept during a forward of the processor batch ``inputs`` (one image
         per row)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ prompts
+    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
+        """``(head, tail)``: the chat-template text before and after the user text of a mode
+        (see :func:`hierzoo.models.vlm._chat.split_template`), with the system message the
+        paper sends this family (:func:`hierzoo.prompts.system_message`), or ``system``, the
+        message of a protocol that has its own; ``head + user_text + tail`` is a full prompt."""
+        key = mode if system is None else (mode, system)
+        if key not in self._templates:
+            self._templates[key] = _chat.split_template(
+                self.processor,
+                mode,
+                self.name,
+                check_prefix=self.prefix_cache,
+                system=prompts.system_message(mode, self.family) if system is None else system,
+            )
+        return self._templates[key]
 
     # ------------------------------------------------------------------ inputs and scheduling
     def _image_groups(
@@ -340,7 +396,10 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             return False
         import typing
 
-        kwargs = getattr(getattr(self.processor, "image_processor", None), "valid_kwargs", None)
+        image_processor = getattr(self.processor, "image_processor", None)
+        if type(image_processor).__name__.endswith("Pil"):  # transformers' PIL backend
+            return False
+        kwargs = getattr(image_processor, "valid_kwargs", None)
         try:
             return kwargs is not None and "device" in typing.get_type_hints(kwargs)
         except Exception:  # an unresolvable annotation: do not guess

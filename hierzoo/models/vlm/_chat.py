@@ -14,13 +14,24 @@ SENTINEL = "<<hierzoo-user-text>>"
 _CHECK_TEXT = "Which one?\nA. first option\nB. second\nAnswer with the letter."
 
 
+def _text(text: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": text}]
+
+
+def messages(user: str, mode: str, system: str | None = None) -> list[dict[str, Any]]:
+    """The paper's messages as a model's chat template is given them: the system message as a
+    list of text parts (the ``-ov-hf`` LLaVA-OneVision template renders a plain-string content
+    as an empty turn; every template hierzoo knows renders the list form as the text itself),
+    then the user turn with the image first (image mode)."""
+    system = prompts.system_message(mode) if system is None else system
+    return [{"role": "system", "content": _text(system)}, prompts.messages(user, mode=mode)[1]]
+
+
 def render(processor: Any, user: str, mode: str, system: str | None = None) -> str:
-    """The chat template over the paper's system message (or ``system``) and ``user``, ending
-    with the opening of the assistant turn."""
+    """The chat template over the system message (default: the mode's) and ``user``, ending with
+    the opening of the assistant turn."""
     return processor.apply_chat_template(
-        prompts.messages(user, mode=mode, system=system),
-        tokenize=False,
-        add_generation_prompt=True,
+        messages(user, mode, system), tokenize=False, add_generation_prompt=True
     )
 
 
@@ -29,16 +40,18 @@ def split_template(
 ) -> tuple[str, str]:
     """``(head, tail)``: the chat-template text before and after the user text of a mode.
 
-    The head is the system turn and the start of the user turn with the image placeholder;
-    the tail closes the user turn and opens the assistant turn. A full prompt is
-    ``head + user_text + tail``. ``check_prefix``: also check that the head's tokens end where
-    the head's text ends (a KV cache of the head can then serve every question). ``system``:
-    the system message (default: the paper's for the mode).
+    The head is the system turn (``system``, default the mode's message) and the start of the
+    user turn with the image placeholder; the tail closes the user turn and opens the assistant
+    turn. A full prompt is ``head + user_text + tail``. ``check_prefix``: also check that the
+    head's tokens end where the head's text ends (a KV cache of the head can then serve every
+    question).
 
     Raises:
         ValueError: a template that does not place the user text verbatim once, that changes
-            it, or (``check_prefix``) whose tokens merge across the end of the head.
+            it, that leaves the system message out, or (``check_prefix``) whose tokens merge
+            across the end of the head.
     """
+    system = prompts.system_message(mode) if system is None else system
     full = render(processor, SENTINEL, mode, system)
     if full.count(SENTINEL) != 1:
         raise ValueError(
@@ -46,6 +59,11 @@ def split_template(
             f"prompt ({full!r}); hierzoo cannot build its prompts."
         )
     head, tail = full.split(SENTINEL)
+    if system and system not in head:
+        raise ValueError(
+            f"The chat template of {name!r} leaves the system message out of the prompt "
+            f"({head!r}); hierzoo cannot send the paper's system message through it."
+        )
     if render(processor, _CHECK_TEXT, mode, system) != head + _CHECK_TEXT + tail:
         raise ValueError(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
@@ -126,9 +144,16 @@ def answer_token_ids(tokenizer: Any, tail: str, words: tuple[str, ...], name: st
 
 
 def answer_end(processor: Any, name: str, system: str | None = None) -> str:
-    """The text that closes an assistant turn right after its content (``<|im_end|>``)."""
-    msgs = [*prompts.messages("x", system=system), {"role": "assistant", "content": SENTINEL}]
-    after = processor.apply_chat_template(msgs, tokenize=False).split(SENTINEL)[-1]
+    """The text that closes an assistant turn right after its content (``<|im_end|>``), in a
+    conversation with ``system`` (default: the paper's text-mode message)."""
+    msgs = [*messages("x", "text", system), {"role": "assistant", "content": _text(SENTINEL)}]
+    rendered = processor.apply_chat_template(msgs, tokenize=False)
+    if rendered.count(SENTINEL) != 1:
+        raise ValueError(
+            f"The chat template of {name!r} does not render an assistant turn's text; hierzoo "
+            "cannot find where an answer ends."
+        )
+    after = rendered.split(SENTINEL)[-1]
     tok = processor.tokenizer
     ids = tok(after, add_special_tokens=False)["input_ids"]
     if not ids:

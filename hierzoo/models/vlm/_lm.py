@@ -170,6 +170,14 @@ class LLMClassifier(
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def zoo_name(self) -> str | None:
+        """The zoo name the model was loaded by, ``None`` for a directory or a model held in
+        memory: the key of the paper's per-model settings (its default prompt variants,
+        :func:`hierzoo.prompts.default_prompt_variant`)."""
+        spec = self.spec
+        return spec.name if spec is not None and spec.source is None else None
+
     def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is

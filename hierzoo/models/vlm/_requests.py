@@ -55,7 +55,7 @@ class _RequestsMixin:
         self.check_protocol(protocol)
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise ValueError(f"Expected `limit` >= 0 or None, but got {limit!r}.")
-        plan = prompts.plan_questions(questions, protocol, family=self.family)
+        plan = prompts.plan_questions(questions, protocol, family=self.family, model=self.zoo_name)
         requests = plan.requests[:limit] if limit is not None else plan.requests
         if not requests:
             return []

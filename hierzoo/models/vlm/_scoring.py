@@ -86,7 +86,7 @@ class _NodeScoringMixin:
         """What words a taxonomy's questions (:func:`hierzoo.prompts.question_text` takes the
         taxonomy: the paper's prompts for a bundled one, else generic ones with its ranks), and
         the paper's default variant for it and this family."""
-        return taxonomy, prompts.default_prompt_variant(taxonomy, self.family)
+        return taxonomy, prompts.default_prompt_variant(taxonomy, self.family, model=self.zoo_name)
 
     def _node_plan(self, taxonomy: Taxonomy) -> _NodePlan:
         key, variant = self._prompt_key(taxonomy)
