@@ -217,6 +217,9 @@ def _pieces(data: Buffer, overlap: int) -> Iterator[bytes | bytearray]:
     if isinstance(data, bytes):
         yield data
         return
+    if len(data) <= SCAN_BYTES + overlap:
+        yield bytes(data)
+        return
     buf = bytearray(SCAN_BYTES + overlap)
     view = memoryview(buf)
     try:
