@@ -4,7 +4,8 @@ A result file is a JSON list of objects (the paper's scripts) or JSON Lines (hie
 with ``ground_truth_level{k}``, ``predicted_level{k}`` and, for a failed sample, ``error``.
 :func:`read_result_columns` keeps, per row, one integer per scored field (an id into one
 vocabulary of the distinct values), never the rows themselves: JSON Lines are parsed block by
-block, so the file is never held twice.
+block, so the file is never held twice; the fast parser reads a JSON list memory-mapped, in
+place, never copied into memory whole.
 
 Parsers: with ``msgspec`` installed (``pip install 'hierzoo[fast]'``) each object is decoded
 into a small typed record that skips every other field (the options, the letters, the
