@@ -19,8 +19,8 @@ Measured in one process, interleaved, best of ``--repeats``:
   ids;
 - names to codes on in-memory name lists: ``hierzoo.metrics.encode`` against the per-sample
   encoder it replaced (``tests/reference.py``), on strings as a JSON parser makes them (one object
-  per occurrence) and as a training loop holds them (the taxonomy's own name objects), with
-  the least any encoder of such lists does: one dictionary probe per name.
+  per occurrence) and as a training loop holds them (the taxonomy's own name objects), beside
+  one dictionary probe per name occurrence and nothing else.
 
     python benchmarks/metrics.py [--samples 1000000] [--repeats 3] [--encode-samples 100000]
                                  [--workdir DIR] [--json FILE]
@@ -279,8 +279,8 @@ def msgspec_pass(path: Path, depth: int) -> int:
 
 
 def probe_every_name(pred: list[list], target: list[list]) -> np.ndarray:
-    """One dictionary probe per name and nothing else: the least any encoder of Python name
-    lists does (a vocabulary id per name occurrence)."""
+    """One dictionary probe per name occurrence (true and predicted) and nothing else: a
+    vocabulary id for every name, as an encoder that looks each name up once must give."""
     n = sum(map(len, pred)) + sum(map(len, target))
     names = chain(chain.from_iterable(target), chain.from_iterable(pred))
     return factorize(names, n, new_vocabulary())
