@@ -13,10 +13,14 @@ Measured in one process, interleaved, best of ``--repeats``:
   ``extract_hierarchies_from_results``, and the seven metric functions its ``__main__`` calls);
 - ``hierzoo score FILE --ci --json``: read + encode + every metric + bootstrap intervals + print;
 - each stage of it: reading (msgspec and the standard library's json; JSON list and JSON
-  Lines), encoding names to codes, the metrics, the metrics with bootstrap intervals;
+  Lines), encoding names to codes, the metrics, the metrics with bootstrap intervals; and, to
+  show where reading's time goes, msgspec's scan of the JSON list keeping no field (the floor
+  of any reader built on it) and keeping the scored fields as strings without turning them into
+  ids;
 - names to codes on in-memory name lists: ``hierzoo.metrics.encode`` against the per-sample
   encoder it replaced (``tests/reference.py``), on strings as a JSON parser makes them (one object
-  per occurrence) and as a training loop holds them (the taxonomy's own name objects).
+  per occurrence) and as a training loop holds them (the taxonomy's own name objects), beside
+  one dictionary probe per name occurrence and nothing else.
 
     python benchmarks/metrics.py [--samples 1000000] [--repeats 3] [--encode-samples 100000]
                                  [--workdir DIR] [--json FILE]
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +50,8 @@ import reference  # noqa: E402  (the per-sample encoder hierzoo had: the names -
 from hierzoo import load_taxonomy  # noqa: E402
 from hierzoo.cli import main as hierzoo_main  # noqa: E402
 from hierzoo.metrics import encode, read_result_columns, score_results, summarize  # noqa: E402
-from hierzoo.metrics.names import encode_ids  # noqa: E402
+from hierzoo.metrics.names import encode_ids, factorize, new_vocabulary  # noqa: E402
+from hierzoo.metrics.reading import _mapped, _record  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the paper's script
@@ -264,6 +270,22 @@ def hierzoo_score_cli(path: str) -> dict:
     return json.loads(buf.getvalue())
 
 
+def msgspec_pass(path: Path, depth: int) -> int:
+    """msgspec over the memory-mapped JSON list alone: ``depth=0`` keeps no field (the
+    parser's scan of the file, a floor for any reader built on it); ``depth=7`` builds the
+    record of the 14 scored fields per row, as the reader does, and stops there (no ids)."""
+    with _mapped(path) as data:
+        return len(_record(depth)[2].decode(data))
+
+
+def probe_every_name(pred: list[list], target: list[list]) -> np.ndarray:
+    """One dictionary probe per name occurrence (true and predicted) and nothing else: a
+    vocabulary id for every name, as an encoder that looks each name up once must give."""
+    n = sum(map(len, pred)) + sum(map(len, target))
+    names = chain(chain.from_iterable(target), chain.from_iterable(pred))
+    return factorize(names, n, new_vocabulary())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -301,6 +323,8 @@ def main() -> None:
         paper = best_of(times, "paper", paper_script, str(f_list))
         ours = best_of(times, "score", hierzoo_score_cli, str(f_list))
         cols = best_of(times, "read list msgspec", read_result_columns, f_list, parser="msgspec")
+        best_of(times, "scan list", msgspec_pass, f_list, 0)
+        best_of(times, "decode list", msgspec_pass, f_list, 7)
         best_of(times, "read list json", read_result_columns, f_list, parser="json")
         best_of(times, "read lines msgspec", read_result_columns, f_lines, parser="msgspec")
         best_of(times, "read lines json", read_result_columns, f_lines, parser="json")
@@ -320,6 +344,7 @@ def main() -> None:
             "shared": (true_names, pred_names),
             "parsed": json.loads(json.dumps([true_names, pred_names])),
         }.items():
+            best_of(times, f"one probe per name, {label}", probe_every_name, pn, tn)
             for how, tx in (("no taxonomy", None), ("taxonomy", tax)):
                 best_of(
                     times, f"old encoder, {how}, {label}", reference.encode_per_sample, pn, tn, tx
@@ -340,6 +365,8 @@ def main() -> None:
         {"stage": "paper's utils/metric.py (json.load + loops)", "seconds": base, "vs paper": 1.0},
         {"stage": "hierzoo score --ci --json (end to end)", "seconds": best["score"]},
         {"stage": "  read JSON list, msgspec", "seconds": best["read list msgspec"]},
+        {"stage": "    msgspec's scan alone (no field kept)", "seconds": best["scan list"]},
+        {"stage": "    + the 14 scored fields as strings", "seconds": best["decode list"]},
         {"stage": "  read JSON list, json", "seconds": best["read list json"]},
         {"stage": "  read JSON Lines, msgspec", "seconds": best["read lines msgspec"]},
         {"stage": "  read JSON Lines, json", "seconds": best["read lines json"]},
@@ -365,12 +392,15 @@ def main() -> None:
                     "old encoder": old,
                     "encode": new,
                     "speedup": old / new,
+                    "one probe per name": best[f"one probe per name, {label}"],
                 }
             )
     print(f"best of {args.repeats}; same process, interleaved")
     print_table(rows, ["stage", "seconds", "vs paper"])
     print(f"names -> codes on {min(args.encode_samples, args.samples):,} rows x 7 levels")
-    print_table(enc_rows, ["names", "taxonomy", "old encoder", "encode", "speedup"])
+    print_table(
+        enc_rows, ["names", "taxonomy", "old encoder", "encode", "speedup", "one probe per name"]
+    )
     print(f"max |hierzoo - paper| over HCA, leaf, POR, strict POR, TOR, hF1: {agree:.2e}")
     write_json(
         args.json,

@@ -297,6 +297,66 @@ def test_reading_quirks_give_the_same_columns(parser, tmp_path, monkeypatch):
     assert got["level_acc"][:3] == [100.0, 0.0, 75.0]
 
 
+def _named(cols, which):
+    ids = getattr(cols, which)
+    return [[cols.values[i] if i >= 0 else None for i in row] for row in ids.tolist()]
+
+
+def test_a_json_list_is_read_in_place_with_its_quirks(tmp_path, monkeypatch):
+    """A JSON list is memory-mapped, never copied whole, and searched for level keys piece by
+    piece: keys that straddle two pieces, a BOM, a level after a gap late in the file, a key
+    nested in another field and a NaN literal give the standard library's columns."""
+    from hierzoo.metrics import read_result_columns, reading
+
+    pytest.importorskip("msgspec")
+    base = {"ground_truth_level1": "a", "predicted_level1": "a", "image": "x.jpg"}
+    clean = [dict(base, ground_truth_level2=f"b{i % 3}", predicted_level2="b1") for i in range(40)]
+    quirks = [
+        [{**base, "ground_truth_level5": "e", "predicted_level5": "E"}],  # levels 3, 4 absent
+        [{**base, "meta": {"ground_truth_level2": "nested"}}],
+        [{**base, "score": float("nan")}],
+        [],
+    ]
+    for scan in (7, 19, 20, 64, 1 << 20):  # pieces shorter than, as long as, longer than a key
+        monkeypatch.setattr(reading, "SCAN_BYTES", scan)
+        for late in quirks:
+            rows = clean + late
+            f = tmp_path / "list.json"
+            f.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, indent=4).encode())
+            fast = read_result_columns(f, parser="msgspec")
+            slow = read_result_columns(f, parser="json")
+            assert fast.where.tolist() == slow.where.tolist() and fast.n_errors == slow.n_errors
+            for cols in ("truth", "pred"):
+                assert _named(fast, cols) == _named(slow, cols)
+            assert score_results(fast, keep_root=True) == score_results(rows, keep_root=True)
+
+    def no_copy(*args, **kw):
+        raise AssertionError("the whole file was read into memory")
+
+    rows = clean * 50
+    f.write_text(json.dumps(rows, indent=4))
+    monkeypatch.setattr(reading, "_open_bytes", no_copy)
+    assert score_results(read_result_columns(f, parser="msgspec")) == score_results(rows)
+
+
+@pytest.mark.parametrize("scan", [1, 2, 5, 18, 19, 20, 1000])
+def test_counting_a_mapped_file_piece_by_piece_equals_counting_its_bytes(
+    scan, tmp_path, monkeypatch
+):
+    from hierzoo.metrics import reading
+
+    rng = np.random.default_rng(scan)
+    alphabet = np.frombuffer(b'"ground_tl1', dtype=np.uint8)
+    text = rng.choice(alphabet, size=3000).tobytes() + b'"ground_truth_level1"' * 7
+    f = tmp_path / "data.bin"
+    f.write_bytes(text)
+    monkeypatch.setattr(reading, "SCAN_BYTES", scan)
+    with reading._mapped(f) as view:
+        for pattern in (b'"ground_truth_level', b"ro", b'"', b'"ground_truth_level9"'):
+            assert reading._count(view, pattern) == text.count(pattern)
+            assert reading._contains(view, pattern) == (pattern in text)
+
+
 @pytest.mark.parametrize("parser", PARSERS)
 def test_a_bad_line_is_named(parser, tmp_path):
     from hierzoo.metrics import read_result_columns

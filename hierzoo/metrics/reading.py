@@ -4,7 +4,8 @@ A result file is a JSON list of objects (the paper's scripts) or JSON Lines (hie
 with ``ground_truth_level{k}``, ``predicted_level{k}`` and, for a failed sample, ``error``.
 :func:`read_result_columns` keeps, per row, one integer per scored field (an id into one
 vocabulary of the distinct values), never the rows themselves: JSON Lines are parsed block by
-block, so the file is never held twice.
+block, so the file is never held twice; the fast parser reads a JSON list memory-mapped, in
+place, never copied into memory whole.
 
 Parsers: with ``msgspec`` installed (``pip install 'hierzoo[fast]'``) each object is decoded
 into a small typed record that skips every other field (the options, the letters, the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import mmap
 import re
 import warnings
 from collections.abc import Iterator
@@ -35,6 +37,11 @@ from hierzoo.metrics.names import factorize, hashable, is_name, new_vocabulary
 
 BLOCK_BYTES = 8 << 20
 """JSON Lines are read in blocks of about this many bytes."""
+SCAN_BYTES = 8 << 20
+"""A memory-mapped JSON list is searched (for level keys) this many bytes at a time."""
+
+Buffer = bytes | memoryview
+"""What the fast parser reads: a block of JSON Lines, or a memory-mapped JSON list."""
 
 LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
 """A ground-truth key and its level ``k`` (from 1)."""
@@ -195,17 +202,48 @@ def _record(depth: int) -> tuple[Any, Any, Any, list[str]]:
     return record, msgspec.json.Decoder(record), msgspec.json.Decoder(list[record]), fields
 
 
-def _depth_in(data: bytes) -> int:
+def _depth_in(data: Buffer) -> int:
     """The levels ``1..K`` whose ground-truth key occurs in ``data`` (stops at the first gap;
     :func:`_decode_fast` checks that nothing was missed)."""
     k = 0
-    while b'"ground_truth_level%d"' % (k + 1) in data:
+    while _contains(data, b'"ground_truth_level%d"' % (k + 1)):
         k += 1
     return k
 
 
+def _pieces(data: Buffer, overlap: int) -> Iterator[bytes | bytearray]:
+    """``data`` in pieces of about :data:`SCAN_BYTES` that overlap by ``overlap`` bytes (a
+    pattern of ``overlap + 1`` bytes lies whole in the piece where it starts), copied into one
+    reused buffer; bytes come whole."""
+    if isinstance(data, bytes):
+        yield data
+        return
+    if len(data) <= SCAN_BYTES + overlap:
+        yield bytes(data)
+        return
+    buf = bytearray(SCAN_BYTES + overlap)
+    view = memoryview(buf)
+    try:
+        for at in range(0, len(data), SCAN_BYTES):
+            part = data[at : at + SCAN_BYTES + overlap]
+            view[: len(part)] = part
+            yield buf if len(part) == len(buf) else buf[: len(part)]
+    finally:
+        view.release()
+
+
+def _count(data: Buffer, pattern: bytes) -> int:
+    """``data.count(pattern)`` for bytes or a memory map's view."""
+    return sum(piece.count(pattern) for piece in _pieces(data, len(pattern) - 1))
+
+
+def _contains(data: Buffer, pattern: bytes) -> bool:
+    """``pattern in data`` for bytes or a memory map's view."""
+    return any(pattern in piece for piece in _pieces(data, len(pattern) - 1))
+
+
 def _decode_fast(
-    data: bytes, builder: _Builder, first_line: int | None = None, n_lines: int = 0
+    data: Buffer, builder: _Builder, first_line: int | None = None, n_lines: int = 0
 ) -> bool:
     """Decode ``data`` (``n_lines`` JSON Lines from ``first_line``, or a JSON list when it is
     ``None``) into ``builder`` with msgspec; ``False`` (and nothing added) when it must be read
@@ -224,7 +262,7 @@ def _decode_fast(
 
 
 def _decode_records(
-    data: bytes, builder: _Builder, first_line: int | None, n_lines: int, depth: int
+    data: Buffer, builder: _Builder, first_line: int | None, n_lines: int, depth: int
 ) -> bool | None:
     """:func:`_decode_fast` for ``depth`` levels; ``None`` when the data has more levels."""
     import msgspec
@@ -248,7 +286,7 @@ def _decode_records(
         ids = np.empty((0, n), dtype=np.int64)
     unset = builder.vocab.get(msgspec.UNSET, -1)
     given = int(np.count_nonzero(ids[:depth] != unset))
-    if given != data.count(_GT):  # more levels, a level key after a gap or in another field
+    if given != _count(data, _GT):  # more levels, a level key after a gap or in another field
         return None
     errors = np.fromiter(map(bool, map(attrgetter("error"), records)), dtype=bool, count=n)
     if first_line is None:
@@ -265,6 +303,19 @@ def _decode_records(
 def _open_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     return data[3:] if data.startswith(_BOM) else data
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[memoryview]:
+    """The file's bytes (after a byte-order mark), memory-mapped: read in place, never copied
+    whole into memory."""
+    with (
+        open(path, "rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        memoryview(mm) as whole,
+        whole[3 if whole[:3] == _BOM else 0 :] as view,
+    ):
+        yield view
 
 
 def _is_list(head: bytes) -> bool:
@@ -291,9 +342,12 @@ def read_result_columns(path: str | Path, *, parser: str | None = None) -> Resul
     if head.startswith(_BOM):
         head = head[3:]
     if _is_list(head):
-        data = _open_bytes(path)
-        if not (fast and _decode_fast(data, builder)):
-            rows = _parse_list(data, path)
+        done = False
+        if fast:
+            with _mapped(path) as data:
+                done = _decode_fast(data, builder)
+        if not done:
+            rows = _parse_list(_open_bytes(path), path)
             for at in range(0, len(rows), 4096):
                 part = rows[at : at + 4096]
                 builder.add_dicts(part, np.arange(at, at + len(part)), str(path), "entry")
