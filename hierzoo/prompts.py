@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -49,6 +50,10 @@ four-choice questions), its prompting experiments ``cot`` (chain of thought), ``
 taxonomy-reasoning system prompt), ``taxonomy-context`` (the whole taxonomy in the prompt) and
 ``binary`` (a yes/no statement per option), and ``open`` (no options: the model names the node).
 A family answers under the names in its ``protocols`` and refuses the others by name."""
+PARSES = ("paper", "last-letter")
+"""How a generated reply is read (``--parse``, :attr:`Protocol.parse`): ``paper`` (the first
+option letter found anywhere, :func:`parse_paper_answer`) or ``last-letter`` (the last option
+letter standing alone, :func:`parse_last_letter`: the final answer of a reasoned reply)."""
 UNKNOWN = "Unknown"
 """What the paper records as the prediction when no option letter is found in a reply."""
 
@@ -207,6 +212,54 @@ def max_new_tokens(
     return entry.get(_paper_key(taxonomy) or "", entry["default"])
 
 
+def protocol_table(name: str) -> dict[str, Any]:
+    """What the named protocol ``name`` changes in the paper's questions (the ``protocols``
+    table of ``prompts.json``; ``{}`` for ``paper``, ``binary`` and ``open``)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"Expected a protocol name in {PROTOCOLS}, but got {name!r}.")
+    return paper_prompts()["protocols"].get(name, {})
+
+
+def cot_suffix(family: str | None) -> str:
+    """The chain-of-thought text the ``cot`` protocol puts before the instruction: the paper's
+    ``"Let’s think step by step. "`` with U+2019 for the Qwen-VL families (its Qwen scripts),
+    with an ASCII apostrophe for every other family (its LLaVA and InternVL scripts)."""
+    table = protocol_table("cot")["suffix"]
+    return table.get(family or "", table["default"])
+
+
+def bio_cot_taxonomies() -> list[str]:
+    """The taxonomies the paper wrote a ``bio-cot`` system message for (iNat21 animal, plant)."""
+    return list(protocol_table("bio-cot")["system"])
+
+
+def bio_cot_system(taxonomy: str | Taxonomy | None) -> str:
+    """The ``bio-cot`` system message of a taxonomy: the paper's taxonomy-reasoning instruction
+    with its worked example (a moth for iNat21-Animal, an evening primrose for iNat21-Plant).
+
+    Raises:
+        ValueError: a taxonomy the paper has no such message for, naming those it has.
+    """
+    table = protocol_table("bio-cot")["system"]
+    key = _paper_key(taxonomy)
+    if key not in table:
+        name = taxonomy if taxonomy is None or isinstance(taxonomy, str) else taxonomy.name
+        raise ValueError(
+            f"--protocol bio-cot has the paper's worked example for {list(table)} only, not for "
+            f"the taxonomy {name!r}; pass --taxonomy {' or '.join(table)} (a question set of "
+            "one of them), or use another protocol."
+        )
+    return table[key]
+
+
+def protocol_system(protocol: Protocol) -> str | None:
+    """The system message a named protocol sends instead of the mode's (``bio-cot``'s), or
+    ``None`` where it keeps the mode's own."""
+    if protocol.name == "bio-cot":
+        return bio_cot_system(protocol.taxonomy)
+    return None
+
+
 def question_text(
     taxonomy: str | Taxonomy | None,
     level: int,
@@ -340,6 +393,31 @@ def parse_paper_answer(reply: str, letters: str) -> str | None:
     return next((letter for letter in letters if letter in reply), None)
 
 
+_LONE_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
+
+
+def parse_last_letter(reply: str, letters: str) -> str | None:
+    """The last option letter the reply states: the last of ``letters`` that stands alone (no
+    letter or digit right before or after it), else ``None``.
+
+    For replies that reason before answering (``--protocol cot`` with a real token budget):
+    ``"Answer: C"`` parses as ``C``, ``"...so the answer is **B**."`` as ``B``, ``"Both A and
+    D fit, but D"`` as ``D``; ``"A bird of prey"`` still states ``A`` (a capital ``A`` alone is
+    read as the letter), and ``"c"`` is ``None``.
+    """
+    found = [m for m in _LONE_LETTER.findall(reply) if m in letters]
+    return found[-1] if found else None
+
+
+def parse_answer(reply: str, letters: str, parse: str = "paper") -> str | None:
+    """The option letter of a generated reply by the rule ``parse`` (one of :data:`PARSES`)."""
+    if parse == "paper":
+        return parse_paper_answer(reply, letters)
+    if parse == "last-letter":
+        return parse_last_letter(reply, letters)
+    raise ValueError(f"Expected `parse` to be one of {PARSES}, but got {parse!r}.")
+
+
 def parse_yes_no(reply: str) -> int:
     """The paper's yes/no rule (its binary statements): ``1`` when the reply, stripped and
     lower-cased, starts with ``y``, ``0`` when it starts with ``n``, else ``-1``."""
@@ -375,7 +453,10 @@ class Protocol:
         max_new_tokens: with ``answer="generate"``, the most tokens a reply may have; ``None``:
             the paper's for the family, taxonomy and mode (:func:`max_new_tokens`).
         name: the way of asking, one of :data:`PROTOCOLS` (``"paper"``: the paper's four-choice
-            questions).
+            questions). ``cot`` generates (``answer="generate"``); ``bio-cot`` asks iNat21
+            images only (:func:`bio_cot_taxonomies`); see ``docs/protocols.md``.
+        parse: how a generated reply is read, one of :data:`PARSES`: ``"paper"`` (the paper's
+            rule) or ``"last-letter"`` (the last option letter stated; generated answers only).
     """
 
     taxonomy: str | Taxonomy | None = None
@@ -389,6 +470,7 @@ class Protocol:
     answer: str = "logits"
     max_new_tokens: int | None = None
     name: str = "paper"
+    parse: str = "paper"
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -397,6 +479,7 @@ class Protocol:
             )
         if self.answer not in ANSWERS:
             raise ValueError(f"Expected `answer` to be one of {ANSWERS}, but got {self.answer!r}.")
+        self._check_named()
         if self.max_new_tokens is not None:
             n = self.max_new_tokens
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -434,6 +517,31 @@ class Protocol:
                 f"got {type(self.taxonomy).__name__}."
             )
 
+    def _check_named(self) -> None:
+        """The settings a named protocol and the parse rule need (see ``docs/protocols.md``)."""
+        if self.parse not in PARSES:
+            raise ValueError(
+                f"Expected `parse` (--parse) to be one of {PARSES}, but got {self.parse!r}."
+            )
+        if self.parse != "paper" and self.answer != "generate":
+            raise ValueError(
+                f"--parse {self.parse} reads generated replies: add --answer generate "
+                f"(answer='generate'), or drop it (got answer={self.answer!r})."
+            )
+        if self.name == "cot" and self.answer != "generate":
+            raise ValueError(
+                "--protocol cot asks the model to think step by step, which only a generated "
+                "reply can do (the paper generates and parses it): add --answer generate "
+                f"(answer='generate'), got answer={self.answer!r}."
+            )
+        if self.name == "bio-cot":
+            if self.mode != "image":
+                raise ValueError(
+                    "--protocol bio-cot's system message reasons from the image (the paper asks "
+                    "it of images only): use --mode image, or --protocol cot for text questions."
+                )
+            bio_cot_system(self.taxonomy)
+
     @property
     def taxonomy_name(self) -> str | None:
         """The taxonomy's name (``None`` without one)."""
@@ -462,11 +570,16 @@ class Protocol:
             return None
         if self.max_new_tokens is not None:
             return self.max_new_tokens
-        return max_new_tokens(family, self.taxonomy, self.mode)
+        named = protocol_table(self.name).get("max_new_tokens")
+        return named if named is not None else max_new_tokens(family, self.taxonomy, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values (a ``Taxonomy`` written as its name)."""
-        return {**asdict(replace(self, taxonomy=None)), "taxonomy": self.taxonomy_name}
+        """The fields as plain JSON values (a ``Taxonomy`` written as its name); ``parse`` only
+        when it is not the paper's rule."""
+        out = {**asdict(replace(self, taxonomy=None)), "taxonomy": self.taxonomy_name}
+        if self.parse == "paper":
+            del out["parse"]
+        return out
 
 
 # --------------------------------------------------------------------------- the planner
@@ -564,6 +677,8 @@ def plan_questions(
     _entry(protocol.taxonomy)
     variant = protocol.prompt_variant
     if variant is None:
+        variant = protocol_table(protocol.name).get("prompt_variant")
+    if variant is None:
         variant = default_prompt_variant(protocol.taxonomy, family)
     asked = asked_options([(q.answers, q.choices) for q in questions], mode)
     right = [
@@ -577,7 +692,8 @@ def plan_questions(
         orders = shuffled_orders(asked, protocol.seed)
     else:
         orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
-    system = system_message(mode)
+    system = protocol_system(protocol) or system_message(mode)
+    closing = cot_suffix(family) + instruction() if protocol.name == "cot" else instruction()
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
     by_sample: list[list[int]] = []
@@ -612,7 +728,7 @@ def plan_questions(
                         letters=letters(len(names)),
                         answer=rotated.index(right[i][k]),
                         question=texts[k, label],
-                        text=user_text(texts[k, label], names),
+                        text="\n".join([texts[k, label], *option_lines(names), closing]),
                         system=system,
                         mode=mode,
                         image=image,

@@ -158,6 +158,7 @@ def _names(runs: list[dict[str, Any]]) -> list[str]:
     names = []
     for r in runs:
         defaults = (("task", "questions"), ("mode", "image"), ("answer", "logits"))
+        defaults += (("protocol", "paper"), ("parse", "paper"))
         extra = [str(r.get(k)) for k, d in defaults if r.get(k, d) != d]
         names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
     keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
@@ -194,6 +195,7 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = _names(runs)
     all_levels = _merge_levels([r.get("levels") or [] for r in runs])
     generated = any(r.get("answer") == "generate" for r in runs)
+    named = any(r.get("protocol", "paper") != "paper" for r in runs)
     rows = []
     for name, r in zip(names, runs):
         m = r["metrics"] or {}
@@ -216,6 +218,8 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
+        if named:
+            row["protocol"] = r.get("protocol", "paper")
         if generated:
             row["answer"] = r.get("answer", "logits")
             row["n_unknown"] = r.get("n_unknown")
@@ -254,24 +258,28 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
         return f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]"
 
     generated = any("answer" in r for r in rows)
-    header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
+    named = any("protocol" in r for r in rows)
+    lead = ["model", "taxonomy", "task", "mode"] + (["protocol"] if named else [])
+    header = [*lead, "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
     header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
     header += ["answer", "Unknown", "Agree"] if generated else []
     header += ["run"]
     body = []
     for r in rows:
-        cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
+        keys = ("model", "taxonomy", "task", "mode") + (("protocol",) if named else ())
+        cells = [_cell(r[k]) for k in (*keys, "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
         if generated:
             cells += [_cell(r[k]) for k in ("answer", "n_unknown", "answer_agreement")]
         body.append(cells + [_cell(r["run"])])
-    out += markdown_table(header, body, right=set(range(4, len(header) - 1)))
+    out += markdown_table(header, body, right=set(range(len(lead), len(header) - 1)))
     if generated:
         out += [
             "",
             "answer: how the answer was read (logits: the option letters' logits; generate: a "
-            "reply parsed by the paper's rule). Unknown: replies naming no option (scored wrong). "
+            "reply parsed by the paper's rule, or by its last stated letter where the model's "
+            "name says last-letter). Unknown: replies naming no option (scored wrong). "
             "Agree: percent of replies whose letter is the first token's most probable letter.",
         ]
 

@@ -56,6 +56,7 @@ class _Work:
     errors: list[str | None]
     replies: list[str | None] | None
     generation: _Generation | None
+    system: str | None = None
 
 
 class _AnsweringMixin:
@@ -146,6 +147,7 @@ class _AnsweringMixin:
             [None] * len(questions),
             [None] * len(plan.requests) if generate else None,
             self._generation(protocol.reply_tokens(self.family)) if generate else None,
+            prompts.protocol_system(protocol),
         )
 
     def _generation(self, max_new_tokens: int) -> _Generation:
@@ -190,7 +192,7 @@ class _AnsweringMixin:
         plan, mode = work.plan, work.protocol.mode
         if not plan.requests:
             return
-        head, tail = self.template(mode)
+        head, tail = self.template(mode, work.system)
         letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
         texts = [r.text for r in plan.requests]
@@ -228,7 +230,7 @@ class _AnsweringMixin:
                 bar.update(len(plan.by_sample[wanted[j]]))
 
             def cost(image: Image.Image) -> int:
-                prefix = self._prefix_tokens(image)
+                prefix = self._prefix_tokens(image, work.system)
                 return prefix if self.prefix_cache else per_image * (prefix + longest)
 
             for group in self._image_groups(items, batch_size, cost, failed):
@@ -253,7 +255,7 @@ class _AnsweringMixin:
         groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
         for local, out, replies in run(
-            mode, images, groups, letter_ids, batch_size, work.generation
+            mode, images, groups, letter_ids, batch_size, work.generation, work.system
         ):
             work.logits[[flat[t] for t in local]] = out
             if replies is not None and work.replies is not None:
@@ -272,11 +274,13 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)``: one prefix forward for all groups (one
         per image; one for all in text mode), then the rows' suffixes from copies of its KV cache,
-        and (``generation``) the rows' greedy continuations from there (else replies ``None``)."""
-        prefix = self._prefix(images, len(groups) if images is not None else 1, mode)
+        and (``generation``) the rows' greedy continuations from there (else replies ``None``).
+        ``system``: the protocol's own system message (default: the paper's)."""
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, system)
         owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
@@ -300,10 +304,11 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
+        system: str | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)`` from full prompts, many rows per
         forward, and (``generation``) their greedy continuations (else replies ``None``)."""
-        head, tail = self.template(mode)
+        head, tail = self.template(mode, system)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
@@ -417,7 +422,7 @@ class _AnsweringMixin:
                 p = torch.softmax(logits[j, :m], dim=0).numpy()
                 if work.replies is not None:
                     reply = work.replies[j] or ""
-                    letter = prompts.parse_paper_answer(reply, r.letters)
+                    letter = prompts.parse_answer(reply, r.letters, protocol.parse)
                     c = r.letters.index(letter) if letter is not None else -1
                     rotation_replies[row][k].append(reply)
                 else:

@@ -79,6 +79,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     """
 
     label = "vision LLM"
+    protocols = ("paper", "cot", "bio-cot")
     options = LLMClassifier.options | {
         "batched_vision_attention",
         "num_workers",
@@ -326,8 +327,8 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             self.num_workers,
         )
 
-    def _prefix_tokens(self, image: Image.Image) -> int:
-        head, _ = self.template("image")
+    def _prefix_tokens(self, image: Image.Image, system: str | None = None) -> int:
+        head, _ = self.template("image", system)
         return len(self.processor(text=[head], images=[image])["input_ids"][0])
 
     def _images_on_device(self) -> bool:

@@ -139,7 +139,7 @@ class LLMClassifier(
         )
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
-        self._templates: dict[str, tuple[str, str]] = {}
+        self._templates: dict[Any, tuple[str, str]] = {}
         forward = inspect.signature(model.forward).parameters if weights else {}
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
@@ -164,15 +164,29 @@ class LLMClassifier(
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str) -> tuple[str, str]:
+    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt."""
-        if mode not in self._templates:
-            self._templates[mode] = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache
+        a full prompt. ``system``: a protocol's own system message (default: the paper's for
+        the mode).
+
+        Raises:
+            ValueError: a ``system`` the chat template does not render (a template that drops a
+                plain-string system message).
+        """
+        key = mode if system is None else (mode, system)
+        if key not in self._templates:
+            head, tail = _chat.split_template(
+                self.processor, mode, self.name, check_prefix=self.prefix_cache, system=system
             )
-        return self._templates[mode]
+            if system is not None and system not in head:
+                raise ValueError(
+                    f"The chat template of {self.name!r} does not render a plain-string system "
+                    f"message ({head[:60]!r}...), so it cannot send the protocol's system "
+                    "message; use a protocol that keeps the paper's (--protocol paper or cot)."
+                )
+            self._templates[key] = head, tail
+        return self._templates[key]
 
     def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
         """Token ids of the first ``n`` option letters as the first assistant token (the

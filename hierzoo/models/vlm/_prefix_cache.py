@@ -62,8 +62,14 @@ class _PrefixCacheMixin:
     its ``model``, ``processor``, ``device``, ``template``, ``prompt_positions``,
     ``suffix_positions`` and ``_encode``)."""
 
-    def _prefix(self, images: list[Image.Image] | None, n: int, mode: str = "image") -> _Prefix:
-        head, _ = self.template(mode)
+    def _prefix(
+        self,
+        images: list[Image.Image] | None,
+        n: int,
+        mode: str = "image",
+        system: str | None = None,
+    ) -> _Prefix:
+        head, _ = self.template(mode, system)
         enc = self._encode([head] * n, images, side="right")
         positions, start = self.prompt_positions(enc)
         out = self.model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)

@@ -56,7 +56,7 @@ class _RequestsMixin:
         requests = plan.requests[:limit] if limit is not None else plan.requests
         if not requests:
             return []
-        head, tail = self.template(protocol.mode)
+        head, tail = self.template(protocol.mode, prompts.protocol_system(protocol))
         reply_tokens = protocol.reply_tokens(self.family)
         images: dict[int, tuple[Any, str | None]] = {}
         if protocol.mode == "image":

@@ -1,0 +1,307 @@
+"""The paper's prompting experiments as named protocols (``--protocol cot | bio-cot``): the
+requests equal the paper's prompts transcribed in tests/paper_reference.py, the answers equal
+``generate`` on each full prompt on tiny models, and what cannot be asked is refused by name."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import paper_reference as ref
+import pytest
+
+from hierzoo import prompts
+from hierzoo.cli import main
+from hierzoo.prompts import Protocol, plan_questions
+from hierzoo.tasks import Question, read_questions
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from hierzoo.models import tiny  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "hierzoo/data"
+PAPER_FAMILIES = ("qwen2.5-vl", "llava-onevision", "internvl")
+BUILDERS = {
+    "qwen2.5-vl": tiny.build_tiny_qwen2_5_vl,
+    "qwen3-vl": tiny.build_tiny_qwen3_vl,
+    "llava-onevision": tiny.build_tiny_llava_onevision,
+    "internvl": tiny.build_tiny_internvl,
+}
+N_EVAL = 4
+
+
+def _entries(n: int) -> list[dict]:
+    """The first ``n`` entries of the paper's CUB-200 question file, as its scripts read them."""
+    lines = (DATA / "questions/CUB200_with_random_choice.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines[:n]]
+
+
+def _cot(**kw) -> Protocol:
+    return Protocol(taxonomy="cub200", name="cot", answer="generate", **kw)
+
+
+def _paper_cot_texts(family: str, n: int) -> list[str]:
+    """Every CoT question of the first ``n`` CUB entries, as the family's CoT script asks them:
+    one seeded generator through the file, levels in string order, variant 0."""
+    out = []
+    for cmaps in ref.shuffled_choice_maps(_entries(n), numeric=False):
+        for t, cmap in enumerate(cmaps.values()):
+            rank = ref.COT_CUB_RANKS[min(t, 3)]
+            out.append(ref.cot_question(ref.COT_CUB_TEMPLATE_0.format(rank=rank), cmap, family))
+    return out
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("protocol_images")
+    rng = np.random.default_rng(1)
+    for i, (w, h) in enumerate([(64, 64), (80, 48), (48, 90)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(root / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("protocol_models")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dirs):
+    import hierzoo
+
+    return {name: hierzoo.load(path, device="cpu") for name, path in tiny_dirs.items()}
+
+
+@pytest.fixture
+def cub(image_dir) -> list[Question]:
+    qs = copy.deepcopy(read_questions("cub200-random")[:3])
+    for i, q in enumerate(qs):
+        q.path = image_dir / f"{i}.jpg"
+    return qs
+
+
+def _reference_reply(m, system: str, text: str, image: Path | None, max_new_tokens: int) -> str:
+    """One question as the paper's scripts ask it: the chat template over the system message (a
+    plain string) and the user turn (the image first, then the text), ``generate`` greedy on the
+    full prompt, the new tokens decoded without special tokens."""
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images = [Image.open(image).convert("RGB")] if image is not None else None
+    enc = m.processor(text=[prompt], images=images, return_tensors="pt")
+    with torch.no_grad():
+        out = m.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    return m.processor.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)[
+        0
+    ]
+
+
+# ---------------------------------------------------------------------------- cot: requests
+@pytest.mark.parametrize("family", PAPER_FAMILIES)
+def test_cot_requests_are_the_papers(family):
+    n = 8
+    questions = read_questions("cub200-random")[:n]
+    plan = plan_questions(questions, _cot(shuffle_options=True), family=family)
+    assert [r.text for r in plan.requests] == _paper_cot_texts(family, n)
+    assert {r.system for r in plan.requests} == {ref.SYSTEM_EXPERT}
+    assert _cot().reply_tokens(family) == ref.COT_MAX_NEW_TOKENS[family]
+    apostrophe = "\u2019" if family == "qwen2.5-vl" else "'"
+    assert all(
+        f"\nLet{apostrophe}s think step by step. Answer with" in r.text for r in plan.requests
+    )
+
+
+def test_cot_changes_only_the_last_line():
+    questions = read_questions("cub200-random")[:3]
+    paper = plan_questions(questions, Protocol(taxonomy="cub200", mode="text"), family="llm")
+    cot = plan_questions(questions, _cot(mode="text"), family="llm")
+    for p, c in zip(paper.requests, cot.requests, strict=True):
+        head, last = p.text.rsplit("\n", 1)
+        assert c.text == f"{head}\n{ref.COT_ASCII}{last}" and c.system == p.system
+
+
+def test_dry_run_of_cot_renders_the_papers_prompt(models, cub):
+    m = models["qwen2.5-vl"]
+    described = m.describe_requests(cub, protocol=_cot(shuffle_options=True))
+    texts = _paper_cot_texts("qwen2.5-vl", len(cub))
+    assert [d["text"] for d in described] == [
+        ref.qwen2_5_vl_render(ref.SYSTEM_EXPERT, t) for t in texts
+    ]
+    assert {d["max_new_tokens"] for d in described} == {10}
+
+
+# ---------------------------------------------------------------------------- cot: answers
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_cot_replies_equal_generate_per_question(models, cub, family):
+    m = models[family]
+    protocol = _cot(shuffle_options=True, max_new_tokens=6)
+    answers = m.answer(cub, protocol=protocol)
+    plan = plan_questions(cub, protocol, family=family)
+    suffix = ref.COT_QWEN if family.startswith("qwen") else ref.COT_ASCII
+    for r in plan.requests:
+        assert r.text.endswith(suffix + ref.INSTRUCTION)
+        want = _reference_reply(m, ref.SYSTEM_EXPERT, r.text, cub[r.sample].path, 6)
+        assert answers.replies[r.sample][r.level] == want
+        letter, _ = ref.parse_letter(want, ref.choice_map(r.options))
+        assert answers.choice[r.sample, r.level] == "ABCD".find(letter)
+    assert answers.extra["protocol"]["name"] == "cot"
+    assert "parse" not in answers.extra["protocol"]  # the paper's rule
+    m.prefix_cache = False
+    try:
+        assert m.answer(cub, protocol=protocol).replies == answers.replies
+    finally:
+        m.prefix_cache = True
+
+
+def test_last_letter_parse_reads_the_final_answer():
+    cases = {
+        "Answer: C": "C",
+        "The bird is a gull. So the answer is **B**.": "B",
+        "Both A and D fit, but D": "D",
+        "D. Anatidae": "D",
+        "A bird of prey": "A",
+        "AB": None,
+        "c": None,
+        "E is not an option, nor is 1": None,
+        "": None,
+    }
+    for reply, want in cases.items():
+        assert prompts.parse_last_letter(reply, "ABCD") == want, reply
+        assert prompts.parse_answer(reply, "ABCD", "last-letter") == want
+    # the paper's rule on the same replies, for contrast
+    assert prompts.parse_answer("Answer: C", "ABCD") == "A"
+    assert prompts.parse_answer("The answer is B", "ABCD", "paper") == "B"
+    with pytest.raises(ValueError, match="`parse`.*'first'"):
+        prompts.parse_answer("A", "ABCD", "first")
+
+
+def test_last_letter_parse_on_a_model_reads_the_same_replies(models, cub):
+    """The parse changes the choice read from each reply, never the reply: choices follow the
+    last-letter rule on the replies of the paper-parsed run."""
+    m = models["internvl"]
+    paper = m.answer(cub, protocol=_cot(max_new_tokens=12))
+    last = m.answer(cub, protocol=_cot(max_new_tokens=12, parse="last-letter"))
+    assert last.replies == paper.replies
+    assert last.extra["protocol"]["parse"] == "last-letter"
+    n = 0
+    for i, levels in enumerate(last.options):
+        for k, options in enumerate(levels):
+            if options:
+                letter = prompts.parse_last_letter(paper.replies[i][k], "ABCD"[: len(options)])
+                assert last.choice[i, k] == ("ABCD".index(letter) if letter else -1)
+                n += 1
+    assert n == sum(len(q.answers) for q in cub)
+
+
+# ---------------------------------------------------------------------------- refusals
+def test_named_protocols_refuse_what_they_cannot_ask():
+    with pytest.raises(ValueError, match="--protocol cot .* add --answer generate"):
+        Protocol(taxonomy="cub200", name="cot")
+    with pytest.raises(ValueError, match="--parse last-letter reads generated replies"):
+        Protocol(taxonomy="cub200", parse="last-letter")
+    with pytest.raises(ValueError, match=r"`parse` \(--parse\).*'last'"):
+        Protocol(answer="generate", parse="last")
+
+
+def test_text_llms_and_served_models_answer_cot():
+    from hierzoo.models.api.openai_chat import OpenAIChatClassifier
+    from hierzoo.models.clip._base import ClipClassifier
+    from hierzoo.models.llm import TextLLMClassifier
+    from hierzoo.models.vlm import VisionLLMClassifier
+
+    assert "cot" in TextLLMClassifier.protocols and "bio-cot" not in TextLLMClassifier.protocols
+    assert "cot" in OpenAIChatClassifier.protocols
+    assert {"cot", "bio-cot"} <= set(VisionLLMClassifier.protocols)
+    assert "cot" not in ClipClassifier.protocols
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory, tiny_dirs):
+    root = tmp_path_factory.mktemp("protocol_eval")
+    rng = np.random.default_rng(0)
+    for q in read_questions("cub200-similar")[:N_EVAL]:
+        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    return {"images": str(root / "data"), "model": str(tiny_dirs["qwen2.5-vl"])}
+
+
+def _eval(setup, out, *extra) -> list[str]:
+    return [
+        "eval",
+        "--model",
+        setup["model"],
+        "--questions",
+        "cub200-similar",
+        "--image-root",
+        setup["images"],
+        "--taxonomy",
+        "cub200",
+        "--limit",
+        str(N_EVAL),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def test_eval_refuses_cot_without_generation_before_loading(eval_setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_eval(eval_setup, out, "--protocol", "cot")) == 2
+    assert "--protocol cot" in capsys.readouterr().err and not out.exists()
+    assert main(_eval(eval_setup, out, "--parse", "last-letter")) == 2
+    assert "add --answer generate" in capsys.readouterr().err and not out.exists()
+    assert main(_eval(eval_setup, out, "--protocol", "bio-cot", "--answer", "generate")) == 2
+    err = capsys.readouterr().err
+    assert "['inat21-animal', 'inat21-plant']" in err and "'cub200'" in err and not out.exists()
+
+
+def test_eval_cot_dry_run_run_resume_and_report(eval_setup, tmp_path, capsys):
+    cot = ("--protocol", "cot", "--answer", "generate")
+    assert main(_eval(eval_setup, tmp_path / "dry", *cot, "--dry-run", "3")) == 0
+    shown = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(shown) == 3 and not (tmp_path / "dry").exists()
+    assert all(f"\n{ref.COT_QWEN}{ref.INSTRUCTION}<|im_end|>" in d["text"] for d in shown)
+    out = tmp_path / "cot"
+    args = _eval(eval_setup, out, *cot, "--parse", "last-letter", "--max-new-tokens", "8")
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "cot" and summary["parse"] == "last-letter"
+    ident = json.loads((out / "run.json").read_text())["identity"]
+    assert ident["protocol"] == "cot" and ident["parse"] == "last-letter"
+    assert ident["max_new_tokens"] == 8
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        for k in range(1, 5):
+            letter = prompts.parse_last_letter(r[f"prediction_level{k}"], "ABCD") or "Unknown"
+            assert r[f"predicted_level{k}_letter"] == letter
+    # resume: a run cut after two samples finishes with the same records
+    preds = out / "predictions.jsonl"
+    full = preds.read_text()
+    preds.write_text("".join(full.splitlines(keepends=True)[:2]))
+    (out / "summary.json").unlink()
+    assert main(args) == 0
+    assert preds.read_text() == full
+    # the paper's parse is another run: refused in the same folder
+    capsys.readouterr()
+    assert main(_eval(eval_setup, out, *cot, "--max-new-tokens", "8")) == 2
+    assert "parse" in capsys.readouterr().err
+    paper = tmp_path / "paper"
+    assert main(_eval(eval_setup, paper, "--answer", "generate")) == 0
+    capsys.readouterr()
+    report = tmp_path / "report"
+    assert main(["report", str(out), str(paper), "--out", str(report), "--no-plots"]) == 0
+    table = (report / "report.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "| protocol |" in header
+    assert "(generate, cot, last-letter)" in table and "| paper |" in table
