@@ -30,7 +30,7 @@ import random
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -576,7 +576,8 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON values (a ``Taxonomy`` written as its name); ``parse`` only
         when it is not the paper's rule."""
-        out = {**asdict(replace(self, taxonomy=None)), "taxonomy": self.taxonomy_name}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["taxonomy"] = self.taxonomy_name
         if self.parse == "paper":
             del out["parse"]
         return out

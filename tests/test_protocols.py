@@ -305,3 +305,100 @@ def test_eval_cot_dry_run_run_resume_and_report(eval_setup, tmp_path, capsys):
     header = next(line for line in table.splitlines() if line.startswith("| model"))
     assert "| protocol |" in header
     assert "(generate, cot, last-letter)" in table and "| paper |" in table
+
+
+# ---------------------------------------------------------------------------- bio-cot
+def _inat(taxonomy: str, image_dir: Path) -> list[Question]:
+    """Four-choice questions on three leaves of a bundled iNat21 taxonomy, with images."""
+    from hierzoo import load_taxonomy
+    from hierzoo.tasks import build_questions
+
+    tax = load_taxonomy(taxonomy)
+    leaves = [tax.labels[i] for i in (0, len(tax.labels) // 2, len(tax.labels) - 1)]
+    samples = [(str(image_dir / f"{i}.jpg"), leaf) for i, leaf in enumerate(leaves)]
+    qs = build_questions(tax, samples, distractors="similar", seed=0)
+    for q, (path, _) in zip(qs, samples):
+        q.path = Path(path)
+    return qs
+
+
+def _bio(taxonomy: str, **kw) -> Protocol:
+    return Protocol(taxonomy=taxonomy, name="bio-cot", **kw)
+
+
+@pytest.mark.parametrize("taxonomy", ["inat21-animal", "inat21-plant"])
+def test_bio_cot_requests_are_the_papers(taxonomy, image_dir):
+    questions = _inat(taxonomy, image_dir)
+    plan = plan_questions(questions, _bio(taxonomy, shuffle_options=True), family="qwen2.5-vl")
+    noun = taxonomy.split("-")[1]
+    expected = []
+    entries = [q.to_dict() for q in questions]
+    for cmaps in ref.shuffled_choice_maps(entries, numeric=False):
+        for t, cmap in enumerate(cmaps.values()):
+            rank = ref.BIO_COT_RANKS[min(t, 6)]
+            template = ref.BIO_COT_TEMPLATE_1.format(noun=noun, rank=rank)
+            expected.append(ref.question(template, cmap))
+    assert [r.text for r in plan.requests] == expected
+    assert {r.system for r in plan.requests} == {ref.BIO_COT_SYSTEM[taxonomy]}
+    assert plan.prompt_variant == 1
+    generated = _bio(taxonomy, answer="generate")
+    assert generated.reply_tokens("llava-onevision") == ref.BIO_COT_MAX_NEW_TOKENS
+    assert _bio(taxonomy, prompt_variant=3).reply_tokens("internvl") is None
+    assert plan_questions(questions, _bio(taxonomy, prompt_variant=3)).prompt_variant == 3
+
+
+def test_dry_run_of_bio_cot_renders_the_papers_prompt(models, image_dir):
+    m = models["qwen2.5-vl"]
+    questions = _inat("inat21-plant", image_dir)
+    protocol = _bio("inat21-plant", answer="generate", shuffle_options=True)
+    described = m.describe_requests(questions, protocol=protocol)
+    plan = plan_questions(questions, protocol, family="qwen2.5-vl")
+    rendered = [ref.qwen2_5_vl_render(ref.BIO_COT_PLANT, r.text) for r in plan.requests]
+    assert [d["text"] for d in described] == rendered
+    assert {d["max_new_tokens"] for d in described} == {5}
+    # the long system message is in every prompt's token count
+    paper = m.describe_requests(questions, protocol=Protocol(taxonomy="inat21-plant"), limit=1)
+    assert described[0]["prompt_tokens"] > paper[0]["prompt_tokens"] + 100
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_bio_cot_answers_equal_generate_per_question(models, image_dir, family):
+    m = models[family]
+    questions = _inat("inat21-animal", image_dir)[:2]
+    protocol = _bio("inat21-animal", answer="generate", shuffle_options=True)
+    answers = m.answer(questions, protocol=protocol)
+    assert answers.extra["max_new_tokens"] == 5 and answers.extra["prompt_variant"] == 1
+    plan = plan_questions(questions, protocol, family=family)
+    for r in plan.requests:
+        want = _reference_reply(m, ref.BIO_COT_ANIMAL, r.text, questions[r.sample].path, 5)
+        assert answers.replies[r.sample][r.level] == want
+    m.prefix_cache = False
+    try:
+        plain = m.answer(questions, protocol=protocol)
+    finally:
+        m.prefix_cache = True
+    assert plain.replies == answers.replies
+    np.testing.assert_allclose(plain.probs, answers.probs, atol=1e-5, equal_nan=True)
+
+
+def test_bio_cot_refusals_name_the_fix(models, image_dir):
+    with pytest.raises(ValueError, match=r"\['inat21-animal', 'inat21-plant'\].*'cub200'"):
+        _bio("cub200")
+    with pytest.raises(ValueError, match="for \\['inat21-animal', 'inat21-plant'\\].*None"):
+        _bio(None)
+    with pytest.raises(ValueError, match="bio-cot.*images only.*--mode image"):
+        _bio("inat21-plant", mode="text")
+    # a chat template that drops a plain-string system message (as the official LLaVA-OneVision
+    # -ov-hf template does) cannot send it: refused by name, not run without it
+    m = models["llava-onevision"]
+    saved = m.processor.chat_template
+    m.processor.chat_template = saved.replace(
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}", "{% if true %}"
+    )
+    m._templates.clear()
+    try:
+        with pytest.raises(ValueError, match="does not render a plain-string system message"):
+            m.describe_requests(_inat("inat21-plant", image_dir), protocol=_bio("inat21-plant"))
+    finally:
+        m.processor.chat_template = saved
+        m._templates.clear()
