@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
@@ -252,11 +252,75 @@ def bio_cot_system(taxonomy: str | Taxonomy | None) -> str:
     return table[key]
 
 
-def protocol_system(protocol: Protocol) -> str | None:
-    """The system message a named protocol sends instead of the mode's (``bio-cot``'s), or
-    ``None`` where it keeps the mode's own."""
+def taxonomy_context(taxonomy: str | Taxonomy) -> str:
+    """The whole taxonomy as the paper's ``taxonomy-context`` scripts write it into the prompt:
+    Python's ``str`` of the leaf -> path dict (``{'Black-footed Albatross': ['Procellariiformes',
+    ...], ...}``), read from the bundled taxonomy's JSON file as the scripts read theirs
+    (``str(json.load(open(...)))``); a user's :class:`~hierzoo.taxonomy.Taxonomy` gives its own
+    leaf -> path dict, leaves in its order.
+
+    Raises:
+        ValueError: a name that is not a bundled taxonomy.
+    """
+    from hierzoo.taxonomy import BUNDLED
+
+    name = taxonomy if isinstance(taxonomy, str) else taxonomy.name
+    if name in BUNDLED and (isinstance(taxonomy, str) or _paper_key(taxonomy) == name):
+        path = resources.files("hierzoo.data").joinpath("taxonomies", BUNDLED[name].file)
+        return str(json.loads(path.read_text(encoding="utf-8")))
+    if isinstance(taxonomy, str):
+        raise ValueError(
+            f"--protocol taxonomy-context writes the taxonomy into the prompt: expected a bundled "
+            f"taxonomy ({list(BUNDLED)}) or a Taxonomy, but got {taxonomy!r}."
+        )
+    return str(taxonomy.to_paths())
+
+
+class Framing(NamedTuple):
+    """What a named protocol changes in the chat around the user text: its own ``system``
+    message (``None``: the mode's), and ``preamble``, text at the start of the user turn before
+    the image (``None``: none)."""
+
+    system: str | None = None
+    preamble: str | None = None
+
+
+def context_placement(family: str | None) -> str:
+    """Where ``taxonomy-context`` puts the taxonomy for a model family, as the paper's scripts
+    place it: ``"system"`` (appended to the system message, Qwen-VL) or ``"before-image"`` (the
+    start of the user turn, InternVL).
+
+    Raises:
+        ValueError: a family the paper's scripts do not place it for, naming those they do.
+    """
+    table = protocol_table("taxonomy-context")["placement"]
+    if family not in table:
+        raise ValueError(
+            f"--protocol taxonomy-context places the taxonomy as the paper's scripts do for "
+            f"{list(table)}; the {family!r} family has no such placement (the paper's LLaVA "
+            "script puts it before the image in a conversation template that is not public). "
+            "Use one of those families, or another protocol."
+        )
+    return table[family]
+
+
+def protocol_framing(protocol: Protocol, family: str | None = None) -> Framing | None:
+    """The chat framing a named protocol puts in place of the paper's (see :class:`Framing`):
+    ``bio-cot``'s system message, ``taxonomy-context``'s taxonomy (in the system message or
+    before the image, by :func:`context_placement`); ``None`` where the protocol keeps the
+    paper's.
+
+    Raises:
+        ValueError: a taxonomy or family the protocol has no prompt for.
+    """
     if protocol.name == "bio-cot":
-        return bio_cot_system(protocol.taxonomy)
+        return Framing(system=bio_cot_system(protocol.taxonomy))
+    if protocol.name == "taxonomy-context":
+        table = protocol_table("taxonomy-context")
+        context = table["prefix"] + taxonomy_context(protocol.taxonomy)
+        if context_placement(family) == "system":
+            return Framing(system=table["system"] + context)
+        return Framing(preamble=context)
     return None
 
 
@@ -306,11 +370,14 @@ def user_text(question: str, options: Sequence[str]) -> str:
     return "\n".join([question, *option_lines(options), instruction()])
 
 
-def messages(user: str, *, mode: str = "image", system: str | None = None) -> list[dict[str, Any]]:
+def messages(
+    user: str, *, mode: str = "image", system: str | None = None, preamble: str | None = None
+) -> list[dict[str, Any]]:
     """Chat messages in the transformers format: the system turn, then the user turn with the
-    image first (image mode) and ``user`` as text."""
+    image first (image mode) and ``user`` as text; ``preamble``: text before the image."""
     _check_mode(mode)
-    content: list[dict[str, Any]] = [{"type": "image"}] if mode == "image" else []
+    content: list[dict[str, Any]] = [{"type": "text", "text": preamble}] if preamble else []
+    content += [{"type": "image"}] if mode == "image" else []
     content.append({"type": "text", "text": user})
     return [
         {"role": "system", "content": system_message(mode) if system is None else system},
@@ -534,6 +601,19 @@ class Protocol:
                 "reply can do (the paper generates and parses it): add --answer generate "
                 f"(answer='generate'), got answer={self.answer!r}."
             )
+        if self.name == "taxonomy-context":
+            if self.mode != "image":
+                raise ValueError(
+                    "--protocol taxonomy-context is the paper's image experiment; in text mode "
+                    "the question names the leaf, whose path the taxonomy then spells out: use "
+                    "--mode image."
+                )
+            if self.taxonomy is None:
+                raise ValueError(
+                    "--protocol taxonomy-context writes the taxonomy into the prompt: pass "
+                    "--taxonomy NAME (Protocol(taxonomy=...))."
+                )
+            taxonomy_context(self.taxonomy)
         if self.name == "bio-cot":
             if self.mode != "image":
                 raise ValueError(
@@ -693,8 +773,10 @@ def plan_questions(
         orders = shuffled_orders(asked, protocol.seed)
     else:
         orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
-    system = protocol_system(protocol) or system_message(mode)
+    framing = protocol_framing(protocol, family)
+    system = (framing.system if framing else None) or system_message(mode)
     closing = cot_suffix(family) + instruction() if protocol.name == "cot" else instruction()
+    glued = protocol.name == "taxonomy-context" and context_placement(family) == "system"
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
     by_sample: list[list[int]] = []
@@ -729,7 +811,9 @@ def plan_questions(
                         letters=letters(len(names)),
                         answer=rotated.index(right[i][k]),
                         question=texts[k, label],
-                        text="\n".join([texts[k, label], *option_lines(names), closing]),
+                        text="\n".join([texts[k, label], *option_lines(names)])
+                        + ("" if glued else "\n")
+                        + closing,
                         system=system,
                         mode=mode,
                         image=image,

@@ -772,6 +772,9 @@ def _work(
         )
     summary = summarize_run(rows, taxonomy, cfg)
     summary["done_before"] = n_done
+    context = getattr(clf, "context_tokens", None)
+    if protocol is not None and protocol.name == "taxonomy-context" and context is not None:
+        summary["context_tokens"] = context(protocol)  # the taxonomy's cost in every prompt
     summary["provenance"] = {
         "model": asdict(clf.spec)
         if getattr(clf, "spec", None)

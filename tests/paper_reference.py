@@ -292,6 +292,35 @@ def shuffled_indices(
 
 # --------------------------------------------------------------------------------------------
 # Question text and answer parsing
+TAXONOMY_QWEN_SYSTEM = "You are a helpful assistant. "
+"""The start of the Qwen taxonomy run's system message, which continues with
+:data:`TAXONOMY_CONTEXT` and the taxonomy (prompt_engineering/taxonomy/eval_CUB_tax_qwen.py:164)."""
+
+TAXONOMY_MAX_NEW_TOKENS = {"qwen2.5-vl": 10, "internvl": 5}
+"""eval_CUB_tax_qwen.py:200; eval_CUB_tax_internvl.py:236."""
+
+
+def taxonomy_context(taxonomy_json: str) -> str:
+    """The taxonomy as the scripts put it in the prompt: ``str(json.load(open(file)))``, Python's
+    repr of the leaf -> path dict (prompt_engineering/taxonomy/eval_CUB_tax_qwen.py:26-29,
+    eval_CUB_tax_internvl.py:108-112)."""
+    import json
+
+    return str(json.loads(taxonomy_json))
+
+
+def taxonomy_qwen_system(context: str) -> str:
+    """The Qwen taxonomy run's system message (eval_CUB_tax_qwen.py:164)."""
+    return TAXONOMY_QWEN_SYSTEM + TAXONOMY_CONTEXT + context
+
+
+def taxonomy_internvl_question(context: str, question_text: str) -> str:
+    """The InternVL taxonomy run's question, the taxonomy before the image
+    (eval_CUB_tax_internvl.py:231-232): ``"Here is a taxonomy: " + context + "<image>\n" +
+    question``, where ``question`` is :func:`question` (the instruction after a newline)."""
+    return TAXONOMY_CONTEXT + context + "<image>\n" + question_text
+
+
 # --------------------------------------------------------------------------------------------
 
 

@@ -402,3 +402,193 @@ def test_bio_cot_refusals_name_the_fix(models, image_dir):
     finally:
         m.processor.chat_template = saved
         m._templates.clear()
+
+
+# ---------------------------------------------------------------------------- taxonomy-context
+CUB_JSON = (DATA / "taxonomies/hierarchy_CUB200.json").read_text(encoding="utf-8")
+"""Byte for byte the paper's data/taxonomies/hierarchy_CUB200.json, which its scripts read."""
+
+
+def _tax(taxonomy, **kw) -> Protocol:
+    return Protocol(taxonomy=taxonomy, name="taxonomy-context", **kw)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "internvl"])
+def test_taxonomy_context_requests_are_the_papers(family):
+    n = 6
+    questions = read_questions("cub200-random")[:n]
+    protocol = _tax("cub200", shuffle_options=True)
+    plan = plan_questions(questions, protocol, family=family)
+    context = ref.taxonomy_context(CUB_JSON)
+    assert context.startswith("{'Black-footed Albatross': ['Procellariiformes', ")
+    expected = []
+    for cmaps in ref.shuffled_choice_maps(_entries(n), numeric=False):
+        for t, cmap in enumerate(cmaps.values()):
+            # the taxonomy scripts ask the CUB question of the CoT scripts, variant 0
+            template = ref.COT_CUB_TEMPLATE_0.format(rank=ref.COT_CUB_RANKS[min(t, 3)])
+            if family == "qwen2.5-vl":
+                expected.append(ref.question_taxonomy_qwen(template, cmap))
+            else:
+                expected.append(ref.question(template, cmap))
+    assert [r.text for r in plan.requests] == expected
+    framing = prompts.protocol_framing(protocol, family)
+    if family == "qwen2.5-vl":
+        assert framing == (ref.taxonomy_qwen_system(context), None)
+        assert {r.system for r in plan.requests} == {ref.taxonomy_qwen_system(context)}
+    else:  # the taxonomy before the image; InternVL keeps hierzoo's system message
+        assert framing == (None, ref.TAXONOMY_CONTEXT + context)
+        assert {r.system for r in plan.requests} == {ref.SYSTEM_EXPERT}
+    generated = _tax("cub200", answer="generate")
+    assert generated.reply_tokens(family) == ref.TAXONOMY_MAX_NEW_TOKENS[family]
+
+
+def test_taxonomy_context_renders_the_papers_prompt(models):
+    """The whole CUB prompt as the family's chat template renders it (the tiny models' context
+    is too short to ask it, so the template is rendered without the length check)."""
+    context = ref.taxonomy_context(CUB_JSON)
+    questions = read_questions("cub200-random")[:1]
+    protocol = _tax("cub200", shuffle_options=True)
+    for family in ("qwen2.5-vl", "internvl"):
+        m = models[family]
+        head, tail = m.template("image", prompts.protocol_framing(protocol, family))
+        (cmaps,) = ref.shuffled_choice_maps(_entries(1), numeric=False)
+        cmap = cmaps["level1"]
+        template = ref.COT_CUB_TEMPLATE_0.format(rank="order")
+        text = plan_questions(questions, protocol, family=family).requests[0].text
+        if family == "qwen2.5-vl":
+            want = ref.qwen2_5_vl_render(
+                ref.taxonomy_qwen_system(context), ref.question_taxonomy_qwen(template, cmap)
+            )
+        else:  # the -hf template's image placeholder stands where the paper's <image> does
+            user = ref.taxonomy_internvl_question(context, ref.question(template, cmap))
+            want = ref.chatml(ref.SYSTEM_EXPERT, user.replace("<image>", "<IMG_CONTEXT>"))
+        assert head + text + tail == want
+
+
+def _toy(image_dir: Path):
+    from hierzoo.tasks import build_questions
+    from hierzoo.taxonomy import Taxonomy
+
+    paths = {
+        leaf: [order, family, leaf]
+        for order, family, leaf in [
+            ("Aves", "Laridae", "Herring Gull"),
+            ("Aves", "Laridae", "Common Tern"),
+            ("Aves", "Corvidae", "Blue Jay"),
+            ("Mammalia", "Felidae", "Lynx"),
+            ("Mammalia", "Canidae", "Red Fox"),
+        ]
+    }
+    tax = Taxonomy.from_paths(paths, ranks=("class", "family", "species"), name="toy")
+    samples = [(str(image_dir / f"{i}.jpg"), leaf) for i, leaf in enumerate(["Lynx", "Blue Jay"])]
+    qs = build_questions(tax, samples, seed=0)
+    for q, (path, _) in zip(qs, samples):
+        q.path = Path(path)
+    return tax, qs
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl", "internvl"])
+def test_taxonomy_context_answers_equal_generate_per_question(models, image_dir, family):
+    m = models[family]
+    tax, questions = _toy(image_dir)
+    protocol = _tax(tax, answer="generate", shuffle_options=True)
+    context = ref.TAXONOMY_CONTEXT + str(tax.to_paths())
+    described = m.describe_requests(questions, protocol=protocol)
+    tok = m.processor.tokenizer
+    cost = len(tok(context, add_special_tokens=False)["input_ids"])
+    assert {d["context_tokens"] for d in described} == {cost}
+    plain = m.describe_requests(questions, protocol=Protocol(taxonomy=tax, shuffle_options=True))
+    for d, p in zip(described, plain, strict=True):
+        assert d["prompt_tokens"] > cost
+        if family == "internvl":  # the same system message: the taxonomy is the difference
+            assert abs(d["prompt_tokens"] - p["prompt_tokens"] - cost) <= 4  # + the joins
+    answers = m.answer(questions, protocol=protocol)
+    plan = plan_questions(questions, protocol, family=family)
+    for r in plan.requests:
+        image = questions[r.sample].path
+        if family == "internvl":  # the taxonomy, then the image, then the question
+            want = _reference_reply_before_image(m, context, r.text, image, 5)
+        else:
+            want = _reference_reply(m, ref.TAXONOMY_QWEN_SYSTEM + context, r.text, image, 10)
+        assert answers.replies[r.sample][r.level] == want
+    m.prefix_cache = False
+    try:
+        assert m.answer(questions, protocol=protocol).replies == answers.replies
+    finally:
+        m.prefix_cache = True
+
+
+def _reference_reply_before_image(m, preamble: str, text: str, image: Path, n: int) -> str:
+    content = [
+        {"type": "text", "text": preamble},
+        {"type": "image"},
+        {"type": "text", "text": text},
+    ]
+    messages = [
+        {"role": "system", "content": ref.SYSTEM_EXPERT},
+        {"role": "user", "content": content},
+    ]
+    prompt = m.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.index(preamble) < prompt.index("<IMG_CONTEXT>") < prompt.index(text)
+    enc = m.processor(text=[prompt], images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        out = m.model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return m.processor.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)[
+        0
+    ]
+
+
+def test_taxonomy_context_refusals_name_sizes_and_fixes(models, image_dir, cub):
+    m = models["qwen2.5-vl"]
+    with pytest.raises(ValueError, match=r"taxonomy 'cub200' \(\d+ tokens\).*at most 4096 "):
+        m.describe_requests(cub, protocol=_tax("cub200"))
+    with pytest.raises(ValueError, match=r"text_config.max_position_embeddings"):
+        m.answer(cub, protocol=_tax("cub200"))
+    tax, questions = _toy(image_dir)
+    with pytest.raises(ValueError, match=r"for \['qwen2.5-vl', 'qwen3-vl', 'internvl'\]"):
+        models["llava-onevision"].describe_requests(questions, protocol=_tax(tax))
+    with pytest.raises(ValueError, match="taxonomy-context.*--mode image"):
+        _tax(tax, mode="text")
+    with pytest.raises(ValueError, match="pass --taxonomy NAME"):
+        _tax(None)
+    with pytest.raises(ValueError, match="bundled taxonomy.*'birds'"):
+        _tax("birds")
+
+
+def test_eval_taxonomy_context_refuses_what_cannot_fit(eval_setup, tmp_path, capsys):
+    out = tmp_path / "tax"
+    args = _eval(eval_setup, out, "--protocol", "taxonomy-context")
+    assert main([*args, "--dry-run", "2"]) == 2
+    assert "at most 4096" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "at most 4096" in capsys.readouterr().err and not (out / "predictions.jsonl").exists()
+
+
+def test_eval_taxonomy_context_dry_run_run_and_resume(eval_setup, tmp_path, capsys):
+    """CUB-200's taxonomy in every prompt of a tiny Qwen2.5-VL whose context admits it: the dry
+    run and the summary say what it costs; a resumed run equals a fresh one."""
+    import shutil
+
+    model = tmp_path / "long"
+    shutil.copytree(eval_setup["model"], model)
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 16384
+    (model / "config.json").write_text(json.dumps(config))
+    setup = {**eval_setup, "model": str(model)}
+    flags = ("--protocol", "taxonomy-context", "--answer", "generate", "--limit", "2")
+    assert main([*_eval(setup, tmp_path / "dry", *flags), "--dry-run", "2"]) == 0
+    shown = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    context = ref.taxonomy_qwen_system(ref.taxonomy_context(CUB_JSON))
+    assert all(f"<|im_start|>system\n{context}<|im_end|>" in d["text"] for d in shown)
+    cost = shown[0]["context_tokens"]
+    assert cost > 10_000 and all(d["prompt_tokens"] > cost for d in shown)
+    out = tmp_path / "run"
+    assert main(_eval(setup, out, *flags)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "taxonomy-context" and summary["context_tokens"] == cost
+    preds = out / "predictions.jsonl"
+    full = preds.read_text()
+    preds.write_text(full.splitlines(keepends=True)[0])
+    (out / "summary.json").unlink()
+    assert main(_eval(setup, out, *flags)) == 0
+    assert preds.read_text() == full

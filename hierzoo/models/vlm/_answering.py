@@ -56,7 +56,7 @@ class _Work:
     errors: list[str | None]
     replies: list[str | None] | None
     generation: _Generation | None
-    system: str | None = None
+    framing: prompts.Framing | None = None
 
 
 class _AnsweringMixin:
@@ -147,7 +147,7 @@ class _AnsweringMixin:
             [None] * len(questions),
             [None] * len(plan.requests) if generate else None,
             self._generation(protocol.reply_tokens(self.family)) if generate else None,
-            prompts.protocol_system(protocol),
+            prompts.protocol_framing(protocol, self.family),
         )
 
     def _generation(self, max_new_tokens: int) -> _Generation:
@@ -192,7 +192,7 @@ class _AnsweringMixin:
         plan, mode = work.plan, work.protocol.mode
         if not plan.requests:
             return
-        head, tail = self.template(mode, work.system)
+        head, tail = self.template(mode, work.framing)
         letter_ids = self.letter_token_ids(plan.n_letters, mode)
         tok = self.processor.tokenizer
         texts = [r.text for r in plan.requests]
@@ -230,7 +230,7 @@ class _AnsweringMixin:
                 bar.update(len(plan.by_sample[wanted[j]]))
 
             def cost(image: Image.Image) -> int:
-                prefix = self._prefix_tokens(image, work.system)
+                prefix = self._prefix_tokens(image, work.framing)
                 return prefix if self.prefix_cache else per_image * (prefix + longest)
 
             for group in self._image_groups(items, batch_size, cost, failed):
@@ -255,7 +255,7 @@ class _AnsweringMixin:
         groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
         for local, out, replies in run(
-            mode, images, groups, letter_ids, batch_size, work.generation, work.system
+            mode, images, groups, letter_ids, batch_size, work.generation, work.framing
         ):
             work.logits[[flat[t] for t in local]] = out
             if replies is not None and work.replies is not None:
@@ -274,13 +274,14 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
-        system: str | None = None,
+        framing: prompts.Framing | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)``: one prefix forward for all groups (one
         per image; one for all in text mode), then the rows' suffixes from copies of its KV cache,
         and (``generation``) the rows' greedy continuations from there (else replies ``None``).
-        ``system``: the protocol's own system message (default: the paper's)."""
-        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, system)
+        ``framing``: the protocol's own system message and text before the image (default:
+        the paper's)."""
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, framing)
         owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
@@ -304,11 +305,11 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
-        system: str | None = None,
+        framing: prompts.Framing | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)`` from full prompts, many rows per
         forward, and (``generation``) their greedy continuations (else replies ``None``)."""
-        head, tail = self.template(mode, system)
+        head, tail = self.template(mode, framing)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])

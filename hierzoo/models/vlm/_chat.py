@@ -14,18 +14,25 @@ SENTINEL = "<<hierzoo-user-text>>"
 _CHECK_TEXT = "Which one?\nA. first option\nB. second\nAnswer with the letter."
 
 
-def render(processor: Any, user: str, mode: str, system: str | None = None) -> str:
-    """The chat template over the paper's system message (or ``system``) and ``user``, ending
-    with the opening of the assistant turn."""
+def render(
+    processor: Any, user: str, mode: str, system: str | None = None, preamble: str | None = None
+) -> str:
+    """The chat template over the paper's system message (or ``system``) and ``user`` (after
+    ``preamble`` and the image), ending with the opening of the assistant turn."""
     return processor.apply_chat_template(
-        prompts.messages(user, mode=mode, system=system),
+        prompts.messages(user, mode=mode, system=system, preamble=preamble),
         tokenize=False,
         add_generation_prompt=True,
     )
 
 
 def split_template(
-    processor: Any, mode: str, name: str, check_prefix: bool, system: str | None = None
+    processor: Any,
+    mode: str,
+    name: str,
+    check_prefix: bool,
+    system: str | None = None,
+    preamble: str | None = None,
 ) -> tuple[str, str]:
     """``(head, tail)``: the chat-template text before and after the user text of a mode.
 
@@ -33,20 +40,21 @@ def split_template(
     the tail closes the user turn and opens the assistant turn. A full prompt is
     ``head + user_text + tail``. ``check_prefix``: also check that the head's tokens end where
     the head's text ends (a KV cache of the head can then serve every question). ``system``:
-    the system message (default: the paper's for the mode).
+    the system message (default: the paper's for the mode); ``preamble``: text at the start of
+    the user turn, before the image.
 
     Raises:
         ValueError: a template that does not place the user text verbatim once, that changes
             it, or (``check_prefix``) whose tokens merge across the end of the head.
     """
-    full = render(processor, SENTINEL, mode, system)
+    full = render(processor, SENTINEL, mode, system, preamble)
     if full.count(SENTINEL) != 1:
         raise ValueError(
             f"The chat template of {name!r} does not place the user text verbatim once in the "
             f"prompt ({full!r}); hierzoo cannot build its prompts."
         )
     head, tail = full.split(SENTINEL)
-    if render(processor, _CHECK_TEXT, mode, system) != head + _CHECK_TEXT + tail:
+    if render(processor, _CHECK_TEXT, mode, system, preamble) != head + _CHECK_TEXT + tail:
         raise ValueError(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
             "prompts."

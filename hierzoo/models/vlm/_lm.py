@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hierzoo import prompts
 from hierzoo.images import PipelineStats
 from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
@@ -164,21 +165,32 @@ class LLMClassifier(
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
+    def template(self, mode: str, framing: prompts.Framing | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt. ``system``: a protocol's own system message (default: the paper's for
-        the mode).
+        a full prompt. ``framing``: a protocol's own system message and text before the image
+        (:func:`hierzoo.prompts.protocol_framing`; default: the paper's).
 
         Raises:
-            ValueError: a ``system`` the chat template does not render (a template that drops a
-                plain-string system message).
+            ValueError: a system message the chat template does not render (a template that
+                drops a plain-string system message).
         """
-        key = mode if system is None else (mode, system)
+        key = mode if framing is None else (mode, framing)
         if key not in self._templates:
+            system, preamble = framing or (None, None)
             head, tail = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache, system=system
+                self.processor,
+                mode,
+                self.name,
+                check_prefix=self.prefix_cache,
+                system=system,
+                preamble=preamble,
             )
+            if preamble is not None and preamble not in head:
+                raise ValueError(
+                    f"The chat template of {self.name!r} does not put text before the image in "
+                    "the user turn, so it cannot ask with the protocol's text there."
+                )
             if system is not None and system not in head:
                 raise ValueError(
                     f"The chat template of {self.name!r} does not render a plain-string system "

@@ -39,7 +39,9 @@ class _RequestsMixin:
           vision tower receives it, after resizing), ``tiles`` (the tiles or views it receives,
           thumbnail included; 1 for Qwen-VL) and ``tokens`` (the image's tokens in the prompt),
           or ``error`` when it cannot be read; ``[]`` in text mode;
-        - ``letters``: the option letters; ``max_new_tokens`` with generated answers.
+        - ``letters``: the option letters; ``max_new_tokens`` with generated answers;
+          ``context_tokens`` under ``taxonomy-context``: what the taxonomy costs of
+          ``prompt_tokens`` (:meth:`context_tokens`).
 
         Images are read and transformed as a run reads them and go through the same processor
         call, so the sizes, tiles and tokens are the processor's own output.
@@ -56,8 +58,9 @@ class _RequestsMixin:
         requests = plan.requests[:limit] if limit is not None else plan.requests
         if not requests:
             return []
-        head, tail = self.template(protocol.mode, prompts.protocol_system(protocol))
+        head, tail = self.template(protocol.mode, prompts.protocol_framing(protocol, self.family))
         reply_tokens = protocol.reply_tokens(self.family)
+        context_tokens = self.context_tokens(protocol)
         images: dict[int, tuple[Any, str | None]] = {}
         if protocol.mode == "image":
             samples = list(dict.fromkeys(r.sample for r in requests))
@@ -85,6 +88,8 @@ class _RequestsMixin:
             entry["prompt_tokens"] = None if inputs is None else int(inputs["input_ids"].shape[1])
             entry["images"] = described
             entry["letters"] = r.letters
+            if context_tokens is not None:
+                entry["context_tokens"] = context_tokens
             if reply_tokens is not None:
                 entry["max_new_tokens"] = reply_tokens
             out.append(entry)
