@@ -592,3 +592,33 @@ def test_eval_taxonomy_context_dry_run_run_and_resume(eval_setup, tmp_path, caps
     (out / "summary.json").unlink()
     assert main(_eval(setup, out, *flags)) == 0
     assert preds.read_text() == full
+
+
+def test_cot_on_a_text_only_llm_equals_generate_per_question(tmp_path):
+    """A text-only LLM asked ``cot`` in text mode: the paper's text question with the ASCII CoT
+    text before the instruction, under its chat framing; each reply equals ``generate`` on the
+    whole prompt alone."""
+    import hierzoo
+
+    m = hierzoo.load(tiny.build_tiny_qwen2_lm(tmp_path / "lm"), device="cpu")
+    questions = read_questions("cub200-random")[:2]
+    protocol = m.default_protocol("cub200", answer="generate", name="cot")
+    answers = m.answer(questions, protocol=protocol)
+    tok = m.processor.tokenizer
+    plan = plan_questions(questions, protocol, family=m.family)
+    assert plan.prompt_variant == 1  # the paper's text runs' wording
+    for r in plan.requests:
+        assert r.text.endswith("\n" + ref.COT_ASCII + ref.INSTRUCTION)
+        messages = [
+            {"role": "system", "content": ref.SYSTEM_HELPFUL},
+            {"role": "user", "content": r.text},
+        ]
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = tok([prompt], add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            out = m.model.generate(**enc, max_new_tokens=5, do_sample=False)
+        want = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert answers.replies[r.sample][r.level] == want
+    # bio-cot asks images, which a text-only LLM does not see: refused naming the mode
+    with pytest.raises(ValueError, match="answers the text questions only.*--mode text"):
+        m.check_protocol(Protocol(taxonomy="inat21-plant", name="bio-cot"))
