@@ -188,7 +188,9 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     bounds, ``hca_leaf_ratio`` (HCA / leaf accuracy, a fraction) and ``acc_<level>`` per level
     name (the union over taxonomies; ``None`` where a run has no such level). When any run
     generated its answers (``--answer generate``), every row also has ``answer``, ``n_unknown``
-    and ``answer_agreement`` (percent; ``None`` for runs that read logits).
+    and ``answer_agreement`` (percent; ``None`` for runs that read logits). When any run was
+    asked under a protocol other than ``paper`` (``--protocol``), every row also has
+    ``protocol``.
 
     Rows are grouped by taxonomy (in order of first appearance), best HCA first.
     """
@@ -324,7 +326,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 # a vision LLM's text-mode run next to its LLM's run: the paper's "the LLM is the bottleneck"
 
 COMPARED = [("hca", "HCA"), ("leaf_acc", "Leaf"), ("por", "POR"), ("strict_por", "S-POR")]
-_SAME = ("questions", "taxonomy", "task", "answer", "circular")  # identity items a pair shares
+# identity items a pair shares
+_SAME = ("questions", "taxonomy", "task", "answer", "circular", "protocol", "parse")
 
 
 class PairError(ValueError):
@@ -377,10 +380,10 @@ def pair_runs(
 
     Found by the zoo: a run of a vision LLM whose spec names a ``base_llm``
     (``qwen2.5-vl-7b`` -> ``qwen2.5-7b-instruct``) pairs with every run of that LLM with the same
-    taxonomy, question set (the content hash in the run identity), task, answer setting and
-    circular setting; both in text mode. ``explicit``: more pairs as ``(VLM run, LLM run)``
-    paths (run directories or their ``summary.json``, read if not among ``runs``), for models
-    outside the zoo; they must match in the same way.
+    taxonomy, question set (the content hash in the run identity), task, answer setting,
+    circular setting, protocol and parse rule; both in text mode. ``explicit``: more pairs as
+    ``(VLM run, LLM run)`` paths (run directories or their ``summary.json``, read if not among
+    ``runs``), for models outside the zoo; they must match in the same way.
 
     Raises:
         PairError: an explicit pair whose runs cannot be compared, naming why.

@@ -622,3 +622,30 @@ def test_cot_on_a_text_only_llm_equals_generate_per_question(tmp_path):
     # bio-cot asks images, which a text-only LLM does not see: refused naming the mode
     with pytest.raises(ValueError, match="answers the text questions only.*--mode text"):
         m.check_protocol(Protocol(taxonomy="inat21-plant", name="bio-cot"))
+
+
+def test_report_pairs_runs_of_one_protocol_only(tmp_path):
+    """A vision LLM's text run pairs with its LLM's run asked the same way: a cot run of the LLM
+    is not the paper run's partner, and an explicit pair of the two names the protocol."""
+    from test_report import write_runs
+    from test_report_compare import text_run
+
+    from hierzoo.report import PairError, load_runs, pair_runs
+
+    runs = {
+        "vlm": text_run("qwen2.5-vl-7b", [0.8, 0.6, 0.5, 1.0], 0.3, protocol="paper"),
+        "llm-cot": text_run(
+            "qwen2.5-7b-instruct", [0.9, 0.7, 0.6, 1.0], 0.4, seed=2, protocol="cot"
+        ),
+        "llm-last": text_run(
+            "qwen2.5-7b-instruct", [0.9, 0.7, 0.6, 1.0], 0.4, seed=3, parse="last-letter"
+        ),
+        "llm": text_run("qwen2.5-7b-instruct", [0.9, 0.8, 0.7, 1.0], 0.5, seed=4, protocol="paper"),
+    }
+    root = write_runs(tmp_path, runs)
+    pairs = pair_runs(load_runs([root]))
+    assert [(Path(v["run_dir"]).name, Path(m["run_dir"]).name) for v, m in pairs] == [
+        ("vlm", "llm")
+    ]
+    with pytest.raises(PairError, match="their protocol differ \\('paper' and 'cot'\\)"):
+        pair_runs([], [(root / "vlm", root / "llm-cot")])
