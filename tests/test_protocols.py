@@ -649,3 +649,25 @@ def test_report_pairs_runs_of_one_protocol_only(tmp_path):
     ]
     with pytest.raises(PairError, match="their protocol differ \\('paper' and 'cot'\\)"):
         pair_runs([], [(root / "vlm", root / "llm-cot")])
+
+
+def test_a_served_model_is_sent_the_cot_question():
+    """GPT-4o's request under cot: the paper's GPT text question with the ASCII CoT text before
+    the instruction, nothing else changed (described without a key, nothing sent)."""
+    from hierzoo.models import load_for_dry_run
+
+    clf = load_for_dry_run("openai:gpt-4o")
+    questions = read_questions("cub200-random")[:2]
+    kw = {"mode": "text", "answer": "generate"}
+    cot = clf.describe_requests(
+        questions, protocol=clf.default_protocol("cub200", name="cot", **kw)
+    )
+    paper = clf.describe_requests(questions, protocol=clf.default_protocol("cub200", **kw))
+    assert len(cot) == len(paper) > 0
+    for c, p in zip(cot, paper, strict=True):
+        (system_c, user_c), (system_p, user_p) = c["request"]["messages"], p["request"]["messages"]
+        assert system_c == system_p
+        (text_p,) = [x["text"] for x in user_p["content"]]
+        (text_c,) = [x["text"] for x in user_c["content"]]
+        head, last = text_p.rsplit("\n", 1)
+        assert last == ref.INSTRUCTION and text_c == f"{head}\n{ref.COT_ASCII}{last}"
