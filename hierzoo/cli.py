@@ -222,6 +222,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "by model, taxonomy and mode)",
     )
     how.add_argument(
+        "--parse",
+        choices=opt.LazyChoices("hierzoo.prompts", "PARSES"),
+        default="paper",
+        help="with --answer generate: read the reply's first option letter found anywhere (paper, "
+        "the paper's rule) or its last option letter standing alone (last-letter: the final "
+        "answer of a reasoned reply, e.g. --protocol cot --max-new-tokens 512)",
+    )
+    how.add_argument(
         "--keep-option-order",
         action="store_true",
         help="ask options in the file's order (no shuffling)",

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
@@ -49,6 +50,10 @@ four-choice questions), its prompting experiments ``cot`` (chain of thought), ``
 taxonomy-reasoning system prompt), ``taxonomy-context`` (the whole taxonomy in the prompt) and
 ``binary`` (a yes/no statement per option), and ``open`` (no options: the model names the node).
 A family answers under the names in its ``protocols`` and refuses the others by name."""
+PARSES = ("paper", "last-letter")
+"""How a generated reply is read (``--parse``, :attr:`Protocol.parse`): ``paper`` (the first
+option letter found anywhere, :func:`parse_paper_answer`) or ``last-letter`` (the last option
+letter standing alone, :func:`parse_last_letter`: the final answer of a reasoned reply)."""
 UNKNOWN = "Unknown"
 """What the paper records as the prediction when no option letter is found in a reply."""
 
@@ -246,6 +251,122 @@ def max_new_tokens(
     return entry.get(_paper_key(taxonomy) or "", entry["default"])
 
 
+def protocol_table(name: str) -> dict[str, Any]:
+    """What the named protocol ``name`` changes in the paper's questions (the ``protocols``
+    table of ``prompts.json``; ``{}`` for ``paper``, ``binary`` and ``open``)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"Expected a protocol name in {PROTOCOLS}, but got {name!r}.")
+    return paper_prompts()["protocols"].get(name, {})
+
+
+def cot_suffix(family: str | None) -> str:
+    """The chain-of-thought text the ``cot`` protocol puts before the instruction: the paper's
+    ``"Let’s think step by step. "`` with U+2019 for the Qwen-VL families (its Qwen scripts),
+    with an ASCII apostrophe for every other family (its LLaVA and InternVL scripts)."""
+    table = protocol_table("cot")["suffix"]
+    return table.get(family or "", table["default"])
+
+
+def bio_cot_taxonomies() -> list[str]:
+    """The taxonomies the paper wrote a ``bio-cot`` system message for (iNat21 animal, plant)."""
+    return list(protocol_table("bio-cot")["system"])
+
+
+def bio_cot_system(taxonomy: str | Taxonomy | None) -> str:
+    """The ``bio-cot`` system message of a taxonomy: the paper's taxonomy-reasoning instruction
+    with its worked example (a moth for iNat21-Animal, an evening primrose for iNat21-Plant).
+
+    Raises:
+        ValueError: a taxonomy the paper has no such message for, naming those it has.
+    """
+    table = protocol_table("bio-cot")["system"]
+    key = _paper_key(taxonomy)
+    if key not in table:
+        name = taxonomy if taxonomy is None or isinstance(taxonomy, str) else taxonomy.name
+        raise ValueError(
+            f"--protocol bio-cot has the paper's worked example for {list(table)} only, not for "
+            f"the taxonomy {name!r}; pass --taxonomy {' or '.join(table)} (a question set of "
+            "one of them), or use another protocol."
+        )
+    return table[key]
+
+
+def taxonomy_context(taxonomy: str | Taxonomy) -> str:
+    """The whole taxonomy as the paper's ``taxonomy-context`` scripts write it into the prompt:
+    Python's ``str`` of the leaf -> path dict (``{'Black-footed Albatross': ['Procellariiformes',
+    ...], ...}``), read from the bundled taxonomy's JSON file as the scripts read theirs
+    (``str(json.load(open(...)))``); a user's :class:`~hierzoo.taxonomy.Taxonomy` gives its own
+    leaf -> path dict, leaves in its order.
+
+    Raises:
+        ValueError: a name that is not a bundled taxonomy.
+    """
+    from hierzoo.taxonomy import BUNDLED
+
+    name = taxonomy if isinstance(taxonomy, str) else taxonomy.name
+    if name in BUNDLED and (isinstance(taxonomy, str) or _paper_key(taxonomy) == name):
+        path = resources.files("hierzoo.data").joinpath("taxonomies", BUNDLED[name].file)
+        return str(json.loads(path.read_text(encoding="utf-8")))
+    if isinstance(taxonomy, str):
+        raise ValueError(
+            f"--protocol taxonomy-context writes the taxonomy into the prompt: expected a bundled "
+            f"taxonomy ({list(BUNDLED)}) or a Taxonomy, but got {taxonomy!r}."
+        )
+    return str(taxonomy.to_paths())
+
+
+class Framing(NamedTuple):
+    """What a named protocol changes in the chat around the user text: its own ``system``
+    message (``None``: the mode's), and ``preamble``, text at the start of the user turn before
+    the image (``None``: none)."""
+
+    system: str | None = None
+    preamble: str | None = None
+
+
+def context_placement(family: str | None) -> str:
+    """Where ``taxonomy-context`` puts the taxonomy for a model family, as the paper's scripts
+    place it: ``"system"`` (appended to the system message, Qwen-VL) or ``"before-image"`` (the
+    start of the user turn, InternVL).
+
+    Raises:
+        ValueError: a family the paper's scripts do not place it for, naming those they do.
+    """
+    table = protocol_table("taxonomy-context")["placement"]
+    if family not in table:
+        raise ValueError(
+            f"--protocol taxonomy-context places the taxonomy as the paper's scripts do for "
+            f"{list(table)}; the {family!r} family has no such placement (the paper's LLaVA "
+            "script puts it before the image in a conversation template that is not public). "
+            "Use one of those families, or another protocol."
+        )
+    return table[family]
+
+
+def protocol_framing(protocol: Protocol, family: str | None = None) -> Framing | None:
+    """The chat framing a named protocol puts in place of the paper's (see :class:`Framing`):
+    ``bio-cot``'s system message, ``taxonomy-context``'s taxonomy (in the system message or
+    before the image, by :func:`context_placement`), ``binary``'s system message and, in image
+    mode, ``open``'s; ``None`` where the protocol keeps the paper's.
+
+    Raises:
+        ValueError: a taxonomy or family the protocol has no prompt for.
+    """
+    if protocol.name == "bio-cot":
+        return Framing(system=bio_cot_system(protocol.taxonomy))
+    if protocol.name == "taxonomy-context":
+        table = protocol_table("taxonomy-context")
+        context = table["prefix"] + taxonomy_context(protocol.taxonomy)
+        if context_placement(family) == "system":
+            return Framing(system=table["system"] + context)
+        return Framing(preamble=context)
+    if protocol.name == "binary":
+        return Framing(system=binary_system_message())
+    if protocol.name == "open" and protocol.mode == "image":
+        return Framing(system=open_system_message("image"))
+    return None
+
+
 def question_text(
     taxonomy: str | Taxonomy | None,
     level: int,
@@ -292,11 +413,14 @@ def user_text(question: str, options: Sequence[str]) -> str:
     return "\n".join([question, *option_lines(options), instruction()])
 
 
-def messages(user: str, *, mode: str = "image", system: str | None = None) -> list[dict[str, Any]]:
+def messages(
+    user: str, *, mode: str = "image", system: str | None = None, preamble: str | None = None
+) -> list[dict[str, Any]]:
     """Chat messages in the transformers format: the system turn, then the user turn with the
-    image first (image mode) and ``user`` as text."""
+    image first (image mode) and ``user`` as text; ``preamble``: text before the image."""
     _check_mode(mode)
-    content: list[dict[str, Any]] = [{"type": "image"}] if mode == "image" else []
+    content: list[dict[str, Any]] = [{"type": "text", "text": preamble}] if preamble else []
+    content += [{"type": "image"}] if mode == "image" else []
     content.append({"type": "text", "text": user})
     return [
         {"role": "system", "content": system_message(mode) if system is None else system},
@@ -379,6 +503,31 @@ def parse_paper_answer(reply: str, letters: str) -> str | None:
     ``"D. Anatidae"`` as ``A``, ``"c"`` as ``None``.
     """
     return next((letter for letter in letters if letter in reply), None)
+
+
+_LONE_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
+
+
+def parse_last_letter(reply: str, letters: str) -> str | None:
+    """The last option letter the reply states: the last of ``letters`` that stands alone (no
+    letter or digit right before or after it), else ``None``.
+
+    For replies that reason before answering (``--protocol cot`` with a real token budget):
+    ``"Answer: C"`` parses as ``C``, ``"...so the answer is **B**."`` as ``B``, ``"Both A and
+    D fit, but D"`` as ``D``; ``"A bird of prey"`` still states ``A`` (a capital ``A`` alone is
+    read as the letter), and ``"c"`` is ``None``.
+    """
+    found = [m for m in _LONE_LETTER.findall(reply) if m in letters]
+    return found[-1] if found else None
+
+
+def parse_answer(reply: str, letters: str, parse: str = "paper") -> str | None:
+    """The option letter of a generated reply by the rule ``parse`` (one of :data:`PARSES`)."""
+    if parse == "paper":
+        return parse_paper_answer(reply, letters)
+    if parse == "last-letter":
+        return parse_last_letter(reply, letters)
+    raise ValueError(f"Expected `parse` to be one of {PARSES}, but got {parse!r}.")
 
 
 def parse_yes_no(reply: str) -> int:
@@ -468,7 +617,10 @@ class Protocol:
         max_new_tokens: with ``answer="generate"``, the most tokens a reply may have; ``None``:
             the paper's for the family, taxonomy and mode (:func:`max_new_tokens`).
         name: the way of asking, one of :data:`PROTOCOLS` (``"paper"``: the paper's four-choice
-            questions).
+            questions). ``cot`` generates (``answer="generate"``); ``bio-cot`` asks iNat21
+            images only (:func:`bio_cot_taxonomies`); see ``docs/protocols.md``.
+        parse: how a generated reply is read, one of :data:`PARSES`: ``"paper"`` (the paper's
+            rule) or ``"last-letter"`` (the last option letter stated; generated answers only).
     """
 
     taxonomy: str | Taxonomy | None = None
@@ -482,6 +634,7 @@ class Protocol:
     answer: str = "logits"
     max_new_tokens: int | None = None
     name: str = "paper"
+    parse: str = "paper"
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -490,6 +643,7 @@ class Protocol:
             )
         if self.answer not in ANSWERS:
             raise ValueError(f"Expected `answer` to be one of {ANSWERS}, but got {self.answer!r}.")
+        self._check_named()
         if self.max_new_tokens is not None:
             n = self.max_new_tokens
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -538,6 +692,44 @@ class Protocol:
                 f"got {type(self.taxonomy).__name__}."
             )
 
+    def _check_named(self) -> None:
+        """The settings a named protocol and the parse rule need (see ``docs/protocols.md``)."""
+        if self.parse not in PARSES:
+            raise ValueError(
+                f"Expected `parse` (--parse) to be one of {PARSES}, but got {self.parse!r}."
+            )
+        if self.parse != "paper" and self.answer != "generate":
+            raise ValueError(
+                f"--parse {self.parse} reads generated replies: add --answer generate "
+                f"(answer='generate'), or drop it (got answer={self.answer!r})."
+            )
+        if self.name == "cot" and self.answer != "generate":
+            raise ValueError(
+                "--protocol cot asks the model to think step by step, which only a generated "
+                "reply can do (the paper generates and parses it): add --answer generate "
+                f"(answer='generate'), got answer={self.answer!r}."
+            )
+        if self.name == "taxonomy-context":
+            if self.mode != "image":
+                raise ValueError(
+                    "--protocol taxonomy-context is the paper's image experiment; in text mode "
+                    "the question names the leaf, whose path the taxonomy then spells out: use "
+                    "--mode image."
+                )
+            if self.taxonomy is None:
+                raise ValueError(
+                    "--protocol taxonomy-context writes the taxonomy into the prompt: pass "
+                    "--taxonomy NAME (Protocol(taxonomy=...))."
+                )
+            taxonomy_context(self.taxonomy)
+        if self.name == "bio-cot":
+            if self.mode != "image":
+                raise ValueError(
+                    "--protocol bio-cot's system message reasons from the image (the paper asks "
+                    "it of images only): use --mode image, or --protocol cot for text questions."
+                )
+            bio_cot_system(self.taxonomy)
+
     @property
     def taxonomy_name(self) -> str | None:
         """The taxonomy's name (``None`` without one)."""
@@ -570,11 +762,17 @@ class Protocol:
             return self.max_new_tokens
         if self.name in ("binary", "open"):
             return paper_prompts()[self.name]["max_new_tokens"]
-        return max_new_tokens(family, self.taxonomy, self.mode)
+        named = protocol_table(self.name).get("max_new_tokens")
+        return named if named is not None else max_new_tokens(family, self.taxonomy, self.mode)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values (a ``Taxonomy`` written as its name)."""
-        return {**asdict(replace(self, taxonomy=None)), "taxonomy": self.taxonomy_name}
+        """The fields as plain JSON values (a ``Taxonomy`` written as its name); ``parse`` only
+        when it is not the paper's rule."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["taxonomy"] = self.taxonomy_name
+        if self.parse == "paper":
+            del out["parse"]
+        return out
 
 
 # --------------------------------------------------------------------------- the planner
@@ -680,6 +878,8 @@ def plan_questions(
     _entry(protocol.taxonomy)
     variant = protocol.prompt_variant
     if variant is None:
+        variant = protocol_table(protocol.name).get("prompt_variant")
+    if variant is None:
         variant = default_prompt_variant(protocol.taxonomy, family, model=model, mode=mode)
     asked = asked_options([(q.answers, q.choices) for q in questions], mode)
     right = [
@@ -697,8 +897,11 @@ def plan_questions(
         return _plan_binary(questions, protocol, variant, orders, right)
     if protocol.name == "open":
         return _plan_open(questions, protocol, variant, orders)
-    system = system_message(mode, family)
+    framing = protocol_framing(protocol, family)
+    system = (framing.system if framing else None) or system_message(mode, family)
     lower = lowercase_label(mode, family)
+    closing = cot_suffix(family) + instruction() if protocol.name == "cot" else instruction()
+    glued = protocol.name == "taxonomy-context" and context_placement(family) == "system"
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
     by_sample: list[list[int]] = []
@@ -735,7 +938,9 @@ def plan_questions(
                         letters=letters(len(names)),
                         answer=rotated.index(right[i][k]),
                         question=texts[k, label],
-                        text=user_text(texts[k, label], names),
+                        text="\n".join([texts[k, label], *option_lines(names)])
+                        + ("" if glued else "\n")
+                        + closing,
                         system=system,
                         mode=mode,
                         image=image,

@@ -180,12 +180,8 @@ def _names(runs: list[dict[str, Any]]) -> list[str]:
     defaults (questions, image), plus the run directory where two runs would read the same."""
     names = []
     for r in runs:
-        defaults = (
-            ("task", "questions"),
-            ("mode", "image"),
-            ("protocol", "paper"),
-            ("answer", "logits"),
-        )
+        defaults = (("task", "questions"), ("mode", "image"), ("answer", "logits"))
+        defaults += (("protocol", "paper"), ("parse", "paper"))
         extra = [str(r.get(k)) for k, d in defaults if r.get(k, d) != d]
         names.append(f"{_label(r)} ({', '.join(extra)})" if extra else _label(r))
     keys = [(n, r["taxonomy"]) for n, r in zip(names, runs)]
@@ -216,13 +212,16 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     name (the union over taxonomies; ``None`` where a run has no such level), ``protocol`` (the
     way of asking, ``--protocol``; ``paper`` for summaries without one). When any run
     generated its answers (``--answer generate``), every row also has ``answer``, ``n_unknown``
-    and ``answer_agreement`` (percent; ``None`` for runs that read logits).
+    and ``answer_agreement`` (percent; ``None`` for runs that read logits). When any run was
+    asked under a protocol other than ``paper`` (``--protocol``), every row also has
+    ``protocol``.
 
     Rows are grouped by taxonomy (in order of first appearance), best HCA first.
     """
     names = _names(runs)
     all_levels = _merge_levels([r.get("levels") or [] for r in runs])
     generated = any(r.get("answer") == "generate" for r in runs)
+    named = any(r.get("protocol", "paper") != "paper" for r in runs)
     rows = []
     for name, r in zip(names, runs):
         m = r["metrics"] or {}
@@ -245,7 +244,8 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
-        row["protocol"] = r.get("protocol", "paper")
+        if named:
+            row["protocol"] = r.get("protocol", "paper")
         if generated:
             row["answer"] = r.get("answer", "logits")
             row["n_unknown"] = r.get("n_unknown")
@@ -284,26 +284,28 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
         return f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]"
 
     generated = any("answer" in r for r in rows)
-    header = ["model", "taxonomy", "task", "mode", "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
+    named = any("protocol" in r for r in rows)
+    lead = ["model", "taxonomy", "task", "mode"] + (["protocol"] if named else [])
+    header = [*lead, "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
     header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
-    header += ["protocol"]
     header += ["answer", "Unknown", "Agree"] if generated else []
     header += ["run"]
     body = []
     for r in rows:
-        cells = [_cell(r[k]) for k in ("model", "taxonomy", "task", "mode", "n", "n_errors")]
+        keys = ("model", "taxonomy", "task", "mode") + (("protocol",) if named else ())
+        cells = [_cell(r[k]) for k in (*keys, "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
-        cells += [_cell(r["protocol"])]
         if generated:
             cells += [_cell(r[k]) for k in ("answer", "n_unknown", "answer_agreement")]
         body.append(cells + [_cell(r["run"])])
-    out += markdown_table(header, body, right=set(range(4, len(header) - 1)))
+    out += markdown_table(header, body, right=set(range(len(lead), len(header) - 1)))
     if generated:
         out += [
             "",
             "answer: how the answer was read (logits: the option letters' logits; generate: a "
-            "reply parsed by the paper's rule). Unknown: replies naming no option (scored wrong). "
+            "reply parsed by the paper's rule, or by its last stated letter where the model's "
+            "name says last-letter). Unknown: replies naming no option (scored wrong). "
             "Agree: percent of replies whose letter is the first token's most probable letter.",
         ]
 
@@ -348,7 +350,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 # a vision LLM's text-mode run next to its LLM's run: the paper's "the LLM is the bottleneck"
 
 COMPARED = [("hca", "HCA"), ("leaf_acc", "Leaf"), ("por", "POR"), ("strict_por", "S-POR")]
-_SAME = ("questions", "taxonomy", "task", "answer", "circular")  # identity items a pair shares
+# identity items a pair shares
+_SAME = ("questions", "taxonomy", "task", "answer", "circular", "protocol", "parse")
 
 
 class PairError(ValueError):
@@ -401,10 +404,10 @@ def pair_runs(
 
     Found by the zoo: a run of a vision LLM whose spec names a ``base_llm``
     (``qwen2.5-vl-7b`` -> ``qwen2.5-7b-instruct``) pairs with every run of that LLM with the same
-    taxonomy, question set (the content hash in the run identity), task, answer setting and
-    circular setting; both in text mode. ``explicit``: more pairs as ``(VLM run, LLM run)``
-    paths (run directories or their ``summary.json``, read if not among ``runs``), for models
-    outside the zoo; they must match in the same way.
+    taxonomy, question set (the content hash in the run identity), task, answer setting,
+    circular setting, protocol and parse rule; both in text mode. ``explicit``: more pairs as
+    ``(VLM run, LLM run)`` paths (run directories or their ``summary.json``, read if not among
+    ``runs``), for models outside the zoo; they must match in the same way.
 
     Raises:
         PairError: an explicit pair whose runs cannot be compared, naming why.

@@ -105,6 +105,7 @@ class EvalConfig:
     keep_option_order: bool = False
     answer: str = "logits"
     max_new_tokens: int | None = None
+    parse: str = "paper"
     circular: bool = False
     mode: str = "image"
     templates: list[str] | None = None
@@ -137,6 +138,8 @@ class EvalConfig:
         ident = {k: getattr(self, k) for k in keys}
         if self.max_new_tokens is not None:  # only when set: the ids of other runs stay the same
             ident["max_new_tokens"] = self.max_new_tokens
+        if self.parse != "paper":  # likewise
+            ident["parse"] = self.parse
         return ident
 
     def check(self) -> None:
@@ -165,6 +168,19 @@ class EvalConfig:
                 f"--max-new-tokens {self.max_new_tokens} limits generated replies; add --answer "
                 "generate, or drop it."
             )
+        if self.task == "questions":
+            from hierzoo.prompts import Protocol
+
+            try:  # a named protocol's own needs (cot generates, bio-cot's taxonomies ...)
+                Protocol(
+                    taxonomy=self.taxonomy_name,
+                    mode=self.mode,
+                    answer=self.answer,
+                    name=self.protocol,
+                    parse=self.parse,
+                )
+            except ValueError as e:
+                raise RunError(str(e)) from None
         numbers = (("batch_size", 1), ("limit", 1), ("threads", 1), ("num_workers", 0))
         numbers += (("max_new_tokens", 1),)
         for name, low in numbers:
@@ -366,11 +382,13 @@ def run_identity(
     ident["taxonomy"] = taxonomy_digest(taxonomy)
     ident["dtype"] = dtype
     if cfg.task == "questions" and cfg.answer == "generate":
-        from hierzoo.prompts import max_new_tokens
+        from hierzoo.prompts import max_new_tokens, protocol_table
 
-        # the reply length in effect, the paper's table's or the flag's
-        ident["max_new_tokens"] = cfg.max_new_tokens or max_new_tokens(
-            spec.family, cfg.taxonomy_name, cfg.mode
+        # the reply length in effect, the paper's table's (or its protocol's) or the flag's
+        ident["max_new_tokens"] = (
+            cfg.max_new_tokens
+            or protocol_table(cfg.protocol).get("max_new_tokens")
+            or max_new_tokens(spec.family, cfg.taxonomy_name, cfg.mode)
         )
     ident["options"] = {
         k: v for k, v in sorted(cfg.model_kwargs.items()) if k not in _NEUTRAL_OPTIONS
@@ -391,20 +409,22 @@ def _protocol(cfg: EvalConfig, clf: Any):
     Raises:
         RunError: a setting this model cannot answer under.
     """
-    protocol = clf.default_protocol(
-        cfg.taxonomy_name,
-        mode=cfg.mode,
-        seed=cfg.seed,
-        prompt_variant=cfg.prompt_variant,
-        keep_option_order=cfg.keep_option_order,
-        answer=cfg.answer,
-        circular=cfg.circular,
-        templates=cfg.templates,
-        name=cfg.protocol,
-    )
-    if cfg.max_new_tokens is not None:
-        protocol = replace(protocol, max_new_tokens=cfg.max_new_tokens)
     try:
+        protocol = clf.default_protocol(
+            cfg.taxonomy_name,
+            mode=cfg.mode,
+            seed=cfg.seed,
+            prompt_variant=cfg.prompt_variant,
+            keep_option_order=cfg.keep_option_order,
+            answer=cfg.answer,
+            circular=cfg.circular,
+            templates=cfg.templates,
+            name=cfg.protocol,
+        )
+        if cfg.max_new_tokens is not None:
+            protocol = replace(protocol, max_new_tokens=cfg.max_new_tokens)
+        if cfg.parse != "paper":
+            protocol = replace(protocol, parse=cfg.parse)
         clf.check_protocol(protocol)
     except ValueError as e:
         raise RunError(str(e)) from None
@@ -759,6 +779,9 @@ def _work(
         )
     summary = summarize_run(rows, taxonomy, cfg)
     summary["done_before"] = n_done
+    context = getattr(clf, "context_tokens", None)
+    if protocol is not None and protocol.name == "taxonomy-context" and context is not None:
+        summary["context_tokens"] = context(protocol)  # the taxonomy's cost in every prompt
     summary["provenance"] = {
         "model": asdict(clf.spec)
         if getattr(clf, "spec", None)
@@ -854,6 +877,10 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         summary.update(open_answer_stats(rows, cfg.answer))
     elif cfg.task == "questions" and cfg.answer == "generate":
         summary.update(generated_answer_stats(rows))
+    if cfg.task == "questions" and cfg.protocol != "paper":  # a prompting experiment's name
+        summary["protocol"] = cfg.protocol
+    if cfg.parse != "paper":
+        summary["parse"] = cfg.parse
     return summary
 
 

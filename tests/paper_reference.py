@@ -118,6 +118,51 @@ t = 0 / 1 / 2 and species for every deeper level."""
 
 BINARY_RANKS = ("order", "family", "genus", "species")
 
+COT_CUB_TEMPLATE_0 = "Based on taxonomy, what is the {rank} of the bird in this image?"
+"""The CoT scripts' CUB-200 question, variant 0 (``--prompt_order 0``), rank order / family /
+genus for t = 0 / 1 / 2 and species beyond (prompt_engineering/cot/qwen/eval_img_cub_cot.py:77-86;
+the same in cot/llava/eval_img_cub_cot.py:64-73 and cot/internvl/eval_img_cub_cot.py:157-166)."""
+
+COT_CUB_RANKS = ("order", "family", "genus", "species")
+
+COT_MAX_NEW_TOKENS = {"qwen2.5-vl": 10, "llava-onevision": 10, "internvl": 5}
+"""The CoT scripts' reply length on CUB-200: ``max_new_tokens=10``
+(cot/qwen/eval_img_cub_cot.py:186, cot/llava/eval_img_cub_cot.py:124), ``5``
+(cot/internvl/eval_img_cub_cot.py:227)."""
+
+COT_SUFFIX = {"qwen2.5-vl": COT_QWEN, "llava-onevision": COT_ASCII, "internvl": COT_ASCII}
+"""Which CoT text each family's scripts write (U+2019 in the Qwen scripts only)."""
+
+
+def cot_question(prompt_template: str, cmap: Mapping[str, str], family: str) -> str:
+    """The CoT question of ``family``'s scripts (cot/qwen/eval_img_cub_cot.py:145,
+    cot/llava/eval_img_cub_cot.py:112 without LLaVA's leading newline, cot/internvl/
+    eval_img_cub_cot.py:223): ``template \n options \n`` + the CoT text + the instruction."""
+    return question(prompt_template, cmap, COT_SUFFIX[family] + INSTRUCTION)
+
+
+BIO_COT_TEMPLATE_1 = (
+    "Given the {noun} in the image, what is its taxonomic classification at the {rank} level?"
+)
+"""The bio-CoT scripts' question, variant 1 as scripts/bio_cot_pmt.sh:1-2 run them
+(``--prompt_order 1``): prompt_engineering/bio_cot/eval_animal_bio.py:93-107 (noun ``animal``),
+eval_plant_bio.py:94-108 (``plant``); rank kingdom, phylum, class, order, family, genus for
+t = 0..5 and species beyond."""
+
+BIO_COT_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+BIO_COT_MAX_NEW_TOKENS = 5
+"""prompt_engineering/bio_cot/eval_animal_bio.py:200, eval_plant_bio.py:201."""
+
+BIO_COT_SYSTEM = {"inat21-animal": BIO_COT_ANIMAL, "inat21-plant": BIO_COT_PLANT}
+
+
+def bio_cot_messages(system: str, text: str) -> list[dict[str, Any]]:
+    """The bio-CoT conversation: the system message as a plain string, the user turn the image
+    then the question of :func:`question` (bio_cot/eval_animal_bio.py:157-175)."""
+    return qwen_messages(text, image="image", system=system)
+
+
 TAXONOMY_CONTEXT = "Here is a taxonomy: "
 """Prefix of the taxonomy-in-prompt experiment (prompt_engineering/taxonomy/*.py); the taxonomy
 is ``str(json.load(open("data/taxonomies/hierarchy_CUB200.json")))``: Python's ``repr`` of the
@@ -290,6 +335,35 @@ hierzoo/data/prompts.json)."""
 
 # --------------------------------------------------------------------------------------------
 # Question text and answer parsing
+TAXONOMY_QWEN_SYSTEM = "You are a helpful assistant. "
+"""The start of the Qwen taxonomy run's system message, which continues with
+:data:`TAXONOMY_CONTEXT` and the taxonomy (prompt_engineering/taxonomy/eval_CUB_tax_qwen.py:164)."""
+
+TAXONOMY_MAX_NEW_TOKENS = {"qwen2.5-vl": 10, "internvl": 5}
+"""eval_CUB_tax_qwen.py:200; eval_CUB_tax_internvl.py:236."""
+
+
+def taxonomy_context(taxonomy_json: str) -> str:
+    """The taxonomy as the scripts put it in the prompt: ``str(json.load(open(file)))``, Python's
+    repr of the leaf -> path dict (prompt_engineering/taxonomy/eval_CUB_tax_qwen.py:26-29,
+    eval_CUB_tax_internvl.py:108-112)."""
+    import json
+
+    return str(json.loads(taxonomy_json))
+
+
+def taxonomy_qwen_system(context: str) -> str:
+    """The Qwen taxonomy run's system message (eval_CUB_tax_qwen.py:164)."""
+    return TAXONOMY_QWEN_SYSTEM + TAXONOMY_CONTEXT + context
+
+
+def taxonomy_internvl_question(context: str, question_text: str) -> str:
+    """The InternVL taxonomy run's question, the taxonomy before the image
+    (eval_CUB_tax_internvl.py:231-232): ``"Here is a taxonomy: " + context + "<image>\n" +
+    question``, where ``question`` is :func:`question` (the instruction after a newline)."""
+    return TAXONOMY_CONTEXT + context + "<image>\n" + question_text
+
+
 # --------------------------------------------------------------------------------------------
 
 

@@ -290,7 +290,7 @@ def test_a_model_that_says_yes_predicts_the_first_option_asked(model, questions)
     """A generation config that favours the first token of "Yes": every statement is answered
     yes, and the prediction of each level is its first option in the order asked."""
     tok = model.processor.tokenizer
-    tail = model.template("image", prompts.binary_system_message())[1]
+    tail = model.template("image", prompts.Framing(system=prompts.binary_system_message()))[1]
     (yes, _) = yes_no_ids(model, tail)
     config = model.model.generation_config
     config.sequence_bias = [[[yes], 100.0]]
@@ -410,12 +410,13 @@ def test_report_names_the_protocol(tmp_path):
     runs = [run("paper"), run("binary", protocol="binary", answer="generate"), run("old")]
     rows = report_table(runs)
     assert [r["protocol"] for r in rows] == ["paper", "binary", "paper"]
-    assert rows[1]["model"] == "qwen (binary, generate)"
+    assert rows[1]["model"] == "qwen (generate, binary)"
     md = format_markdown(rows)
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[-5:] == ["protocol", "answer", "Unknown", "Agree", "run"]
-    line = next(x for x in md.splitlines() if "(binary, generate)" in x)
+    assert cells[:5] == ["model", "taxonomy", "task", "mode", "protocol"]
+    assert cells[-4:] == ["answer", "Unknown", "Agree", "run"]
+    line = next(x for x in md.splitlines() if "(generate, binary)" in x)
     assert [c.strip() for c in line.strip("|").split("|")][cells.index("protocol")] == "binary"
     stats = {"n_statements": 16, "n_yes": 5, "n_no": 10, "n_neither": 1, "n_levels": 4,
              "levels_without_yes": 1, "levels_with_several_yes": 2}  # fmt: skip

@@ -162,7 +162,7 @@ class TextLLMClassifier(LLMClassifier):
 
     family = "llm"
     label = "text-only LLM"
-    protocols = ("paper", "open")
+    protocols = ("paper", "cot", "open")
     options = LLMClassifier.options | {"framing", "system_message"}
     default_system_message: ClassVar[str] = prompts.system_message("text")
     text_prompt_variants: ClassVar[dict[str, int]] = PAPER_TEXT_VARIANTS
@@ -455,20 +455,20 @@ class TextLLMClassifier(LLMClassifier):
             yield positions, answers
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str = "text", system: str | None = None) -> tuple[str, str]:
+    def template(self, mode: str = "text", framing: Any = None) -> tuple[str, str]:
         """``(head, tail)`` around the user text: the chat template's (system turn and user
         header; end of turn and assistant header), or for the base framing the tokenizer's own
         leading special tokens (a BOS, where it adds one) and ``" Answer:"``. The system turn is
-        the model's :attr:`system_message`; ``system`` must be ``None``.
+        the classifier's :attr:`system_message`; no protocol of this family brings its own.
 
         Raises:
-            ValueError: image mode, or a ``system`` message.
+            ValueError: image mode, or a protocol's own framing (``framing``).
         """
         type(self).check_mode(mode, name=self.name)
-        if system is not None:
+        if framing is not None:
             raise ValueError(
-                f"{self.name!r} asks with its own system message ({self.system_message!r}); "
-                "load it with system_message=... to change it."
+                f"{self.name!r} sends its own system turn (system_message); no protocol of text "
+                "LLMs replaces it."
             )
         if mode in self._templates:
             return self._templates[mode]

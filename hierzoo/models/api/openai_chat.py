@@ -152,6 +152,7 @@ class OpenAIChatClassifier(HierClassifier):
 
     family: ClassVar[str] = "openai-chat"
     label: ClassVar[str] = "API model"
+    protocols: ClassVar[tuple[str, ...]] = ("paper", "cot")
     generative: ClassVar[bool] = True
     options: ClassVar[frozenset[str]] = frozenset(
         {
@@ -656,7 +657,7 @@ class _Run:
             self.clf.absent_letter_levels += bool(read.absent)
         else:
             reply = reply_text(result.response)
-            letter = prompts.parse_paper_answer(reply, r.letters)
+            letter = prompts.parse_answer(reply, r.letters, self.protocol.parse)
             self.replies[j] = reply
             self.chosen[j] = r.letters.index(letter) if letter is not None else -1
             self.unknown[j] = letter is None

@@ -57,7 +57,7 @@ class _Work:
     errors: list[str | None]
     replies: list[str | None] | None
     generation: _Generation | None
-    system: str | None = None
+    framing: prompts.Framing | None = None
 
 
 class _AnsweringMixin:
@@ -179,7 +179,7 @@ class _AnsweringMixin:
             [None] * len(questions),
             [None] * len(plan.requests) if generate else None,
             self._generation(protocol.reply_tokens(self.family)) if generate else None,
-            _own_system(plan),
+            prompts.protocol_framing(protocol, self.family),
         )
 
     def _generation(self, max_new_tokens: int) -> _Generation:
@@ -224,9 +224,9 @@ class _AnsweringMixin:
         plan, mode = work.plan, work.protocol.mode
         if not plan.requests:
             return
-        head, tail = self.template(mode, work.system)
+        head, tail = self.template(mode, work.framing)
         if work.protocol.name == "binary":
-            letter_ids = self.answer_token_ids(prompts.BINARY_ANSWERS, mode, work.system)
+            letter_ids = self.answer_token_ids(prompts.BINARY_ANSWERS, mode, work.framing)
         elif work.protocol.name == "open":
             letter_ids = []
         else:
@@ -267,7 +267,7 @@ class _AnsweringMixin:
                 bar.update(len(plan.by_sample[wanted[j]]))
 
             def cost(image: Image.Image) -> int:
-                prefix = self._prefix_tokens(image)
+                prefix = self._prefix_tokens(image, work.framing)
                 return prefix if self.prefix_cache else per_image * (prefix + longest)
 
             for group in self._image_groups(items, batch_size, cost, failed):
@@ -292,7 +292,7 @@ class _AnsweringMixin:
         groups = [[rows[j] for j in plan.by_sample[i]] for i, _ in group]
         flat = [j for i, _ in group for j in plan.by_sample[i]]
         for local, out, replies in run(
-            mode, images, groups, letter_ids, batch_size, work.generation, work.system
+            mode, images, groups, letter_ids, batch_size, work.generation, work.framing
         ):
             work.logits[[flat[t] for t in local]] = out
             if replies is not None and work.replies is not None:
@@ -311,12 +311,14 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
-        system: str | None = None,
+        framing: prompts.Framing | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)``: one prefix forward for all groups (one
         per image; one for all in text mode), then the rows' suffixes from copies of its KV cache,
-        and (``generation``) the rows' greedy continuations from there (else replies ``None``)."""
-        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, system)
+        and (``generation``) the rows' greedy continuations from there (else replies ``None``).
+        ``framing``: the protocol's own system message and text before the image (default:
+        the paper's)."""
+        prefix = self._prefix(images, len(groups) if images is not None else 1, mode, framing)
         owner = [g if images is not None else 0 for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         width = prefix.mask.shape[1] + max(len(a.ids) for a in asks)
@@ -340,11 +342,11 @@ class _AnsweringMixin:
         letter_ids: list[int],
         batch_size: int | None,
         generation: _Generation | None = None,
-        system: str | None = None,
+        framing: prompts.Framing | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, list[str] | None]]:
         """Yield ``(row numbers, letter logits, replies)`` from full prompts, many rows per
         forward, and (``generation``) their greedy continuations (else replies ``None``)."""
-        head, tail = self.template(mode, system)
+        head, tail = self.template(mode, framing)
         owner = [g for g, rows in enumerate(groups) for _ in rows]
         asks = [a for rows in groups for a in rows]
         head_len = len(self.processor.tokenizer(head, add_special_tokens=False)["input_ids"])
@@ -462,7 +464,7 @@ class _AnsweringMixin:
                 p = torch.softmax(logits[j, :m], dim=0).numpy()
                 if work.replies is not None:
                     reply = work.replies[j] or ""
-                    letter = prompts.parse_paper_answer(reply, r.letters)
+                    letter = prompts.parse_answer(reply, r.letters, protocol.parse)
                     c = r.letters.index(letter) if letter is not None else -1
                     rotation_replies[row][k].append(reply)
                 else:
@@ -561,16 +563,6 @@ class _AnsweringMixin:
             binary=binary,
             statement_replies=replies if generated else None,
         )
-
-
-def _own_system(plan: QuestionPlan) -> str | None:
-    """The system message of a plan whose protocol has its own (``binary``; ``open`` in image
-    mode), else ``None`` (the template's default: the paper's for the mode, or a text LLM's
-    own)."""
-    name, mode = plan.protocol.name, plan.protocol.mode
-    if (name == "binary" or (name == "open" and mode == "image")) and plan.requests:
-        return plan.requests[0].system
-    return None
 
 
 def _ranked(protocol: Protocol | None) -> bool:

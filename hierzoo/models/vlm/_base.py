@@ -19,7 +19,7 @@ from PIL import Image
 
 from hierzoo import prompts
 from hierzoo.images import ImageInput
-from hierzoo.models.vlm import _chat, _schedule
+from hierzoo.models.vlm import _schedule
 from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
 from hierzoo.models.vlm._requests import _RequestsMixin
 
@@ -91,7 +91,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
     """
 
     label = "vision LLM"
-    protocols = ("paper", "binary", "open")
+    protocols = ("paper", "cot", "bio-cot", "taxonomy-context", "binary", "open")
     options = LLMClassifier.options | {
         "batched_vision_attention",
         "num_workers",
@@ -134,6 +134,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         )
         self.num_workers = num_workers
         self.process_on_device = process_on_device
+        self.config = model.config if model is not None else None
         self.batched_vision_attention = (
             self.batch_vision_attention(batched_vision_attention) if model is not None else False
         )
@@ -243,7 +244,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         """
         cls.check_options(options, spec.name, pass_through=True)
         processor = cls._load_processor(spec)
-        return cls(
+        clf = cls(
             None,
             processor,
             name=spec.name,
@@ -251,6 +252,9 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             prefix_cache=options.get("prefix_cache", True),
             image_processing=options.get("image_processing", "paper"),
         )
+        hub = {"revision": spec.revision} if spec.source is None else {}
+        clf.config = _import_transformers().AutoConfig.from_pretrained(spec.location, **hub)
+        return clf
 
     @classmethod
     def from_model(
@@ -305,6 +309,53 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         or mixes with one prepared the other."""
         return {**super().identity(protocol), "image_processing": self.image_processing}
 
+    # ------------------------------------------------------------------ protocols
+    def check_protocol(self, protocol: Protocol) -> None:
+        """Also refuse, before any model work, a ``taxonomy-context`` prompt longer than the
+        model's context (:meth:`context_limit`), naming both sizes."""
+        super().check_protocol(protocol)
+        if protocol.name != "taxonomy-context":
+            return
+        framing = prompts.protocol_framing(protocol, self.family)
+        head, tail = self.template(protocol.mode, framing)
+        tokens = len(self.processor.tokenizer(head + tail, add_special_tokens=False)["input_ids"])
+        limit, source = self.context_limit()
+        if limit is not None and tokens >= limit:
+            raise ValueError(
+                f"--protocol taxonomy-context puts the taxonomy {protocol.taxonomy_name!r} "
+                f"({self.context_tokens(protocol)} tokens) in every prompt of {self.name!r}: "
+                f"{tokens} tokens before the image and the question, but the model attends to "
+                f"at most {limit} ({source}). Use a smaller taxonomy, or a model with a longer "
+                "context."
+            )
+
+    def context_tokens(self, protocol: Protocol) -> int | None:
+        """The tokens the whole taxonomy costs in each prompt under ``taxonomy-context``
+        (``"Here is a taxonomy: "`` and the taxonomy, by this model's tokenizer); ``None`` under
+        other protocols."""
+        if protocol.name != "taxonomy-context":
+            return None
+        table = prompts.protocol_table("taxonomy-context")
+        text = table["prefix"] + prompts.taxonomy_context(protocol.taxonomy)
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def context_limit(self) -> tuple[int | None, str]:
+        """``(tokens, where it comes from)``: the longest sequence the model attends to, the
+        smaller of its language model's ``max_position_embeddings`` and the tokenizer's
+        ``model_max_length`` (where set); ``(None, "")`` when neither says."""
+        found = []
+        config = self.config
+        text = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
+        for where, cfg in (("text_config", text), ("config", config)):
+            n = getattr(cfg, "max_position_embeddings", None)
+            if isinstance(n, int) and n > 0:
+                found.append((n, f"{where}.max_position_embeddings"))
+                break
+        n = getattr(self.processor.tokenizer, "model_max_length", None)
+        if isinstance(n, int) and 0 < n < 10**8:
+            found.append((n, "tokenizer model_max_length"))
+        return min(found) if found else (None, "")
+
     # ------------------------------------------------------------------ family hooks
     def batch_vision_attention(self, on: bool = True) -> bool:
         """Turn window-batched attention in the vision tower on or off; returns whether it is on.
@@ -347,21 +398,16 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ prompts
-    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
+    def template(self, mode: str, framing: prompts.Framing | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`), with the system message the
-        paper sends this family (:func:`hierzoo.prompts.system_message`), or ``system``, the
-        message of a protocol that has its own; ``head + user_text + tail`` is a full prompt."""
-        key = mode if system is None else (mode, system)
-        if key not in self._templates:
-            self._templates[key] = _chat.split_template(
-                self.processor,
-                mode,
-                self.name,
-                check_prefix=self.prefix_cache,
-                system=prompts.system_message(mode, self.family) if system is None else system,
-            )
-        return self._templates[key]
+        paper sends this family (:func:`hierzoo.prompts.system_message`) unless ``framing``
+        (a protocol's own, :func:`hierzoo.prompts.protocol_framing`) brings one;
+        ``head + user_text + tail`` is a full prompt."""
+        if framing is None or framing.system is None:
+            preamble = framing.preamble if framing is not None else None
+            framing = prompts.Framing(prompts.system_message(mode, self.family), preamble)
+        return super().template(mode, framing)
 
     # ------------------------------------------------------------------ inputs and scheduling
     def _image_groups(
@@ -383,8 +429,8 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             self.num_workers,
         )
 
-    def _prefix_tokens(self, image: Image.Image) -> int:
-        head, _ = self.template("image")
+    def _prefix_tokens(self, image: Image.Image, framing: Any = None) -> int:
+        head, _ = self.template("image", framing)
         return len(self.processor(text=[head], images=[image])["input_ids"][0])
 
     def _images_on_device(self) -> bool:

@@ -18,33 +18,45 @@ def _text(text: str) -> list[dict[str, str]]:
     return [{"type": "text", "text": text}]
 
 
-def messages(user: str, mode: str, system: str | None = None) -> list[dict[str, Any]]:
-    """The paper's messages as a model's chat template is given them: the system message as a
-    list of text parts (the ``-ov-hf`` LLaVA-OneVision template renders a plain-string content
-    as an empty turn; every template hierzoo knows renders the list form as the text itself),
-    then the user turn with the image first (image mode)."""
+def messages(
+    user: str, mode: str, system: str | None = None, preamble: str | None = None
+) -> list[dict[str, Any]]:
+    """The paper's messages as a model's chat template is given them: the system message
+    (default: the mode's) as a list of text parts (the ``-ov-hf`` LLaVA-OneVision template
+    renders a plain-string content as an empty turn; every template hierzoo knows renders the
+    list form as the text itself), then the user turn: ``preamble``, the image (image mode) and
+    ``user``."""
     system = prompts.system_message(mode) if system is None else system
-    return [{"role": "system", "content": _text(system)}, prompts.messages(user, mode=mode)[1]]
+    turn = prompts.messages(user, mode=mode, preamble=preamble)[1]
+    return [{"role": "system", "content": _text(system)}, turn]
 
 
-def render(processor: Any, user: str, mode: str, system: str | None = None) -> str:
-    """The chat template over the system message (default: the mode's) and ``user``, ending with
-    the opening of the assistant turn."""
+def render(
+    processor: Any, user: str, mode: str, system: str | None = None, preamble: str | None = None
+) -> str:
+    """The chat template over the system message (default: the mode's) and ``user`` (after
+    ``preamble`` and the image), ending with the opening of the assistant turn."""
     return processor.apply_chat_template(
-        messages(user, mode, system), tokenize=False, add_generation_prompt=True
+        messages(user, mode, system, preamble), tokenize=False, add_generation_prompt=True
     )
 
 
 def split_template(
-    processor: Any, mode: str, name: str, check_prefix: bool, system: str | None = None
+    processor: Any,
+    mode: str,
+    name: str,
+    check_prefix: bool,
+    system: str | None = None,
+    preamble: str | None = None,
 ) -> tuple[str, str]:
     """``(head, tail)``: the chat-template text before and after the user text of a mode.
 
-    The head is the system turn (``system``, default the mode's message) and the start of the
-    user turn with the image placeholder; the tail closes the user turn and opens the assistant
-    turn. A full prompt is ``head + user_text + tail``. ``check_prefix``: also check that the
-    head's tokens end where the head's text ends (a KV cache of the head can then serve every
-    question).
+    The head is the system turn and the start of the user turn with the image placeholder;
+    the tail closes the user turn and opens the assistant turn. A full prompt is
+    ``head + user_text + tail``. ``check_prefix``: also check that the head's tokens end where
+    the head's text ends (a KV cache of the head can then serve every question). ``system``:
+    the system message (default: the paper's for the mode); ``preamble``: text at the start of
+    the user turn, before the image.
 
     Raises:
         ValueError: a template that does not place the user text verbatim once, that changes
@@ -52,7 +64,7 @@ def split_template(
             across the end of the head.
     """
     system = prompts.system_message(mode) if system is None else system
-    full = render(processor, SENTINEL, mode, system)
+    full = render(processor, SENTINEL, mode, system, preamble)
     if full.count(SENTINEL) != 1:
         raise ValueError(
             f"The chat template of {name!r} does not place the user text verbatim once in the "
@@ -62,9 +74,9 @@ def split_template(
     if system and system not in head:
         raise ValueError(
             f"The chat template of {name!r} leaves the system message out of the prompt "
-            f"({head!r}); hierzoo cannot send the paper's system message through it."
+            f"({head!r}); hierzoo cannot send the system message through it."
         )
-    if render(processor, _CHECK_TEXT, mode, system) != head + _CHECK_TEXT + tail:
+    if render(processor, _CHECK_TEXT, mode, system, preamble) != head + _CHECK_TEXT + tail:
         raise ValueError(
             f"The chat template of {name!r} changes the user text; hierzoo cannot build its "
             "prompts."

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hierzoo import prompts
 from hierzoo.images import PipelineStats
 from hierzoo.models.base import HierClassifier, OptionError
 from hierzoo.models.vlm import _chat, _schedule
@@ -178,16 +179,33 @@ class LLMClassifier(
         spec = self.spec
         return spec.name if spec is not None and spec.source is None else None
 
-    def template(self, mode: str, system: str | None = None) -> tuple[str, str]:
+    def template(self, mode: str, framing: prompts.Framing | None = None) -> tuple[str, str]:
         """``(head, tail)``: the chat-template text before and after the user text of a mode
         (see :func:`hierzoo.models.vlm._chat.split_template`); ``head + user_text + tail`` is
-        a full prompt. ``system``: the system message of a protocol that has its own (default:
-        the paper's for the mode)."""
-        key = mode if system is None else (mode, system)
+        a full prompt. ``framing``: a protocol's own system message and text before the image
+        (:func:`hierzoo.prompts.protocol_framing`; default: the paper's).
+
+        Raises:
+            ValueError: a system message the chat template does not render (a template that
+                drops a plain-string system message).
+        """
+        key = mode if framing is None else (mode, framing)
         if key not in self._templates:
-            self._templates[key] = _chat.split_template(
-                self.processor, mode, self.name, check_prefix=self.prefix_cache, system=system
+            system, preamble = framing or (None, None)
+            head, tail = _chat.split_template(
+                self.processor,
+                mode,
+                self.name,
+                check_prefix=self.prefix_cache,
+                system=system,
+                preamble=preamble,
             )
+            if preamble is not None and preamble not in head:
+                raise ValueError(
+                    f"The chat template of {self.name!r} does not put text before the image in "
+                    "the user turn, so it cannot ask with the protocol's text there."
+                )
+            self._templates[key] = head, tail
         return self._templates[key]
 
     def letter_token_ids(self, n: int, mode: str = "image") -> list[int]:
@@ -202,13 +220,13 @@ class LLMClassifier(
         return self._letter_cache[key]
 
     def answer_token_ids(
-        self, words: tuple[str, ...], mode: str = "image", system: str | None = None
+        self, words: tuple[str, ...], mode: str = "image", framing: prompts.Framing | None = None
     ) -> list[int]:
         """Token ids of the first token of each answer word (``("Yes", "No")``) as the first
         assistant token (:func:`hierzoo.models.vlm._chat.answer_token_ids`)."""
-        key = (mode, system, words)
+        key = (mode, framing, words)
         if key not in self._letter_cache:
-            tail = self.template(mode, system)[1]
+            tail = self.template(mode, framing)[1]
             self._letter_cache[key] = _chat.answer_token_ids(
                 self.processor.tokenizer, tail, words, self.name
             )

@@ -130,23 +130,26 @@ class _OpenMixin:
         self._require_weights()
         depth = max((len(o) for o in plan.orders), default=0)
         vocab = _vocabularies(protocol, depth)
-        system = prompts.open_system_message("image")
-        node_plan, spans = self._open_node_plan(plan, vocab, system)
+        framing = prompts.Framing(system=prompts.open_system_message("image"))
+        node_plan, spans = self._open_node_plan(plan, vocab, framing)
         for start in range(0, len(questions), chunk_size):
             positions = list(range(start, min(start + chunk_size, len(questions))))
             yield (
                 positions,
                 self._open_ranked(
-                    questions, plan, positions, vocab, node_plan, spans, system, batch_size
+                    questions, plan, positions, vocab, node_plan, spans, framing, batch_size
                 ),
             )
 
     def _open_node_plan(
-        self, plan: QuestionPlan, vocab: list[tuple[list[str], dict[str, str]]], system: str
+        self,
+        plan: QuestionPlan,
+        vocab: list[tuple[list[str], dict[str, str]]],
+        framing: prompts.Framing,
     ) -> tuple[_NodePlan, list[tuple[int, int]]]:
         """The contexts (each level's user text + template tail) and every candidate name's
         tokens (name + end of turn), and per level the span of its candidates."""
-        _, tail = self.template("image", system)
+        _, tail = self.template("image", framing)
         end = self.answer_end()
         tok = self.processor.tokenizer
         texts: dict[int, str] = {r.level: r.text for r in plan.requests}
@@ -181,7 +184,7 @@ class _OpenMixin:
         vocab: list[tuple[list[str], dict[str, str]]],
         node_plan: _NodePlan,
         spans: list[tuple[int, int]],
-        system: str,
+        framing: prompts.Framing,
         batch_size: int | None,
     ) -> Answers:
         wanted = [i for i in positions if plan.by_sample[i]]
@@ -200,7 +203,7 @@ class _OpenMixin:
         batch_size = batch_size or self.batch_size
         with torch.inference_mode():
             for group in self._image_groups(items, batch_size, cost, failed):
-                got = self._node_loglik([img for _, img in group], node_plan, batch_size, system)
+                got = self._node_loglik([img for _, img in group], node_plan, batch_size, framing)
                 for (j, _), row in zip(group, got):
                     scores[wanted[j]] = row
         opened: list[list[dict[str, Any] | None]] = []

@@ -67,9 +67,9 @@ class _PrefixCacheMixin:
         images: list[Image.Image] | None,
         n: int,
         mode: str = "image",
-        system: str | None = None,
+        framing: Any = None,
     ) -> _Prefix:
-        head, _ = self.template(mode, system)
+        head, _ = self.template(mode, framing)
         enc = self._encode([head] * n, images, side="right")
         positions, start = self.prompt_positions(enc)
         out = self.model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)

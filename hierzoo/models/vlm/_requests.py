@@ -9,7 +9,6 @@ from typing import Any
 
 from hierzoo import prompts
 from hierzoo.images import ImageDataset
-from hierzoo.models.vlm._answering import _own_system
 from hierzoo.prompts import Protocol
 from hierzoo.tasks import Question
 
@@ -42,7 +41,8 @@ class _RequestsMixin:
           or ``error`` when it cannot be read; ``[]`` in text mode;
         - ``letters``: the option letters (``""`` for a yes/no statement, whose ``option``
           is the option it states, ``--protocol binary``); ``max_new_tokens`` with generated
-          answers.
+          answers; ``context_tokens`` under ``taxonomy-context``: what the taxonomy costs of
+          ``prompt_tokens`` (:meth:`context_tokens`).
 
         Images are read and transformed as a run reads them and go through the same processor
         call, so the sizes, tiles and tokens are the processor's own output.
@@ -59,8 +59,9 @@ class _RequestsMixin:
         requests = plan.requests[:limit] if limit is not None else plan.requests
         if not requests:
             return []
-        head, tail = self.template(protocol.mode, _own_system(plan))
+        head, tail = self.template(protocol.mode, prompts.protocol_framing(protocol, self.family))
         reply_tokens = protocol.reply_tokens(self.family)
+        context_tokens = self.context_tokens(protocol)
         images: dict[int, tuple[Any, str | None]] = {}
         if protocol.mode == "image":
             samples = list(dict.fromkeys(r.sample for r in requests))
@@ -90,6 +91,8 @@ class _RequestsMixin:
             entry["letters"] = r.letters
             if protocol.name == "binary":
                 entry["option"] = r.options[0]
+            if context_tokens is not None:
+                entry["context_tokens"] = context_tokens
             if reply_tokens is not None:
                 entry["max_new_tokens"] = reply_tokens
             out.append(entry)

@@ -117,12 +117,12 @@ class _NodeScoringMixin:
         images: list[Image.Image],
         plan: _NodePlan,
         batch_size: int | None,
-        system: str | None = None,
+        framing: prompts.Framing | None = None,
     ) -> torch.Tensor:
         """``(len(images), n_nodes)`` log-likelihoods of the node names for a group of images
-        (``system``: a protocol's own system message, default the paper's)."""
+        (``framing``: a protocol's own system message, default the paper's)."""
         n_img, depth = len(images), len(plan.contexts)
-        prefix = self._prefix(images, n_img, "image", system)
+        prefix = self._prefix(images, n_img, "image", framing)
         rows = [g for g in range(n_img) for _ in range(depth)]
         out, attention, mask = self._continue(
             prefix, rows, [plan.contexts[k] for _ in range(n_img) for k in range(depth)]

@@ -95,10 +95,10 @@ class LlavaOnevisionClassifier(VisionLLMClassifier):
         n = self.pad_image_tokens()
         return [t.replace(token, token * n) for t in texts]
 
-    def _prefix_tokens(self, image: Image.Image) -> int:
+    def _prefix_tokens(self, image: Image.Image, framing: Any = None) -> int:
         if not self._pad:
-            return super()._prefix_tokens(image)
-        head, _ = self.template("image")
+            return super()._prefix_tokens(image, framing)
+        head, _ = self.template("image", framing)
         return len(self.processor.tokenizer(self._pad_prompts([head]))["input_ids"][0])
 
     def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
