@@ -305,6 +305,9 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
                         "answered": 0,
                     },
                 )
+                # what happens to this request is counted in the entry it was received into: a
+                # straggler of an earlier test (answered after reset()) counts in the old entry
+                self._stats = stats
                 attempt = len(stats["received"])
                 stats["received"].append(time.monotonic())
                 stats["received_wall"].append(time.time())
@@ -339,15 +342,15 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
             except HttpError as e:
                 return self._status(key, e.status, e.message)
             with state.lock:
-                state.bodies[key]["statuses"].append(200)
-                state.bodies[key]["answered"] += 1
+                self._stats["statuses"].append(200)
+                self._stats["answered"] += 1
             with contextlib.suppress(OSError):
                 self._json(200, response)
             return None
 
         def _status(self, key: str, status: int, message: str, headers=None) -> None:
             with state.lock:
-                state.bodies[key]["statuses"].append(status)
+                self._stats["statuses"].append(status)
             with contextlib.suppress(OSError):
                 self._error(status, message, headers)
 
@@ -359,7 +362,7 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
                     when = math.floor(time.time()) + 1 + float(arg[5:])
                     headers["Retry-After"] = email.utils.formatdate(when, usegmt=True)
                     with state.lock:
-                        state.bodies[key]["announced"].append(when)
+                        self._stats["announced"].append(when)
                 elif arg.startswith("ms:"):
                     headers["retry-after-ms"] = arg[3:]
                 elif arg:
@@ -374,7 +377,7 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
                 return True
             if kind == "drop":
                 with state.lock:
-                    state.bodies[key]["statuses"].append("drop")
+                    self._stats["statuses"].append("drop")
                 self.wfile.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b'Content-Length: 400\r\n\r\n{"id": "chatcmpl-'

@@ -106,21 +106,13 @@ def test_eval_end_to_end(setup, tmp_path, capsys):
 
 
 def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
-    """The last image is a named pipe, so the run is still going (blocked reading it) when it is
-    killed, however fast or loaded the machine; the resumed run finds the image there."""
-    import shutil
+    """The run blocks after its third batch (tests/gated.py), so it is killed mid-run however
+    fast or loaded the machine."""
+    from gated import gated_command
 
-    root = tmp_path / "data"
-    shutil.copytree(setup["images"], root)
-    last = read_questions("cub200-similar")[N - 1].image.split("CUB_200_2011/")[1]
-    pipe = root / "CUB_200_2011" / last
-    saved = pipe.read_bytes()
-    pipe.unlink()
-    os.mkfifo(pipe)
-    at = {**setup, "images": str(root)}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hierzoo", *_args(at, out, "--batch-size", "1")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = gated_command(tmp_path, _args(setup, out, "--batch-size", "1"), after=3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     preds = out / "predictions.jsonl"
     while proc.poll() is None:  # a poll, not a time limit: it stops when the lines are there
@@ -129,13 +121,11 @@ def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
             break
         time.sleep(0.005)
     assert proc.wait() == -signal.SIGKILL
-    pipe.unlink()
-    pipe.write_bytes(saved)
     before = _lines(preds)
     assert 3 <= len(before) < N
     with open(preds, "a") as f:
         f.write('{"sample": 99, "image": "torn')  # a write cut short
-    assert main(_args(at, out)) == 0
+    assert main(_args(setup, out)) == 0
     rows = _lines(preds)
     assert [r["sample"] for r in rows] == list(range(N))
     assert before and all(r in rows for r in before)  # finished lines are kept as they were
@@ -144,7 +134,7 @@ def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
     # a finished run resumed does nothing and changes nothing: the summary keeps the
     # provenance of the run that did the work
     before_summary = (out / "summary.json").read_text()
-    assert main(_args(at, out)) == 0
+    assert main(_args(setup, out)) == 0
     assert _lines(preds) == rows
     assert (out / "summary.json").read_text() == before_summary
 
