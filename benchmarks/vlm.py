@@ -55,7 +55,11 @@ def hierzoo_run(
 
 
 def bench_family(family: str, root: Path, questions, repeats: int) -> list[dict]:
-    model = hierzoo.load(BUILDERS[family](root / family), device="cpu")
+    # the checkpoint's own image processing for every method: the per-question loops of
+    # hierzoo.baselines call the processor directly, so all methods then see the same pixels
+    model = hierzoo.load(
+        BUILDERS[family](root / family), device="cpu", image_processing="checkpoint"
+    )
     n = sum(len(q.choices) for q in questions)
     vlm_paper_loop(model, questions[:1])
     hierzoo_run(model, questions[:2], prefix_cache=True, batch_size=None)

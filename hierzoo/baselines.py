@@ -75,8 +75,12 @@ def vlm_paper_loop(
         for i, q in enumerate(questions):
             image = Image.open(q.path).convert("RGB")
             for r in (plan.requests[j] for j in plan.by_sample[i]):
+                system, user = r.messages()
+                # the system message as a list of text parts, which every chat template renders
+                # as the text (the -ov-hf LLaVA-OneVision one renders a plain string as nothing)
+                system = {**system, "content": [{"type": "text", "text": system["content"]}]}
                 text = processor.apply_chat_template(
-                    r.messages(), tokenize=False, add_generation_prompt=True
+                    [system, user], tokenize=False, add_generation_prompt=True
                 )
                 inputs = processor(
                     text=[text], images=[image], padding=True, return_tensors="pt"
