@@ -260,6 +260,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="vision LLMs larger than one GPU: a transformers device_map such as auto",
     )
     p.add_argument(
+        "--image-processing",
+        choices=["paper", "checkpoint"],
+        help="vision LLMs: prepare images as the paper's scripts did for the family (paper, the "
+        "default) or with the checkpoint's processor alone (checkpoint); see docs/vlm.md",
+    )
+    p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run the checkpoint's own modelling code (transformers' trust_remote_code): needed "
@@ -302,6 +308,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             for k, v in (
                 ("device_map", args.device_map),
                 ("trust_remote_code", args.trust_remote_code or None),
+                ("image_processing", args.image_processing),
                 ("decode_on_device", args.decode_on_device or None),
                 ("worker_decode", args.worker_decode),
                 ("api_base", args.api_base),

@@ -499,3 +499,21 @@ def test_generated_answer_stats_count_replies_unknowns_and_agreement():
         "answer_agreement": 40.0,
     }
     assert generated_answer_stats([])["answer_agreement"] is None
+
+
+def test_image_processing_flag_reaches_the_model_and_the_identity(setup, vlm_dir, tmp_path, capsys):
+    """`--image-processing checkpoint` is the model's option: recorded in run.json, and a rerun
+    under the default (`paper`) is refused naming it, before anything more is written."""
+    out = tmp_path / "run"
+    assert main(_vlm_args(setup, vlm_dir, out, "--image-processing", "checkpoint")) == 0
+    ident = json.loads((out / "run.json").read_text())["identity"]
+    assert ident["image_processing"] == "checkpoint"
+    assert ident["options"]["image_processing"] == "checkpoint"
+    before = (out / "predictions.jsonl").read_text()
+    capsys.readouterr()
+    assert main(_vlm_args(setup, vlm_dir, out)) == 2
+    assert "image_processing" in capsys.readouterr().err
+    assert (out / "predictions.jsonl").read_text() == before
+    with pytest.raises(SystemExit) as e:  # argparse names the choices
+        main(_args(setup, tmp_path / "x", "--image-processing", "nope"))
+    assert e.value.code == 2 and "checkpoint" in capsys.readouterr().err
