@@ -231,6 +231,7 @@ class State:
             self.hold_after: int | None = None
             self.admitted = 0
             self.bodies: dict[str, dict[str, Any]] = {}
+            self.generation = getattr(self, "generation", 0) + 1
             self.gate.set()
 
 
@@ -308,6 +309,7 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
                 # what happens to this request is counted in the entry it was received into: a
                 # straggler of an earlier test (answered after reset()) counts in the old entry
                 self._stats = stats
+                self._generation = state.generation
                 attempt = len(stats["received"])
                 stats["received"].append(time.monotonic())
                 stats["received_wall"].append(time.time())
@@ -330,9 +332,14 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
             if body.get("model") not in names:
                 return self._status(key, 404, f"The model `{body.get('model')}` does not exist.")
             with state.lock:
-                state.admitted += 1
-                held = state.hold_after is not None and state.admitted > state.hold_after
-                delay = state.delay
+                # a straggler of an earlier test (a hang that ends after reset()) is answered,
+                # but neither counts toward nor waits on this test's hold
+                current = self._generation == state.generation
+                state.admitted += current
+                held = (
+                    current and state.hold_after is not None and state.admitted > state.hold_after
+                )
+                delay = state.delay if current else 0.0
             if held:
                 state.gate.wait()
             if delay:
