@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from vlm_reference import IMAGE_POSITION, paper_inputs  # noqa: E402
+from vlm_reference import paper_generate, paper_inputs  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo import prompts  # noqa: E402
@@ -222,18 +222,9 @@ def reference_inputs(m, question, level: int, option: str):
 
 def reference_generate(m, question, level: int, option: str, max_new_tokens: int) -> str:
     """``generate`` on the paper's request for one statement, the reply decoded."""
-    _, ids, inputs = reference_inputs(m, question, level, option)
-    if "inputs_embeds" in inputs:  # LLaVA: the prompt's ids go along, as in tests/test_vlm.py
-        image_id = m.model.config.image_token_id
-        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
-        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
-    with torch.no_grad():
-        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return m.processor.batch_decode(
-        out[:, inputs["input_ids"].shape[1] :],
-        skip_special_tokens=True,
-        clean_up_tokenization_spaces=False,
-    )[0]
+    image = Image.open(question.path).convert("RGB")
+    text = ref.binary_question(level, option)
+    return paper_generate(m, ref.BINARY_SYSTEM, text, image, max_new_tokens)
 
 
 def yes_no_ids(m, prompt: str) -> list[int]:

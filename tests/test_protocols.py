@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from vlm_reference import IMAGE_POSITION, paper_inputs, paper_system  # noqa: E402
+from vlm_reference import paper_generate, paper_system  # noqa: E402
 
 from hierzoo.models import tiny  # noqa: E402
 
@@ -90,18 +90,9 @@ def cub(image_dir) -> list[Question]:
 
 def _reference_reply(m, system: str, text: str, image: Path | None, max_new_tokens: int) -> str:
     """One question as the paper's scripts ask it (tests/vlm_reference.py: the family's prompt
-    over ``system`` and the user turn, the image prepared as its scripts prepare it),
-    ``generate`` greedy on the full prompt, the new tokens decoded without special tokens."""
+    over ``system`` and the user turn, the image prepared as its scripts prepare it)."""
     pil = Image.open(image).convert("RGB") if image is not None else None
-    ids, inputs = paper_inputs(m, system, text, pil)
-    if "inputs_embeds" in inputs:  # LLaVA: the prompt's ids go along, as in tests/test_vlm.py
-        image_id = m.model.config.image_token_id
-        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
-        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
-    with torch.no_grad():
-        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return m.processor.batch_decode(new, skip_special_tokens=True)[0]
+    return paper_generate(m, system, text, pil, max_new_tokens)
 
 
 # ---------------------------------------------------------------------------- cot: requests

@@ -15,7 +15,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from vlm_reference import IMAGE_POSITION, paper_inputs, paper_request, paper_system  # noqa: E402
+from vlm_reference import (  # noqa: E402
+    paper_generate,
+    paper_inputs,
+    paper_request,
+    paper_system,
+)  # noqa: E402
 
 import hierzoo  # noqa: E402
 from hierzoo.models import Protocol, tiny  # noqa: E402
@@ -128,20 +133,7 @@ def reference_reply(m, question: Question, level: int, options, max_new_tokens: 
     mode = kw.get("mode", "image")
     text = reference_text(m, question, level, options, **kw)
     image = Image.open(question.path) if mode == "image" else None
-    ids, inputs = paper_inputs(m, paper_system(m.family, mode), text, image)
-    if "inputs_embeds" in inputs:
-        # LLaVA's spliced image features: the prompt's ids go along (the image positions as the
-        # image token) so that logits processors such as a repetition penalty see the prompt,
-        # as they do in hierzoo's generation from input ids
-        image_id = m.model.config.image_token_id
-        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
-        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
-    with torch.no_grad():
-        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return m.processor.batch_decode(
-        new, skip_special_tokens=True, clean_up_tokenization_spaces=False
-    )[0]
+    return paper_generate(m, paper_system(m.family, mode), text, image, max_new_tokens)
 
 
 def check_against_reference(m, questions, answers, *, mode="image", variant=None):

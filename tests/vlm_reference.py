@@ -118,3 +118,23 @@ def paper_request(
     ids, kwargs = paper_inputs(m, system, text, image, answer)
     with torch.no_grad():
         return ids, m.model(**kwargs, **forward)
+
+
+def paper_generate(
+    m: Any, system: str, text: str, image: Image.Image | None, max_new_tokens: int
+) -> str:
+    """The reply to the paper's request as its scripts get it: ``model.generate`` greedy on
+    :func:`paper_inputs`, the new tokens decoded without special tokens. LLaVA's spliced image
+    features go with the prompt's ids (the image positions as the image token), so that logits
+    processors such as a repetition penalty see the prompt, as in hierzoo's generation."""
+    ids, inputs = paper_inputs(m, system, text, image)
+    if "inputs_embeds" in inputs:
+        image_id = m.model.config.image_token_id
+        prompt = [image_id if t == IMAGE_POSITION else t for t in ids]
+        inputs = {**inputs, "input_ids": torch.tensor([prompt])}
+    with torch.no_grad():
+        out = m.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return m.processor.batch_decode(
+        new, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )[0]
