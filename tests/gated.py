@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 _CODE = """
+import signal
 import sys
+
+# Ctrl-C as in a terminal, even where this test runs in the background and SIGINT came in ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 from hierzoo import rundir
 
 _write = rundir.PredictionWriter.write

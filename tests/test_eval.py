@@ -115,11 +115,15 @@ def test_resume_after_sigkill_and_torn_line(setup, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     preds = out / "predictions.jsonl"
-    while proc.poll() is None:  # a poll, not a time limit: it stops when the lines are there
-        if preds.exists() and preds.read_text().count("\n") >= 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
+    try:
+        while proc.poll() is None:  # a poll, not a time limit: it stops when the lines are there
+            if preds.exists() and preds.read_text().count("\n") >= 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.wait() == -signal.SIGKILL
     before = _lines(preds)
     assert 3 <= len(before) < N
