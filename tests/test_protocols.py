@@ -649,3 +649,29 @@ def test_a_served_model_is_sent_the_cot_question():
         (text_c,) = [x["text"] for x in user_c["content"]]
         head, last = text_p.rsplit("\n", 1)
         assert last == ref.INSTRUCTION and text_c == f"{head}\n{ref.COT_ASCII}{last}"
+
+
+@pytest.mark.slow
+def test_eval_cot_under_torchrun_equals_one_process(eval_setup, tmp_path):
+    """A prompting protocol runs through the same sharded runner: two torchrun processes write
+    the records one process writes (replies included)."""
+    import os
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    cot = ("--protocol", "cot", "--answer", "generate", "--max-new-tokens", "6")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    base = [sys.executable, "-m", "hierzoo"]
+    done = subprocess.run(base + _eval(eval_setup, one, *cot), env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29561", "-m", "hierzoo"]  # fmt: skip
+    res = subprocess.run(run + _eval(eval_setup, two, *cot), env=env, capture_output=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = (one / "predictions.jsonl").read_text()
+    assert rows == (two / "predictions.jsonl").read_text() and "prediction_level1" in rows
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
+    assert s1["protocol"] == s2["protocol"] == "cot"
