@@ -5,6 +5,7 @@ classifier's settings after construction."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,18 @@ def test_settings_are_passed_at_construction(pair):
         clip.from_model(clip.model, clip.tokenizer, clip.transform, colour="red")
     with pytest.raises(OptionError, match="device_map: options of loading a checkpoint"):
         type(vlm).from_model(vlm.model, vlm.processor, device_map="auto")
+
+
+def test_a_remote_code_internvl_directory_names_the_format_to_use(tmp_path):
+    """The paper's InternVL2.5-8B exists only in InternVL's remote-code format: a directory in
+    that format is refused with what to use instead; another unknown config gets no such hint."""
+    from hierzoo.models import UnknownModelError, resolve
+
+    config = {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnknownModelError, match="remote-code format.*InternVL3-8B-hf"):
+        resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnknownModelError) as e:
+        resolve(str(tmp_path))
+    assert "remote-code" not in str(e.value)

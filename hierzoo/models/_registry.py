@@ -334,6 +334,23 @@ _ZOO += [
 ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
 
 
+def _remote_code_hint(path: Path) -> str:
+    """What to do with a checkpoint in a family's remote-code format (InternVL's
+    ``internvl_chat``, such as the paper's InternVL2.5-8B), which hierzoo does not run."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(config, dict) or config.get("model_type") != "internvl_chat":
+        return ""
+    return (
+        " It is an InternVL checkpoint in its remote-code format (model_type 'internvl_chat', "
+        "as OpenGVLab/InternVL2_5-8B), which hierzoo does not run: use one in transformers' "
+        "format (model_type 'internvl', the '-hf' repositories such as "
+        "OpenGVLab/InternVL3-8B-hf; docs/models.md)."
+    )
+
+
 class UnknownModelError(ValueError):
     """A model name that is neither in the zoo, nor a hub id, nor a model directory."""
 
@@ -461,7 +478,7 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
                 "open_clip_config.json + weights, or a transformers config.json whose model_type "
                 f"is one of {sorted(MODEL_TYPES)} or whose architectures are ...ForCausalLM (a "
-                "text-only LLM)."
+                "text-only LLM)." + _remote_code_hint(path)
             )
         return ModelSpec(
             name=str(path), family=family, hub_id=str(path), source=str(path.resolve())
