@@ -74,6 +74,8 @@ class HierClassifier(ABC):
         generative: whether it answers through a language model (letter logits of a prompt);
             ``False``: it scores names by embedding similarity, every node of a level at once.
         options: the keyword options its loaders and constructor take.
+        default_mode: the question mode :meth:`default_protocol` asks in unless told
+            (``"image"``; ``"text"`` for text-only LLMs).
         protocols: the ways of asking (:data:`hierzoo.prompts.PROTOCOLS`) it answers under;
             :meth:`check_protocol` refuses the others by name.
         name: the zoo name or the path the model was loaded from.
@@ -86,6 +88,7 @@ class HierClassifier(ABC):
     generative: ClassVar[bool] = False
     options: ClassVar[frozenset[str]] = frozenset()
     protocols: ClassVar[tuple[str, ...]] = ("paper",)
+    default_mode: ClassVar[str] = "image"
     name: str = ""
     spec: ModelSpec | None = None
     device: torch.device = torch.device("cpu")
@@ -195,7 +198,7 @@ class HierClassifier(ABC):
         self,
         taxonomy: str | Taxonomy | None = None,
         *,
-        mode: str = "image",
+        mode: str | None = None,
         seed: int = 42,
         prompt_variant: int | None = None,
         keep_option_order: bool = False,
@@ -207,11 +210,15 @@ class HierClassifier(ABC):
     ) -> Protocol:
         """The protocol the paper uses for this family under a run's settings.
 
-        Default (the paper's vision-LLM runs): the options of image runs shuffled by the seeded
-        generator unless ``keep_option_order``; text runs keep the file's order. CLIP-style
-        families keep the order and have no prompt variant.
+        ``mode`` defaults to the family's :attr:`default_mode`. The options of image runs are
+        shuffled by the seeded generator unless ``keep_option_order`` (the paper's vision-LLM
+        runs); text runs keep the file's order. A family then applies its own settings
+        (:meth:`_paper_protocol`: CLIP-style models keep the file's order, GPT-4o the paper's
+        GPT wording, text-only LLMs the text runs' wording); settings it cannot answer under
+        are passed on, for :meth:`check_protocol` to refuse.
         """
-        return Protocol(
+        mode = self.default_mode if mode is None else mode
+        protocol = Protocol(
             taxonomy=taxonomy,
             prompt_variant=prompt_variant,
             shuffle_options=mode == "image" and not keep_option_order,
@@ -223,6 +230,12 @@ class HierClassifier(ABC):
             first_level=first_level,
             name=name,
         )
+        return self._paper_protocol(protocol)
+
+    def _paper_protocol(self, protocol: Protocol) -> Protocol:
+        """The family's own settings over the protocol :meth:`default_protocol` builds; the
+        default keeps it as it is."""
+        return protocol
 
     @classmethod  # noqa: B027 (optional hook)
     def check_mode(cls, mode: str, task: str = "questions", name: str = "") -> None:

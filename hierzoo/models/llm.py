@@ -24,7 +24,12 @@ from hierzoo import prompts
 from hierzoo.images import ImageInput
 from hierzoo.models.outputs import Answers, Features, NodeScores
 from hierzoo.models.vlm import _chat
-from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
+from hierzoo.models.vlm._lm import (
+    LLMClassifier,
+    load_checkpoint,
+    place_model,
+    refuse_loading_options,
+)
 from hierzoo.prompts import Protocol
 
 if TYPE_CHECKING:
@@ -163,6 +168,7 @@ class TextLLMClassifier(LLMClassifier):
     family = "llm"
     label = "text-only LLM"
     protocols = ("paper", "cot", "open")
+    default_mode = "text"
     options = LLMClassifier.options | {"framing", "system_message"}
     default_system_message: ClassVar[str] = prompts.system_message("text")
     text_prompt_variants: ClassVar[dict[str, int]] = PAPER_TEXT_VARIANTS
@@ -273,18 +279,17 @@ class TextLLMClassifier(LLMClassifier):
                 "LM; load it by its directory or hub id so hierzoo picks its family."
             )
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.location, **hub)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            spec.location,
+        model = load_checkpoint(
+            transformers.AutoModelForCausalLM,
+            spec,
+            device=device,
             dtype=dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
-            **hub,
             **kwargs,
         )
-        if device_map is None:
-            model.to(device)
         return cls(
-            model.eval(),
+            model,
             tokenizer,
             name=spec.name,
             spec=spec,
@@ -369,35 +374,10 @@ class TextLLMClassifier(LLMClassifier):
             key, prompts.default_prompt_variant(taxonomy, self.family)
         )
 
-    def default_protocol(
-        self,
-        taxonomy: str | Taxonomy | None = None,
-        *,
-        mode: str = "text",
-        seed: int = 42,
-        prompt_variant: int | None = None,
-        keep_option_order: bool = False,
-        answer: str = "logits",
-        circular: bool = False,
-        templates: Sequence[str] | None = None,
-        first_level: int = 0,
-        name: str = "paper",
-    ) -> Protocol:
-        """The paper's text protocol: text mode, the file's option order, the text runs' wording
-        variant (:meth:`paper_prompt_variant`) unless ``prompt_variant`` is given. Another
-        ``mode`` is passed on, for :meth:`check_protocol` to refuse."""
-        protocol = super().default_protocol(
-            taxonomy,
-            mode=mode,
-            seed=seed,
-            prompt_variant=prompt_variant,
-            keep_option_order=keep_option_order,
-            answer=answer,
-            circular=circular,
-            templates=templates,
-            first_level=first_level,
-            name=name,
-        )
+    def _paper_protocol(self, protocol: Protocol) -> Protocol:
+        """The paper's text protocol: text mode (:attr:`default_mode`), the file's option order,
+        the text runs' wording variant (:meth:`paper_prompt_variant`) unless ``prompt_variant``
+        is given. Another ``mode`` is passed on, for :meth:`check_protocol` to refuse."""
         return self._with_variant(protocol)
 
     def _with_variant(self, protocol: Protocol | None) -> Protocol:

@@ -306,51 +306,17 @@ class OpenAIChatClassifier(HierClassifier):
             allowed_token_ids=self.allowed_token_ids,
         )
 
-    def default_protocol(
-        self,
-        taxonomy: str | Taxonomy | None = None,
-        *,
-        mode: str = "image",
-        seed: int = 42,
-        prompt_variant: int | None = None,
-        keep_option_order: bool = False,
-        answer: str = "logits",
-        circular: bool = False,
-        templates: Sequence[str] | None = None,
-        first_level: int = 0,
-        name: str = "paper",
-    ) -> Protocol:
+    def _paper_protocol(self, protocol: Protocol) -> Protocol:
         """The GPT-4o layout: the file's option order and the paper's GPT wording
         (:data:`PAPER_GPT_VARIANTS`). The vision-LLM layout: the local vision LLMs' protocol
         (image runs shuffled by the seeded generator)."""
         if self.layout == "vision-llm":
-            return super().default_protocol(
-                taxonomy,
-                mode=mode,
-                seed=seed,
-                prompt_variant=prompt_variant,
-                keep_option_order=keep_option_order,
-                answer=answer,
-                circular=circular,
-                templates=templates,
-                first_level=first_level,
-                name=name,
-            )
-        tax = taxonomy if isinstance(taxonomy, str) else getattr(taxonomy, "name", None)
-        if prompt_variant is None and tax in prompts.paper_taxonomies():
-            prompt_variant = PAPER_GPT_VARIANTS.get((tax, mode), 0)
-        return Protocol(
-            taxonomy=taxonomy,
-            prompt_variant=prompt_variant,
-            shuffle_options=False,
-            answer=answer,
-            seed=seed,
-            circular=circular,
-            mode=mode,
-            templates=tuple(templates) if templates else None,
-            first_level=first_level,
-            name=name,
-        )
+            return protocol
+        tax = protocol.taxonomy_name
+        variant = protocol.prompt_variant
+        if variant is None and tax in prompts.paper_taxonomies():
+            variant = PAPER_GPT_VARIANTS.get((tax, protocol.mode), 0)
+        return replace(protocol, shuffle_options=False, prompt_variant=variant)
 
     def check_protocol(self, protocol: Protocol) -> None:
         super().check_protocol(protocol)

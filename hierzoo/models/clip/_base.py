@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,34 +193,11 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- what callers ask
-    def default_protocol(
-        self,
-        taxonomy: str | Taxonomy | None = None,
-        *,
-        mode: str = "image",
-        seed: int = 42,
-        prompt_variant: int | None = None,
-        keep_option_order: bool = False,
-        answer: str = "logits",
-        circular: bool = False,
-        templates: Sequence[str] | None = None,
-        first_level: int = 0,
-        name: str = "paper",
-    ) -> Protocol:
+    def _paper_protocol(self, protocol: Protocol) -> Protocol:
         """The paper's CLIP protocol: the file's option order (a CLIP score does not depend on
         it); ``mode``, ``circular``, ``prompt_variant`` (CLIP models use ``templates``) and
         ``answer`` are passed on, for :meth:`check_protocol` to refuse."""
-        return Protocol(
-            taxonomy=taxonomy,
-            prompt_variant=prompt_variant,
-            answer=answer,
-            seed=seed,
-            circular=circular,
-            mode=mode,
-            templates=tuple(templates) if templates else None,
-            first_level=first_level,
-            name=name,
-        )
+        return replace(protocol, shuffle_options=False)
 
     def benchmark_forward(
         self, images: Sequence[ImageInput], batch_size: int

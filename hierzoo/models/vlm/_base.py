@@ -20,7 +20,12 @@ from PIL import Image
 from hierzoo import prompts
 from hierzoo.images import ImageInput
 from hierzoo.models.vlm import _schedule
-from hierzoo.models.vlm._lm import LLMClassifier, place_model, refuse_loading_options
+from hierzoo.models.vlm._lm import (
+    LLMClassifier,
+    load_checkpoint,
+    place_model,
+    refuse_loading_options,
+)
 from hierzoo.models.vlm._requests import _RequestsMixin
 
 if TYPE_CHECKING:
@@ -182,20 +187,18 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         cls.check_options(kwargs, spec.name, pass_through=True)
         transformers = _import_transformers()
         dtype = resolve_dtype(dtype, cls.paper_dtype if device.type == "cuda" else torch.float32)
-        hub = {"revision": spec.revision} if spec.source is None else {}
         processor = cls._load_processor(spec)
-        model = getattr(transformers, cls.model_class).from_pretrained(
-            spec.location,
+        model = load_checkpoint(
+            getattr(transformers, cls.model_class),
+            spec,
+            device=device,
             dtype=dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
-            **hub,
             **kwargs,
         )
-        if device_map is None:
-            model.to(device)
         return cls(
-            model.eval(),
+            model,
             processor,
             name=spec.name,
             spec=spec,

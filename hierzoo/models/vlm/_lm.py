@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from hierzoo.models._registry import ModelSpec
 
-__all__ = ["LLMClassifier", "place_model", "refuse_loading_options"]
+__all__ = ["LLMClassifier", "load_checkpoint", "place_model", "refuse_loading_options"]
 
 LOADING_OPTIONS = frozenset({"device_map", "attn_implementation", "trust_remote_code"})
 """Options of loading a checkpoint, which a model held in memory no longer takes."""
@@ -51,6 +51,32 @@ def refuse_loading_options(options: Any) -> None:
             loading,
             [],
         )
+
+
+def load_checkpoint(
+    model_class: Any,
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    device_map: str | dict[str, Any] | None,
+    attn_implementation: str | None,
+    **kwargs: Any,
+) -> Any:
+    """``model_class.from_pretrained`` of a spec's checkpoint (a hub id at ``spec.revision``, or
+    a directory), on ``device`` unless ``device_map`` places it, in eval mode."""
+    hub = {"revision": spec.revision} if spec.source is None else {}
+    model = model_class.from_pretrained(
+        spec.location,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
+        **hub,
+        **kwargs,
+    )
+    if device_map is None:
+        model.to(device)
+    return model.eval()
 
 
 def place_model(model: Any, device: str | torch.device | None, dtype: Any) -> None:
