@@ -527,12 +527,12 @@ def plan_questions(
         orders = shuffled_orders(asked, protocol.seed)
     else:
         orders = [[list(range(n)) if n is not None else [] for n in counts] for counts in asked]
-    if protocol.name == "binary":
-        return _plan_binary(questions, protocol, variant, orders, right)
-    if protocol.name == "open":
-        return _plan_open(questions, protocol, variant, orders)
     framing = protocol_framing(protocol, family)
     system = (framing.system if framing else None) or system_message(mode, family)
+    if protocol.name == "binary":
+        return _plan_binary(questions, protocol, variant, orders, right, system)
+    if protocol.name == "open":
+        return _plan_open(questions, protocol, variant, orders, system)
     lower = lowercase_label(mode, family)
     closing = cot_suffix(family) + instruction() if protocol.name == "cot" else instruction()
     glued = protocol.name == "taxonomy-context" and context_placement(family) == "system"
@@ -589,11 +589,11 @@ def _plan_binary(
     variant: int,
     orders: list[list[list[int]]],
     right: list[list[int]],
+    system: str,
 ) -> QuestionPlan:
     """The plan of ``--protocol binary``: per asked level, one request per option in asked order
     (``options`` that option alone, ``letters`` empty, ``answer`` 1 when the statement is true,
-    else 0, ``rotation`` 0), as ``eval_CUB_binary.py`` asks them."""
-    system = binary_system_message()
+    else 0, ``rotation`` 0), as ``eval_CUB_binary.py`` asks them, under ``system``."""
     requests: list[Request] = []
     by_sample: list[list[int]] = []
     options: list[list[list[str]]] = []
@@ -631,12 +631,12 @@ def _plan_open(
     protocol: Protocol,
     variant: int,
     orders: list[list[list[int]]],
+    system: str,
 ) -> QuestionPlan:
     """The plan of ``--protocol open``: one request per asked level, the level's question and
     :func:`open_text`'s instruction, no options (``options`` and ``letters`` empty, ``answer``
-    -1, ``order`` empty)."""
+    -1, ``order`` empty), under ``system``."""
     mode = protocol.mode
-    system = open_system_message(mode)
     texts: dict[tuple[int, str | None], str] = {}
     requests: list[Request] = []
     by_sample: list[list[int]] = []

@@ -130,7 +130,7 @@ class _OpenMixin:
         self._require_weights()
         depth = max((len(o) for o in plan.orders), default=0)
         vocab = _vocabularies(protocol, depth)
-        framing = prompts.Framing(system=prompts.open_system_message("image"))
+        framing = prompts.protocol_framing(protocol, self.family)
         node_plan, spans = self._open_node_plan(plan, vocab, framing)
         for start in range(0, len(questions), chunk_size):
             positions = list(range(start, min(start + chunk_size, len(questions))))
