@@ -36,13 +36,22 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print one JSON object per file instead of a table"
     )
     p.add_argument("--ci", action="store_true", help="add bootstrap 95%% confidence intervals")
+    p.add_argument(
+        "--workers",
+        type=opt.positive_int,
+        metavar="N",
+        help="processes that read a large file, each a part of it (default: the CPUs this "
+        "process may use, at most 8; 1 reads in this process)",
+    )
     p.set_defaults(func=_cmd_score)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from hierzoo.metrics import format_left_out, read_result_columns, round_floats, score_results
+    from hierzoo.metrics.reading import available_cpus
     from hierzoo.report import format_table
 
+    workers = args.workers or min(available_cpus(), 8)
     taxonomy = None
     if args.taxonomy:
         from hierzoo import load_taxonomy
@@ -51,7 +60,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = []
     for path in args.results:
         summary = score_results(
-            read_result_columns(path), keep_root=args.keep_root, taxonomy=taxonomy, ci=args.ci
+            read_result_columns(path, workers=workers),
+            keep_root=args.keep_root,
+            taxonomy=taxonomy,
+            ci=args.ci,
         )
         if args.json:
             print(json.dumps(round_floats({"file": path, **summary}), allow_nan=False))

@@ -381,6 +381,110 @@ def test_a_bad_line_is_named(parser, tmp_path):
         score_results(read_result_columns(h, parser=parser), taxonomy=load_taxonomy("cub200"))
 
 
+def _write(f, rows, fmt, bom=False):
+    if fmt == "json":
+        text = json.dumps(rows, indent=4)
+    elif fmt == "compact":
+        text = json.dumps(rows)
+    else:  # JSON Lines with blank lines
+        text = "".join(
+            json.dumps(r) + "\n" + ("\n" if i % 41 == 3 else "") for i, r in enumerate(rows)
+        )
+    f.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+
+
+def _same_columns(a, b):
+    assert (a.unit, a.n_errors, a.where.tolist()) == (b.unit, b.n_errors, b.where.tolist())
+    for cols in ("truth", "pred"):
+        assert _named(a, cols) == _named(b, cols)
+
+
+@pytest.mark.parametrize("fmt", ["json", "compact", "jsonl"])
+def test_a_file_read_in_parts_gives_the_columns_of_one_process(fmt, tmp_path, monkeypatch):
+    """Parts cut at row boundaries, read by several processes and merged: the columns one
+    process reads, with error rows, null and missing answers, numbers, a BOM, blank lines,
+    and rows that get deeper in later parts."""
+    from hierzoo.metrics import read_result_columns, reading
+
+    pytest.importorskip("msgspec")
+    monkeypatch.setattr(reading, "PARALLEL_BYTES", 0)
+    rows = _messy_rows(load_taxonomy("imagenet-animal"), 240, seed=5)
+    for r in rows:  # an unhashable answer sends a part to the standard library: not here
+        if isinstance(r.get("predicted_level1"), list):
+            r["predicted_level1"] = "a list"
+    rows += [
+        {"ground_truth_level1": "a", **{f"ground_truth_level{k}": f"n{k}" for k in range(2, 15)}}
+    ]
+    f = tmp_path / f"results.{fmt}"
+    for bom in (False, True):
+        _write(f, rows, fmt, bom)
+        one = read_result_columns(f, workers=1)
+        assert one.truth.shape[0] == 14
+        for workers in (2, 3, 7):
+            as_list = fmt != "jsonl"
+            parts = reading._read_in_parts(f, as_list, workers)
+            assert parts is not None  # read in parts, not by the one-process reader
+            _same_columns(parts, one)
+            _same_columns(read_result_columns(f, workers=workers), one)
+        assert score_results(read_result_columns(f, workers=3), ci=True) == score_results(
+            one, ci=True
+        )
+    # processes started with spawn (a fresh interpreter) read the same
+    monkeypatch.setattr(reading, "_start_method", lambda: "spawn")
+    _same_columns(reading._read_in_parts(f, fmt != "jsonl", 2), one)
+
+
+@pytest.mark.parametrize("fmt", ["compact", "jsonl"])
+def test_a_part_the_fast_parser_cannot_take_sends_the_file_to_one_reader(
+    fmt, tmp_path, monkeypatch
+):
+    """A cut that falls inside a string, a NaN, an unhashable answer or a torn last line in a
+    later part: the file is read whole, as one process reads it (warnings and errors too)."""
+    from hierzoo.metrics import read_result_columns, reading
+
+    pytest.importorskip("msgspec")
+    monkeypatch.setattr(reading, "PARALLEL_BYTES", 0)
+    base = [{"ground_truth_level1": "a", "predicted_level1": f"b{i}"} for i in range(60)]
+    tricky = 'x"}, {"ground_truth_level1": "trap'
+    late = [
+        [{"ground_truth_level1": "a", "note": tricky * 400}],  # the "}, {" cut in a string
+        [{"ground_truth_level1": "a", "score": float("nan")}],
+        [{"ground_truth_level1": "a", "predicted_level1": ["un", "hashable"]}],
+    ]
+    f = tmp_path / f"results.{fmt}"
+    for extra in late:
+        rows = base + extra + base
+        _write(f, rows, fmt)
+        assert reading._read_in_parts(f, fmt != "jsonl", 2) is None
+        _same_columns(read_result_columns(f, workers=2), read_result_columns(f, parser="json"))
+    if fmt == "jsonl":
+        f.write_text("".join(json.dumps(r) + "\n" for r in base * 2) + '{"ground_truth_le')
+        assert reading._read_in_parts(f, False, 2) is None
+        with pytest.warns(UserWarning, match="torn last line"):
+            cols = read_result_columns(f, workers=2)
+        assert cols.n == 120
+        f.write_text("".join(json.dumps(r) + "\n" for r in base) + "[1]\n" + json.dumps(base[0]))
+        with pytest.raises(ValueError, match=r"line 61 is \[1\]"):
+            read_result_columns(f, workers=2)
+
+
+def test_workers_must_be_a_positive_count(tmp_path, capsys):
+    from hierzoo.metrics import available_cpus, read_result_columns
+
+    f = tmp_path / "r.json"
+    row = {"ground_truth_level1": "a", "predicted_level1": "a"}
+    f.write_text(json.dumps([row, {**row, "ground_truth_level1": "b", "predicted_level1": "b"}]))
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"got {re.escape(repr(bad))}; use 1 to read"):
+            read_result_columns(f, workers=bad)
+    assert available_cpus() >= 1
+    with pytest.raises(SystemExit):
+        main(["score", str(f), "--workers", "0"])
+    assert "--workers: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["score", str(f), "--workers", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hca"] == 100.0
+
+
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
 def test_msgspec_reads_a_clean_file_without_building_rows(fmt, tmp_path, monkeypatch):
     from hierzoo.metrics import reading

@@ -18,7 +18,7 @@ from hierzoo.metrics.functional import (
     summarize,
     tor,
 )
-from hierzoo.metrics.reading import ResultColumns, read_result_columns
+from hierzoo.metrics.reading import ResultColumns, available_cpus, read_result_columns
 from hierzoo.metrics.results import (
     format_left_out,
     read_results,
@@ -31,6 +31,7 @@ __all__ = [
     "Estimate",
     "HierarchicalMetrics",
     "ResultColumns",
+    "available_cpus",
     "consistent_paths",
     "encode",
     "first_error_level",

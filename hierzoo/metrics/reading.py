@@ -13,6 +13,10 @@ probabilities) without building it; otherwise the standard library's ``json`` bu
 and the scored fields are taken from it. Both give the same columns (tested); a block that the
 fast parser cannot take exactly as the standard library would (a non-standard literal such as
 ``NaN``, a level key nested in another field, a torn line) is read again with ``json``.
+
+A large file can be read by several processes (``workers``), each parsing one part of it cut
+at a row boundary; their columns are merged into the columns one process reads (tested). A part
+that the fast parser cannot take whole sends the file back to the one-process reader.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ import contextlib
 import gc
 import json
 import mmap
+import multiprocessing
+import os
 import re
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +50,12 @@ SCAN_BYTES = 8 << 20
 
 Buffer = bytes | memoryview
 """What the fast parser reads: a block of JSON Lines, or a memory-mapped JSON list."""
+
+PARALLEL_BYTES = 64 << 20
+"""A file at least this large is split between ``workers`` processes; a smaller one is read by
+one (starting a process costs more than it saves)."""
+CUT_WINDOW = 1 << 20
+"""How far past each cut point a row boundary is looked for."""
 
 LEVEL_KEY = re.compile(r"ground_truth_level([1-9][0-9]*)\Z")
 """A ground-truth key and its level ``k`` (from 1)."""
@@ -306,12 +320,13 @@ def _open_bytes(path: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def _mapped(path: Path) -> Iterator[memoryview]:
+def _mapped(path: Path, private: bool = False) -> Iterator[memoryview]:
     """The file's bytes (after a byte-order mark), memory-mapped: read in place, never copied
-    whole into memory."""
+    whole into memory. ``private``: writable, copy-on-write (a byte written changes this
+    process's view only, never the file)."""
     with (
         open(path, "rb") as f,
-        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY if private else mmap.ACCESS_READ) as mm,
         memoryview(mm) as whole,
         whole[3 if whole[:3] == _BOM else 0 :] as view,
     ):
@@ -322,25 +337,43 @@ def _is_list(head: bytes) -> bool:
     return head.lstrip()[:1] == b"["
 
 
-def read_result_columns(path: str | Path, *, parser: str | None = None) -> ResultColumns:
+def read_result_columns(
+    path: str | Path, *, parser: str | None = None, workers: int = 1
+) -> ResultColumns:
     """Read a result file's scored fields (see :class:`ResultColumns`).
 
     ``parser``: ``"msgspec"`` (the default when installed), or ``"json"`` (the standard
     library). A torn last JSON line (an interrupted write) is skipped with a warning.
 
+    ``workers``: with msgspec, a file of at least :data:`PARALLEL_BYTES` is cut into this many
+    parts at row boundaries, read by as many processes (this one and ``workers - 1`` started
+    ones), and merged; the columns equal those one process reads. The processes are started
+    with ``spawn``, which imports the calling script again: call this from a script under
+    ``if __name__ == "__main__":``. :func:`available_cpus` is a good value.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: a line or entry that is not a JSON object, or a file that does not parse.
+        ValueError: a line or entry that is not a JSON object, a file that does not parse, or
+            ``workers`` below 1.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No result file at {str(path)!r}.")
     fast = _use_fast(parser)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"Expected `workers` to be a whole number of processes, 1 or more, but got "
+            f"{workers!r}; use 1 to read in this process."
+        )
     builder = _Builder()
     with open(path, "rb") as f:
         head = f.read(4096)
     if head.startswith(_BOM):
         head = head[3:]
+    if fast and workers > 1 and path.stat().st_size >= PARALLEL_BYTES:
+        cols = _read_in_parts(path, _is_list(head), workers)
+        if cols is not None:
+            return cols
     if _is_list(head):
         done = False
         if fast:
@@ -360,6 +393,159 @@ def read_result_columns(path: str | Path, *, parser: str | None = None) -> Resul
     return builder.build(str(path), "line")
 
 
+# --------------------------------------------------------------------------- in parts
+_ROW_GAP = re.compile(rb"\}\s*(,)\s*\{")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cuts(data: memoryview, parts: int, as_list: bool) -> list[int] | None:
+    """Where to cut ``data`` into ``parts``: for a JSON list the offsets of the commas between
+    two rows (``}`` and ``{`` around them), for JSON Lines the offsets just after a newline.
+    ``None`` when no boundary lies within :data:`CUT_WINDOW` of a cut point. A JSON list cut
+    inside a string or inside a row does not parse as a list of rows, so such a cut is never
+    taken for a right one (the file is read whole)."""
+    n, cuts = len(data), []
+    for i in range(1, parts):
+        point = max(i * n // parts, cuts[-1] + 1 if cuts else 0)
+        window = bytes(data[point : point + CUT_WINDOW])
+        if as_list:
+            m = _ROW_GAP.search(window)
+            at = point + m.start(1) if m else -1
+        else:
+            at = window.find(b"\n")
+            at = point + at + 1 if at >= 0 else -1
+        if at < 0:
+            return None
+        if at < n:
+            cuts.append(at)
+    return cuts
+
+
+def _read_part(path: str, cuts: list[int], i: int, as_list: bool):
+    """Read part ``i`` of a file cut at ``cuts`` (see :func:`_cuts`), in a process of its own:
+    its :class:`ResultColumns` (ids as int32, values picklable) and its number of lines, or
+    ``None`` when the part needs the standard library's reader."""
+    builder = _Builder()
+    lines = 0
+    if as_list:
+        # a part of a list is made a list in place: the comma before it becomes "[", the comma
+        # after it "]", in this process's copy-on-write view of the file
+        with _mapped(Path(path), private=True) as data:
+            start = cuts[i - 1] if i else 0
+            end = cuts[i] + 1 if i < len(cuts) else len(data)
+            if i:
+                data[start] = ord("[")
+            if i < len(cuts):
+                data[end - 1] = ord("]")
+            with data[start:end] as part:
+                done = _decode_fast(part, builder)
+        if not done:
+            return None
+    else:
+        start = cuts[i - 1] if i else 0
+        end = cuts[i] if i < len(cuts) else None
+        for block, first_line, n_lines in _blocks(Path(path), start, end):
+            if not _decode_fast(block, builder, first_line, n_lines):
+                return None
+            lines = first_line + n_lines - 1
+    cols = builder.build(path, "entry" if as_list else "line")
+    small = np.int32 if len(cols.values) < 2**31 else np.int64
+    cols.truth, cols.pred = cols.truth.astype(small), cols.pred.astype(small)
+    cols.values = [None if _is_unset(v) else v for v in cols.values]
+    return cols, lines
+
+
+def _start_method() -> str:
+    """``fork`` (quick, and imports nothing again) on Linux while this process runs no other
+    Python thread, else ``spawn``."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _part_worker(send: Any, job: tuple) -> None:
+    """A started process: read one part and send its columns (``None`` when it cannot)."""
+    try:
+        result = _read_part(*job)
+    except Exception:
+        result = None
+    with contextlib.suppress(OSError):  # the reader stopped listening (it failed itself)
+        send.send(result)
+    send.close()
+
+
+def _read_in_parts(path: Path, as_list: bool, workers: int) -> ResultColumns | None:
+    """:func:`read_result_columns` by ``workers`` processes, one part each (this process reads
+    the first while the others read theirs); ``None`` when the file cannot be cut or a part
+    must be read whole (then the reader that reports a file's problems reads it)."""
+    with _mapped(path) as data:
+        cuts = _cuts(data, workers, as_list)
+    if not cuts:
+        return None
+    jobs = [(str(path), cuts, i, as_list) for i in range(len(cuts) + 1)]
+    context = multiprocessing.get_context(_start_method())
+    started = []
+    try:
+        for job in jobs[1:]:
+            recv, send = context.Pipe(duplex=False)
+            proc = context.Process(target=_part_worker, args=(send, job), daemon=True)
+            proc.start()
+            send.close()
+            started.append((proc, recv))
+        parts = [_read_part(*jobs[0])]
+        for _, recv in started:
+            try:
+                parts.append(recv.recv())
+            except EOFError:  # the process died
+                parts.append(None)
+    except OSError:  # no process could be started
+        return None
+    finally:
+        for proc, recv in started:
+            recv.close()
+            proc.join(timeout=5)  # it has sent its part, or stops sending once recv is closed
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if any(p is None for p in parts):
+        return None
+    return _merge(parts, str(path), "entry" if as_list else "line")
+
+
+def _merge(parts: list[tuple[ResultColumns, int]], source: str, unit: str) -> ResultColumns:
+    """The columns of consecutive parts of one file as one process reads them: one vocabulary
+    (ids in order of first appearance), positions counted across the parts."""
+    vocab = new_vocabulary()
+    vocab[None]
+    depth = max(cols.truth.shape[0] for cols, _ in parts)
+    n = sum(cols.n for cols, _ in parts)
+    truth = np.full((depth, n), -1, dtype=np.int64)
+    pred = np.full((depth, n), -1, dtype=np.int64)
+    where = np.zeros(n, dtype=np.int64)
+    at = rows_before = lines_before = n_errors = 0
+    for cols, lines in parts:
+        remap = np.append(factorize(cols.values, len(cols.values), vocab), -1)
+        k, m = cols.truth.shape[0], cols.n
+        truth[:k, at : at + m] = remap[cols.truth]
+        pred[:k, at : at + m] = remap[cols.pred]
+        if unit == "entry":
+            where[at : at + m] = cols.where + rows_before
+            rows_before += m + cols.n_errors  # every entry is a row or an error
+        else:
+            where[at : at + m] = cols.where + lines_before
+            lines_before += lines
+        n_errors += cols.n_errors
+        at += m
+    return ResultColumns(truth, pred, list(vocab), where, unit, source, n_errors)
+
+
 def _use_fast(parser: str | None) -> bool:
     if parser not in (None, "json", "msgspec"):
         raise ValueError(f"Expected `parser` to be 'json' or 'msgspec', but got {parser!r}.")
@@ -368,20 +554,27 @@ def _use_fast(parser: str | None) -> bool:
     return parser != "json" and fast_parser_available()
 
 
-def _blocks(path: Path) -> Iterator[tuple[bytes, int, int]]:
+def _blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
     """Whole lines of a JSON Lines file, about :data:`BLOCK_BYTES` at a time (a block is
     completed to the end of its last line), with the number of the first line of each block and
-    its number of lines. A last line without a newline comes alone, in a block of its own."""
+    its number of lines. A last line without a newline comes alone, in a block of its own.
+
+    ``start`` / ``end``: only the bytes between these offsets (after a byte-order mark), lines
+    numbered from 1 at ``start``; ``end`` must follow a newline."""
     line = 1
     with open(path, "rb") as f:
         if f.read(3) != _BOM:
             f.seek(0)
-        while True:
-            block = f.read(BLOCK_BYTES)
+        f.seek(start, os.SEEK_CUR)
+        left = -1 if end is None else end - start  # -1: to the end of the file
+        while left:
+            block = f.read(BLOCK_BYTES if left < 0 else min(BLOCK_BYTES, left))
             if not block:
                 break
             if not block.endswith(b"\n"):
                 block += f.readline()
+            if left > 0:
+                left -= len(block)
             if not block.endswith(b"\n"):  # the end of the file, without a newline
                 cut = block.rfind(b"\n") + 1
                 if cut:
