@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ MODEL_TYPES = {
     "qwen3_vl": "qwen3-vl",
     "llava_onevision": "llava-onevision",
     "internvl": "internvl",
+    "internvl_chat": "internvl",  # OpenGVLab's own format, converted on load
     # text-only LLMs (AutoModelForCausalLM); any other config whose architectures are all
     # ...ForCausalLM and that has no vision part is one too (is_causal_lm_config)
     "qwen2": "llm",
@@ -101,6 +102,10 @@ class ModelSpec:
         pretrained_tag: OpenCLIP checkpoints the paper loaded by architecture and open_clip
             ``pretrained`` tag (``arch`` + this tag): loaded the same way, which fixes their
             image preprocessing to the tag's (``None``: by ``hf-hub:`` id).
+        checkpoint_format: ``"internvl_chat"`` for an InternVL checkpoint in OpenGVLab's own
+            format (remote code, as InternVL2.5-8B), converted on load into transformers'
+            classes and loaded only with ``trust_remote_code`` (its tokenizer is remote code);
+            ``None``: the family's transformers format.
     """
 
     name: str
@@ -119,6 +124,7 @@ class ModelSpec:
     framing: str | None = None
     autocast: str | None = "bfloat16"
     pretrained_tag: str | None = None
+    checkpoint_format: str | None = None
 
     @property
     def location(self) -> str:
@@ -245,6 +251,16 @@ _ZOO = [
         )
         for size in ("0.5b", "7b", "72b")
     ],
+    _s(
+        "internvl2.5-8b",
+        "internvl",
+        "OpenGVLab/InternVL2_5-8B",
+        params="8B",
+        licence="MIT",
+        paper=f"InternVL2.5 (2024); used in {PAPER}",
+        base_llm="internlm2.5-7b-chat",
+        checkpoint_format="internvl_chat",
+    ),
     *[
         _s(
             f"internvl3-{size}",
@@ -334,23 +350,6 @@ _ZOO += [
 ZOO: dict[str, ModelSpec] = {s.name: s for s in _ZOO}
 
 
-def _remote_code_hint(path: Path) -> str:
-    """What to do with a checkpoint in a family's remote-code format (InternVL's
-    ``internvl_chat``, such as the paper's InternVL2.5-8B), which hierzoo does not run."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(config, dict) or config.get("model_type") != "internvl_chat":
-        return ""
-    return (
-        " It is an InternVL checkpoint in its remote-code format (model_type 'internvl_chat', "
-        "as OpenGVLab/InternVL2_5-8B), which hierzoo does not run: use one in transformers' "
-        "format (model_type 'internvl', the '-hf' repositories such as "
-        "OpenGVLab/InternVL3-8B-hf; docs/models.md)."
-    )
-
-
 class UnknownModelError(ValueError):
     """A model name that is neither in the zoo, nor a hub id, nor a model directory."""
 
@@ -395,6 +394,17 @@ def family_of_dir(path: Path) -> str | None:
             family = "llm"
         return family
     return None
+
+
+def _format_of_dir(path: Path) -> str | None:
+    """``"internvl_chat"`` for a directory holding an InternVL checkpoint in OpenGVLab's
+    format, else ``None``."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if kind == "internvl_chat" else None
 
 
 def is_causal_lm_config(config: dict[str, Any]) -> bool:
@@ -478,17 +488,22 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
                 "open_clip_config.json + weights, or a transformers config.json whose model_type "
                 f"is one of {sorted(MODEL_TYPES)} or whose architectures are ...ForCausalLM (a "
-                "text-only LLM)." + _remote_code_hint(path)
+                "text-only LLM)."
             )
         return ModelSpec(
-            name=str(path), family=family, hub_id=str(path), source=str(path.resolve())
+            name=str(path),
+            family=family,
+            hub_id=str(path),
+            source=str(path.resolve()),
+            checkpoint_format=_format_of_dir(path),
         )
     hub = key[len("hf-hub:") :] if key.startswith("hf-hub:") else key
     for spec in ZOO.values():
         if spec.hub_id.lower() == hub.lower():
             return spec
     if key.startswith("hf-hub:"):
-        return replace(ModelSpec(name=key, family=_family_of_hub(hub), hub_id=hub))
+        family, kind = _family_of_hub(hub)
+        return ModelSpec(name=key, family=family, hub_id=hub, checkpoint_format=kind)
     close = get_close_matches(key.lower(), list(ZOO), n=3, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else ""
     raise UnknownModelError(
@@ -512,8 +527,9 @@ def _served_spec(key: str) -> ModelSpec:
     return ModelSpec(name=key, family=SERVED_FAMILIES[0], hub_id=model, served=True)
 
 
-def _family_of_hub(repo: str) -> str:
-    """Ask the hub (or its local cache, offline) which family a repository holds."""
+def _family_of_hub(repo: str) -> tuple[str, str | None]:
+    """Ask the hub (or its local cache, offline) which family a repository holds, and in
+    which format (see :attr:`ModelSpec.checkpoint_format`)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
@@ -529,7 +545,7 @@ def _family_of_hub(repo: str) -> str:
             continue
         family = family_of_dir(local.parent)
         if family is not None:
-            return family
+            return family, _format_of_dir(local.parent)
     raise UnknownModelError(
         f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without "
         "network, "

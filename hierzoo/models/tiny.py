@@ -19,6 +19,7 @@ from os import PathLike
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import (
     Regex,
     Tokenizer,
@@ -61,6 +62,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 __all__ = [
     "build_tiny_internvl",
+    "build_tiny_internvl_chat",
     "build_tiny_llama_lm",
     "build_tiny_llava_onevision",
     "build_tiny_qwen2_5_vl",
@@ -511,6 +513,147 @@ def build_tiny_internvl(out_dir: str | PathLike[str], seed: int = 0) -> Path:
         chat_template=_INTERNVL_CHAT_TEMPLATE,
     )
     return _save(out_dir, model, processor)
+
+
+def _remote_internvl_weights(config: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random weights under the names and shapes of OpenGVLab's InternVL modelling code
+    (``InternVisionModel``, the ``mlp1`` projector, ``InternLM2ForCausalLM``) for ``config``."""
+
+    def rand(*shape: int, scale: float = 0.05, base: float = 0.0) -> torch.Tensor:
+        return base + scale * torch.randn(*shape, generator=gen)
+
+    vis, llm = config["vision_config"], config["llm_config"]
+    d, inter, side, patch = (
+        vis[k] for k in ("hidden_size", "intermediate_size", "image_size", "patch_size")
+    )
+    n_pos = 1 + (side // patch) ** 2
+    w: dict[str, torch.Tensor] = {
+        "vision_model.embeddings.class_embedding": rand(1, 1, d),
+        "vision_model.embeddings.patch_embedding.weight": rand(d, 3, patch, patch),
+        "vision_model.embeddings.patch_embedding.bias": rand(d),
+        "vision_model.embeddings.position_embedding": rand(1, n_pos, d),
+    }
+    for i in range(vis["num_hidden_layers"]):
+        at = f"vision_model.encoder.layers.{i}."
+        w |= {
+            at + "attn.qkv.weight": rand(3 * d, d, scale=0.2),
+            at + "attn.qkv.bias": rand(3 * d),
+            at + "attn.proj.weight": rand(d, d, scale=0.2),
+            at + "attn.proj.bias": rand(d),
+            at + "mlp.fc1.weight": rand(inter, d, scale=0.2),
+            at + "mlp.fc1.bias": rand(inter),
+            at + "mlp.fc2.weight": rand(d, inter, scale=0.2),
+            at + "mlp.fc2.bias": rand(d),
+            at + "norm1.weight": rand(d, base=1.0),
+            at + "norm1.bias": rand(d),
+            at + "norm2.weight": rand(d, base=1.0),
+            at + "norm2.bias": rand(d),
+            at + "ls1": rand(d, base=0.5),
+            at + "ls2": rand(d, base=0.5),
+        }
+    h, v = llm["hidden_size"], llm["vocab_size"]
+    shuffled = 4 * d  # the pixel shuffle (0.5) puts 4 features in one
+    w |= {
+        "mlp1.0.weight": rand(shuffled, base=1.0),
+        "mlp1.0.bias": rand(shuffled),
+        "mlp1.1.weight": rand(h, shuffled, scale=0.2),
+        "mlp1.1.bias": rand(h),
+        "mlp1.3.weight": rand(h, h, scale=0.2),
+        "mlp1.3.bias": rand(h),
+        "language_model.model.tok_embeddings.weight": rand(v, h, scale=0.5),
+        "language_model.model.norm.weight": rand(h, base=1.0),
+        "language_model.output.weight": rand(v, h, scale=0.2),
+    }
+    heads, kv = llm["num_attention_heads"], llm["num_key_value_heads"]
+    hd, ffn = h // heads, llm["intermediate_size"]
+    for i in range(llm["num_hidden_layers"]):
+        at = f"language_model.model.layers.{i}."
+        w |= {
+            at + "attention.wqkv.weight": rand((heads + 2 * kv) * hd, h, scale=0.2),
+            at + "attention.wo.weight": rand(h, heads * hd, scale=0.2),
+            at + "feed_forward.w1.weight": rand(ffn, h, scale=0.2),
+            at + "feed_forward.w3.weight": rand(ffn, h, scale=0.2),
+            at + "feed_forward.w2.weight": rand(h, ffn, scale=0.2),
+            at + "attention_norm.weight": rand(h, base=1.0),
+            at + "ffn_norm.weight": rand(h, base=1.0),
+        }
+    return w
+
+
+def build_tiny_internvl_chat(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+    """Build and save a tiny random InternVL 2.5 in OpenGVLab's own format (``model_type``
+    ``internvl_chat``, as ``OpenGVLab/InternVL2_5-8B``: its config layout and weight names,
+    InternViT + ``mlp1`` + InternLM2 with fused ``wqkv``, grouped-query attention and dynamic
+    NTK rope) and a tokenizer that puts ``<s>`` before every text, as InternLM2's does; each
+    56x56 tile gives 4 image tokens. No modelling code is saved: hierzoo converts the weights."""
+    gen = torch.Generator().manual_seed(seed)
+    trained = _train_tokenizer(
+        {},
+        extra_tokens=("<s>", "</s>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>"),
+    )
+    backend = trained.backend_tokenizer
+    bos_id = trained.convert_tokens_to_ids("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    config = {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "template": "internvl2_5",
+        "downsample_ratio": 0.5,
+        "dynamic_image_size": True,
+        "force_image_size": 56,
+        "max_dynamic_patch": 12,
+        "min_dynamic_patch": 1,
+        "ps_version": "v2",
+        "select_layer": -1,
+        "use_thumbnail": True,
+        "vision_config": {
+            "architectures": ["InternVisionModel"],
+            "model_type": "intern_vit_6b",
+            "hidden_act": "gelu",
+            "hidden_size": 32,
+            "image_size": 56,
+            "intermediate_size": 64,
+            "layer_norm_eps": 1e-06,
+            "norm_type": "layer_norm",
+            "num_attention_heads": 2,
+            "num_channels": 3,
+            "num_hidden_layers": 2,
+            "patch_size": 14,
+            "qk_normalization": False,
+            "qkv_bias": True,
+        },
+        "llm_config": {
+            "architectures": ["InternLM2ForCausalLM"],
+            "model_type": "internlm2",
+            "bias": False,
+            "bos_token_id": bos_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_act": "silu",
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "max_position_embeddings": 512,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 2,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": {"factor": 2.0, "type": "dynamic"},
+            "rope_theta": 1000000,
+            "tie_word_embeddings": False,
+            "vocab_size": len(tokenizer),
+        },
+    }
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(_remote_internvl_weights(config, gen), str(path / "model.safetensors"))
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def _save_lm(out_dir: str | PathLike[str], model: PreTrainedModel, tokenizer: object) -> Path:

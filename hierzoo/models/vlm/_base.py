@@ -185,11 +185,9 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
         from hierzoo.models._factory import resolve_dtype
 
         cls.check_options(kwargs, spec.name, pass_through=True)
-        transformers = _import_transformers()
+        _import_transformers()
         dtype = resolve_dtype(dtype, cls.paper_dtype if device.type == "cuda" else torch.float32)
-        processor = cls._load_processor(spec)
-        model = load_checkpoint(
-            getattr(transformers, cls.model_class),
+        model, processor = cls._load_checkpoint(
             spec,
             device=device,
             dtype=dtype,
@@ -210,6 +208,37 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             process_on_device=process_on_device,
             image_processing=image_processing,
         )
+
+    @classmethod
+    def _load_checkpoint(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        device_map: str | dict[str, Any] | None,
+        attn_implementation: str | None,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """The checkpoint's model (on ``device``, eval mode) and processor."""
+        processor = cls._load_processor(spec)
+        model = load_checkpoint(
+            getattr(_import_transformers(), cls.model_class),
+            spec,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            **kwargs,
+        )
+        return model, processor
+
+    @classmethod
+    def _load_config(cls, spec: ModelSpec, **options: Any) -> tuple[Any, Any]:
+        """The checkpoint's config and processor, without its weights (:meth:`for_dry_run`)."""
+        processor = cls._load_processor(spec)
+        hub = {"revision": spec.revision} if spec.source is None else {}
+        return _import_transformers().AutoConfig.from_pretrained(spec.location, **hub), processor
 
     @classmethod
     def _load_processor(cls, spec: ModelSpec) -> Any:
@@ -246,7 +275,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             ValueError: the checkpoint holds another family's model.
         """
         cls.check_options(options, spec.name, pass_through=True)
-        processor = cls._load_processor(spec)
+        config, processor = cls._load_config(spec, **options)
         clf = cls(
             None,
             processor,
@@ -255,8 +284,7 @@ class VisionLLMClassifier(_RequestsMixin, LLMClassifier):
             prefix_cache=options.get("prefix_cache", True),
             image_processing=options.get("image_processing", "paper"),
         )
-        hub = {"revision": spec.revision} if spec.source is None else {}
-        clf.config = _import_transformers().AutoConfig.from_pretrained(spec.location, **hub)
+        clf.config = config
         return clf
 
     @classmethod

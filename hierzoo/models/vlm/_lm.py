@@ -269,8 +269,14 @@ class LLMClassifier(
     def _encode(self, texts: list[str], images: list[Image.Image] | None, side: str) -> Any:
         start = time.perf_counter()
         kw = {"device": str(self.device)} if images is not None and self._images_on_device() else {}
-        enc = self.processor(
-            text=texts, images=images, padding=True, padding_side=side, return_tensors="pt", **kw
+        enc = self.processor(  # the chat template writes any BOS itself
+            text=texts,
+            images=images,
+            padding=True,
+            padding_side=side,
+            return_tensors="pt",
+            add_special_tokens=False,
+            **kw,
         )
         enc = enc.to(device=self.device, dtype=self.dtype)
         self.pipeline_stats.preprocess += time.perf_counter() - start

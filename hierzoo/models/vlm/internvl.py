@@ -1,13 +1,20 @@
-"""InternVL 3 / 3.5."""
+"""InternVL 3 / 3.5 (transformers' format), and InternVL 2 / 2.5 in OpenGVLab's format (converted
+on load, :mod:`hierzoo.models.vlm._internvl_chat`)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hierzoo.models.vlm import _internvl_chat as remote
 from hierzoo.models.vlm._base import VisionLLMClassifier
+from hierzoo.models.vlm._lm import LOADING_OPTIONS
+
+if TYPE_CHECKING:
+    from hierzoo.models._registry import ModelSpec
 
 __all__ = ["InternVLClassifier", "pil_image_processor"]
 
@@ -46,6 +53,74 @@ class InternVLClassifier(VisionLLMClassifier):
     model_class = "InternVLForConditionalGeneration"
     model_type = "internvl"
     paper_max_tiles = 4
+
+    # ------------------------------------------------------------------ OpenGVLab's format
+    @classmethod
+    def _load_checkpoint(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        device_map: str | dict[str, Any] | None,
+        attn_implementation: str | None,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """A checkpoint in OpenGVLab's format (``spec.checkpoint_format == "internvl_chat"``)
+        is converted into transformers' classes (:mod:`hierzoo.models.vlm._internvl_chat`);
+        any other loads as transformers' format.
+
+        Raises:
+            ValueError: OpenGVLab's format without ``trust_remote_code=True``, or with
+                ``device_map`` or other ``from_pretrained`` options.
+        """
+        if spec.checkpoint_format != remote.REMOTE_FORMAT:
+            return super()._load_checkpoint(
+                spec,
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+                attn_implementation=attn_implementation,
+                **kwargs,
+            )
+        if device_map is not None:
+            raise ValueError(
+                f"{spec.name!r} is converted from OpenGVLab's format on load, onto one device: "
+                "leave out device_map and pass device."
+            )
+        path, processor, config = cls._remote_parts(spec, kwargs)
+        model = remote.load_remote(path, config, dtype)
+        model.set_attn_implementation(attn_implementation or "sdpa")
+        model.generation_config = remote.generation_config(path, processor.tokenizer)
+        return model.to(device).eval(), processor
+
+    @classmethod
+    def _load_config(cls, spec: ModelSpec, **options: Any) -> tuple[Any, Any]:
+        if spec.checkpoint_format != remote.REMOTE_FORMAT:
+            return super()._load_config(spec, **options)
+        _, processor, config = cls._remote_parts(spec, options)
+        return config, processor
+
+    @classmethod
+    def _remote_parts(cls, spec: ModelSpec, options: dict[str, Any]) -> tuple[Path, Any, Any]:
+        """The directory, processor and converted config of a checkpoint in OpenGVLab's
+        format."""
+        extra = sorted(set(options) - {"trust_remote_code"} - cls.options - LOADING_OPTIONS)
+        if extra:
+            raise ValueError(
+                f"{spec.name!r} is converted from OpenGVLab's format on load; it takes no "
+                f"from_pretrained options ({', '.join(extra)})."
+            )
+        if not options.get("trust_remote_code"):
+            raise ValueError(
+                f"{spec.name!r} is an InternVL checkpoint in OpenGVLab's own format: its "
+                "tokenizer is code shipped with the checkpoint. Load it with "
+                "trust_remote_code=True (hierzoo eval --trust-remote-code) if you trust "
+                f"{spec.hub_id!r}."
+            )
+        path = remote.checkpoint_dir(spec)
+        processor, config = remote.build_processor(path)
+        return path, processor, config
 
     def paper_processor(self, processor: Any) -> Any:
         paper = copy.copy(processor)
