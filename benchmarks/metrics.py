@@ -11,12 +11,14 @@ Measured in one process, interleaved, best of ``--repeats``:
 
 - the paper's script: ``utils/metric.py`` of the paper's repository, transcribed (``json.load``,
   ``extract_hierarchies_from_results``, and the seven metric functions its ``__main__`` calls);
-- ``hierzoo score FILE --ci --json``: read + encode + every metric + bootstrap intervals + print;
-- each stage of it: reading (msgspec and the standard library's json; JSON list and JSON
-  Lines), encoding names to codes, the metrics, the metrics with bootstrap intervals; and, to
-  show where reading's time goes, msgspec's scan of the JSON list keeping no field (the floor
-  of any reader built on it) and keeping the scored fields as strings without turning them into
-  ids;
+- ``hierzoo score FILE --ci --json``: read + encode + every metric + bootstrap intervals + print,
+  reading with its default number of processes (the CPUs available, at most 8) and with
+  ``--workers 1``;
+- each stage of it: reading (msgspec in one process and in parts by ``--workers`` processes,
+  and the standard library's json; JSON list and JSON Lines), encoding names to codes, the
+  metrics, the metrics with bootstrap intervals; and, to show where reading's time goes,
+  msgspec's scan of the JSON list keeping no field (the floor of any reader built on it) and
+  keeping the scored fields as strings without turning them into ids;
 - names to codes on in-memory name lists: ``hierzoo.metrics.encode`` against the per-sample
   encoder it replaced (``tests/reference.py``), on strings as a JSON parser makes them (one object
   per occurrence) and as a training loop holds them (the taxonomy's own name objects), beside
@@ -49,7 +51,13 @@ import reference  # noqa: E402  (the per-sample encoder hierzoo had: the names -
 
 from hierzoo import load_taxonomy  # noqa: E402
 from hierzoo.cli import main as hierzoo_main  # noqa: E402
-from hierzoo.metrics import encode, read_result_columns, score_results, summarize  # noqa: E402
+from hierzoo.metrics import (  # noqa: E402
+    available_cpus,
+    encode,
+    read_result_columns,
+    score_results,
+    summarize,
+)
 from hierzoo.metrics.names import encode_ids, factorize, new_vocabulary  # noqa: E402
 from hierzoo.metrics.reading import _mapped, _record  # noqa: E402
 
@@ -263,10 +271,10 @@ def best_of(times: dict[str, list[float]], name: str, fn, *args, **kw):
     return out
 
 
-def hierzoo_score_cli(path: str) -> dict:
+def hierzoo_score_cli(path: str, *options: str) -> dict:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        hierzoo_main(["score", path, "--ci", "--json"])
+        hierzoo_main(["score", path, "--ci", "--json", *options])
     return json.loads(buf.getvalue())
 
 
@@ -318,10 +326,14 @@ def main() -> None:
     print(f"{args.samples:,} rows x 7 levels: {f_list} ({size_mb:.0f} MB), {f_lines}")
 
     tax = load_taxonomy("inat21-animal")
+    workers = min(available_cpus(), 8)
     times: dict[str, list[float]] = {}
     for rep in range(args.repeats):
         paper = best_of(times, "paper", paper_script, str(f_list))
         ours = best_of(times, "score", hierzoo_score_cli, str(f_list))
+        best_of(times, "score, one process", hierzoo_score_cli, str(f_list), "--workers", "1")
+        best_of(times, "read list parts", read_result_columns, f_list, workers=workers)
+        best_of(times, "read lines parts", read_result_columns, f_lines, workers=workers)
         cols = best_of(times, "read list msgspec", read_result_columns, f_list, parser="msgspec")
         best_of(times, "scan list", msgspec_pass, f_list, 0)
         best_of(times, "decode list", msgspec_pass, f_list, 7)
@@ -363,12 +375,24 @@ def main() -> None:
     base = best["paper"]
     rows = [
         {"stage": "paper's utils/metric.py (json.load + loops)", "seconds": base, "vs paper": 1.0},
-        {"stage": "hierzoo score --ci --json (end to end)", "seconds": best["score"]},
-        {"stage": "  read JSON list, msgspec", "seconds": best["read list msgspec"]},
+        {
+            "stage": f"hierzoo score --ci --json (end to end, {workers} processes)",
+            "seconds": best["score"],
+        },
+        {"stage": "hierzoo score --ci --json --workers 1", "seconds": best["score, one process"]},
+        {
+            "stage": f"  read JSON list, msgspec, {workers} processes",
+            "seconds": best["read list parts"],
+        },
+        {"stage": "  read JSON list, msgspec, one process", "seconds": best["read list msgspec"]},
         {"stage": "    msgspec's scan alone (no field kept)", "seconds": best["scan list"]},
         {"stage": "    + the 14 scored fields as strings", "seconds": best["decode list"]},
         {"stage": "  read JSON list, json", "seconds": best["read list json"]},
-        {"stage": "  read JSON Lines, msgspec", "seconds": best["read lines msgspec"]},
+        {
+            "stage": f"  read JSON Lines, msgspec, {workers} processes",
+            "seconds": best["read lines parts"],
+        },
+        {"stage": "  read JSON Lines, msgspec, one process", "seconds": best["read lines msgspec"]},
         {"stage": "  read JSON Lines, json", "seconds": best["read lines json"]},
         {"stage": "  encode names -> codes", "seconds": best["encode"]},
         {"stage": "  metrics", "seconds": best["metrics"]},
@@ -402,6 +426,11 @@ def main() -> None:
         enc_rows, ["names", "taxonomy", "old encoder", "encode", "speedup", "one probe per name"]
     )
     print(f"max |hierzoo - paper| over HCA, leaf, POR, strict POR, TOR, hF1: {agree:.2e}")
+    per_repeat = [a / b for a, b in zip(times["paper"], times["score"])]
+    print(
+        "paper's script / hierzoo score, timed back to back in each repeat: "
+        + ", ".join(f"{r:.1f}" for r in per_repeat)
+    )
     write_json(
         args.json,
         {
@@ -411,9 +440,11 @@ def main() -> None:
             "levels": 7,
             "file_mb": round(size_mb, 1),
             "repeats": args.repeats,
+            "workers": workers,
             "stages": rows,
             "names_to_codes": enc_rows,
             "all_times": times,
+            "score_vs_paper_per_repeat": per_repeat,
             "max_abs_difference_percent": agree,
             "hca": ours["hca"],
         },

@@ -138,16 +138,16 @@ def test_settings_are_passed_at_construction(pair):
         type(vlm).from_model(vlm.model, vlm.processor, device_map="auto")
 
 
-def test_a_remote_code_internvl_directory_names_the_format_to_use(tmp_path):
-    """The paper's InternVL2.5-8B exists only in InternVL's remote-code format: a directory in
-    that format is refused with what to use instead; another unknown config gets no such hint."""
+def test_an_internvl_directory_in_opengvlabs_format_is_internvl(tmp_path):
+    """The paper's InternVL2.5-8B exists only in OpenGVLab's own format (model_type
+    internvl_chat): such a directory is the internvl family, converted on load
+    (tests/test_internvl_chat.py); another unknown config is refused."""
     from hierzoo.models import UnknownModelError, resolve
 
     config = {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnknownModelError, match="remote-code format.*InternVL3-8B-hf"):
-        resolve(str(tmp_path))
+    spec = resolve(str(tmp_path))
+    assert (spec.family, spec.checkpoint_format) == ("internvl", "internvl_chat")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(UnknownModelError) as e:
+    with pytest.raises(UnknownModelError, match="not a model hierzoo knows"):
         resolve(str(tmp_path))
-    assert "remote-code" not in str(e.value)

@@ -669,7 +669,7 @@ def test_eval_cot_under_torchrun_equals_one_process(eval_setup, tmp_path):
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29561", "-m", "hierzoo"]  # fmt: skip
     res = subprocess.run(run + _eval(eval_setup, two, *cot), env=env, capture_output=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, res.stderr[:4000] + b"\n...\n" + res.stderr[-2000:]
     rows = (one / "predictions.jsonl").read_text()
     assert rows == (two / "predictions.jsonl").read_text() and "prediction_level1" in rows
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
