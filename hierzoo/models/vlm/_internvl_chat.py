@@ -30,7 +30,6 @@ __all__ = [
     "checkpoint_dir",
     "convert_state_dict",
     "generation_config",
-    "is_remote_format",
     "load_remote",
     "native_config",
     "read_remote_config",
@@ -116,11 +115,6 @@ def read_remote_config(path: str | Path) -> dict[str, Any] | None:
     if isinstance(config, dict) and config.get("model_type") == REMOTE_FORMAT:
         return config
     return None
-
-
-def is_remote_format(path: str | Path) -> bool:
-    """Whether a directory holds an InternVL checkpoint in OpenGVLab's format."""
-    return read_remote_config(path) is not None
 
 
 def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str:
