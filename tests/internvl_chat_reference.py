@@ -17,6 +17,9 @@ Transcribed from the definitions in OpenGVLab/InternVL ``internvl_chat/internvl/
   slices, key and value the last two; rotary embedding (``rotate_half``, base ``rope_theta``)
   on positions ``0..L-1``; keys and values repeated per group; causal softmax attention;
   ``wo``; SwiGLU ``w2(silu(w1 x) * w3 x)``; final norm; ``output``.
+- Qwen2 (InternVL2.5-1B / 4B / 38B / 78B): the same decoder with separate ``q_proj`` /
+  ``k_proj`` / ``v_proj`` (with biases), ``o_proj``, ``gate_proj`` / ``up_proj`` /
+  ``down_proj``, ``lm_head``.
 """
 
 from __future__ import annotations
@@ -103,8 +106,10 @@ def logits(
     hidden, heads = llm["hidden_size"], llm["num_attention_heads"]
     kv = llm["num_key_value_heads"]
     groups, hd, eps = heads // kv, hidden // heads, llm["rms_norm_eps"]
+    internlm = llm["architectures"] == ["InternLM2ForCausalLM"]
+    names = _INTERNLM2 if internlm else _QWEN2
     ids = torch.tensor(input_ids)
-    x = w["language_model.model.tok_embeddings.weight"][ids].clone()
+    x = w[names["embed"]][ids].clone()
     if pixels is not None:
         feats = image_features(w, config, pixels).reshape(-1, hidden)
         at = ids == image_token_id
@@ -119,20 +124,50 @@ def logits(
     causal = torch.full((n, n), float("-inf")).triu(1)
     for i in range(llm["num_hidden_layers"]):
         p = f"language_model.model.layers.{i}."
-        h = _rms(x, w[p + "attention_norm.weight"], eps)
-        qkv = (h @ w[p + "attention.wqkv.weight"].T).reshape(n, kv, groups + 2, hd)
-        q = qkv[:, :, :groups, :].reshape(n, heads, hd).transpose(0, 1)  # (heads, L, hd)
-        k = qkv[:, :, -2, :].transpose(0, 1)  # (kv, L, hd)
-        v = qkv[:, :, -1, :].transpose(0, 1)
+        h = _rms(x, w[p + names["norm1"]], eps)
+        if internlm:
+            qkv = (h @ w[p + "attention.wqkv.weight"].T).reshape(n, kv, groups + 2, hd)
+            q = qkv[:, :, :groups, :].reshape(n, heads, hd).transpose(0, 1)  # (heads, L, hd)
+            k = qkv[:, :, -2, :].transpose(0, 1)  # (kv, L, hd)
+            v = qkv[:, :, -1, :].transpose(0, 1)
+        else:
+            q, k, v = (
+                (h @ w[p + f"self_attn.{c}_proj.weight"].T + w[p + f"self_attn.{c}_proj.bias"])
+                .reshape(n, -1, hd)
+                .transpose(0, 1)
+                for c in "qkv"
+            )
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k = k.repeat_interleave(groups, dim=0)  # key-value head j serves query heads j*groups..
         v = v.repeat_interleave(groups, dim=0)
         att = torch.softmax(q @ k.transpose(-2, -1) / hd**0.5 + causal, dim=-1) @ v
         att = att.transpose(0, 1).reshape(n, heads * hd)
-        x = x + att @ w[p + "attention.wo.weight"].T
-        h = _rms(x, w[p + "ffn_norm.weight"], eps)
-        up = F.silu(h @ w[p + "feed_forward.w1.weight"].T) * (h @ w[p + "feed_forward.w3.weight"].T)
-        x = x + up @ w[p + "feed_forward.w2.weight"].T
+        x = x + att @ w[p + names["out"]].T
+        h = _rms(x, w[p + names["norm2"]], eps)
+        up = F.silu(h @ w[p + names["gate"]].T) * (h @ w[p + names["up"]].T)
+        x = x + up @ w[p + names["down"]].T
     x = _rms(x, w["language_model.model.norm.weight"], eps)
-    return x @ w["language_model.output.weight"].T
+    return x @ w[names["head"]].T
+
+
+_INTERNLM2 = {
+    "embed": "language_model.model.tok_embeddings.weight",
+    "head": "language_model.output.weight",
+    "norm1": "attention_norm.weight",
+    "norm2": "ffn_norm.weight",
+    "out": "attention.wo.weight",
+    "gate": "feed_forward.w1.weight",
+    "up": "feed_forward.w3.weight",
+    "down": "feed_forward.w2.weight",
+}
+_QWEN2 = {
+    "embed": "language_model.model.embed_tokens.weight",
+    "head": "language_model.lm_head.weight",
+    "norm1": "input_layernorm.weight",
+    "norm2": "post_attention_layernorm.weight",
+    "out": "self_attn.o_proj.weight",
+    "gate": "mlp.gate_proj.weight",
+    "up": "mlp.up_proj.weight",
+    "down": "mlp.down_proj.weight",
+}

@@ -33,9 +33,11 @@ def _image(width: int, height: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny.build_tiny_internvl_chat(tmp_path_factory.mktemp("internvl_chat") / "m")
+@pytest.fixture(scope="module", params=["internlm2", "qwen2"])
+def checkpoint(tmp_path_factory, request):
+    """InternLM2 inside (InternVL2.5-8B, the paper's) or Qwen2 (InternVL2.5-1B / 4B / 38B / 78B)."""
+    root = tmp_path_factory.mktemp(f"internvl_chat_{request.param}")
+    return tiny.build_tiny_internvl_chat(root / "m", llm=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,11 @@ def test_the_conversion_computes_what_opengvlabs_code_computes(checkpoint, model
     InternViT, the mlp1 projector and InternLM2 over the checkpoint's own weights."""
     w, config = _weights(checkpoint), _config(checkpoint)
     m = model.model
-    assert type(m.model.language_model).__name__ == "LlamaModel"
-    assert m.config.text_config.rope_parameters["rope_type"] == "dynamic"
+    internlm = config["llm_config"]["architectures"] == ["InternLM2ForCausalLM"]
+    assert type(m.model.language_model).__name__ == ("LlamaModel" if internlm else "Qwen2Model")
+    rope = m.config.text_config.rope_parameters["rope_type"]
+    assert rope == ("dynamic" if internlm else "default")
+    assert m.config.text_config._attn_implementation == "sdpa"
     _, pixels = pr.load_image(_image(100, 75), input_size=56, max_num=4)
     with torch.no_grad():
         ours = m.model.get_image_features(pixel_values=pixels)
@@ -118,7 +123,10 @@ def test_answers_equal_opengvlabs_computation_on_the_papers_requests(
     for r in plan.requests:
         image = Image.open(questions[r.sample].path) if mode == "image" else None
         ids, pixels = _paper_ids(model, r.text, image)
-        assert ids[0] == tok.bos_token_id
+        if "internlm2" in str(checkpoint.parent):  # InternLM2's tokenizer adds BOS, Qwen2's not
+            assert ids[0] == tok.bos_token_id
+        else:
+            assert tok.bos_token_id not in ids
         want = ref.logits(w, config, ids, pixels, model.model.config.image_token_id)[-1]
         n = len(answers.options[r.sample][r.level])
         got = answers.extra["letter_logits"][r.sample, r.level, :n]

@@ -566,6 +566,28 @@ def _remote_internvl_weights(config: dict, gen: torch.Generator) -> dict[str, to
     }
     heads, kv = llm["num_attention_heads"], llm["num_key_value_heads"]
     hd, ffn = h // heads, llm["intermediate_size"]
+    if llm["architectures"] == ["Qwen2ForCausalLM"]:  # transformers' own names inside
+        w["language_model.lm_head.weight"] = w.pop("language_model.output.weight")
+        w["language_model.model.embed_tokens.weight"] = w.pop(
+            "language_model.model.tok_embeddings.weight"
+        )
+        for i in range(llm["num_hidden_layers"]):
+            at = f"language_model.model.layers.{i}."
+            w |= {
+                at + "self_attn.q_proj.weight": rand(heads * hd, h, scale=0.2),
+                at + "self_attn.q_proj.bias": rand(heads * hd),
+                at + "self_attn.k_proj.weight": rand(kv * hd, h, scale=0.2),
+                at + "self_attn.k_proj.bias": rand(kv * hd),
+                at + "self_attn.v_proj.weight": rand(kv * hd, h, scale=0.2),
+                at + "self_attn.v_proj.bias": rand(kv * hd),
+                at + "self_attn.o_proj.weight": rand(h, heads * hd, scale=0.2),
+                at + "mlp.gate_proj.weight": rand(ffn, h, scale=0.2),
+                at + "mlp.up_proj.weight": rand(ffn, h, scale=0.2),
+                at + "mlp.down_proj.weight": rand(h, ffn, scale=0.2),
+                at + "input_layernorm.weight": rand(h, base=1.0),
+                at + "post_attention_layernorm.weight": rand(h, base=1.0),
+            }
+        return w
     for i in range(llm["num_hidden_layers"]):
         at = f"language_model.model.layers.{i}."
         w |= {
@@ -580,25 +602,52 @@ def _remote_internvl_weights(config: dict, gen: torch.Generator) -> dict[str, to
     return w
 
 
-def build_tiny_internvl_chat(out_dir: str | PathLike[str], seed: int = 0) -> Path:
+def build_tiny_internvl_chat(
+    out_dir: str | PathLike[str], seed: int = 0, llm: str = "internlm2"
+) -> Path:
     """Build and save a tiny random InternVL 2.5 in OpenGVLab's own format (``model_type``
-    ``internvl_chat``, as ``OpenGVLab/InternVL2_5-8B``: its config layout and weight names,
-    InternViT + ``mlp1`` + InternLM2 with fused ``wqkv``, grouped-query attention and dynamic
-    NTK rope) and a tokenizer that puts ``<s>`` before every text, as InternLM2's does; each
-    56x56 tile gives 4 image tokens. No modelling code is saved: hierzoo converts the weights."""
+    ``internvl_chat``: its config layout and weight names, InternViT + ``mlp1`` + the language
+    model); each 56x56 tile gives 4 image tokens. No modelling code is saved: hierzoo converts
+    the weights.
+
+    ``llm="internlm2"`` (as ``OpenGVLab/InternVL2_5-8B``): InternLM2 with fused ``wqkv``,
+    grouped-query attention and dynamic NTK rope, and a tokenizer that puts ``<s>`` before every
+    text, as InternLM2's does. ``llm="qwen2"`` (as InternVL2.5-1B / 4B / 38B / 78B): Qwen2 under
+    transformers' own names, a tokenizer that adds nothing, and the config keys such checkpoints
+    carry that transformers' classes must not take (``attn_implementation`` ...)."""
+    if llm not in ("internlm2", "qwen2"):
+        raise ValueError(f"Expected `llm` to be 'internlm2' or 'qwen2', but got {llm!r}.")
     gen = torch.Generator().manual_seed(seed)
     trained = _train_tokenizer(
         {},
         extra_tokens=("<s>", "</s>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>"),
     )
-    backend = trained.backend_tokenizer
     bos_id = trained.convert_tokens_to_ids("<s>")
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
+    if llm == "internlm2":
+        backend = trained.backend_tokenizer
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>"
+        )
+        language = {
+            "architectures": ["InternLM2ForCausalLM"],
+            "model_type": "internlm2",
+            "bias": False,
+            "rope_scaling": {"factor": 2.0, "type": "dynamic"},
+        }
+    else:
+        tokenizer = trained
+        language = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "attn_implementation": "flash_attention_2",
+            "use_bfloat16": True,
+            "torch_dtype": "bfloat16",
+            "rope_scaling": None,
+            "use_sliding_window": False,
+        }
     config = {
         "architectures": ["InternVLChatModel"],
         "model_type": "internvl_chat",
@@ -628,9 +677,7 @@ def build_tiny_internvl_chat(out_dir: str | PathLike[str], seed: int = 0) -> Pat
             "qkv_bias": True,
         },
         "llm_config": {
-            "architectures": ["InternLM2ForCausalLM"],
-            "model_type": "internlm2",
-            "bias": False,
+            **language,
             "bos_token_id": bos_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
@@ -642,7 +689,6 @@ def build_tiny_internvl_chat(out_dir: str | PathLike[str], seed: int = 0) -> Pat
             "num_key_value_heads": 2,
             "num_hidden_layers": 2,
             "rms_norm_eps": 1e-05,
-            "rope_scaling": {"factor": 2.0, "type": "dynamic"},
             "rope_theta": 1000000,
             "tie_word_embeddings": False,
             "vocab_size": len(tokenizer),

@@ -99,6 +99,24 @@ CHAT_TEMPLATE = (
 ``<img>`` + its image tokens + ``</img>``, as ``model.chat`` replaces ``<image>``. A tokenizer
 that puts a BOS before every text (InternLM2's) gets it in front (:func:`build_processor`)."""
 
+_NOT_CONFIG = frozenset(
+    {
+        "architectures",
+        "auto_map",
+        "_name_or_path",
+        "attn_implementation",
+        "_attn_implementation_autoset",
+        "use_flash_attn",
+        "use_bfloat16",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+    }
+)
+"""Keys of a language model's config in OpenGVLab's format that say how it was run or saved,
+not what the network is: transformers' classes do not take them (``attn_implementation`` would
+ask for flash-attn)."""
+
 _TEXT_ARCHITECTURES = {
     "InternLM2ForCausalLM": "llama",
     "LlamaForCausalLM": "llama",
@@ -203,9 +221,7 @@ def native_config(remote: dict[str, Any], image_token_id: int) -> Any:
             rope_parameters=rope,
         )
     else:
-        keep = {
-            k: v for k, v in llm.items() if k not in ("architectures", "auto_map", "_name_or_path")
-        }
+        keep = {k: v for k, v in llm.items() if k not in _NOT_CONFIG}
         cls = LlamaConfig if _TEXT_ARCHITECTURES[arch] == "llama" else Qwen2Config
         text = cls(**{**keep, **common})
     return InternVLConfig(
