@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from hierzoo.tasks import (
     bundled_question_taxonomy,
     write_questions,
 )
+from hierzoo.taxonomy import BUNDLED, Taxonomy
 
 TASKS = ("questions", "path")
 
@@ -174,7 +175,7 @@ class EvalConfig:
 
             try:  # a named protocol's own needs (cot generates, bio-cot's taxonomies ...)
                 Protocol(
-                    taxonomy=self.taxonomy_name,
+                    taxonomy=self.protocol_taxonomy(),
                     mode=self.mode,
                     answer=self.answer,
                     name=self.protocol,
@@ -213,6 +214,23 @@ class EvalConfig:
     def taxonomy_name(self) -> str | None:
         """``--taxonomy``, or the taxonomy of a bundled question set."""
         return self.taxonomy or self._bundled_taxonomy()
+
+    def protocol_taxonomy(self) -> str | Taxonomy | None:
+        """The taxonomy as a protocol takes it: a bundled name as it is, a taxonomy file loaded
+        (``taxonomy-context`` writes a user's taxonomy into the prompt from it).
+
+        Raises:
+            RunError: a taxonomy file that does not load, with the reason.
+        """
+        name = self.taxonomy_name
+        if name is None or name in BUNDLED:
+            return name
+        from hierzoo import load_taxonomy
+
+        try:
+            return load_taxonomy(name)
+        except (OSError, ValueError) as e:
+            raise RunError(str(e)) from None
 
 
 def _note(d: Dist, message: str) -> None:
@@ -312,7 +330,7 @@ def _protocol(cfg: EvalConfig, clf: Any):
     """
     try:
         protocol = clf.default_protocol(
-            cfg.taxonomy_name,
+            cfg.protocol_taxonomy(),
             mode=cfg.mode,
             seed=cfg.seed,
             prompt_variant=cfg.prompt_variant,
@@ -330,6 +348,13 @@ def _protocol(cfg: EvalConfig, clf: Any):
     except ValueError as e:
         raise RunError(str(e)) from None
     return protocol
+
+
+def _protocol_record(protocol: Any) -> dict[str, Any]:
+    """A protocol's settings as JSON values; a taxonomy held as an object (a user's file) by its
+    name."""
+    record = {f.name: getattr(protocol, f.name) for f in fields(protocol)}
+    return json.loads(json.dumps({**record, "taxonomy": protocol.taxonomy_name}))
 
 
 def _in_asked_order(questions: list[Question], protocol: Any) -> tuple[list[Question], Any]:
@@ -691,7 +716,7 @@ def _work(
         "run": rid,
         "identity": ident,
         "settings": cfg.identity(),
-        "protocol": asdict(protocol) if protocol is not None else None,
+        "protocol": _protocol_record(protocol) if protocol is not None else None,
         "prompt_variant": cfg.prompt_variant,
         "seed": cfg.seed,
         "versions": _versions(),

@@ -675,3 +675,42 @@ def test_eval_cot_under_torchrun_equals_one_process(eval_setup, tmp_path):
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
     assert s1["protocol"] == s2["protocol"] == "cot"
+
+
+def test_eval_with_a_taxonomy_file_of_ones_own(tiny_dirs, tmp_path, capsys):
+    """``--taxonomy FILE`` (a user's taxonomy) with a vision LLM: the paper's protocol asks its
+    levels in the generic wording and records the taxonomy by name; ``taxonomy-context`` writes
+    that taxonomy into the prompt; ``bio-cot``, which has worked examples for iNat21 only, is
+    refused naming them."""
+    from hierzoo import load_taxonomy
+
+    paths = {
+        "Red Fox": ["Carnivora", "Canidae", "Red Fox"],
+        "Gray Wolf": ["Carnivora", "Canidae", "Gray Wolf"],
+        "House Cat": ["Carnivora", "Felidae", "House Cat"],
+        "Brown Rat": ["Rodentia", "Muridae", "Brown Rat"],
+    }
+    file = tmp_path / "mammals.json"
+    file.write_text(json.dumps(paths))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i, leaf in enumerate(paths):
+        pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{leaf.lower().replace(' ', '_')}_{i}.png")
+    common = ["eval", "--model", str(tiny_dirs["qwen2.5-vl"]), "--taxonomy", str(file)]
+    common += ["--images", str(images), "--no-progress"]
+    out = tmp_path / "run"
+    assert main([*common, "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["ground_truth_level3"] for r in rows) == sorted(x.lower() for x in paths)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["protocol"]["taxonomy"] == "mammals"
+    capsys.readouterr()
+    context = ["--protocol", "taxonomy-context", "--answer", "generate", "--dry-run", "1"]
+    assert main([*common, *context, "--out", str(tmp_path / "ctx")]) == 0
+    request = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert "Here is a taxonomy: " + str(load_taxonomy(file).to_paths()) in request["text"]
+    bio = ["--protocol", "bio-cot", "--answer", "generate", "--out", str(tmp_path / "b")]
+    assert main([*common, *bio]) == 2
+    assert "worked example for ['inat21-animal', 'inat21-plant'] only" in capsys.readouterr().err
