@@ -302,9 +302,12 @@ def _weight_files(path: Path) -> list[Path]:
     )
 
 
-def load_remote(path: str | Path, config: Any, dtype: torch.dtype) -> Any:
+def load_remote(
+    path: str | Path, config: Any, dtype: torch.dtype, device: torch.device | None = None
+) -> Any:
     """``InternVLForConditionalGeneration`` with the converted weights of the checkpoint at
-    ``path`` (``config``: :func:`native_config` of it), in ``dtype``, on the CPU, eval mode.
+    ``path`` (``config``: :func:`native_config` of it), in ``dtype`` on ``device`` (default the
+    CPU; the weights are read straight onto it, one shard at a time), eval mode.
 
     Raises:
         ValueError: weights the conversion does not account for, or that it lacks.
@@ -315,9 +318,12 @@ def load_remote(path: str | Path, config: Any, dtype: torch.dtype) -> Any:
     path = Path(path)
     remote = read_remote_config(path)
     state: dict[str, torch.Tensor] = {}
+    device = torch.device("cpu") if device is None else torch.device(device)
     for file in _weight_files(path):
-        state.update(load_file(str(file)))
-    state = {k: v.to(dtype) for k, v in convert_state_dict(state, remote).items()}
+        shard = load_file(str(file), device=str(device))
+        state.update({k: v.to(dtype) for k, v in shard.items()})
+        del shard
+    state = convert_state_dict(state, remote)
     with torch.device("meta"):
         model = InternVLForConditionalGeneration(config)
     expected = set(model.state_dict())
@@ -341,7 +347,7 @@ def load_remote(path: str | Path, config: Any, dtype: torch.dtype) -> Any:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"The InternVL conversion left {left[:5]} without values.")
-    return model.to(dtype).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def checkpoint_dir(spec: Any) -> Path:

@@ -89,7 +89,7 @@ class InternVLClassifier(VisionLLMClassifier):
                 "leave out device_map and pass device."
             )
         path, processor, config = cls._remote_parts(spec, kwargs)
-        model = remote.load_remote(path, config, dtype)
+        model = remote.load_remote(path, config, dtype, device)
         model.set_attn_implementation(attn_implementation or "sdpa")
         model.generation_config = remote.generation_config(path, processor.tokenizer)
         return model.to(device).eval(), processor
