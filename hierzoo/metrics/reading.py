@@ -522,28 +522,15 @@ def _read_in_parts(path: Path, as_list: bool, workers: int) -> ResultColumns | N
 def _merge(parts: list[tuple[ResultColumns, int]], source: str, unit: str) -> ResultColumns:
     """The columns of consecutive parts of one file as one process reads them: one vocabulary
     (ids in order of first appearance), positions counted across the parts."""
-    vocab = new_vocabulary()
-    vocab[None]
-    depth = max(cols.truth.shape[0] for cols, _ in parts)
-    n = sum(cols.n for cols, _ in parts)
-    truth = np.full((depth, n), -1, dtype=np.int64)
-    pred = np.full((depth, n), -1, dtype=np.int64)
-    where = np.zeros(n, dtype=np.int64)
-    at = rows_before = lines_before = n_errors = 0
+    builder = _Builder()
+    before = 0  # the entries (rows and errors) or the lines of the parts before
     for cols, lines in parts:
-        remap = np.append(factorize(cols.values, len(cols.values), vocab), -1)
-        k, m = cols.truth.shape[0], cols.n
-        truth[:k, at : at + m] = remap[cols.truth]
-        pred[:k, at : at + m] = remap[cols.pred]
-        if unit == "entry":
-            where[at : at + m] = cols.where + rows_before
-            rows_before += m + cols.n_errors  # every entry is a row or an error
-        else:
-            where[at : at + m] = cols.where + lines_before
-            lines_before += lines
-        n_errors += cols.n_errors
-        at += m
-    return ResultColumns(truth, pred, list(vocab), where, unit, source, n_errors)
+        remap = np.append(factorize(cols.values, len(cols.values), builder.vocab), -1)
+        ids = remap[np.concatenate([cols.truth, cols.pred])]
+        builder.add(ids, np.zeros(cols.n, dtype=bool), cols.where + before)
+        builder.n_errors += cols.n_errors
+        before += cols.n + cols.n_errors if unit == "entry" else lines
+    return builder.build(source, unit)
 
 
 def _use_fast(parser: str | None) -> bool:
