@@ -377,34 +377,34 @@ def list_models(family: str | None = None) -> list[str]:
     return [n for n, s in ZOO.items() if s.family in wanted]
 
 
-def family_of_dir(path: Path) -> str | None:
-    """The family of a local model directory: open_clip's layout or a saved transformers model."""
-    if (path / "open_clip_config.json").is_file():
-        return "openclip"
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            config = json.loads(cfg.read_text())
-        except (json.JSONDecodeError, OSError):
-            return None
-        if not isinstance(config, dict):
-            return None
-        family = MODEL_TYPES.get(config.get("model_type"))
-        if family is None and is_causal_lm_config(config):
-            family = "llm"
-        return family
-    return None
-
-
-def _format_of_dir(path: Path) -> str | None:
-    """``"internvl_chat"`` for a directory holding an InternVL checkpoint in OpenGVLab's
-    format, else ``None``."""
+def read_config(path: str | Path) -> dict[str, Any] | None:
+    """A directory's ``config.json`` as a dict; ``None`` when it has none, or one that is not a
+    JSON object."""
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    kind = config.get("model_type") if isinstance(config, dict) else None
-    return kind if kind == "internvl_chat" else None
+    return config if isinstance(config, dict) else None
+
+
+def _kind_of_dir(path: Path) -> tuple[str | None, str | None]:
+    """The family of a local model directory and its ``checkpoint_format`` (see
+    :attr:`ModelSpec.checkpoint_format`), from one read of its files."""
+    if (path / "open_clip_config.json").is_file():
+        return "openclip", None
+    config = read_config(path)
+    if config is None:
+        return None, None
+    family = MODEL_TYPES.get(config.get("model_type"))
+    if family is None and is_causal_lm_config(config):
+        family = "llm"
+    kind = config.get("model_type")
+    return family, kind if kind == "internvl_chat" else None
+
+
+def family_of_dir(path: Path) -> str | None:
+    """The family of a local model directory: open_clip's layout or a saved transformers model."""
+    return _kind_of_dir(path)[0]
 
 
 def is_causal_lm_config(config: dict[str, Any]) -> bool:
@@ -482,7 +482,7 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
         return ZOO[key.lower()]
     path = Path(key).expanduser()
     if path.is_dir():
-        family = family_of_dir(path)
+        family, kind = _kind_of_dir(path)
         if family is None:
             raise UnknownModelError(
                 f"{key!r} is a directory but not a model hierzoo knows: expected open_clip's "
@@ -495,7 +495,7 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
             family=family,
             hub_id=str(path),
             source=str(path.resolve()),
-            checkpoint_format=_format_of_dir(path),
+            checkpoint_format=kind,
         )
     hub = key[len("hf-hub:") :] if key.startswith("hf-hub:") else key
     for spec in ZOO.values():
@@ -543,9 +543,9 @@ def _family_of_hub(repo: str) -> tuple[str, str | None]:
         except Exception as e:  # not found, offline, gated ...
             errors.append(f"{filename}: {type(e).__name__}")
             continue
-        family = family_of_dir(local.parent)
+        family, kind = _kind_of_dir(local.parent)
         if family is not None:
-            return family, _format_of_dir(local.parent)
+            return family, kind
     raise UnknownModelError(
         f"Cannot tell which family hf-hub:{repo} is ({'; '.join(errors)}). On a machine without "
         "network, "

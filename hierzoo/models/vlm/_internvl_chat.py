@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from hierzoo.models._registry import read_config
+
 __all__ = [
     "CHAT_TEMPLATE",
     "REMOTE_FORMAT",
@@ -126,13 +128,8 @@ _TEXT_ARCHITECTURES = {
 
 def read_remote_config(path: str | Path) -> dict[str, Any] | None:
     """A directory's ``config.json`` as a dict when it is in OpenGVLab's InternVL format."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(config, dict) and config.get("model_type") == REMOTE_FORMAT:
-        return config
-    return None
+    config = read_config(path)
+    return config if config is not None and config.get("model_type") == REMOTE_FORMAT else None
 
 
 def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str:
