@@ -453,7 +453,8 @@ class TextLLMClassifier(LLMClassifier):
         if mode in self._templates:
             return self._templates[mode]
         if self.framing == "base":
-            head, tail = self._leading_special_text(), BASE_TAIL
+            tok = self.processor.tokenizer
+            head, tail = _chat.leading_special_text(tok, self.name, "the base framing"), BASE_TAIL
         else:
             try:
                 head, tail = _chat.split_template(
@@ -481,21 +482,6 @@ class TextLLMClassifier(LLMClassifier):
             self.prefix_cache = False
         self._templates[mode] = (head, tail)
         return head, tail
-
-    def _leading_special_text(self) -> str:
-        """The text of the special tokens the tokenizer puts before a text (a BOS), which the
-        paper's ``tokenizer([question + " Answer:"])`` adds."""
-        tok = self.processor.tokenizer
-        plain = tok("x", add_special_tokens=False)["input_ids"]
-        full = tok("x")["input_ids"]
-        at = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
-        if len(full) != at + len(plain):
-            raise ValueError(
-                f"The tokenizer of {self.name!r} adds special tokens after a text "
-                f"({full[at + len(plain) :]}); the base framing needs the prompt's last token to "
-                "be its own."
-            )
-        return tok.decode(full[:at])
 
     def answer_end(self) -> str:
         """The text that closes an assistant turn (chat framing)."""

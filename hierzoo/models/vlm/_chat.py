@@ -171,3 +171,22 @@ def answer_end(processor: Any, name: str, system: str | None = None) -> str:
     if not ids:
         raise ValueError(f"The chat template of {name!r} does not close the assistant turn.")
     return tok.decode(ids[:1])
+
+
+def leading_special_text(tokenizer: Any, name: str, needs: str) -> str:
+    """The text of the special tokens ``tokenizer(text)`` puts before a text (a BOS; ``""`` when
+    none), which a prompt tokenized without special tokens must write itself to equal it.
+
+    Raises:
+        ValueError: a tokenizer that also adds special tokens after a text; ``needs`` names what
+            needs the prompt's last token to be its own.
+    """
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    at = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
+    if len(full) != at + len(plain):
+        raise ValueError(
+            f"The tokenizer of {name!r} adds special tokens after a text "
+            f"({full[at + len(plain) :]}); {needs} needs the prompt's last token to be its own."
+        )
+    return tokenizer.decode(full[:at])

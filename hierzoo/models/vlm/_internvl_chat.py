@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from hierzoo.models._registry import read_config
+from hierzoo.models.vlm import _chat
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -362,14 +363,6 @@ def checkpoint_dir(spec: Any) -> Path:
     return Path(snapshot_download(spec.hub_id, revision=spec.revision, allow_patterns=patterns))
 
 
-def _adds_bos(tokenizer: Any) -> bool:
-    """Whether ``tokenizer(text)`` puts its BOS before the text (as ``model.chat`` tokenizes)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    bos = tokenizer.bos_token_id
-    return bos is not None and full == [bos, *plain]
-
-
 def build_processor(path: str | Path) -> tuple[Any, Any]:
     """The ``InternVLProcessor`` (the checkpoint's own tokenizer, loaded with
     ``trust_remote_code``; images tiled as the checkpoint's config says: 448 px tiles, at most
@@ -411,7 +404,9 @@ def build_processor(path: str | Path) -> tuple[Any, Any]:
     height, width = native.vision_config.image_size
     side = {"height": height, "width": width}
     dynamic = bool(config.get("dynamic_image_size", True))
-    template = ("{{ bos_token }}" if _adds_bos(tokenizer) else "") + CHAT_TEMPLATE
+    # what tokenizer(query) puts first in model.chat (InternLM2's <s>), written by the template
+    lead = _chat.leading_special_text(tokenizer, str(path), "InternVL's prompt")
+    template = ("{% raw %}" + lead + "{% endraw %}" if lead else "") + CHAT_TEMPLATE
     tokenizer.chat_template = template
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(
