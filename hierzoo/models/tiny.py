@@ -287,6 +287,17 @@ def _train_tokenizer(
     return tokenizer
 
 
+def _with_bos(trained: Qwen2Tokenizer, bos: str, **tokens: str) -> PreTrainedTokenizerFast:
+    """``trained`` as a tokenizer that puts ``bos`` (one of its special tokens) before every
+    text, as Llama's and InternLM2's do; ``tokens``: its other special tokens and settings."""
+    backend = trained.backend_tokenizer
+    bos_id = trained.convert_tokens_to_ids(bos)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, **tokens)
+
+
 def _save(out_dir: str | PathLike[str], model: PreTrainedModel, processor: ProcessorMixin) -> Path:
     """Save ``model`` and ``processor`` (chat template set on it and its tokenizer) to
     ``out_dir``."""
@@ -624,13 +635,7 @@ def build_tiny_internvl_chat(
     )
     bos_id = trained.convert_tokens_to_ids("<s>")
     if llm == "internlm2":
-        backend = trained.backend_tokenizer
-        backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-        )
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>"
-        )
+        tokenizer = _with_bos(trained, "<s>", eos_token="</s>", pad_token="</s>")
         language = {
             "architectures": ["InternLM2ForCausalLM"],
             "model_type": "internlm2",
@@ -730,20 +735,14 @@ def build_tiny_llama_lm(out_dir: str | PathLike[str], seed: int = 0) -> Path:
     trained = _train_tokenizer(
         {}, extra_tokens=(_LLAMA3_BOS, "<|start_header_id|>", "<|end_header_id|>", _LLAMA3_EOT)
     )
-    backend = trained.backend_tokenizer
-    bos_id = trained.convert_tokens_to_ids(_LLAMA3_BOS)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{_LLAMA3_BOS} $A",
-        pair=f"{_LLAMA3_BOS} $A {_LLAMA3_BOS} $B",
-        special_tokens=[(_LLAMA3_BOS, bos_id)],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=_LLAMA3_BOS,
+    tokenizer = _with_bos(
+        trained,
+        _LLAMA3_BOS,
         eos_token=_LLAMA3_EOT,
         pad_token=_ENDOFTEXT,
         chat_template=_LLAMA3_CHAT_TEMPLATE,
     )
+    bos_id = tokenizer.bos_token_id
     config = LlamaConfig(
         **{
             **_TEXT_SIZE,
