@@ -22,6 +22,7 @@ import numpy as np
 import paper_reference as ref
 import pytest
 from chat_server import ChatServer
+from cub_images import write_cub_images
 from PIL import Image
 
 import hierzoo
@@ -57,13 +58,7 @@ CUB_RANKS = ["order", "family", "genus", "species"]
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("api_family")
     model = tiny.build_tiny_qwen2_5_vl(root / "qwen", seed=5)
-    questions = read_questions("cub200-similar")[:N]
-    rng = np.random.default_rng(0)
-    for i, q in enumerate(questions):
-        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 255, (48 + 8 * (i % 3), 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(p)
+    write_cub_images(root, N, height=lambda i: 48 + 8 * (i % 3))
     return {"root": root, "model": model, "images": str(root / "data")}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cub_images import write_cub_images
 from PIL import Image
 
 from hierzoo.cli import main
@@ -26,12 +27,8 @@ N = 24
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     model = build_tiny_openclip(root / "model", seed=3)
-    questions = read_questions("cub200-similar")[:N]
     rng = np.random.default_rng(0)
-    for q in questions:
-        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    write_cub_images(root, N, rng=rng)  # the folder's images below go on drawing from rng
     folder = root / "folder"
     for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"]):
         (folder / leaf).mkdir(parents=True)

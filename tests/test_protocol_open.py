@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cub_images import write_cub_images
 
 from hierzoo import prompts
 from hierzoo.open_answers import FUZZY_THRESHOLD, Match, level_vocabulary, match_reply, normalize
@@ -261,11 +262,7 @@ def test_open_refusals(model, questions):
 def eval_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("open_eval")
     model = tiny.build_tiny_qwen2_5_vl(root / "model")
-    rng = np.random.default_rng(0)
-    for q in read_questions("cub200-similar")[:N_EVAL]:
-        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    write_cub_images(root, N_EVAL)
     return root, str(model)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import paper_reference as ref
 import pytest
+from cub_images import write_cub_images
 
 from hierzoo import prompts
 from hierzoo.cli import main
@@ -217,11 +218,7 @@ def test_text_llms_and_served_models_answer_cot():
 @pytest.fixture(scope="module")
 def eval_setup(tmp_path_factory, tiny_dirs):
     root = tmp_path_factory.mktemp("protocol_eval")
-    rng = np.random.default_rng(0)
-    for q in read_questions("cub200-similar")[:N_EVAL]:
-        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    write_cub_images(root, N_EVAL)
     return {"images": str(root / "data"), "model": str(tiny_dirs["qwen2.5-vl"])}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cub_images import write_cub_images
 from PIL import Image
 
 import hierzoo.runner
@@ -26,12 +27,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rundir")
     model = build_tiny_openclip(root / "model", seed=3)
     other = build_tiny_openclip(root / "other", seed=4)
-    questions = read_questions("cub200-similar")[:N]
-    rng = np.random.default_rng(0)
-    for q in questions:
-        p = root / "data" / "CUB_200_2011" / q.image.split("CUB_200_2011/")[1]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+    write_cub_images(root, N)
     return {"root": root, "model": str(model), "other": str(other), "images": str(root / "data")}
 
 
