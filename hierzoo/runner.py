@@ -578,9 +578,12 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
             write_questions(questions, out / "questions.jsonl")
         write_json(out / "run.json", {"run": rid, "identity": ident, "settings": cfg.identity()})
 
+    barrier(d)  # every rank has read the folder before rank 0 repairs it
     on_main(d, claim)
     barrier(d)
     done, _ = collect_done(out, repair=False, run=rid)
+    # every rank splits the same list: none may write a sample before all have read what is done
+    barrier(d)
     todo_all = [i for i in range(len(questions)) if i not in done]
     todo = todo_all[d.rank :: d.world]
     return _work(cfg, d, out, clf, protocol, questions, taxonomy, todo, rid, ident, n_done)

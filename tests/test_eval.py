@@ -299,10 +299,9 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29533",
         "-m",
         "hierzoo",
     ]
@@ -312,6 +311,65 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
     assert not list(two.glob("predictions.rank*"))
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
+
+
+def _late_rank(rank: int, port: int, args: list[str], log: str) -> None:
+    """One rank of a two-process run in which rank 1 reads what is done only once rank 0 has
+    either written results or stopped at a later barrier than the one rank 1 just passed: the
+    order of a loaded machine, made certain. Rank 1 waits on events, not on a clock."""
+    import torch.distributed as dist
+
+    import hierzoo.runner as runner
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = Path(args[args.index("--out") + 1])
+    entered, passed = out.parent / "rank0-barriers", [0]
+    real_barrier, real_collect = runner.barrier, runner.collect_done
+
+    def barrier(d):
+        if rank == 0:
+            n = int(entered.read_text()) + 1 if entered.exists() else 1
+            entered.write_text(str(n))
+        real_barrier(d)
+        passed[0] += 1
+
+    def collect_done(folder, repair, run=None):
+        shard = folder / "predictions.rank0.jsonl"
+        while rank == 1 and passed[0]:
+            if shard.exists() and shard.stat().st_size:
+                break  # rank 0 wrote before this rank read
+            if entered.exists() and int(entered.read_text()) > passed[0]:
+                break  # rank 0 waits for this rank at a later barrier
+            time.sleep(0.01)
+        return real_collect(folder, repair, run)
+
+    runner.barrier, runner.collect_done = barrier, collect_done
+    try:
+        code = main(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(f"{log}.rank{rank}").write_text(str(code))
+
+
+def test_sharded_run_splits_work_every_rank_agrees_on(setup, tmp_path):
+    """A rank that reads what is done after another rank wrote its first results still takes
+    its own share: no sample is left out and the run finishes (a late rank once split a shorter
+    list, so every other sample of one rank was never run)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run" / "out"
+    out.parent.mkdir()
+    log = str(tmp_path / "code")
+    mp.spawn(_late_rank, args=(port, _args(setup, out), log), nprocs=2, join=True)
+    assert [Path(f"{log}.rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert [r["sample"] for r in _lines(out / "predictions.jsonl")] == list(range(N))
 
 
 @pytest.fixture(scope="module")

@@ -428,8 +428,8 @@ def test_torchrun_two_processes_equal_one(eval_setup, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "hierzoo"]
     subprocess.run(base + _args(eval_setup, one), env=env, check=True, capture_output=True)
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29547", "-m", "hierzoo"]  # fmt: skip
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "hierzoo"]  # fmt: skip
     res = subprocess.run(run + _args(eval_setup, two), env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()

@@ -663,8 +663,8 @@ def test_eval_cot_under_torchrun_equals_one_process(eval_setup, tmp_path):
     base = [sys.executable, "-m", "hierzoo"]
     done = subprocess.run(base + _eval(eval_setup, one, *cot), env=env, capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29561", "-m", "hierzoo"]  # fmt: skip
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "hierzoo"]  # fmt: skip
     res = subprocess.run(run + _eval(eval_setup, two, *cot), env=env, capture_output=True)
     assert res.returncode == 0, res.stderr[:4000] + b"\n...\n" + res.stderr[-2000:]
     rows = (one / "predictions.jsonl").read_text()
