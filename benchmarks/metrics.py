@@ -340,10 +340,8 @@ def main() -> None:
         best_of(times, "read list json", read_result_columns, f_list, parser="json")
         best_of(times, "read lines msgspec", read_result_columns, f_lines, parser="msgspec")
         best_of(times, "read lines json", read_result_columns, f_lines, parser="json")
-        truth, values = cols.truth_names()
-        p, t, m = best_of(
-            times, "encode", encode_ids, cols.pred[1:], truth[1:], values, first_level=1
-        )
+        truth, pred, values = cols.names()
+        p, t, m = best_of(times, "encode", encode_ids, pred[1:], truth[1:], values, first_level=1)
         best_of(times, "metrics", summarize, p, t, m)
         best_of(times, "metrics + ci", summarize, p, t, m, ci=True)
         best_of(times, "score after reading", score_results, cols, ci=True)
@@ -351,7 +349,7 @@ def main() -> None:
         # names -> codes on in-memory name lists, against the per-sample encoder
         sub = slice(0, args.encode_samples)
         true_names = [[values[i] for i in row] for row in truth[:, sub].T.tolist()]
-        pred_names = [[values[i] for i in row] for row in cols.pred[:, sub].T.tolist()]
+        pred_names = [[values[i] for i in row] for row in pred[:, sub].T.tolist()]
         for label, (tn, pn) in {
             "shared": (true_names, pred_names),
             "parsed": json.loads(json.dumps([true_names, pred_names])),

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from hierzoo import __version__
@@ -57,24 +58,32 @@ def _cmd_score(args: argparse.Namespace) -> int:
         from hierzoo import load_taxonomy
 
         taxonomy = load_taxonomy(args.taxonomy)
-    rows = []
+    rows, failed = [], 0
     for path in args.results:
-        summary = score_results(
-            read_result_columns(path, workers=workers),
-            keep_root=args.keep_root,
-            taxonomy=taxonomy,
-            ci=args.ci,
-        )
+        try:
+            summary = score_results(
+                read_result_columns(path, workers=workers),
+                keep_root=args.keep_root,
+                taxonomy=taxonomy,
+                ci=args.ci,
+            )
+        except (ValueError, OSError) as e:  # one bad file of several: say which, score the rest
+            message = _message(e)
+            if path not in message:
+                message = f"{path}: {message}"
+            print(f"hierzoo score: error: {message}", file=sys.stderr)
+            failed += 1
+            continue
         if args.json:
             print(json.dumps(round_floats({"file": path, **summary}), allow_nan=False))
         rows.append((path, summary))
-    if not args.json:
+    if rows and not args.json:
         print(format_table(rows))
         print("(percent of scored samples)")
         for path, summary in rows:
             for line in format_left_out(summary):
                 print(f"{path}: {line}")
-    return 0
+    return 2 if failed else 0
 
 
 def _add_taxonomy(sub: argparse._SubParsersAction) -> None:
@@ -551,6 +560,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _warning_line(command: str):
+    """A ``warnings.showwarning`` that prints ``hierzoo CMD: warning: ...``, one line without
+    the Python source around it."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{command}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user mistakes end in one line on stderr and exit status 2, Ctrl-C in
     one line and 130, a closed output pipe (``hierzoo models --json | head``) quietly."""
@@ -561,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().print_help()
             return 2
         command = f"hierzoo {args.command}"
-        code = int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(command)
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
     except KeyboardInterrupt:

@@ -395,6 +395,7 @@ def _write(f, rows, fmt, bom=False):
 
 def _same_columns(a, b):
     assert (a.unit, a.n_errors, a.where.tolist()) == (b.unit, b.n_errors, b.where.tolist())
+    assert (a.predicted_fields, a.level0) == (b.predicted_fields, b.level0)
     for cols in ("truth", "pred"):
         assert _named(a, cols) == _named(b, cols)
 
@@ -560,3 +561,132 @@ def test_score_cli_says_what_it_left_out_and_prints_round_json(tmp_path, capsys)
     assert out["level_acc"][0]["value"] == round(exact["level_acc"][0]["value"], 6)
     assert out["left_out"][0]["name"] == "level1"
     assert round_floats({"a": [float("nan"), 1 / 3]}) == {"a": [None, 0.333333]}
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_numbers_are_names_by_their_text_on_both_sides(parser, tmp_path):
+    """A class index where a name belongs: ``1`` matches ``1`` and ``"1"`` whichever side holds
+    the string; ``true`` or a list as a prediction stays wrong."""
+    from hierzoo.metrics import read_result_columns, results_to_paths
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+    pairs = [(1, 1), (2, 2), ("3", 3), (4, "4"), (5.5, 5.5), (6, 7), ("yes", True), (2, [2])]
+    rows = [{"ground_truth_level1": t, "predicted_level1": p} for t, p in pairs]
+    f = tmp_path / "ints.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    right = [True] * 5 + [False] * 3
+    expected = 100 * sum(right) / len(right)
+    got = score_results(read_result_columns(f, parser=parser), keep_root=True)
+    assert got["level_acc"] == [pytest.approx(expected)]
+    assert score_results(rows, keep_root=True)["level_acc"] == [pytest.approx(expected)]
+    truth, pred, _ = results_to_paths(rows)
+    assert [t == p for (t,), (p,) in zip(truth, pred)] == right
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_json_that_is_not_one_object_per_line_is_named_with_the_fix(parser, tmp_path):
+    """Objects written with an indent, two objects on a line, a run's summary.json: one line
+    naming the file and the fix, the same with either parser (never a row count that the line
+    numbers do not match)."""
+    from hierzoo.metrics import read_result_columns
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+    row = {"ground_truth_level1": "a", "predicted_level1": "a"}
+    f = tmp_path / "pretty.jsonl"
+    f.write_text(json.dumps(row, indent=2) + "\n" + json.dumps(row, indent=2) + "\n")
+    spread = r"pretty.jsonl holds JSON spread over several lines \(line 1 is '\{'\)"
+    with pytest.raises(ValueError, match=spread + r".*without indent"):
+        read_result_columns(f, parser=parser)
+    with pytest.raises(ValueError, match=spread):
+        read_results(f)
+    f.write_text(json.dumps(row) + " " + json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"pretty.jsonl:1 holds more than one JSON value"):
+        read_result_columns(f, parser=parser)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"metrics": {"hca": 50.0}}, indent=2))
+    with pytest.raises(ValueError, match=r"results are in predictions.jsonl"):
+        read_result_columns(run / "summary.json", parser=parser)
+
+
+def test_files_that_are_not_utf8_json_are_named_with_the_fix(tmp_path):
+    import gzip
+
+    from hierzoo.metrics import read_result_columns
+
+    line = json.dumps({"ground_truth_level1": "a", "predicted_level1": "a"}) + "\n"
+    cases = {
+        "gz.jsonl.gz": (gzip.compress(line.encode()), r"gzip-compressed.*gunzip .*gz.jsonl.gz"),
+        "u16.json": (("[" + line + "]").encode("utf-16"), r"UTF-16 text: save it as UTF-8"),
+        "u16be.json": (("[" + line + "]").encode("utf-16-be"), r"holds NUL bytes"),
+        "latin.jsonl": (line.encode() + b'{"ground_truth_level1": "caf\xe9"}\n', r"jsonl:2 is not"),
+        "junk.jsonl": (line.encode() + b"\xff\xfe junk", r"junk.jsonl:2 is not UTF-8"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        for read in (read_result_columns, read_results):
+            with pytest.raises(ValueError, match=message):
+                read(tmp_path / name)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_fields_the_score_would_miss_are_refused(parser, tmp_path):
+    """Predictions under another name, levels counted from 0, a file whose only level is left
+    out as the root: each an error naming the fix, never a silent 0% or an empty score."""
+    from hierzoo.metrics import read_result_columns
+
+    if parser == "msgspec":
+        pytest.importorskip("msgspec")
+
+    def cols(rows):
+        f = tmp_path / "r.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return read_result_columns(f, parser=parser)
+
+    misnamed = [
+        {"ground_truth_level1": "a", "ground_truth_level2": x, "prediction_level2": x} for x in "bc"
+    ]
+    for rows in (misnamed, cols(misnamed)):
+        with pytest.raises(ValueError, match=r"has a predicted_levelK field.*rename"):
+            score_results(rows)
+    nulls = [{**r, "predicted_level2": None} for r in misnamed]  # present but unanswered: 0%
+    assert score_results(cols(nulls))["level_acc"] == [0.0]
+    zero = [
+        {f"{f}_level{k}": f"{x}{k}" for f in ("ground_truth", "predicted") for k in (0, 1, 2)}
+        for x in "bc"
+    ]
+    for rows in (zero, cols(zero)):
+        with pytest.raises(ValueError, match=r"ground_truth_level0.*number the fields from 1"):
+            score_results(rows)
+    root_only = [{"ground_truth_level1": "a", "predicted_level1": x} for x in "ab"]
+    for rows in (root_only, cols(root_only)):
+        with pytest.raises(ValueError, match=r"level 1 only.*keep it with --keep-root"):
+            score_results(rows)
+        assert score_results(rows, keep_root=True)["level_acc"] == [50.0]
+
+
+def test_score_names_the_bad_file_of_several_and_scores_the_rest(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        "".join(
+            json.dumps({"ground_truth_level1": t, "predicted_level1": "a"}) + "\n" for t in "ab"
+        )
+    )
+    (tmp_path / "empty.json").write_text("[]")
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(good.read_text() + '{"ground_truth_le')
+    paths = [str(tmp_path / n) for n in ("empty.json", "good.jsonl", "torn.jsonl", "no.json")]
+    assert main(["score", *paths, "--keep-root"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0].startswith("hierzoo score: error: ") and "empty.json" in lines[0]
+    assert (
+        lines[1] == f"hierzoo score: warning: {torn}:3: skipped a torn last line (an "
+        "interrupted write)."
+    )
+    assert "no.json" in lines[2] and len(lines) == 3
+    table = [ln for ln in out.splitlines() if ln.startswith(str(tmp_path))]
+    assert [ln.split()[0] for ln in table] == [str(good), str(torn)]
+    assert all(ln.split()[1] == "50.00" for ln in table)

@@ -87,6 +87,10 @@ class ResultColumns:
         unit: ``"line"`` or ``"entry"``, what ``where`` counts.
         source: the file's path, or ``"rows"``.
         n_errors: rows with an ``error`` field (not in the columns).
+        predicted_fields: whether any row has a ``predicted_level{k}`` field (``null``
+            included) for a scored level.
+        level0: whether a row has ``ground_truth_level0`` (levels count from 1; level 0 is
+            not read).
     """
 
     truth: np.ndarray
@@ -96,24 +100,32 @@ class ResultColumns:
     unit: str
     source: str
     n_errors: int
+    predicted_fields: bool = True
+    level0: bool = False
 
     @property
     def n(self) -> int:
         return self.truth.shape[1]
 
-    def truth_names(self) -> tuple[np.ndarray, list[Any]]:
-        """``truth`` with every ground truth given as a name: a value that is not a string
-        (a number) becomes its ``str``, as the paper's scripts read it. Returns the ids and the
-        values they index (``values`` extended with the new names)."""
+    def names(self) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        """``(truth, pred, values)`` with values compared as names: a ground truth that is not
+        a string becomes its ``str`` (as the paper's scripts read a number), and so does a
+        predicted number (``int`` or ``float``), so that ``1`` matches ``1`` and ``"1"``; any
+        other predicted value that is not a string (``true``, a list) stays wrong. ``values``
+        is extended with the new names."""
         values = list(self.values)
-        remap = np.arange(len(values) + 1)
-        remap[-1] = -1
+        t_map = np.arange(len(values) + 1)
+        t_map[-1] = -1
+        p_map = t_map.copy()
         extra: dict[str, int] = {}
         for i, v in enumerate(self.values):
-            if v is not None and not _is_unset(v) and not is_name(v):
-                remap[i] = extra.setdefault(str(v), len(values) + len(extra))
+            if v is None or _is_unset(v) or is_name(v):
+                continue
+            t_map[i] = extra.setdefault(str(v), len(values) + len(extra))
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                p_map[i] = t_map[i]
         values += list(extra)
-        return remap[self.truth], values
+        return t_map[self.truth], p_map[self.pred], values
 
     def describe(self, i: int) -> str:
         """Row ``i`` as a user finds it: ``line 12 of results.jsonl``."""
@@ -129,6 +141,8 @@ class _Builder:
         self.vocab[None]  # id 0: absent or null
         self.blocks: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_errors = 0
+        self.predicted_fields = False
+        self.level0 = False
 
     def add(self, ids: np.ndarray, errors: np.ndarray, where: np.ndarray) -> None:
         """``ids``: ``(2K, n)`` (truth rows then prediction rows), ``errors``: ``(n,)`` bool."""
@@ -151,8 +165,11 @@ class _Builder:
             m = LEVEL_KEY.match(key)
             if m:
                 depth = max(depth, int(m.group(1)))
+            self.level0 |= key == "ground_truth_level0"
         keys = [f"ground_truth_level{k}" for k in range(1, depth + 1)]
         keys += [f"predicted_level{k}" for k in range(1, depth + 1)]
+        if not self.predicted_fields:
+            self.predicted_fields = any(k in r for r in rows for k in keys[depth:])
         ids = np.empty((2 * depth, n), dtype=np.int64)
         for j, key in enumerate(keys):
             values = map(dict.get, rows, repeat(key))
@@ -181,7 +198,17 @@ class _Builder:
         missing = np.array([v is None or _is_unset(v) for v in values] + [True])
         truth = np.where(missing[truth], -1, truth)
         pred = np.where(missing[pred], -1, pred)
-        return ResultColumns(truth, pred, values, where, unit, source, self.n_errors)
+        return ResultColumns(
+            truth,
+            pred,
+            values,
+            where,
+            unit,
+            source,
+            self.n_errors,
+            self.predicted_fields,
+            self.level0,
+        )
 
 
 def _is_unset(v: Any) -> bool:
@@ -300,6 +327,8 @@ def _decode_records(
         ids = np.empty((0, n), dtype=np.int64)
     unset = builder.vocab.get(msgspec.UNSET, -1)
     given = int(np.count_nonzero(ids[:depth] != unset))
+    if not builder.predicted_fields:
+        builder.predicted_fields = bool(np.count_nonzero(ids[depth:] != unset))
     if given != _count(data, _GT):  # more levels, a level key after a gap or in another field
         return None
     errors = np.fromiter(map(bool, map(attrgetter("error"), records)), dtype=bool, count=n)
@@ -309,6 +338,8 @@ def _decode_records(
         where = first_line + np.arange(n)
     else:
         where = _line_numbers(data, first_line)
+        if len(where) != n:  # an object over several lines, or several on one line
+            return False
     builder.add(ids, errors, where)
     return True
 
@@ -331,6 +362,33 @@ def _mapped(path: Path, private: bool = False) -> Iterator[memoryview]:
         whole[3 if whole[:3] == _BOM else 0 :] as view,
     ):
         yield view
+
+
+_NOT_UTF8 = {
+    b"\x1f\x8b": "gzip-compressed: decompress it first (gunzip FILE)",
+    b"PK\x03\x04": "a zip archive: extract the results file from it first",
+    b"\xff\xfe": "UTF-16 text: save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text: save it as UTF-8",
+}
+
+
+def _head(path: Path) -> bytes:
+    """The first 4 KiB of a result file (after a UTF-8 byte-order mark).
+
+    Raises:
+        ValueError: a compressed file, or text that is not UTF-8, naming the fix.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, what in _NOT_UTF8.items():
+        if head.startswith(magic):
+            raise ValueError(f"{path} is {what.replace('FILE', str(path))}.")
+    if b"\x00" in head:
+        raise ValueError(
+            f"{path} holds NUL bytes: it is not UTF-8 JSON (UTF-16 or binary data); a results "
+            "file is a JSON list of rows or JSON Lines, in UTF-8."
+        )
+    return head[3:] if head.startswith(_BOM) else head
 
 
 def _is_list(head: bytes) -> bool:
@@ -366,10 +424,7 @@ def read_result_columns(
             f"{workers!r}; use 1 to read in this process."
         )
     builder = _Builder()
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(_BOM):
-        head = head[3:]
+    head = _head(path)
     if fast and workers > 1 and path.stat().st_size >= PARALLEL_BYTES:
         cols = _read_in_parts(path, _is_list(head), workers)
         if cols is not None:
@@ -529,6 +584,8 @@ def _merge(parts: list[tuple[ResultColumns, int]], source: str, unit: str) -> Re
         ids = remap[np.concatenate([cols.truth, cols.pred])]
         builder.add(ids, np.zeros(cols.n, dtype=bool), cols.where + before)
         builder.n_errors += cols.n_errors
+        builder.predicted_fields |= cols.predicted_fields
+        builder.level0 |= cols.level0
         before += cols.n + cols.n_errors if unit == "entry" else lines
     return builder.build(source, unit)
 
@@ -602,15 +659,44 @@ def _parse_lines(
                 rows.append(json.loads(line))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 number = first_line + i
-                if last and i == len(lines) - 1:
+                if last and i == len(lines) - 1 and line.lstrip()[:1] == b"{":
                     warnings.warn(
                         f"{path}:{number}: skipped a torn last line (an interrupted write).",
                         stacklevel=4,
                     )
                     continue
-                raise ValueError(f"{path}:{number} is not a JSON object: {e}.") from e
+                raise ValueError(_bad_line(path, number, line, e)) from e
             where.append(first_line + i)
     return rows, np.array(where, dtype=np.int64)
+
+
+def _bad_line(path: Path, number: int, line: bytes, e: Exception) -> str:
+    """What is wrong with a line of a JSON Lines file that does not parse, and the fix."""
+    text = line.strip()
+    if isinstance(e, UnicodeDecodeError):
+        return (
+            f"{path}:{number} is not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+            "a results file is UTF-8 JSON."
+        )
+    if text in (b"{", b"[") or text.startswith(b'"') or text.startswith(b"}"):
+        fix = (
+            f"{path} holds JSON spread over several lines (line {number} is {_short(text)}), "
+            "not JSON Lines: a results file is a JSON list of rows, or one whole JSON object "
+            "per line (json.dumps(row) without indent)"
+        )
+        if path.name == "summary.json":
+            fix += "; a run's results are in predictions.jsonl, next to summary.json"
+        return fix + "."
+    if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
+        return (
+            f"{path}:{number} holds more than one JSON value; JSON Lines has one object per line."
+        )
+    return f"{path}:{number} is not a JSON object: {e}."
+
+
+def _short(text: bytes) -> str:
+    shown = text[:60].decode("utf-8", "replace")
+    return repr(shown + ("..." if len(text) > 60 else ""))
 
 
 def _parse_list(data: bytes, path: Path) -> list[Any]:
@@ -629,10 +715,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No result file at {str(path)!r}.")
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(_BOM):
-        head = head[3:]
+    head = _head(path)
     if not head.strip():
         return []
     if _is_list(head):

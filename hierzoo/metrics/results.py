@@ -48,8 +48,9 @@ def results_to_paths(
     Returns ``(truth, pred, n_errors)``; samples with an ``error`` field are counted, not scored.
     A path runs from level 1 to the last level whose ground truth is given; a level above it
     whose ground truth is missing or ``None`` stays in the path as ``None`` (wrong at that
-    level, never a shorter path). A missing or ``None`` prediction stays ``None`` and counts as
-    wrong.
+    level, never a shorter path). Numbers are names by their text (``1`` matches ``1`` and
+    ``"1"``). A missing or ``None`` prediction, or one that is neither a string nor a number,
+    is ``None`` and counts as wrong.
     """
     truth, pred, n_errors = [], [], 0
     for row in rows:
@@ -61,6 +62,8 @@ def results_to_paths(
             gt = row.get(f"ground_truth_level{k}")
             t_path.append(str(gt) if gt is not None else None)
             guess = row.get(f"predicted_level{k}")
+            if isinstance(guess, (int, float)) and not isinstance(guess, bool):
+                guess = str(guess)
             p_path.append(guess if isinstance(guess, str) else None)
         if t_path:
             truth.append(t_path)
@@ -101,14 +104,21 @@ def score_results(
         level (the last entry counts fully right paths).
     """
     cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(rows)
-    truth, values = cols.truth_names()
+    src = "the rows" if cols.source == "rows" else cols.source
+    if cols.level0:
+        raise ValueError(
+            f"{src} has ground_truth_level0, but result files count levels from 1 "
+            "(ground_truth_level1 is the top level) and level 0 would not be scored: number "
+            "the fields from 1."
+        )
+    truth, pred_ids, values = cols.names()
     present = truth >= 0
     depth = np.zeros(cols.n, dtype=np.int64)
     for k in range(truth.shape[0]):
         depth[present[k]] = k + 1
     if not depth.any():
         raise ValueError(
-            "No scorable samples: every row lacks ground_truth_level1 or has an error."
+            f"No scorable samples in {src}: every row lacks ground_truth_level1 or has an error."
         )
     truth_root = _one_name(truth[0, depth > 0], values) if taxonomy is None else None
     if taxonomy is not None:
@@ -117,9 +127,21 @@ def score_results(
         drop = not keep_root and truth_root is not None
     start = 1 if drop else 0
     keep = np.flatnonzero(depth > start)
-    truth, pred = truth[start:, keep], cols.pred[start:, keep]
+    if not len(keep):
+        why = _root_left_out(taxonomy, "level1", truth_root)
+        raise ValueError(
+            f"Nothing to score in {src}: its rows have level 1 only, and level 1 is left out "
+            f"({why['reason']}); keep it with {why['keep']}."
+        )
+    truth, pred = truth[start:, keep], pred_ids[start:, keep]
     if taxonomy is not None:
         _check_no_missing_level(truth, depth[keep] - start, keep, cols, start)
+    if not cols.predicted_fields:
+        raise ValueError(
+            f"No row of {src} has a predicted_levelK field: predictions are read from "
+            "predicted_level1, predicted_level2, ... (next to ground_truth_level1, ...); "
+            "rename the fields that hold them."
+        )
     p, t, m = encode_ids(
         pred,
         truth,
