@@ -343,6 +343,12 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         help="images per feature shard (default 1024)",
     )
     p.add_argument("--limit", metavar="N", type=opt.positive_int, help="only the first N images")
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="extract again the feature shards that hold images that failed (fixed since); "
+        "without it a rerun keeps them as failed",
+    )
     opt.no_plots_option(p, "probe_levels.png")
     p.set_defaults(func=_cmd_probe)
 

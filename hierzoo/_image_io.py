@@ -40,7 +40,10 @@ def existing_file(item: str | Path) -> Path:
     """The path of a non-empty file, or an :class:`ImageError` saying what is wrong with it."""
     path = Path(item)
     if not path.is_file():
-        raise ImageError(f"No image file at {str(path)!r}; check the path or pass --image-root.")
+        raise ImageError(
+            f"No image file at {str(path)!r}; check the path (`hierzoo eval` reads recorded "
+            "paths under --image-root, `hierzoo probe` under --images)."
+        )
     if path.stat().st_size == 0:
         raise ImageError(f"Image file {str(path)!r} is empty (0 bytes); re-copy or remove it.")
     return path

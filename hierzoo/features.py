@@ -88,19 +88,23 @@ def _read_shard(path: Path) -> tuple[dict[str, str], torch.Tensor] | None:
     return meta, data
 
 
-def _shard_done(path: Path, ids: Sequence[str], identity: dict[str, str]) -> bool:
+def _shard_done(
+    path: Path, ids: Sequence[str], identity: dict[str, str], retry_errors: bool = False
+) -> bool:
     got = _read_shard(path)
     if got is None:
         return False
     meta, data = got
     try:
         same_ids = json.loads(meta.get("ids", "null")) == list(ids)
+        failed = any(e is not None for e in json.loads(meta.get("errors", "[]")))
     except json.JSONDecodeError:
         return False
     return (
         same_ids
         and data.shape[0] == len(ids)
         and all(meta.get(k) == v for k, v in identity.items())
+        and not (retry_errors and failed)
     )
 
 
@@ -135,6 +139,8 @@ def extract_features(
     shard_size: int = 1024,
     batch_size: int | None = None,
     progress: bool = False,
+    retry_errors: bool = False,
+    model_content: str | None = None,
 ) -> dict[str, int]:
     """Extract features of ``images`` at every site of ``where`` into ``store``, resuming.
 
@@ -146,14 +152,21 @@ def extract_features(
         ids: one id per image, kept beside the features; default the paths as given.
         taxonomy: for answer sites (its level questions).
         shard_size: images per shard; a rerun must use the same.
+        retry_errors: extract again the shards that hold images that failed (fixed since);
+            otherwise a finished shard is kept as it is, failures included.
+        model_content: what identifies the model's weights (``hierzoo probe`` passes the
+            fingerprint ``hierzoo eval`` records: a local directory's file digests, a hub
+            commit); default the loaded model's own when it knows its spec. Kept in the
+            store's manifest: a store of other weights under the same name is refused.
 
     Returns:
         ``{"shards": total per site, "written": shards written now, "skipped": shards already
         done}``.
 
     Raises:
-        FeatureStoreError: the store holds features of another model, image list or shard
-            size.
+        FeatureStoreError: the store holds features of another model (another name, or other
+            weights under the same name: a local directory's files are fingerprinted), image
+            list or shard size.
     """
     from tqdm.auto import tqdm
 
@@ -179,6 +192,7 @@ def extract_features(
         {
             "format": FORMAT,
             "model": model,
+            "model_content": model_content or _weights(clf),
             "dtype": str(getattr(clf, "dtype", "")).replace("torch.", ""),
             "n_images": len(ids),
             "ids_sha1": _ids_digest(ids),
@@ -205,7 +219,7 @@ def extract_features(
             todo = [
                 s
                 for s in sites
-                if not _shard_done(shard_path(store, s, index), part_ids, identity(s))
+                if not _shard_done(shard_path(store, s, index), part_ids, identity(s), retry_errors)
             ]
             skipped += len(sites) - len(todo)
             if todo:
@@ -222,6 +236,17 @@ def extract_features(
                     written += 1
             bar.update(hi - lo)
     return {"shards": n_shards, "written": written, "skipped": skipped}
+
+
+def _weights(clf: HierClassifier) -> str | None:
+    """What identifies the model's weights (a local directory's file digests, a hub commit),
+    as ``hierzoo eval`` records it; ``None`` when the model has no spec (one built in memory)."""
+    spec = getattr(clf, "spec", None)
+    if spec is None:
+        return None
+    from hierzoo.models._hub import model_fingerprint
+
+    return model_fingerprint(spec)
 
 
 def _n_shards(store: Path) -> int:

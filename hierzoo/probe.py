@@ -189,6 +189,7 @@ class ProbeConfig:
     threads: int | None = None
     progress: bool = True
     text: bool = False
+    retry_errors: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -337,6 +338,15 @@ def _load_model(cfg: ProbeConfig) -> HierClassifier:
         ) from e
 
 
+def _weights(cfg: ProbeConfig) -> str | None:
+    """What identifies the model's weights, as ``hierzoo eval`` records it (a local
+    directory's file digests, a cached hub snapshot's commit)."""
+    from hierzoo.models import resolve
+    from hierzoo.models._hub import model_fingerprint
+
+    return model_fingerprint(resolve(cfg.model))
+
+
 def _cached_zero_shot(
     out: Path, identity: dict[str, Any], ids: Sequence[str], compute: Any
 ) -> dict[str, dict[str, Any]]:
@@ -430,6 +440,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     clf = _load_model(cfg)
+    content = _weights(cfg)
     method = _zero_shot_method(cfg, clf)
     store = out / "features"
     extract_features(
@@ -442,6 +453,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         shard_size=cfg.shard_size,
         batch_size=cfg.batch_size,
         progress=cfg.progress,
+        retry_errors=cfg.retry_errors,
+        model_content=content,
     )
     failed = np.zeros(len(ids), dtype=bool)
     first_error: dict[str, str] = {}
@@ -452,8 +465,18 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                 first_error.setdefault(ids[i], err)
     valid = np.flatnonzero(~failed)
     if len(valid) < 2:
+        first = next(iter(first_error.items()), None)
+        example = f" ({first[0]}: {first[1]})" if first else ""
         raise ProbeError(
-            f"Only {len(valid)} of {len(ids)} images could be read; see the errors in {store}."
+            f"Only {len(valid)} of {len(ids)} images could be read{example}; fix the images "
+            "and rerun with --retry-errors (failed images are kept as failed otherwise)."
+        )
+    if first_error:
+        i, err = next(iter(first_error.items()))
+        print(
+            f"hierzoo probe: {int(failed.sum())} of {len(ids)} images failed and are left out "
+            f"(first: {i}: {err}); after fixing them, rerun with --retry-errors.",
+            file=sys.stderr,
         )
     train_pos, test_pos = split_indices(len(valid), cfg.test_size, cfg.seed)
     train, test = valid[train_pos], valid[test_pos]
@@ -474,6 +497,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     if method is not None:
         identity = {
             "model": cfg.model,
+            "model_content": content,
+            "dtype": cfg.dtype,
             "taxonomy": taxonomy.name,
             "method": method,
             "seed": cfg.seed,

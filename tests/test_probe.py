@@ -237,6 +237,46 @@ def test_probe_command_on_a_tiny_clip(image_folder, tmp_path, capsys):
     assert json.loads((out / "probe.json").read_text())["sites"] == result["sites"]
 
 
+def test_probe_retries_fixed_images_and_refuses_other_weights(image_folder, tmp_path, capsys):
+    """A failed image is said on the terminal and kept as failed on a rerun; once fixed,
+    ``--retry-errors`` extracts again only the shards that held it. Other weights under the same
+    model path are refused, never mixed with the stored features."""
+    import shutil
+
+    from PIL import Image
+
+    from hierzoo.cli import main
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    pytest.importorskip("open_clip")
+    images = tmp_path / "images"
+    shutil.copytree(image_folder, images)
+    model = build_tiny_openclip(tmp_path / "model", seed=1)
+    out = tmp_path / "run"
+    args = ["probe", "--model", str(model), "--taxonomy", "cub200", "--images", str(images)]
+    args += ["--where", "image", "--out", str(out), "--no-progress", "--no-plots"]
+    args += ["--shard-size", "8", "--seed", "0"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 of 31 images failed" in err and "broken.jpg" in err and "--retry-errors" in err
+    broken = next(images.rglob("broken.jpg"))
+    Image.new("RGB", (40, 48), (200, 10, 10)).save(broken, format="JPEG")
+    shards = sorted((out / "features" / "image").glob("*.safetensors"))
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    assert main(args) == 0  # fixed, but not asked to retry: still failed, nothing rewritten
+    assert json.loads((out / "probe.json").read_text())["n_failed"] == 1
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps
+    assert main([*args, "--retry-errors"]) == 0
+    assert json.loads((out / "probe.json").read_text())["n_failed"] == 0
+    rewritten = [p for p in shards if p.stat().st_mtime_ns != stamps[p]]
+    assert len(rewritten) == 1 and len(shards) == 4
+    capsys.readouterr()
+    shutil.rmtree(model)
+    build_tiny_openclip(model, seed=2)  # other weights under the same path
+    assert main(args) == 2
+    assert "holds features of another run (model_content" in capsys.readouterr().err
+
+
 def test_probe_on_a_tiny_vision_llm_with_answer_sites(image_folder, tmp_path):
     pytest.importorskip("transformers")
     from hierzoo.models import tiny
