@@ -544,7 +544,9 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
 
     n_done = sum(1 for r in done.values() if "error" not in r or not cfg.retry_errors)
     todo_all = [i for i in range(len(questions)) if i not in done or _redo(done[i], cfg)]
-    if not todo_all and not damaged and meta is not None and not restart:
+    nothing = not todo_all and not damaged and meta is not None and not restart
+    # every rank has read the folder before rank 0 merges it, and all ranks take one branch
+    if sum_across(d, [0.0 if nothing else 1.0])[0] == 0:
         _note(d, f"{len(questions)} of {len(questions)} samples already done; nothing to run.")
         return _finish_without_work(cfg, d, out, questions, taxonomy, meta)
 
@@ -574,7 +576,7 @@ def _run(cfg: EvalConfig, d: Dist, out: Path) -> dict[str, Any]:
             kept, _ = collect_done(out, repair=False)
             if any("error" in r for r in kept.values()):
                 write_predictions(out, [r for r in kept.values() if "error" not in r])
-        if built and not (out / "questions.jsonl").exists():
+        if built and (restart or not (out / "questions.jsonl").exists()):
             write_questions(questions, out / "questions.jsonl")
         write_json(out / "run.json", {"run": rid, "identity": ident, "settings": cfg.identity()})
 
@@ -632,19 +634,21 @@ def _redo(row: dict[str, Any], cfg: EvalConfig) -> bool:
 
 def _check_identity(out: Path, d: Dist, meta: dict[str, Any] | None, ident: dict[str, Any]) -> bool:
     """Refuse a folder holding another run's results; ``True`` when it holds only failed
-    samples of another run (nothing to mix: they are redone under the new settings)."""
+    samples of another run, or none (nothing to mix: they are redone under the new settings;
+    a folder whose reclaiming was interrupted is reclaimed again)."""
     if meta is None:
         return False
     diff = identity_diff(meta["identity"], ident)
     if not diff:
         return False
     done, _ = collect_done(out, repair=False)
-    if done and all("error" in r for r in done.values()):
+    if all("error" in r for r in done.values()):
+        held = "only failed samples" if done else "no finished sample"
         _note(
             d,
-            f"{out} held only failed samples of a run with other settings "
+            f"{out} held {held} of a run with other settings "
             f"({format_diff({k: (short(a), short(b)) for k, (a, b) in diff.items()})}); "
-            "they are redone with these settings",
+            "the run starts afresh with these settings",
         )
         return True
     raise refusal(out, diff)
@@ -753,9 +757,12 @@ def _finish_without_work(
     rows = merge_predictions(out, len(questions))
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        if summary.get("provenance", {}).get("run") == meta["run"] and summary.get("n", 0) + (
-            summary.get("n_errors") or 0
-        ) == len(rows):
+        n_errors = sum(1 for r in rows if "error" in r)
+        if (
+            summary.get("provenance", {}).get("run") == meta["run"]
+            and summary.get("n", 0) + (summary.get("n_errors") or 0) == len(rows)
+            and (summary.get("n_errors") or 0) == n_errors
+        ):
             summary["done_before"] = len(rows)
             return summary
     except (OSError, ValueError, AttributeError):

@@ -385,6 +385,65 @@ def _vlm_args(setup, vlm_dir, out, *extra):
     return args
 
 
+def _unmerged_rank(rank: int, port: int, args: list[str], log: str) -> None:
+    """One rank of a two-process rerun of a finished but unmerged run, in which rank 1 reads
+    the rank shards only once rank 0 has either merged them away or stopped to agree with the
+    other ranks on what is left: the order of a loaded machine, made certain."""
+    import torch.distributed as dist
+
+    import hierzoo.rundir as rundir
+    import hierzoo.runner as runner
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    agreeing = Path(args[args.index("--out") + 1]).parent / "rank0-agrees"
+    real_sum, real_read = runner.sum_across, rundir.read_done
+
+    def sum_across(d, values):
+        if rank == 0:
+            agreeing.touch()
+        return real_sum(d, values)
+
+    def read_done(path, *a, **k):
+        while rank == 1 and ".rank" in path.name and path.exists() and not agreeing.exists():
+            time.sleep(0.01)
+        return real_read(path, *a, **k)
+
+    runner.sum_across, rundir.read_done = sum_across, read_done
+    try:
+        code = main(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(f"{log}.rank{rank}").write_text(str(code))
+
+
+def test_ranks_agree_that_a_finished_run_has_nothing_to_do(setup, tmp_path):
+    """A run whose samples are all done but whose rank shards were never merged (killed just
+    before the merge), rerun on two ranks: no rank reads the folder while rank 0 merges it, and
+    both take the 'nothing to run' way (a late rank once saw the shards gone, went on to work
+    alone and the run failed)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "run" / "out"
+    assert main(_args(setup, out)) == 0
+    rows = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(rows[:8]))
+    (out / "predictions.rank0.jsonl").write_text("".join(rows[8:16]))
+    (out / "predictions.rank1.jsonl").write_text("".join(rows[16:]))
+    (out / "summary.json").unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = str(tmp_path / "code")
+    mp.spawn(_unmerged_rank, args=(port, _args(setup, out), log), nprocs=2, join=True)
+    assert [Path(f"{log}.rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert (out / "predictions.jsonl").read_text() == "".join(rows)
+    assert not list(out.glob("predictions.rank*")) and (out / "summary.json").exists()
+
+
 def test_vision_llm_resumed_run_equals_a_fresh_one(setup, vlm_dir, tmp_path):
     """Option orders come from one seeded generator over the whole set, so a run resumed on
     the remaining samples asks exactly what a fresh run asks."""

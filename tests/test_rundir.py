@@ -179,6 +179,71 @@ def test_partial_errors_suggest_the_retry_line_and_it_works(setup, tmp_path, cap
     assert _summary(out)["n_errors"] == 0 and _summary(out)["provenance"]["images_this_run"] == 1
 
 
+def test_a_retry_killed_before_its_summary_leaves_no_stale_summary(setup, tmp_path, capsys):
+    """A ``--retry-errors`` run killed after its rows were written but before ``summary.json``:
+    the next run has nothing to do and rebuilds the summary from the rows (the old one counted
+    the errors that were since redone)."""
+    images = tmp_path / "imgs"
+    shutil.copytree(setup["images"], images)
+    files = sorted(images.rglob("*.jpg"))
+    files[0].write_bytes(b"garbage")
+    out = tmp_path / "run"
+    assert main(_args(setup, out, root=str(images))) == 0
+    stale = (out / "summary.json").read_text()
+    assert json.loads(stale)["n_errors"] == 1
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(files[0], format="JPEG")
+    assert main(_args(setup, out, "--retry-errors", root=str(images))) == 0
+    (out / "summary.json").write_text(stale)  # as if killed just before the summary
+    capsys.readouterr()
+    assert main(_args(setup, out, root=str(images))) == 0
+    assert f"{N} of {N} samples already done" in capsys.readouterr().err
+    assert _summary(out)["n_errors"] == 0 and _summary(out)["n"] == N
+
+
+def test_a_reclaim_interrupted_after_its_rows_were_dropped_is_taken_again(setup, tmp_path):
+    """Reclaiming a folder of failed samples drops them, then records the new settings; killed
+    in between (the old settings, no rows), the same command reclaims it again."""
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["images"], broken)
+    for f in broken.rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    assert main(_args(setup, out, root=str(broken))) == 1
+    (out / "predictions.jsonl").unlink()  # dropped; run.json still holds the broken root
+    assert main(_args(setup, out)) == 0
+    assert _summary(out)["n"] == N and _summary(out)["n_errors"] == 0
+
+
+def test_a_reclaimed_folder_holds_the_question_set_it_ran(setup, tmp_path):
+    """Questions built by the run (here from a labels file) are written again when a folder of
+    failed samples is reclaimed under other settings: ``questions.jsonl`` is what was asked."""
+    good = tmp_path / "good"
+    (good / "img").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    lines = ["image,leaf"]
+    for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"] * 2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            good / "img" / f"{i}.jpg"
+        )
+        lines.append(f"img/{i}.jpg,{leaf}")
+    (good / "labels.csv").write_text("\n".join(lines) + "\n")
+    broken = tmp_path / "broken"
+    shutil.copytree(good, broken)
+    for f in broken.rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    base = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--no-progress"]
+    base += ["--device", "cpu", "--distractors", "similar"]
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    assert (
+        main([*base, "--labels", str(broken / "labels.csv"), "--seed", "1", "--out", str(out)]) == 1
+    )
+    second = [*base, "--labels", str(good / "labels.csv"), "--seed", "2"]
+    assert main([*second, "--out", str(out)]) == 0
+    assert main([*second, "--out", str(fresh)]) == 0
+    asked = (out / "questions.jsonl").read_text()
+    assert asked == (fresh / "questions.jsonl").read_text() and str(broken) not in asked
+
+
 def test_nothing_left_to_do_does_not_load_the_model(setup, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(_args(setup, out)) == 0
