@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
@@ -409,6 +411,24 @@ def no_plots_option(parser: Any, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- configs
+def check_output_file(path: str, flag: str) -> None:
+    """Stop before any work when ``path`` cannot be written as a file, naming the flag.
+
+    Raises:
+        ValueError: ``path`` is a folder, lies under a file, or its folder is not writable.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name ({p / 'record.json'}).")
+    parent = next((a for a in [p.parent, *p.parent.parents] if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(
+            f"{flag} {path!r} lies under {str(parent)!r}, a file; give a path in a folder."
+        )
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: {str(parent)!r} is not writable; give another path.")
+
+
 def config_from(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
     """``cls(...)`` from the namespace entries named like the dataclass's fields (``None``
     leaves a field at its default), plus ``values``."""

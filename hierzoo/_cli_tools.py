@@ -105,11 +105,16 @@ def _check_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         args.model = args.model_arg
     if not args.model:
         parser.error("the following arguments are required: --model")
+    if args.trace and not args.profile:
+        parser.error("--trace writes the trace of --profile FILE: give --profile too")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from hierzoo.bench import BenchConfig, format_bench, run_bench, write_record
 
+    for flag, path in (("--record", args.record), ("--profile", args.profile)):
+        if path:
+            opt.check_output_file(path, flag)
     if args.threads:
         import torch
 

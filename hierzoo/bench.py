@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hierzoo._io import atomic_write
 from hierzoo.models.base import HierClassifier, OptionError, Protocol
 from hierzoo.tasks import Question, build_questions, read_questions
 
@@ -71,7 +72,7 @@ def make_images(
 ) -> list[str]:
     """``n`` JPEG photos of ``size`` (smooth colour fields with noise), written in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(n) if not (folder / f"{i:05d}.jpg").exists()]
+    todo = [i for i in range(n) if not _whole(folder / f"{i:05d}.jpg")]
     if todo:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -80,6 +81,17 @@ def make_images(
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_jpegs, [(str(folder), c, size, seed) for c in chunks if c]))
     return [str(folder / f"{i:05d}.jpg") for i in range(n)]
+
+
+def _whole(path: Path) -> bool:
+    """A JPEG written whole: present and ending with the end-of-image marker (images are
+    written to a temporary file and renamed; one torn by an older writer is made again)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
 
 
 def _write_jpegs(args: tuple[str, list[int], tuple[int, int], int]) -> None:
@@ -94,7 +106,11 @@ def _write_jpegs(args: tuple[str, list[int], tuple[int, int], int]) -> None:
             [np.sin(xx * a + i), np.cos(yy * b + 2 * i), np.sin((xx + yy) * c)], axis=-1
         )
         img = (127 + 100 * base + rng.normal(0, 12, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(Path(folder) / f"{i:05d}.jpg", quality=90)
+        atomic_write(  # a killed run leaves no torn image that a later one would time
+            Path(folder) / f"{i:05d}.jpg",
+            lambda tmp, img=img: Image.fromarray(img).save(tmp, format="JPEG", quality=90),
+            fsync=False,
+        )
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

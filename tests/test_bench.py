@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,3 +321,43 @@ def test_bench_on_a_cpu_shows_only_what_applies(tmp_path, capfd):
     assert "best batch size" not in out and "TFLOP/s" not in out and "None" not in out
     assert "gpuGetDeviceCount" not in err and "profiler_start" not in err, err
     assert (tmp_path / "prof.txt").read_text().count("aten::") > 3
+
+
+def test_bench_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import hierzoo.bench
+
+    def no_run(*a, **k):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(hierzoo.bench, "run_bench", no_run)
+    (tmp_path / "a-file").write_text("x")
+    base = ["bench", "--model", "qwen2.5-vl-7b", "--random-weights", "--size", "tiny"]
+    for flag, path, says in [
+        ("--record", tmp_path, "is a folder"),
+        ("--record", tmp_path / "a-file" / "rec.json", "lies under"),
+        ("--profile", tmp_path / "a-file" / "ops.txt", "lies under"),
+    ]:
+        assert main([*base, flag, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} '{path}'" in err and says in err
+    with pytest.raises(SystemExit):
+        main([*base, "--trace"])
+    assert "--trace writes the trace of --profile" in capsys.readouterr().err
+
+
+def test_synthetic_images_are_written_whole_and_torn_ones_are_made_again(tmp_path):
+    from PIL import Image
+
+    from hierzoo.bench import make_images
+
+    folder = tmp_path / "jpeg"
+    paths = make_images(folder, 3, size=(32, 24))
+    first = Path(paths[1]).read_bytes()
+    Path(paths[1]).write_bytes(first[: len(first) // 2])  # torn by a killed writer
+    Path(paths[2]).write_bytes(b"")
+    stamp = Path(paths[0]).stat().st_mtime_ns
+    assert make_images(folder, 3, size=(32, 24)) == paths
+    assert Path(paths[1]).read_bytes() == first and Path(paths[0]).stat().st_mtime_ns == stamp
+    for p in paths:
+        Image.open(p).load()
+    assert sorted(f.name for f in folder.iterdir()) == ["00000.jpg", "00001.jpg", "00002.jpg"]
