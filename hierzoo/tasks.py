@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -134,6 +135,12 @@ class Question:
             | {f"level{i}" for i in range(1, k)}
             | {f"choices_level{i}" for i in range(1, k)}
         )
+        later = sorted(key for key in row if _LEVEL_FIELD.match(key) and key not in known)
+        if later:
+            raise QuestionError(
+                f"{where}: level{k} and choices_level{k} are missing, but {later[0]} is given; "
+                f"give every level from level1 (level{k}: null where the level is not asked)."
+            )
         return cls(
             image=str(row["image"]),
             label=str(row["label"]),
@@ -142,6 +149,9 @@ class Question:
             split=row.get("split"),
             extra={key: v for key, v in row.items() if key not in known},
         )
+
+
+_LEVEL_FIELD = re.compile(r"(choices_)?level[1-9][0-9]*\Z")
 
 
 class ImagePathError(PermissionError):
@@ -317,10 +327,10 @@ def validate_questions(
 ) -> None:
     """Check that questions fit a taxonomy; raise one :class:`QuestionError` listing the problems.
 
-    Checks, per question and level: the label is a leaf; the level's answer is among its
-    options; the answer is the label's node at that level; every option names a node of that
-    level; no option is repeated. Names are compared case-insensitively, and a node's synonym
-    counts as its name.
+    Checks, per question and level: the label is a leaf; no level above the last answered one
+    lacks its answer; the level's answer is among its options; the answer is the label's node
+    at that level; every option names a node of that level; no option is repeated. Names are
+    compared case-insensitively, and a node's synonym counts as its name.
     """
     problems: list[str] = []
     level_names = taxonomy._level_name_ids
@@ -334,6 +344,14 @@ def validate_questions(
             problems.append(f"{where}: label {q.label!r} is not a leaf of {taxonomy.name!r} ({e})")
             continue
         path = taxonomy.paths[leaf_row]
+        given = [k for k, a in enumerate(q.answers) if a is not None]
+        gap = next((k for k in range(given[-1]) if q.answers[k] is None), None) if given else None
+        if gap is not None:
+            problems.append(
+                f"{where}: level{gap + 1} has no answer but level{given[-1] + 1} has; every path "
+                f"of {taxonomy.name!r} has every level: give level{gap + 1} and "
+                f"choices_level{gap + 1}"
+            )
         for k, (ans, opts) in enumerate(zip(q.answers, q.choices)):
             lev = first_level + k
             if ans is None:

@@ -213,6 +213,18 @@ def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):
         ]
     )
     assert code == 2 and "['not-a-genus']" in capsys.readouterr().err
+    # a level left out above a given one: refused before the model loads, both ways it is written
+    args = ["eval", "--model", setup["model"], "--questions", str(f), "--taxonomy", "cub200"]
+    for dropped, says in [
+        (("level3",), "question 1 (image '/projectnb"),
+        (("level3", "choices_level3"), "bad.jsonl:2: level3 and choices_level3 are missing, but"),
+    ]:
+        gap = {k: v for k, v in qs[1].items() if k not in dropped}
+        f.write_text(json.dumps(qs[0]) + "\n" + json.dumps(gap) + "\n")
+        code = main([*args, "--out", str(tmp_path / "o4"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "level4" in err, err
+        assert not (tmp_path / "o4").exists()
     code = main(
         [
             "eval",
