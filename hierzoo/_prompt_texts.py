@@ -474,6 +474,24 @@ def check_template(template: str) -> str:
     return template
 
 
+def check_templates(templates: Any) -> tuple[str, ...]:
+    """CLIP prompt templates given in code: a list of templates (or one template), each checked
+    by :func:`check_template`.
+
+    Raises:
+        ValueError: no template, or a template that :func:`check_template` refuses.
+        TypeError: a template that is not a string.
+    """
+    given = (templates,) if isinstance(templates, str) else tuple(templates)
+    if not given:
+        raise ValueError("Expected at least one template (such as 'a photo of {}.'), but got none.")
+    for t in given:
+        if not isinstance(t, str):
+            raise TypeError(f"Expected templates as strings, but got {t!r} in {templates!r}.")
+        check_template(t)
+    return given
+
+
 def parse_paper_answer(reply: str, letters: str) -> str | None:
     """The paper's answer rule: the first option letter, tried in the order A, B, C, ..., that
     occurs anywhere in the reply (a case-sensitive substring test), else ``None`` (recorded as

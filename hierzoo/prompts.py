@@ -62,6 +62,7 @@ __all__ = [  # what the API reference documents; the constants are public as wel
     "shuffled_orders",
     "asked_options",
     "check_template",
+    "check_templates",
     "parse_paper_answer",
     "parse_last_letter",
     "parse_answer",
@@ -142,6 +143,9 @@ from hierzoo._prompt_texts import (
 )
 from hierzoo._prompt_texts import (
     check_template as check_template,
+)
+from hierzoo._prompt_texts import (
+    check_templates as check_templates,
 )
 from hierzoo._prompt_texts import (
     context_placement as context_placement,

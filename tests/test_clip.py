@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -411,3 +413,25 @@ def test_cuda_pipelines_match_the_cpu(name, model_dirs, images, tmp_path):
 def test_vision_llm_options_are_refused_by_name(model_dirs):
     with pytest.raises(ValueError, match="batched_vision_attention: options of vision LLMs"):
         hierzoo.load(str(model_dirs["openclip"]), device="cpu", batched_vision_attention=False)
+
+
+def test_templates_given_in_code_are_checked_as_the_cli_checks_them(tmp_path):
+    """One template as a string is one template (not one per character); a template without
+    ``{}``, with another placeholder, none at all or not a string is refused naming it."""
+    import hierzoo
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    model = build_tiny_openclip(tmp_path / "m")
+    clf = hierzoo.load(str(model), device="cpu", cache_dir=False, templates="a photo of {}.")
+    assert clf.templates == ("a photo of {}.",)
+    for bad, says in [
+        (["a photo of"], "has 0 '{}'"),
+        (["{name}"], "placeholder {name}"),
+        ([], "at least one template"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            hierzoo.load(str(model), device="cpu", cache_dir=False, templates=bad)
+    with pytest.raises(TypeError, match="templates as strings"):
+        hierzoo.load(str(model), device="cpu", cache_dir=False, templates=[3])
+    with pytest.raises(ValueError, match="has 0 '{}'"):
+        clf.text_embeddings(["Common Raven"], templates=["a bird"])

@@ -690,3 +690,23 @@ def test_score_names_the_bad_file_of_several_and_scores_the_rest(tmp_path, capsy
     table = [ln for ln in out.splitlines() if ln.startswith(str(tmp_path))]
     assert [ln.split()[0] for ln in table] == [str(good), str(torn)]
     assert all(ln.split()[1] == "50.00" for ln in table)
+
+
+def test_score_results_takes_a_path_and_a_taxonomy_name_and_names_bad_arguments(tmp_path):
+    rows = _simulated_results(load_taxonomy("cub200"), 30, seed=4)
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = score_results(rows, taxonomy=load_taxonomy("cub200"))
+    assert score_results(str(f), taxonomy="cub200") == expected
+    assert score_results(f, taxonomy="cub200") == expected
+    with pytest.raises(TypeError, match=r"one row \(a dict\); pass \[row\]"):
+        score_results(rows[0])
+    with pytest.raises(TypeError, match=r"got int"):
+        score_results(3)
+    for n_boot in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match=rf"`n_boot`.*got {n_boot!r}"):
+            score_results(rows, ci=True, n_boot=n_boot)
+    from hierzoo.metrics import summarize
+
+    with pytest.raises(ValueError, match=r"`confidence` in \(0, 1\).*got 95"):
+        summarize([["a"]], [["a"]], ci=True, confidence=95)

@@ -362,6 +362,20 @@ def first_error_counts(keys: np.ndarray, counts: np.ndarray, width: int) -> list
     return out.tolist()
 
 
+def _check_interval(n_boot: Any, confidence: Any) -> None:
+    """Bootstrap settings a user gave: a whole number of resamples and a level in (0, 1)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(
+            f"Expected `n_boot` to be a whole number of bootstrap resamples, 1 or more, but got "
+            f"{n_boot!r}; 2000 is the default."
+        )
+    number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
+    if not number or not 0 < confidence < 1:
+        raise ValueError(
+            f"Expected `confidence` in (0, 1) (0.95 for a 95% interval), but got {confidence!r}."
+        )
+
+
 def reduce_counts(
     counts: Counts,
     metrics: Sequence[str] = SAMPLE_METRICS,
@@ -378,6 +392,8 @@ def reduce_counts(
     multinomial resamples of the counts), ``level_acc`` (a list), ``n`` and ``first_error``;
     with ``only``, that one metric alone.
     """
+    if ci:
+        _check_interval(n_boot, confidence)
     width = len(counts.level_total)
     names = tuple(metrics) if only is None else (only,)
     keys, n_per_key = counts.keys, counts.counts

@@ -8,6 +8,7 @@ A file is a JSON list of such objects (the paper's scripts) or JSON Lines (hierz
 from __future__ import annotations
 
 import math
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,13 @@ import numpy as np
 
 from hierzoo.metrics.functional import summarize
 from hierzoo.metrics.names import encode_ids
-from hierzoo.metrics.reading import LEVEL_KEY, ResultColumns, columns_from_rows, read_rows
+from hierzoo.metrics.reading import (
+    LEVEL_KEY,
+    ResultColumns,
+    columns_from_rows,
+    read_result_columns,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -72,17 +79,19 @@ def results_to_paths(
 
 
 def score_results(
-    rows: list[dict[str, Any]] | ResultColumns,
+    rows: list[dict[str, Any]] | ResultColumns | str | PathLike[str],
     *,
     keep_root: bool = False,
-    taxonomy: Taxonomy | None = None,
+    taxonomy: Taxonomy | str | None = None,
     ci: bool = False,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score result rows (or the :class:`ResultColumns` of a file) as the paper does; every
-    value in percent (the functions of :mod:`hierzoo.metrics.functional`, ``summarize`` and
-    ``HierarchicalMetrics.compute`` give fractions).
+    """Score result rows (a list of dicts, the :class:`ResultColumns` of a file, or a result
+    file's path) as the paper does; every value in percent (the functions of
+    :mod:`hierzoo.metrics.functional`, ``summarize`` and ``HierarchicalMetrics.compute`` give
+    fractions). ``taxonomy`` is a :class:`~hierzoo.taxonomy.Taxonomy`, a bundled name or a
+    taxonomy file.
 
     The root rule: level 1 is left out when it carries no information, as in the paper
     (``keep_root`` keeps it). With a taxonomy that is when the taxonomy has a single top-level
@@ -102,8 +111,27 @@ def score_results(
         scored (``level``, ``name``, ``reason``, ``keep``: how to keep it); ``n`` scored rows;
         ``n_errors``, rows with an ``error`` field; ``first_error``, rows per first wrong scored
         level (the last entry counts fully right paths).
+
+    Raises:
+        ValueError: rows that cannot be scored (no ground truth, no ``predicted_levelK``
+            field, ``ground_truth_level0``, nothing left after the root rule, a ground truth
+            that is not a node of ``taxonomy``), or bootstrap settings out of range.
+        TypeError: ``rows`` that are not a list of rows, their columns or a path.
     """
-    cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(rows)
+    if isinstance(rows, (str, PathLike)):
+        rows = read_result_columns(rows)
+    elif isinstance(rows, dict):
+        raise TypeError("Expected a list of result rows, but got one row (a dict); pass [row].")
+    elif not isinstance(rows, (list, tuple, ResultColumns)):
+        raise TypeError(
+            f"Expected a list of result rows (dicts), their ResultColumns or a file path, but "
+            f"got {type(rows).__name__}."
+        )
+    if isinstance(taxonomy, (str, PathLike)):
+        from hierzoo.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy(taxonomy)
+    cols = rows if isinstance(rows, ResultColumns) else columns_from_rows(list(rows))
     src = "the rows" if cols.source == "rows" else cols.source
     if cols.level0:
         raise ValueError(

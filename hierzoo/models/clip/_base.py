@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hierzoo._prompt_texts import check_templates
 from hierzoo.images import (
     ImageInput,
     PipelineStats,
@@ -101,7 +102,9 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         self.transform = transform
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
-        self.templates = tuple(templates or (spec.templates if spec else PAPER_TEMPLATE))
+        self.templates = check_templates(
+            templates if templates is not None else (spec.templates if spec else PAPER_TEMPLATE)
+        )
         self.text_cache = TextEmbeddingCache(f"{model_key}|{self._precision}", cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -263,7 +266,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
 
         ``ranks`` fills ``{rank}`` in rank-aware templates such as ``"a photo of the {rank} {}."``.
         """
-        templates = tuple(templates or self.templates)
+        templates = check_templates(templates) if templates is not None else self.templates
         uses_rank = any("{rank}" in t for t in templates)
         if uses_rank and (ranks is None or any(r is None for r in ranks)):
             raise ValueError(
