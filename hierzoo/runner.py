@@ -170,6 +170,25 @@ class EvalConfig:
                 f"--max-new-tokens {self.max_new_tokens} limits generated replies; add --answer "
                 "generate, or drop it."
             )
+        if self.task == "path":
+            asked = [
+                ("--circular", self.circular),
+                ("--keep-option-order", self.keep_option_order),
+                (f"--protocol {self.protocol}", self.protocol != "paper"),
+                (f"--prompt-variant {self.prompt_variant}", self.prompt_variant is not None),
+                (f"--answer {self.answer}", self.answer != "logits"),
+            ]
+            flag = next((f for f, given in asked if given), None)
+            if flag:
+                raise RunError(
+                    f"--task path predicts a path over the whole taxonomy and asks no four-choice "
+                    f"question, so {flag} would change nothing; drop it, or drop --task path."
+                )
+        elif self.strategy != "joint":
+            raise RunError(
+                f"--strategy {self.strategy} is how --task path decodes a path; four-choice "
+                "questions do not use it: add --task path, or drop --strategy."
+            )
         if self.task == "questions":
             from hierzoo.prompts import Protocol
 

@@ -244,6 +244,24 @@ def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):
     assert not (tmp_path / "o3" / "predictions.jsonl").exists()
 
 
+def test_flags_the_task_would_ignore_are_refused(setup, tmp_path, capsys):
+    """A flag of four-choice questions with --task path, or --strategy without it, would change
+    nothing: refused before any work, naming the flag and both ways out."""
+    out = tmp_path / "run"
+    path = ("--task", "path")
+    for extra, flag in [
+        (("--strategy", "topdown"), "--strategy topdown"),
+        ((*path, "--circular"), "--circular"),
+        ((*path, "--keep-option-order"), "--keep-option-order"),
+        ((*path, "--prompt-variant", "2"), "--prompt-variant 2"),
+        ((*path, "--answer", "generate"), "--answer generate"),
+    ]:
+        assert main(_args(setup, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "drop" in err and not out.exists()
+    assert main(_args(setup, out, *path, "--strategy", "topdown")) == 0
+
+
 def test_resume_refuses_other_settings(setup, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(setup, out, "--limit", "4")) == 0
