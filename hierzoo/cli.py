@@ -352,6 +352,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not summary:  # a rank other than 0
         return 0
     print(format_summary(summary))
+    for entry in summary.get("left_out") or []:
+        keep = f"score with `hierzoo score {args.out}/predictions.jsonl --keep-root`"
+        if not summary.get("taxonomy"):
+            keep = f"give --taxonomy NAME, or {keep}"
+        print(
+            f"left out {entry['name']} (level {entry['level']}): {entry['reason']}; to keep "
+            f"it, {keep}"
+        )
     print(f"results: {args.out}/predictions.jsonl, {args.out}/summary.json")
     n_errors = summary.get("n_errors") or 0
     if n_errors:

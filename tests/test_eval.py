@@ -244,6 +244,26 @@ def test_bad_inputs_fail_before_any_work(setup, tmp_path, capsys):
     assert not (tmp_path / "o3" / "predictions.jsonl").exists()
 
 
+def test_eval_says_which_level_it_left_out_and_how_to_keep_it(setup, tmp_path, capsys):
+    """A question file of one order, without --taxonomy: level 1 is the same in every row and is
+    left out as the root; the terminal says so and names both ways to keep it."""
+    lines = (
+        (Path(__file__).parent.parent / "hierzoo/data/questions/CUB200_with_similar_choice.jsonl")
+        .read_text()
+        .splitlines()[:3]
+    )
+    f = tmp_path / "albatrosses.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    args = ["eval", "--model", setup["model"], "--questions", str(f), "--out", str(out)]
+    assert main([*args, "--image-root", setup["images"], "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "left out level1 (level 1): every scored row has the same ground truth" in printed
+    assert f"give --taxonomy NAME, or score with `hierzoo score {out}/predictions.jsonl " in printed
+    keep = json.loads((out / "summary.json").read_text())["left_out"]
+    assert [e["level"] for e in keep] == [1]
+
+
 def test_flags_the_task_would_ignore_are_refused(setup, tmp_path, capsys):
     """A flag of four-choice questions with --task path, or --strategy without it, would change
     nothing: refused before any work, naming the flag and both ways out."""
