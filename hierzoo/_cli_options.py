@@ -429,6 +429,20 @@ def check_output_file(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path!r}: {str(parent)!r} is not writable; give another path.")
 
 
+def check_output_dir(path: str, flag: str) -> None:
+    """Stop before any work when ``path`` cannot be a folder to write in, naming the flag.
+
+    Raises:
+        ValueError: ``path`` is a file or lies under one.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a file; give a folder (it is created if needed).")
+    parent = next((a for a in p.parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{flag} {path!r} lies under {str(parent)!r}, a file; give a folder.")
+
+
 def config_from(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
     """``cls(...)`` from the namespace entries named like the dataclass's fields (``None``
     leaves a field at its default), plus ``values``."""

@@ -369,6 +369,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         run_probe,
     )
 
+    opt.check_output_dir(args.out, "--out")
     try:
         result = run_probe(opt.config_from(ProbeConfig, args))
     except ProbeError as e:

@@ -444,6 +444,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         write_plots,
     )
 
+    opt.check_output_dir(args.out, "--out")
     runs = load_runs(args.runs)
     try:
         pairs = pair_runs(runs, args.pair)
@@ -499,6 +500,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hierzoo.demo import REAL_HINT, run_demo
     from hierzoo.report import format_summary, load_runs, report_table, write_csv, write_markdown
 
+    opt.check_output_dir(args.out, "--out")
     out = Path(args.out)
     summary = run_demo(out)
     print(format_summary(summary))

@@ -142,9 +142,13 @@ _REQUIRED = ("model", "taxonomy", "n", "metrics")
 
 def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        run = json.loads(path.read_text())
+        run = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); not a `hierzoo eval` summary"
+        ) from None
     if not isinstance(run, dict):
         raise ValueError(f"{path}: expected a JSON object written by `hierzoo eval`")
     missing = [k for k in _REQUIRED if k not in run]

@@ -389,3 +389,27 @@ def test_json_the_cli_writes_has_no_float_noise(tmp_path):
     assert back["hca"] == 55.6 and back["rates"][1] == pytest.approx(1 / 3, rel=1e-11)
     with pytest.raises(ValueError):  # strict JSON: NaN is refused, not written
         write_record({"x": float("nan")}, tmp_path / "nan.json")
+
+
+def test_output_folders_and_unreadable_summaries_are_named_before_any_work(tmp_path, capsys):
+    """An --out that is a file or lies under one stops report, demo and probe before they do
+    anything; a summary.json that is not UTF-8 is named."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_bytes(b"\xff\xfe{}")
+    cases = [
+        (["report", str(run), "--out", str(a_file)], f"--out '{a_file}' is a file"),
+        (["demo", "--out", str(a_file / "demo")], "lies under"),
+        (
+            ["probe", "--model", "m", "--taxonomy", "cub200", "--where", "image"]
+            + ["--images", str(tmp_path), "--out", str(a_file)],
+            f"--out '{a_file}' is a file",
+        ),
+        (["report", str(run), "--out", str(tmp_path / "rep")], "not UTF-8 text"),
+    ]
+    for argv, says in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
