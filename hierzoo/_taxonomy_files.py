@@ -49,9 +49,14 @@ def read_json_object(path: Path) -> Mapping:
             "node -> parent JSON, or as a CSV."
         ) from None
     if not isinstance(data, Mapping) or not data:
+        what = (
+            "an empty JSON object"
+            if isinstance(data, Mapping)
+            else (f"{type(data).__name__} {str(data)[:60]!r}")
+        )
         raise TaxonomyError(
-            f"{path} holds {type(data).__name__} {str(data)[:60]!r}; expected a JSON object "
-            "(leaf -> path, a nested tree, or node -> parent)."
+            f"{path} holds {what}; expected a JSON object of the taxonomy (leaf -> path, a "
+            "nested tree, or node -> parent)."
         )
     return data
 

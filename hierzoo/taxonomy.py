@@ -737,6 +737,11 @@ def load_taxonomy(
             source=entry.source,
         )
     path = Path(name_or_path)
+    if path.is_dir():
+        raise TaxonomyError(
+            f"Taxonomy {str(name_or_path)!r} is a folder; give a bundled name or a taxonomy file "
+            "(JSON or CSV)."
+        )
     if not path.is_file():
         from difflib import get_close_matches
 

@@ -710,3 +710,13 @@ def test_score_results_takes_a_path_and_a_taxonomy_name_and_names_bad_arguments(
 
     with pytest.raises(ValueError, match=r"`confidence` in \(0, 1\).*got 95"):
         summarize([["a"]], [["a"]], ci=True, confidence=95)
+
+
+def test_a_folder_given_as_a_result_file_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["score", str(run)]) == 2
+    assert "is a folder; give a result file." in capsys.readouterr().err
+    (run / "predictions.jsonl").write_text('{"ground_truth_level1": "a"}\n')
+    assert main(["score", str(run)]) == 2
+    assert "a run's results are its predictions.jsonl" in capsys.readouterr().err

@@ -181,6 +181,15 @@ def test_bad_taxonomy_files_name_the_entry(tmp_path, content, message):
         load_taxonomy(f, format="paths")
 
 
+def test_an_empty_object_or_a_folder_is_not_a_taxonomy_file(tmp_path):
+    f = tmp_path / "empty.json"
+    f.write_text("{}")
+    with pytest.raises(TaxonomyError, match=r"holds an empty JSON object; expected a JSON object"):
+        load_taxonomy(f)
+    with pytest.raises(TaxonomyError, match=r"is a folder; give a bundled name or a taxonomy"):
+        load_taxonomy(tmp_path)
+
+
 def test_duplicate_keys_cycles_and_bad_csv(tmp_path):
     f = tmp_path / "dup.json"
     f.write_text('{"a": ["x", "a"], "b": ["x", "b"], "a": ["y", "a"]}')

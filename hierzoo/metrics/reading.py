@@ -391,6 +391,17 @@ def _head(path: Path) -> bytes:
     return head[3:] if head.startswith(_BOM) else head
 
 
+def _no_file(path: Path) -> Exception:
+    if path.is_dir():
+        hint = (
+            " (a run's results are its predictions.jsonl)"
+            if (path / "predictions.jsonl").is_file()
+            else ""
+        )
+        return IsADirectoryError(f"{str(path)!r} is a folder; give a result file{hint}.")
+    return FileNotFoundError(f"No result file at {str(path)!r}.")
+
+
 def _is_list(head: bytes) -> bool:
     return head.lstrip()[:1] == b"["
 
@@ -416,7 +427,7 @@ def read_result_columns(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No result file at {str(path)!r}.")
+        raise _no_file(path)
     fast = _use_fast(parser)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(
@@ -714,7 +725,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Every row of a result file as a dict (see :func:`hierzoo.metrics.read_results`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No result file at {str(path)!r}.")
+        raise _no_file(path)
     head = _head(path)
     if not head.strip():
         return []
