@@ -107,6 +107,8 @@ def _check_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("the following arguments are required: --model")
     if args.trace and not args.profile:
         parser.error("--trace writes the trace of --profile FILE: give --profile too")
+    if args.size == "tiny" and not args.random_weights:
+        parser.error("--size tiny builds a toy-size twin with random weights: add --random-weights")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -227,6 +227,11 @@ class Taxonomy:
         for nlabel, i in ((_norm(lab), i) for i, lab in enumerate(labels)):
             label_index.setdefault(nlabel, i)
         if ranks is not None:
+            if isinstance(ranks, str) or not all(isinstance(r, str) for r in ranks):
+                raise TaxonomyError(
+                    f"Expected rank names as a list of strings, one per level (['order', "
+                    f"'family', ...]), but got {ranks!r}."
+                )
             ranks = tuple(ranks)
             depth = int(raw_level_arr.max()) + 1
             if len(ranks) != depth:

@@ -343,6 +343,9 @@ def test_bench_output_paths_are_checked_before_any_work(tmp_path, capsys, monkey
     with pytest.raises(SystemExit):
         main([*base, "--trace"])
     assert "--trace writes the trace of --profile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", "qwen2.5-vl-7b", "--size", "tiny"])
+    assert "add --random-weights" in capsys.readouterr().err
 
 
 def test_synthetic_images_are_written_whole_and_torn_ones_are_made_again(tmp_path):

@@ -188,6 +188,11 @@ def test_an_empty_object_or_a_folder_is_not_a_taxonomy_file(tmp_path):
         load_taxonomy(f)
     with pytest.raises(TaxonomyError, match=r"is a folder; give a bundled name or a taxonomy"):
         load_taxonomy(tmp_path)
+    f.write_text(json.dumps({"a": ["x", "y", "a"]}))
+    assert load_taxonomy(f, ranks=["k", "o", "s"]).ranks == ("k", "o", "s")
+    for ranks in ("kos", ["k", 2, "s"]):
+        with pytest.raises(TaxonomyError, match=r"rank names as a list of strings"):
+            load_taxonomy(f, ranks=ranks)
 
 
 def test_duplicate_keys_cycles_and_bad_csv(tmp_path):
