@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -72,7 +73,9 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
     """``(items, single)``: a list of images, and whether one image (not a list) was given.
 
-    A 3-D tensor is one preprocessed image; a 4-D tensor is a batch of them.
+    A 3-D tensor is one preprocessed image; a 4-D tensor is a batch of them. A NumPy array is
+    pixels: ``(H, W)`` or ``(H, W, C)`` uint8 is one image, ``(N, H, W, C)`` a batch (each
+    becomes a PIL image).
     """
     if isinstance(images, (str, Path, Image.Image)):
         return [images], True
@@ -85,10 +88,32 @@ def as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput]
             "Expected a (C, H, W) or (N, C, H, W) image tensor, but got shape "
             f"{tuple(images.shape)}."
         )
+    if isinstance(images, np.ndarray):
+        if images.ndim in (2, 3):
+            return [_from_array(images)], True
+        if images.ndim == 4:
+            return [_from_array(a) for a in images], False
+        raise ValueError(
+            "Expected an (H, W) or (H, W, C) image array, or an (N, H, W, C) batch, but got "
+            f"shape {images.shape}."
+        )
     items = list(images)
     if not items:
         raise ValueError("Expected at least one image, but got an empty sequence.")
+    if any(isinstance(x, np.ndarray) for x in items):
+        items = [_from_array(x) if isinstance(x, np.ndarray) else x for x in items]
     return items, False
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """An ``(H, W)`` or ``(H, W, C)`` uint8 array (C = 1, 3 or 4) as a PIL image."""
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(
+            f"Expected an image array of shape (H, W) or (H, W, C) with C in 1, 3, 4 and dtype "
+            f"uint8, but got {a.shape} {a.dtype}; convert it (e.g. "
+            "Image.fromarray((x * 255).astype(np.uint8)) for floats in [0, 1])."
+        )
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
 
 
 class ImageDataset(torch.utils.data.Dataset):

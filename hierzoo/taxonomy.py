@@ -779,3 +779,20 @@ def load_taxonomy(
     if format == "tree":
         return Taxonomy.from_tree(data, ranks=ranks, name=path.stem, source=source)
     return Taxonomy.from_paths(data, ranks=ranks, name=path.stem, source=source)
+
+
+def as_taxonomy(taxonomy: Taxonomy | str | Path | None) -> Taxonomy | None:
+    """``taxonomy`` as a :class:`Taxonomy`: a bundled name or a taxonomy file is loaded
+    (:func:`load_taxonomy`); ``None`` stays ``None``.
+
+    Raises:
+        TypeError: anything else, naming what to pass.
+    """
+    if taxonomy is None or isinstance(taxonomy, Taxonomy):
+        return taxonomy
+    if isinstance(taxonomy, (str, Path)):
+        return load_taxonomy(taxonomy)
+    raise TypeError(
+        f"Expected a Taxonomy, a bundled taxonomy name or a taxonomy file, but got "
+        f"{type(taxonomy).__name__} {str(taxonomy)[:60]!r}."
+    )

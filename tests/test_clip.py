@@ -435,3 +435,36 @@ def test_templates_given_in_code_are_checked_as_the_cli_checks_them(tmp_path):
         hierzoo.load(str(model), device="cpu", cache_dir=False, templates=[3])
     with pytest.raises(ValueError, match="has 0 '{}'"):
         clf.text_embeddings(["Common Raven"], templates=["a bird"])
+
+
+def test_model_inputs_in_the_forms_a_user_reaches_for_or_a_clear_error(tmp_path):
+    """A taxonomy by name, NumPy pixel arrays; a batch size below 1, one string for a list of
+    names: errors naming the fix, never NaN results."""
+    import hierzoo
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    clf = hierzoo.load(str(build_tiny_openclip(tmp_path / "m")), device="cpu", cache_dir=False)
+    tax = hierzoo.load_taxonomy("cub200")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (2, 40, 48, 3), dtype=np.uint8)
+    as_pil = [Image.fromarray(a) for a in pixels]
+    want = clf.predict_path(as_pil, tax)
+    for images in (pixels, list(pixels)):
+        got = clf.predict_path(images, "cub200")
+        assert got.names == want.names and got.errors == [None, None]
+    assert clf.predict_path(pixels[0], tax).names == want.names[:1]
+    with pytest.raises(ValueError, match=r"dtype uint8.*Image.fromarray"):
+        clf.predict_path(pixels.astype(np.float32) / 255, tax)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"`batch_size` to be a whole number >= 1"):
+            clf.predict_path(as_pil, tax, batch_size=bad)
+        with pytest.raises(ValueError, match=r"`batch_size` to be a whole number >= 1"):
+            clf.features(as_pil, "image", batch_size=bad)
+    with pytest.raises(ValueError, match=r"`batch_size` to be a whole number >= 1"):
+        hierzoo.load(str(tmp_path / "m"), device="cpu", cache_dir=False, batch_size=0)
+    with pytest.raises(TypeError, match=r"one string 'Aves'; pass \['Aves'\]"):
+        clf.text_features("Aves", "text")
+    with pytest.raises(TypeError, match=r"non-empty strings, but got None"):
+        clf.text_features(["Aves", None], "text")
+    with pytest.raises(ValueError, match=r"at least one name"):
+        clf.text_features([], "text")

@@ -345,3 +345,53 @@ def test_the_metrics_package_has_no_import_cycle():
 
     for name in graph:
         visit(name, [])
+
+
+def test_metric_inputs_in_the_forms_a_user_reaches_for_or_a_clear_error():
+    """A taxonomy by name, a PathPrediction as the prediction, an empty batch; one path as a
+    flat list, node ids against names, compute() before any update: errors naming the fix."""
+    import hierzoo
+
+    tax = hierzoo.load_taxonomy("cub200")
+    paths = tax.paths[[0, 5, 9]]
+    names = [[tax.names[i] for i in row] for row in paths]
+    wrong = [row[:-1] + ["Common Raven"] for row in names]
+    by_object = M.summarize(wrong, names, taxonomy=tax)
+    assert M.summarize(wrong, names, taxonomy="cub200") == by_object
+    assert M.hca(wrong, names, taxonomy="cub200") == by_object["hca"]
+    acc = M.HierarchicalMetrics(taxonomy="cub200")
+    acc.update([], [])  # an empty batch adds nothing
+    with pytest.raises(ValueError, match=r"No samples yet: call update\(\)"):
+        acc.compute()
+    acc.update(wrong, names)
+    assert acc.compute() == by_object
+    with pytest.raises(ValueError, match=r"`only` to be one of"):
+        acc.compute(only="HCA")
+    with pytest.raises(TypeError, match=r"HierarchicalMetrics to merge"):
+        acc.merge({})
+    with pytest.raises(ValueError, match=r"`first_level` in 0..3"):
+        M.HierarchicalMetrics(taxonomy=tax, first_level=5)
+    with pytest.raises(ValueError, match=r"at most 4 level columns"):
+        M.HierarchicalMetrics(taxonomy=tax, num_levels=7)
+    with pytest.raises(ValueError, match=r"No samples: `pred` and `target` are empty"):
+        M.summarize([], [])
+
+    # a PathPrediction gives the form the targets are in
+    from hierzoo.models import PathPrediction
+
+    pred = PathPrediction(
+        node_ids=paths.copy(),
+        names=[list(row) for row in names],
+        scores=np.ones(paths.shape),
+        consistent=np.ones(len(paths), dtype=bool),
+        strategy="joint",
+    )
+    assert M.summarize(pred, names, taxonomy=tax)["hca"] == 1.0
+    assert M.summarize(pred, paths, taxonomy=tax)["hca"] == 1.0
+    with pytest.raises(ValueError, match=r"`target` holds names and `pred` node codes"):
+        M.summarize(paths, names, taxonomy=tax)
+    for flat in (names[0], np.array(names[0]), "Laysan Albatross"):
+        with pytest.raises(TypeError, match=r"for one sample pass \[path\]"):
+            M.summarize(flat, flat)
+    with pytest.raises(TypeError, match=r"a Taxonomy, a bundled taxonomy name"):
+        M.summarize(names, names, taxonomy=3)

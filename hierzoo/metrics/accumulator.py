@@ -46,14 +46,34 @@ class HierarchicalMetrics:
     """
 
     def __init__(
-        self, num_levels: int | None = None, taxonomy: Taxonomy | None = None, first_level: int = 0
+        self,
+        num_levels: int | None = None,
+        taxonomy: Taxonomy | str | None = None,
+        first_level: int = 0,
     ):
+        from hierzoo.taxonomy import as_taxonomy
+
+        taxonomy = as_taxonomy(taxonomy)
+        for name, value in (("num_levels", num_levels), ("first_level", first_level)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"Expected `{name}` to be an integer, but got {value!r}.")
+        if taxonomy is not None and not 0 <= first_level < taxonomy.depth:
+            raise ValueError(
+                f"Expected `first_level` in 0..{taxonomy.depth - 1} (the taxonomy level of column "
+                f"0; taxonomy {taxonomy.name!r} has {taxonomy.depth} levels), but got "
+                f"{first_level}."
+            )
         if num_levels is None:
             if taxonomy is None:
                 raise ValueError("Expected `num_levels` or `taxonomy`, but got neither.")
             num_levels = taxonomy.depth - first_level
         if num_levels < 1:
             raise ValueError(f"Expected `num_levels` >= 1, but got {num_levels}.")
+        if taxonomy is not None and first_level + num_levels > taxonomy.depth:
+            raise ValueError(
+                f"Expected at most {taxonomy.depth - first_level} level columns from level "
+                f"{first_level} of taxonomy {taxonomy.name!r}, but got `num_levels` {num_levels}."
+            )
         self.num_levels = num_levels
         self.taxonomy = taxonomy
         self.first_level = first_level
@@ -122,6 +142,10 @@ class HierarchicalMetrics:
 
     def merge(self, other: HierarchicalMetrics) -> HierarchicalMetrics:
         """Add another accumulator's counts to this one (same ``num_levels`` and metrics)."""
+        if not isinstance(other, HierarchicalMetrics):
+            raise TypeError(
+                f"Expected a HierarchicalMetrics to merge, but got {type(other).__name__}."
+            )
         if other.num_levels != self.num_levels or set(other.metric_names) != set(self.metric_names):
             raise ValueError("Expected accumulators with the same levels and metrics.")
         self._accumulate(dict(other.counts), other.level_right, other.level_total)
@@ -176,7 +200,14 @@ class HierarchicalMetrics:
 
         With ``ci`` each value is an :class:`Estimate` whose interval is a percentile bootstrap
         over samples (all sample metrics from the same resamples). ``only`` names one metric.
+
+        Raises:
+            ValueError: no sample yet (call :meth:`update` first), or ``only`` naming no metric.
         """
+        if only is not None and only not in self.metric_names:
+            raise ValueError(f"Expected `only` to be one of {self.metric_names}, but got {only!r}.")
+        if self.n == 0:
+            raise ValueError("No samples yet: call update() with a batch before compute().")
         return reduce_counts(
             self.as_counts(),
             self.metric_names,

@@ -64,6 +64,24 @@ def _is_names(x: Any) -> bool:
     return False
 
 
+def _is_codes(x: Any) -> bool:
+    """Integer node codes: an integer array, or rows whose first given value is an integer."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "iu"
+    for row in x:
+        for v in row if isinstance(row, (list, tuple, np.ndarray)) else [row]:
+            if v is None:
+                continue
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    return False
+
+
+def _taxonomy(taxonomy: Any) -> Taxonomy | None:
+    from hierzoo.taxonomy import as_taxonomy
+
+    return as_taxonomy(taxonomy)
+
+
 def prepare(
     pred: Any,
     target: Any,
@@ -73,8 +91,28 @@ def prepare(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate inputs and return ``(pred, target, mask)`` as int64, int64, bool arrays.
 
-    Name inputs are encoded through :func:`encode`.
+    Name inputs are encoded through :func:`encode`; a :class:`~hierzoo.models.PathPrediction`
+    as ``pred`` gives its names or its node ids, whichever ``target`` holds.
     """
+    if hasattr(pred, "node_ids") and hasattr(pred, "names"):  # a PathPrediction
+        pred = pred.names if _is_names(target) else pred.node_ids
+    if len(pred) == 0 and len(target) == 0:  # an empty batch adds nothing
+        empty = np.zeros((0, 1), dtype=np.int64)
+        return empty, empty.copy(), np.zeros((0, 1), dtype=bool)
+    for what, x in (("pred", pred), ("target", target)):
+        flat = isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in "OUS"
+        flat |= isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str)
+        if flat or isinstance(x, str):
+            raise TypeError(
+                f"Expected `{what}` as paths (a list of lists of names, or an (N, L) array), "
+                f"but got {str(x)[:60]!r}; for one sample pass [path]."
+            )
+    if _is_names(target) and _is_codes(pred):
+        raise ValueError(
+            "Expected `pred` and `target` in the same form, but `target` holds names and `pred` "
+            "node codes; pass the predicted names (PathPrediction.names, or the PathPrediction "
+            "itself) or the true node ids (taxonomy.paths[...])."
+        )
     if _is_names(target) or _is_names(pred):
         pred, target, enc_mask = encode_lists(
             pred, target, taxonomy=taxonomy, first_level=first_level
@@ -447,7 +485,10 @@ def summarize(
     ``level_acc`` (one value per column), ``n`` and ``first_error`` (samples per first wrong
     column, then the fully right ones); with ``ci`` each value is an :class:`Estimate`.
     """
+    taxonomy = _taxonomy(taxonomy)
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
+    if not len(t):
+        raise ValueError("No samples: `pred` and `target` are empty.")
     counts = path_counts(p, t, m, pred_mask=pred_mask, taxonomy=taxonomy, first_level=first_level)
     metrics = SAMPLE_METRICS if taxonomy is not None else SAMPLE_METRICS[:-1]
     return reduce_counts(counts, metrics, ci=ci, n_boot=n_boot, confidence=confidence, seed=seed)
@@ -467,11 +508,14 @@ def _reduce(
     seed: int,
     pred_mask: Any = None,
 ) -> float | Estimate:
+    taxonomy = _taxonomy(taxonomy)
     if name == "consistency" and taxonomy is None:
         raise ValueError(
             "`path_consistency` needs `taxonomy=` to know which parent -> child links exist."
         )
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
+    if not len(t):
+        raise ValueError("No samples: `pred` and `target` are empty.")
     counts = path_counts(
         p,
         t,
@@ -613,6 +657,7 @@ def level_accuracy(
 ) -> np.ndarray | list[Estimate]:
     """Accuracy of each level over the samples whose path has it: ``(L,)`` (NaN for an empty
     level)."""
+    taxonomy = _taxonomy(taxonomy)
     p, t, m = prepare(pred, target, mask, taxonomy, first_level)
     right = ((p == t) & m & (p >= 0)).sum(0)
     total = m.sum(0)

@@ -344,6 +344,9 @@ def encode_lists(
             f"Expected as many predicted paths as true paths, but got {len(pred)} and "
             f"{len(target)}."
         )
+    from hierzoo.taxonomy import as_taxonomy
+
+    taxonomy = as_taxonomy(taxonomy)
     vocab = new_vocabulary()
     t_raw, width = factorize_paths(target, None, vocab)
     p_raw, _ = factorize_rows(pred, width, vocab)

@@ -346,6 +346,7 @@ class HierClassifier(ABC):
         """Answer in pieces, for long runs that write as they go: yields ``(positions, answers)``
         with ``answers`` covering ``questions[p] for p in positions``. Families override this to
         stream from one image loader; the default answers ``chunk_size`` questions at a time."""
+        check_batch_size(chunk_size, "chunk_size")
         for start in range(0, len(questions), chunk_size):
             positions = list(range(start, min(start + chunk_size, len(questions))))
             yield (
@@ -373,11 +374,13 @@ class HierClassifier(ABC):
         over leaves summed up the tree, then the best node per level top-down).
         """
         from hierzoo.paths import decode_paths
+        from hierzoo.taxonomy import as_taxonomy
 
         if strategy not in STRATEGIES:
             raise ValueError(
                 f"Expected `strategy` to be one of {STRATEGIES}, but got {strategy!r}."
             )
+        taxonomy = as_taxonomy(taxonomy)
         scores = self.score_nodes(images, taxonomy, batch_size=batch_size, progress=progress)
         return decode_paths(scores, strategy)
 
@@ -435,3 +438,35 @@ class HierClassifier(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
+
+
+def check_batch_size(batch_size: Any, what: str = "batch_size") -> None:
+    """A batch size given by a caller: ``None`` (the model's own) or a whole number >= 1.
+
+    Raises:
+        ValueError: anything else, naming the value.
+    """
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `{what}` to be a whole number >= 1, but got {batch_size!r}.")
+
+
+def as_names(names: Any) -> list[str]:
+    """Names (taxonomy nodes) given to a text method, as a list.
+
+    Raises:
+        TypeError: one string (not a list of them) or an entry that is not a string.
+        ValueError: no name.
+    """
+    if isinstance(names, str):
+        raise TypeError(
+            f"Expected a list of names, but got one string {names!r}; pass [{names!r}]."
+        )
+    names = list(names)
+    if not names:
+        raise ValueError("Expected at least one name, but got none.")
+    for n in names:
+        if not isinstance(n, str) or not n.strip():
+            raise TypeError(f"Expected names as non-empty strings, but got {n!r} among them.")
+    return names

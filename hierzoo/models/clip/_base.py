@@ -33,10 +33,11 @@ from hierzoo.images import (
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
-from hierzoo.models.base import HierClassifier, Protocol
+from hierzoo.models.base import HierClassifier, Protocol, check_batch_size
 from hierzoo.models.clip._features import _ClipFeaturesMixin, _progress
 from hierzoo.models.clip._text_cache import TextEmbeddingCache
 from hierzoo.models.outputs import Answers, NodeScores
+from hierzoo.taxonomy import as_taxonomy
 
 if TYPE_CHECKING:
     from hierzoo.tasks import Question
@@ -95,6 +96,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         normalize_on_device: bool | None = None,
         worker_decode: str = "pil",
     ):
+        check_batch_size(batch_size)
         self.name = name
         self.spec = spec
         self.device = device
@@ -437,6 +439,8 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         templates: Sequence[str] | None = None,
     ) -> NodeScores:
         """``logit_scale * cos(image, node) + logit_bias`` for every node: one matrix product."""
+        taxonomy = as_taxonomy(taxonomy)
+        check_batch_size(batch_size)
         items, _ = as_list(images)
         ranks = [taxonomy.rank(int(lv)) for lv in taxonomy.level] if taxonomy.ranks else None
         txt = self.text_embeddings(list(taxonomy.names), templates, ranks)

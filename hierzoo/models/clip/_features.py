@@ -10,7 +10,9 @@ import torch
 
 from hierzoo.images import ImageInput, as_list
 from hierzoo.models._sites import SiteError, check_kinds, parse_sites
+from hierzoo.models.base import as_names, check_batch_size
 from hierzoo.models.outputs import Features
+from hierzoo.taxonomy import as_taxonomy
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -51,6 +53,7 @@ class _ClipFeaturesMixin:
         """
         sites = parse_sites(where)
         check_kinds(sites, ("image", "image:raw", "layer"), self.family)
+        check_batch_size(batch_size)
         items, _ = as_list(images)
         layers: dict[str, int] = {}
         hooks: list[Any] = []
@@ -112,7 +115,8 @@ class _ClipFeaturesMixin:
         templates get the rank of each name's level."""
         sites = parse_sites(where)
         check_kinds(sites, ("text",), self.family)
-        names = list(names)
+        names = as_names(names)
+        taxonomy = as_taxonomy(taxonomy)
         ranks = None
         if taxonomy is not None and taxonomy.ranks and any("{rank}" in t for t in self.templates):
             ranks = [taxonomy.rank(int(taxonomy.level[taxonomy.node(n)])) for n in names]

@@ -13,8 +13,10 @@ from PIL import Image
 from hierzoo import prompts
 from hierzoo.images import ImageInput, as_list
 from hierzoo.models._sites import Site, SiteError, check_kinds, parse_sites
+from hierzoo.models.base import as_names, check_batch_size
 from hierzoo.models.outputs import Features
 from hierzoo.models.vlm._prefix_cache import _cache_of, _Prefix, _right_pad
+from hierzoo.taxonomy import as_taxonomy
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -164,6 +166,8 @@ class _FeaturesMixin:
         self._require_weights()
         sites = parse_sites(where)
         check_kinds(sites, ("vision", "projector", "llm", "llm-answer"), self.family)
+        taxonomy = as_taxonomy(taxonomy)
+        check_batch_size(batch_size)
         items, _ = as_list(images)
         if any(isinstance(x, torch.Tensor) for x in items):
             raise ValueError(
@@ -290,9 +294,9 @@ class _FeaturesMixin:
         self._require_weights()
         sites = parse_sites(where)
         check_kinds(sites, ("llm", "llm-answer"), self.family)
-        names = list(names)
-        if not names:
-            raise ValueError("Expected at least one name, but got none.")
+        names = as_names(names)
+        taxonomy = as_taxonomy(taxonomy)
+        check_batch_size(batch_size)
         pooled = self._llm_layers(sites, "llm")
         answer_layers = self._llm_layers(sites, "llm-answer")
         self._answer_contexts(sites, taxonomy, "text", label="x")  # checks taxonomy and levels

@@ -12,8 +12,10 @@ from PIL import Image
 
 from hierzoo import prompts
 from hierzoo.images import ImageInput, as_list
+from hierzoo.models.base import check_batch_size
 from hierzoo.models.outputs import NodeScores
 from hierzoo.models.vlm._prefix_cache import _cache_of, _Prefix, _right_pad
+from hierzoo.taxonomy import as_taxonomy
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -53,6 +55,8 @@ class _NodeScoringMixin:
         from tqdm.auto import tqdm
 
         self._require_weights()
+        taxonomy = as_taxonomy(taxonomy)
+        check_batch_size(batch_size)
         items, _ = as_list(images)
         if any(isinstance(x, torch.Tensor) for x in items):
             raise ValueError(
