@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hierzoo._io import read_text
+from hierzoo.taxonomy import as_taxonomy
 
 if TYPE_CHECKING:
     from hierzoo.taxonomy import Taxonomy
@@ -421,6 +422,14 @@ def build_questions(
         )
     if n_choices < 2:
         raise ValueError(f"Expected `n_choices` >= 2, but got {n_choices}.")
+    taxonomy = as_taxonomy(taxonomy)
+    samples = list(samples)
+    bad = next((s for s in samples if isinstance(s, str) or len(s) != 2), None)
+    if bad is not None:
+        raise TypeError(
+            f"Expected (image, leaf label) pairs, but got {bad!r}; for one image pass "
+            "[(image, label)]."
+        )
     rng = np.random.default_rng(seed)
     paths = taxonomy.paths
     offsets = taxonomy.level_offsets
@@ -511,6 +520,7 @@ def samples_from_images(
         QuestionError: a folder or file that names no leaf, a malformed label file, or a folder
             that mixes image files and sub-folders, naming the culprit and the fix.
     """
+    taxonomy = as_taxonomy(taxonomy)
     if labels is not None:
         if taxonomy.name == OXFORD_PETS and _is_pet_list(Path(labels)):
             folder = _pet_images_folder(Path(images)) if images is not None else Path(".")
@@ -705,6 +715,7 @@ def samples_from_folder(
     Raises:
         QuestionError: a folder that names no leaf, with the closest leaves.
     """
+    taxonomy = as_taxonomy(taxonomy)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"No image folder at {str(root)!r}.")

@@ -182,3 +182,16 @@ def test_samples_from_folder_and_csv(tmp_path):
         ("/data/b.jpg", "Sooty Albatross"),
     ]
     assert PATH_SEPARATOR == " > "
+
+
+def test_build_questions_takes_a_taxonomy_name_and_names_a_lone_pair():
+    from hierzoo import load_taxonomy
+    from hierzoo.tasks import build_questions
+
+    pairs = [("a.jpg", "Black-footed Albatross"), ("b.jpg", "Common Raven")]
+    by_name = build_questions("cub200", pairs, seed=3)
+    assert [q.to_dict() for q in by_name] == [
+        q.to_dict() for q in build_questions(load_taxonomy("cub200"), pairs, seed=3)
+    ]
+    with pytest.raises(TypeError, match=r"\(image, leaf label\) pairs.*\[\(image, label\)\]"):
+        build_questions("cub200", pairs[0])
