@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -79,9 +80,13 @@ def guess_format(data: Mapping) -> str:
     if all(v is None or isinstance(v, str) for v in values):
         return "parents"
     if all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in values):
-        # {leaf: path} when most keys end their own path; else a one-level tree of leaf lists
+        # {leaf: path} when most keys end their own path, or when most paths share their top
+        # node with another (paths keyed by ids); else a one-level tree of leaf lists
         hits = sum(_norm(k) == _norm(v[-1]) for k, v in data.items())
-        return "paths" if hits >= max(1, len(data) // 2) else "tree"
+        tops = Counter(_norm(v[0]) for v in values)
+        shared = sum(tops[_norm(v[0])] > 1 for v in values if len(v) > 1)
+        half = max(1, len(data) // 2)
+        return "paths" if hits >= half or shared >= max(2, half) else "tree"
     if any(isinstance(v, Mapping) for v in values):
         return "tree"
     return "paths"  # from_paths names the first malformed entry

@@ -195,6 +195,28 @@ def test_an_empty_object_or_a_folder_is_not_a_taxonomy_file(tmp_path):
             load_taxonomy(f, ranks=ranks)
 
 
+def test_paths_keyed_by_ids_are_read_as_paths(tmp_path):
+    """Leaf -> path with keys that are ids, not the leaves' names: the paths share their top
+    nodes, which a one-level tree's leaf lists do not, so they are read as paths."""
+    f = tmp_path / "ids.json"
+    f.write_text(
+        json.dumps(
+            {
+                "1": ["Aves", "Corvidae", "Corvus corax"],
+                "2": ["Aves", "Corvidae", "Pica pica"],
+                "3": ["Mammalia", "Canidae", "Vulpes vulpes"],
+                "4": ["Mammalia", "Canidae", "Canis lupus"],
+            }
+        )
+    )
+    tax = load_taxonomy(f)
+    assert tax.depth == 3 and tax.level_sizes == [2, 2, 4]
+    assert tax.to_paths() == load_taxonomy(f, format="paths").to_paths()
+    tree = tmp_path / "groups.json"
+    tree.write_text(json.dumps({"Aves": ["Corvus corax", "Pica pica"], "Mammalia": ["Vulpes"]}))
+    assert load_taxonomy(tree).level_sizes == [2, 3]
+
+
 def test_duplicate_keys_cycles_and_bad_csv(tmp_path):
     f = tmp_path / "dup.json"
     f.write_text('{"a": ["x", "a"], "b": ["x", "b"], "a": ["y", "a"]}')
