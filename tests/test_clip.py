@@ -468,3 +468,20 @@ def test_model_inputs_in_the_forms_a_user_reaches_for_or_a_clear_error(tmp_path)
         clf.text_features(["Aves", None], "text")
     with pytest.raises(ValueError, match=r"at least one name"):
         clf.text_features([], "text")
+
+
+def test_answer_names_a_lone_question_and_a_protocol_given_by_name(tmp_path):
+    import hierzoo
+    from hierzoo.models.tiny_clip import build_tiny_openclip
+
+    clf = hierzoo.load(str(build_tiny_openclip(tmp_path / "m")), device="cpu", cache_dir=False)
+    qs = build_questions(hierzoo.load_taxonomy("cub200"), [("x.jpg", "Common Raven")], seed=0)
+    with pytest.raises(TypeError, match=r"one Question; pass \[question\]"):
+        clf.answer(qs[0])
+    with pytest.raises(TypeError, match=r"Question entries.*got str 'x.jpg'"):
+        clf.answer(["x.jpg"])
+    with pytest.raises(TypeError, match=r"Protocol\(name='paper'\)"):
+        clf.answer(qs, protocol="paper")
+    with pytest.raises(TypeError, match=r"one Question"):
+        next(clf.iter_answers(qs[0]))
+    assert clf.answer(qs).errors[0] is not None  # a list of questions: answered (x.jpg fails)

@@ -346,6 +346,7 @@ class HierClassifier(ABC):
         """Answer in pieces, for long runs that write as they go: yields ``(positions, answers)``
         with ``answers`` covering ``questions[p] for p in positions``. Families override this to
         stream from one image loader; the default answers ``chunk_size`` questions at a time."""
+        questions, protocol = checked_questions(questions, protocol)
         check_batch_size(chunk_size, "chunk_size")
         for start in range(0, len(questions), chunk_size):
             positions = list(range(start, min(start + chunk_size, len(questions))))
@@ -470,3 +471,29 @@ def as_names(names: Any) -> list[str]:
         if not isinstance(n, str) or not n.strip():
             raise TypeError(f"Expected names as non-empty strings, but got {n!r} among them.")
     return names
+
+
+def checked_questions(questions: Any, protocol: Any) -> tuple[list[Question], Protocol | None]:
+    """The questions and protocol a caller gave :meth:`HierClassifier.answer`, checked.
+
+    Raises:
+        TypeError: one question (not a list of them), an entry that is not a
+            :class:`~hierzoo.tasks.Question`, or a protocol that is not a :class:`Protocol`.
+    """
+    from hierzoo.tasks import Question
+
+    if isinstance(questions, Question):
+        raise TypeError("Expected a list of questions, but got one Question; pass [question].")
+    questions = list(questions)
+    bad = next((q for q in questions if not isinstance(q, Question)), None)
+    if bad is not None:
+        raise TypeError(
+            f"Expected Question entries (hierzoo.tasks.read_questions or build_questions make "
+            f"them), but got {type(bad).__name__} {str(bad)[:60]!r}."
+        )
+    if protocol is not None and not isinstance(protocol, Protocol):
+        raise TypeError(
+            f"Expected `protocol` to be a Protocol (e.g. Protocol(name={protocol!r})), but got "
+            f"{type(protocol).__name__} {protocol!r}."
+        )
+    return questions, protocol

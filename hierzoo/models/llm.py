@@ -22,6 +22,7 @@ import torch
 
 from hierzoo import prompts
 from hierzoo.images import ImageInput
+from hierzoo.models.base import checked_questions
 from hierzoo.models.outputs import Answers, Features, NodeScores
 from hierzoo.models.vlm import _chat
 from hierzoo.models.vlm._lm import (
@@ -407,6 +408,7 @@ class TextLLMClassifier(LLMClassifier):
         Raises:
             ValueError: image mode (use text mode), or a bad protocol value.
         """
+        questions, protocol = checked_questions(questions, protocol)
         answers = super().answer(
             questions,
             protocol=self._with_variant(protocol),
@@ -425,6 +427,7 @@ class TextLLMClassifier(LLMClassifier):
         chunk_size: int = 256,
     ) -> Iterator[tuple[list[int], Answers]]:
         """Stream :meth:`answer` in pieces of consecutive entries (at most ``chunk_size``)."""
+        questions, protocol = checked_questions(questions, protocol)
         for positions, answers in super().iter_answers(
             questions,
             protocol=self._with_variant(protocol),

@@ -49,7 +49,7 @@ from hierzoo.models.api.request import (
     describe_request,
     paper_settings,
 )
-from hierzoo.models.base import HierClassifier
+from hierzoo.models.base import HierClassifier, checked_questions
 from hierzoo.models.outputs import Answers
 from hierzoo.prompts import Protocol, QuestionPlan, Request
 
@@ -387,6 +387,7 @@ class OpenAIChatClassifier(HierClassifier):
             ResponseFormatError: ``--answer logits`` and the server returns no
                 log-probabilities.
         """
+        questions, protocol = checked_questions(questions, protocol)
         run = _Run(self, questions, protocol)
         for _ in run.finished(progress):
             pass
@@ -403,6 +404,7 @@ class OpenAIChatClassifier(HierClassifier):
         """:meth:`answer` in pieces: yields ``(positions, answers)`` for the entries whose every
         level has been answered, as they complete (at most ``chunk_size`` per piece), so a run
         writes each answer as it arrives."""
+        questions, protocol = checked_questions(questions, protocol)
         run = _Run(self, questions, protocol)
         for done in run.finished(progress=False):
             for lo in range(0, len(done), chunk_size):

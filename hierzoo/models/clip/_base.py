@@ -33,7 +33,7 @@ from hierzoo.images import (
 )
 from hierzoo.models._factory import resolve_dtype
 from hierzoo.models._registry import PAPER_TEMPLATE, ModelSpec, model_fingerprint
-from hierzoo.models.base import HierClassifier, Protocol, check_batch_size
+from hierzoo.models.base import HierClassifier, Protocol, check_batch_size, checked_questions
 from hierzoo.models.clip._features import _ClipFeaturesMixin, _progress
 from hierzoo.models.clip._text_cache import TextEmbeddingCache
 from hierzoo.models.outputs import Answers, NodeScores
@@ -535,6 +535,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
     ) -> Iterator[tuple[list[int], Answers]]:
         """Stream answers batch by batch from one image loader: the option texts are embedded
         first (once), then each batch of images answers the questions whose image it completes."""
+        questions, protocol = checked_questions(questions, protocol)
         protocol = protocol or Protocol()
         index, txt, items, slot = self._answer_plan(questions, protocol)
         dim = txt.shape[1]
@@ -578,6 +579,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         """Every level of every question: one matrix product per batch of images against the
         question set's distinct option names, and a gather of each question's options. Options
         are asked in the file's order (the paper's CLIP protocol)."""
+        questions, protocol = checked_questions(questions, protocol)
         protocol = protocol or Protocol()
         index, txt, items, slot = self._answer_plan(questions, protocol)
         img, img_errors = self.encode_images(items, batch_size=batch_size, progress=progress)

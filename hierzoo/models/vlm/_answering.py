@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
+from hierzoo.models.base import checked_questions
 from hierzoo.models.outputs import Answers, first_yes
 from hierzoo.models.vlm._prefix_cache import _cache_of
 from hierzoo.prompts import Protocol, QuestionPlan
@@ -99,6 +100,7 @@ class _AnsweringMixin:
             ValueError: ``protocol.templates`` is set, a bad protocol value, or (generate) a
                 checkpoint whose generation config is not greedy under ``do_sample=False``.
         """
+        questions, protocol = checked_questions(questions, protocol)
         if _ranked(protocol):
             return self._open_whole(questions, protocol, batch_size)
         work = self._prepare(questions, protocol, batch_size)
@@ -117,6 +119,7 @@ class _AnsweringMixin:
         """Stream :meth:`answer` from one image loader: yields ``(positions, answers)`` for runs
         of consecutive entries (at most ``chunk_size``) as their images are done. The options are
         shuffled once over all ``questions``, so the pieces equal one ``answer`` call."""
+        questions, protocol = checked_questions(questions, protocol)
         if _ranked(protocol):
             yield from self._iter_open_ranked(questions, protocol, batch_size, chunk_size)
             return
