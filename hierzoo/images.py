@@ -140,6 +140,8 @@ class ImageDataset(torch.utils.data.Dataset):
         if item is None:
             return index, None, "the image path did not resolve to a file (check --image-root)"
         if isinstance(item, torch.Tensor):
+            if item.is_floating_point() and not torch.isfinite(item).all():
+                return index, None, "the image tensor holds NaN or infinity"
             return index, item, None
         try:
             return index, self._read(item), None

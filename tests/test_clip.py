@@ -468,6 +468,15 @@ def test_model_inputs_in_the_forms_a_user_reaches_for_or_a_clear_error(tmp_path)
         clf.text_features(["Aves", None], "text")
     with pytest.raises(ValueError, match=r"at least one name"):
         clf.text_features([], "text")
+    # preprocessed tensors: another float dtype is cast, NaN is that image's error, another
+    # shape or integer pixels are refused naming the image
+    x = clf.transform(as_pil[0])
+    got = clf.predict_path([x, x.double(), torch.full_like(x, float("nan"))], tax)
+    assert got.names[:2] == [want.names[0]] * 2
+    assert got.errors == [None, None, "the image tensor holds NaN or infinity"]
+    for bad in (torch.zeros(3, x.shape[1] + 1, x.shape[2]), (x * 255).to(torch.uint8)):
+        with pytest.raises(ValueError, match=r"image 1 is .*; pass paths or PIL images"):
+            clf.predict_path([x, bad], tax)
 
 
 def test_answer_names_a_lone_question_and_a_protocol_given_by_name(tmp_path):

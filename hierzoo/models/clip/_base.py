@@ -308,6 +308,27 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
             self.text_cache.add(templates, missing, emb)
         return torch.stack([table[k] for k in keys]).to(self.device)
 
+    def _check_tensors(self, items: Sequence[ImageInput | None]) -> None:
+        """Preprocessed image tensors must be what the model's transform makes.
+
+        Raises:
+            ValueError: a tensor of another shape, or not floating point, naming its position.
+        """
+        tensors = [(i, x) for i, x in enumerate(items) if isinstance(x, torch.Tensor)]
+        if not tensors:
+            return
+        from PIL import Image
+
+        want = tuple(self.transform(Image.new("RGB", (32, 32))).shape)
+        for i, x in tensors:
+            if tuple(x.shape) != want or not x.is_floating_point():
+                raise ValueError(
+                    f"Expected preprocessed image tensors of shape {want} in floating point (what "
+                    f"this model's transform makes), but image {i} is {tuple(x.shape)} "
+                    f"{str(x.dtype).replace('torch.', '')}; pass paths or PIL images and the model "
+                    "preprocesses them."
+                )
+
     def _stream_pixels(
         self, items: list[ImageInput | None], batch_size: int | None
     ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
@@ -315,6 +336,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
         the model's dtype (``None`` when every image of the batch failed), failures."""
         cuda = self.device.type == "cuda"
         bs = batch_size or self.batch_size
+        self._check_tensors(items)
         split = None
         if self.device_preprocess is not None:
             batches = prefetch(
@@ -349,7 +371,7 @@ class ClipClassifier(_ClipFeaturesMixin, HierClassifier):
                 pixels = pixels.to(self.device, non_blocking=cuda)
                 if split is not None:
                     pixels = split[1](pixels)
-                if self.dtype != torch.float32:
+                if pixels.dtype != self.dtype:
                     pixels = pixels.to(self.dtype)
             yield batch.indices, pixels, batch.failed
 
