@@ -30,8 +30,10 @@ answered normally past the plan. Faults: ``"429"``, ``"429:S"`` (``Retry-After: 
 ``announced``), ``"429:ms:M"`` (``retry-after-ms``), ``"500"``, ``"503"``, ``"400"``,
 ``"500:echo"`` (a 500 whose message quotes the request's ``Authorization`` header),
 ``"drop"`` (the status line, headers and a part of the body, then the socket is closed),
-``"hang:S"`` (answer after S seconds). ``hold_after: N`` holds every chat request after the
-first N admitted ones until ``/control/release``. Stats are per distinct body (keyed by the
+``"hang:S"`` (answer after S seconds), ``"nan"`` (the answer with ``NaN`` in its usage, as
+invalid JSON) and ``"badlogprob"`` (the answer with a top log-probability ``"x"``).
+``hold_after: N`` holds every chat request after the first N admitted ones until
+``/control/release``. Stats are per distinct body (keyed by the
 SHA-256 of its bytes): the user text, receive times (monotonic and wall clock), statuses, and how
 many times it was answered with a completion.
 """
@@ -327,7 +329,8 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
             if api_key is not None and given != f"Bearer {api_key}":
                 shown = given.removeprefix("Bearer ")
                 return self._status(key, 401, f"Incorrect API key provided: {shown}")
-            if fault is not None and self._fault(key, fault):
+            mutate = fault if fault in ("nan", "badlogprob") else None
+            if fault is not None and mutate is None and self._fault(key, fault):
                 return None
             if body.get("model") not in names:
                 return self._status(key, 404, f"The model `{body.get('model')}` does not exist.")
@@ -348,6 +351,10 @@ def make_handler(state: State, model: TinyChatModel, names: list[str], api_key: 
                 response = model.complete(body, body["model"])
             except HttpError as e:
                 return self._status(key, e.status, e.message)
+            if mutate == "nan":  # written as the literal NaN, which JSON does not allow
+                response["usage"]["prompt_tokens"] = float("nan")
+            elif mutate == "badlogprob":
+                response["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0]["logprob"] = "x"
             with state.lock:
                 self._stats["statuses"].append(200)
                 self._stats["answered"] += 1

@@ -526,6 +526,38 @@ def test_gives_up_after_the_last_retry_and_the_run_goes_on(fresh, env, images):
     assert again[1].ok and again[2].ok
 
 
+def test_an_unreadable_answer_is_that_questions_error_and_the_run_goes_on(fresh, env, images):
+    """An answer holding NaN (not JSON): that question's error at once (not retried, not
+    cached); the other questions are answered."""
+    fresh.control(rules=[{"match": "Q1 ", "plan": ["nan"]}])
+    client = make_client(fresh)
+    reqs = [build_request(question(i), images[i], served()) for i in range(4)]
+    results = {r.index: r for r in client.run(reqs)}
+    assert results[1].attempts == 1 and "holds NaN, not a number" in results[1].error
+    assert results[0].ok and results[2].ok and results[3].ok
+    stats = by_text(fresh.stats())
+    assert len(stats[question(1)]["received"]) == 1
+    again = {r.index: r for r in make_client(fresh).run(reqs)}
+    assert not again[1].cached and again[1].ok  # sent again, answered this time
+
+
+def test_an_unreachable_server_stops_the_run_naming_the_address(env, images):
+    """Nothing listens at the address: the run stops after a request's first attempts failed
+    to connect, naming the address, instead of retrying every request for hours."""
+    from hierzoo.models.api.client import UNREACHABLE_ATTEMPTS, ApiUnreachableError
+
+    port = _free_port()  # bound and released: nothing listens there
+    settings = ApiSettings(
+        api_base=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, concurrency=2,
+        backoff_base=0.0, max_retries=8,
+    )  # fmt: skip
+    client = ChatClient(settings, cache=False)
+    reqs = [build_request(question(i), images[i], served()) for i in range(6)]
+    with pytest.raises(ApiUnreachableError, match=rf"Cannot reach the server at .*:{port}/v1"):
+        list(client.run(reqs))
+    assert UNREACHABLE_ATTEMPTS <= 8
+
+
 def test_bad_key_stops_at_once_without_the_key(fresh, env, monkeypatch, images, caplog):
     wrong = "sk-wrong-" + secrets.token_hex(12)
     monkeypatch.setenv(KEY_ENV, wrong)

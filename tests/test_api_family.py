@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -377,6 +378,27 @@ def test_eval_logits_over_the_api_equals_the_local_model(setup, fresh, env, loca
                 compared += 1
     assert compared >= 3 * N
     assert fresh.answered() == 4 * N and all(s["answered"] == 1 for s in fresh.stats().values())
+
+
+def test_eval_records_unreadable_answers_per_sample_and_retries_them(setup, fresh, env, capsys):
+    """Answers the run cannot read (NaN in the JSON at the genus level, a log-probability that is
+    not a number at the species level) are each entry's error: the run finishes and writes every
+    entry, and --retry-errors answers them."""
+    fresh.control(
+        rules=[
+            {"match": "genus of the bird", "plan": ["nan"]},
+            {"match": "species of the bird", "plan": ["badlogprob"]},
+        ]
+    )
+    out = env / "run"
+    assert main(_api_args(setup, fresh, out)) == 1  # every entry failed, none crashed the run
+    rows = _rows(out)
+    assert sorted(rows) == list(range(N))
+    for row in rows.values():
+        assert re.match(r"level [34]: ", row["error"]), row["error"]
+    assert "--retry-errors" in capsys.readouterr().err
+    code = main([*_api_args(setup, fresh, out), "--retry-errors"])
+    assert [row.get("error") for row in _rows(out).values()] == [None] * N and code == 0
 
 
 def test_eval_logits_counts_absent_letters(setup, fresh, env, local_run, capsys):

@@ -13,6 +13,7 @@ _LAZY = {
     "ApiAuthError": "hierzoo.models.api.client",
     "ApiError": "hierzoo.models.api.client",
     "ApiNotFoundError": "hierzoo.models.api.client",
+    "ApiUnreachableError": "hierzoo.models.api.client",
     "ApiSettings": "hierzoo.models.api.client",
     "ChatClient": "hierzoo.models.api.client",
     "ChatResult": "hierzoo.models.api.client",

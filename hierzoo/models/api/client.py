@@ -17,7 +17,12 @@ threads, and yields one :class:`ChatResult` per request as each completes.
   4xx (a request the server refuses, such as an image it cannot read) is an error at once.
 - **Stops.** A 401 or 403 (the key is missing, wrong or not allowed) raises
   :class:`ApiAuthError`, and a 404 (no such model or endpoint) :class:`ApiNotFoundError`, at
-  once: no further request is started, requests in flight are finished and cached.
+  once: no further request is started, requests in flight are finished and cached. So does
+  :class:`ApiUnreachableError` when a request failed to connect on its first
+  :data:`UNREACHABLE_ATTEMPTS` attempts while no request got any answer (the server is down or
+  ``api_base`` is wrong), instead of retrying every request for hours. An answer that holds
+  ``NaN`` or ``Infinity`` (not JSON) is that request's error at once, neither retried nor
+  cached.
 - **Cache.** Each response is written to the :class:`~hierzoo.models.api.cache.ResponseCache` as
   it arrives, before it is yielded; a request whose response is cached is not sent. A finished
   run sent again sends nothing; a run killed part-way pays again only for the requests that were
@@ -44,7 +49,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hierzoo.models.api.cache import ResponseCache, ResponseCacheWarning
-from hierzoo.models.api.logprobs import ResponseFormatError, first_choice, reply_text
+from hierzoo.models.api.logprobs import (
+    NoLogprobsError,
+    ResponseFormatError,
+    first_choice,
+    first_token_top_logprobs,
+    letter_answer,
+    reply_text,
+)
 from hierzoo.models.api.request import (
     OPENAI_API_BASE,
     describe_request,
@@ -65,6 +77,12 @@ _NO_KEY = "EMPTY"
 without ``--api-key`` accept any)."""
 
 
+_NO_CONNECTION = -1
+"""The status of an attempt that got no connection to the server."""
+_INVALID = -2
+"""The status of an answer that is not valid JSON for a number it holds (NaN, Infinity)."""
+
+
 class ApiError(ValueError):
     """A failure that stops a run (the message says what to change): a ``ValueError``, so the
     command line reports it in one line, as any other setting to fix."""
@@ -76,6 +94,17 @@ class ApiAuthError(ApiError):
 
 class ApiNotFoundError(ApiError):
     """The server has no such model or endpoint (404)."""
+
+
+class ApiUnreachableError(ApiError):
+    """No connection to the server: every attempt of a request failed to connect, through its
+    retries, while no other request got any answer."""
+
+
+UNREACHABLE_ATTEMPTS = 4
+"""Attempts of one request, all failing to connect while the server answered nothing else, after
+which the run stops (a server that is down or a wrong --api-base) instead of retrying every
+request for hours."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +305,7 @@ class ChatClient:
         self.usage = Usage()
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
+        self._answers = 0  # HTTP answers of any kind so far (read without a lock: a counter)
         key = os.environ.get(self.settings.api_key_env, "").strip()
         if not key:
             if self.settings.is_openai:
@@ -324,6 +354,7 @@ class ChatClient:
             )
             text = raw.text
         except openai.APIStatusError as e:
+            self._answers += 1
             failure = (
                 e.status_code,
                 dict(e.response.headers),
@@ -334,19 +365,24 @@ class ChatClient:
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
             why = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
-            failure = (None, {}, f"connection failed ({why})")
+            failure = (_NO_CONNECTION, {}, f"connection failed ({why})")
         if failure is not None:
             return None, failure
+        self._answers += 1
+        constants: list[str] = []
         try:
-            response = json.loads(text)
+            response = json.loads(text, parse_constant=lambda c: constants.append(c) or 0.0)
         except ValueError:
             return None, (None, {}, f"the server's answer is not JSON ({text[:80]!r})")
+        if constants:
+            return None, (_INVALID, {}, f"the server's answer holds {constants[0]}, not a number")
         if not isinstance(response, dict):
             return None, (None, {}, "the server's answer is not a JSON object")
         return response, None
 
     def _send(self, request: Mapping[str, Any], key: str, stop: threading.Event) -> _Outcome:
         outcome = _Outcome()
+        answers_before = self._answers
         while True:
             if stop.is_set():
                 outcome.cancelled = True
@@ -356,7 +392,11 @@ class ChatClient:
             if response is not None:
                 try:
                     first_choice(response)
-                except ResponseFormatError as e:
+                    if request.get("logprobs"):  # what an answer reads is readable
+                        letter_answer(first_token_top_logprobs(response), ())
+                except NoLogprobsError:
+                    pass  # the server gives none at all: its answerer stops the run
+                except ResponseFormatError as e:  # this request's error, not cached
                     outcome.error = self._scrub(str(e))
                     return outcome
                 outcome.response = response
@@ -365,6 +405,20 @@ class ChatClient:
             status, headers, message = failure
             message = self._scrub(_clip(message))
             where = self.settings.base_url
+            if status == _INVALID:  # a reply no retry would mend: this request's error
+                outcome.error = message
+                return outcome
+            if status == _NO_CONNECTION:
+                status = None
+                if outcome.attempts >= UNREACHABLE_ATTEMPTS and self._answers == answers_before:
+                    stop.set()
+                    outcome.fatal = ApiUnreachableError(
+                        f"Cannot reach the server at {where}: {outcome.attempts} attempts of a "
+                        f"request failed to connect and no request was answered ({message}). "
+                        "Check that the server is running and --api-base; the answers so far "
+                        "are kept, so the same command resumes."
+                    )
+                    return outcome
             if status in (401, 403):
                 stop.set()
                 outcome.fatal = ApiAuthError(

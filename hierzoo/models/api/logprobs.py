@@ -26,6 +26,11 @@ class ResponseFormatError(ValueError):
     """A response lacks what an answer needs (its message, or the log-probabilities)."""
 
 
+class NoLogprobsError(ResponseFormatError):
+    """The server returns no log-probabilities at all: no answer by letter log-probabilities
+    can be read from it (the run must answer by generation instead)."""
+
+
 @dataclass(frozen=True)
 class LetterAnswer:
     """The option letter read from one ``top_logprobs`` list.
@@ -148,13 +153,13 @@ def first_token_top_logprobs(response: Mapping[str, Any]) -> list[Mapping[str, A
     logprobs = first_choice(response).get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     if not isinstance(content, list) or not content or not isinstance(content[0], Mapping):
-        raise ResponseFormatError(
+        raise NoLogprobsError(
             "The server returned no log-probabilities for the first token; it cannot answer by "
             "letter log-probabilities (--answer logits). Use --answer generate."
         )
     top = content[0].get("top_logprobs")
     if not isinstance(top, list):
-        raise ResponseFormatError(
+        raise NoLogprobsError(
             "The server returned no top_logprobs for the first token; ask with top_logprobs > 0."
         )
     return top

@@ -39,7 +39,12 @@ import torch
 
 from hierzoo import prompts
 from hierzoo.models.api.client import ApiSettings, ChatClient, ChatResult
-from hierzoo.models.api.logprobs import reply_text, response_letter_answer
+from hierzoo.models.api.logprobs import (
+    NoLogprobsError,
+    ResponseFormatError,
+    reply_text,
+    response_letter_answer,
+)
 from hierzoo.models.api.request import (
     MAX_TOP_LOGPROBS,
     OPENAI_API_BASE,
@@ -617,7 +622,14 @@ class _Run:
                 self.errors[r.sample] = f"level {r.level + 1}: {result.error}"
             return
         if self.protocol.answer == "logits":
-            read = response_letter_answer(result.response, r.letters)
+            try:
+                read = response_letter_answer(result.response, r.letters)
+            except NoLogprobsError:
+                raise  # the server gives none: the run cannot answer this way
+            except ResponseFormatError as e:  # one unreadable answer: this entry's error
+                if self.errors[r.sample] is None:
+                    self.errors[r.sample] = f"level {r.level + 1}: {e}"
+                return
             self.chosen[j] = read.choice
             self.probs[j, : len(r.letters)] = read.probs
             self.absent[j] = "".join(read.absent)
