@@ -128,12 +128,14 @@ def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
       ``"Unknown"``, scored wrong), and ``n_unknown_per_level`` (``{"level1": ..., ...}``);
     - ``answer_agreement``: the percentage of replies whose parsed letter is the letter with
       the highest probability at the first generated token (``probs_levelK``; a tie goes to the
-      earlier letter); an ``Unknown`` reply never agrees. ``None`` without replies.
+      earlier letter), among the replies that have those probabilities; an ``Unknown`` reply
+      never agrees. ``None`` when no reply has them (a server that returns no
+      log-probabilities with its replies).
     """
     from hierzoo.prompts import UNKNOWN
 
     per_level: dict[int, int] = {}
-    n = unknown = agree = 0
+    n = unknown = agree = with_probs = 0
     for row in rows:
         if row.get("error"):
             continue
@@ -147,6 +149,7 @@ def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
             missed = letter == UNKNOWN
             unknown += missed
             per_level[int(level)] = per_level.get(int(level), 0) + missed
+            with_probs += bool(probs)
             if probs and not missed:
                 agree += max(probs, key=probs.__getitem__) == letter
     return {
@@ -154,7 +157,7 @@ def generated_answer_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_answers": n,
         "n_unknown": unknown,
         "n_unknown_per_level": {f"level{k}": per_level[k] for k in sorted(per_level)},
-        "answer_agreement": round(100 * agree / n, 2) if n else None,
+        "answer_agreement": round(100 * agree / with_probs, 2) if with_probs else None,
     }
 
 

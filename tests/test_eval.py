@@ -667,6 +667,11 @@ def test_generated_answer_stats_count_replies_unknowns_and_agreement():
         "answer_agreement": 40.0,
     }
     assert generated_answer_stats([])["answer_agreement"] is None
+    # replies without the first token's probabilities (a server that returns none): no
+    # agreement to measure, not 0%; a reply without them is left out of the share
+    bare = [{k: v for k, v in row.items() if not k.startswith("probs_")} for row in rows]
+    assert generated_answer_stats(bare)["answer_agreement"] is None
+    assert generated_answer_stats([*rows, *bare])["answer_agreement"] == 40.0
 
 
 def test_image_processing_flag_reaches_the_model_and_the_identity(setup, vlm_dir, tmp_path, capsys):
