@@ -197,6 +197,7 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
+        choices=opt.LazyChoices("hierzoo.models._registry", "FAMILIES"),
         help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)",
     )
     opt.seed_option(p, "the option shuffling")
@@ -226,17 +227,19 @@ def _cmd_export_sft(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     key = None
-    if args.taxonomy:
+    given = args.taxonomy
+    if given is None:  # a bundled set knows its taxonomy, as hierzoo eval reads it
+        from hierzoo.tasks import bundled_question_taxonomy
+
+        given = bundled_question_taxonomy(args.questions)
+    if given:
         from hierzoo import load_taxonomy
 
-        tax = load_taxonomy(args.taxonomy)
+        tax = load_taxonomy(given)
         validate_questions(questions, tax)
         key = tax.name if tax.name in prompts.taxonomies() else None
         if key is None:
-            print(
-                f"prompts: the generic wording ({args.taxonomy} is not one of the paper's "
-                "taxonomies)"
-            )
+            print(f"prompts: the generic wording ({given} is not one of the paper's taxonomies)")
     missing = "skip" if args.skip_missing else ("error" if args.image_root else "recorded")
     done = export_sft(
         questions,

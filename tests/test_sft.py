@@ -249,3 +249,25 @@ def test_prompts_equal_what_a_vision_llm_is_asked(questions, tmp_path):
             assert rendered == head + text + tail
             full = clf.processor.apply_chat_template(r["messages"], tokenize=False)
             assert full == head + text + tail + letter + "<|im_end|>\n"
+
+
+def test_a_bundled_set_is_exported_with_its_taxonomys_prompts(tmp_path, capsys):
+    """As hierzoo eval asks it: a bundled question set knows its taxonomy without --taxonomy;
+    a family hierzoo does not know is refused."""
+    from hierzoo.cli import main
+
+    base = ["export-sft", "--questions", "cub200-similar", "--limit", "2"]
+    for name, extra in (("inferred", []), ("given", ["--taxonomy", "cub200"])):
+        for mode in ("image", "text"):
+            out = tmp_path / f"{name}-{mode}.json"
+            assert main([*base, "--mode", mode, *extra, "--output", str(out)]) == 0
+    for mode in ("image", "text"):
+        inferred = (tmp_path / f"inferred-{mode}.json").read_text()
+        assert inferred == (tmp_path / f"given-{mode}.json").read_text()
+    assert (
+        "what is the order of the bird in this image"
+        in (tmp_path / "inferred-image.json").read_text()
+    )
+    with pytest.raises(SystemExit):
+        main([*base, "--family", "qwen25vl", "--output", str(tmp_path / "x.json")])
+    assert "invalid choice: 'qwen25vl'" in capsys.readouterr().err
