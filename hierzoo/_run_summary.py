@@ -24,6 +24,7 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
         "task": cfg.task,
         "mode": cfg.mode,
         "protocol": cfg.protocol,
+        "questions": question_set_label(cfg),
     }
     if n_errors == len(rows):
         summary.update({"n": 0, "n_errors": n_errors, "metrics": None})
@@ -54,6 +55,18 @@ def summarize_run(rows: list[dict[str, Any]], taxonomy: Any, cfg: EvalConfig) ->
     if cfg.parse != "paper":
         summary["parse"] = cfg.parse
     return summary
+
+
+def question_set_label(cfg: EvalConfig) -> str:
+    """What the run asked, for tables: a bundled set's name, a question file's name, or the
+    images or labels the questions were built from (with their distractors and seed)."""
+    if cfg.questions:
+        from hierzoo.tasks import bundled_questions
+
+        given = str(cfg.questions)
+        return given if given.lower() in bundled_questions() else Path(given).name
+    source = Path(cfg.labels or cfg.images or "").name
+    return f"{source} ({cfg.distractors} distractors, seed {cfg.seed})"
 
 
 def open_answer_stats(rows: list[dict[str, Any]], answer: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,22 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 if (p / "summary.json").is_file()
                 else sorted(p.glob("*/summary.json"))
             )
+            for run in sorted(q.parent for q in p.glob("*/run.json")):
+                if not (run / "summary.json").is_file():
+                    warnings.warn(
+                        f"{run}: an unfinished run (no summary.json) is left out; run its "
+                        "`hierzoo eval` command again to finish it.",
+                        stacklevel=2,
+                    )
         elif not p.exists():
             raise FileNotFoundError(f"{p}: no such file or directory")
         else:
             found = []
+        if not found and (p / "run.json").is_file():
+            raise FileNotFoundError(
+                f"{p}: an unfinished run (no summary.json); run its `hierzoo eval` command again "
+                "to finish it"
+            )
         if not found:
             raise FileNotFoundError(
                 f"{p}: no summary.json in it or in its subfolders; pass a run directory written "
@@ -223,8 +236,12 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     all_levels = _merge_levels([r.get("levels") or [] for r in runs])
     generated = any(r.get("answer") == "generate" for r in runs)
     named = any(r.get("protocol", "paper") != "paper" for r in runs)
+    asked = _question_sets(runs)
+    several_sets = len({(r["taxonomy"], asked[i]) for i, r in enumerate(runs)}) > len(
+        {r["taxonomy"] for r in runs}
+    )
     rows = []
-    for name, r in zip(names, runs):
+    for i, (name, r) in enumerate(zip(names, runs)):
         m = r["metrics"] or {}
         row: dict[str, Any] = {
             "model": name,
@@ -245,6 +262,8 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for lev in all_levels:
             row[f"acc_{lev}"] = acc[lev]["value"] if lev in acc else None
         row["first_level"] = _first_scored_level(r)
+        if several_sets:
+            row["questions"] = asked[i]
         if named:
             row["protocol"] = r.get("protocol", "paper")
         if generated:
@@ -253,11 +272,33 @@ def report_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["answer_agreement"] = r.get("answer_agreement")
         row["run"] = r["run_dir"]
         rows.append(row)
-    order = list(dict.fromkeys(r["taxonomy"] for r in rows))
+    order = list(dict.fromkeys((r["taxonomy"], r.get("questions")) for r in rows))
     return sorted(
         rows,
-        key=lambda r: (order.index(r["taxonomy"]), r["hca"] is None, -(r["hca"] or 0.0)),
+        key=lambda r: (
+            order.index((r["taxonomy"], r.get("questions"))),
+            r["hca"] is None,
+            -(r["hca"] or 0.0),
+        ),
     )
+
+
+def _question_sets(runs: list[dict[str, Any]]) -> list[str]:
+    """The question set each run asked, as a table shows it: its label in the summary
+    (``cub200-similar``, a file's name), with the start of its content hash where one label
+    stands for several sets (another ``--limit``, another file of the same name)."""
+    digests = [
+        str(((r.get("provenance") or {}).get("identity") or {}).get("questions") or "")
+        for r in runs
+    ]
+    labels = [str(r.get("questions") or "questions") for r in runs]
+    shared = {
+        label for label in labels if len({d for d, lb in zip(digests, labels) if lb == label}) > 1
+    }
+    return [
+        f"{label} #{digest[:6]}" if label in shared or label == "questions" else label
+        for label, digest in zip(labels, digests)
+    ]
 
 
 def _cell(v: Any, digits: int = 1) -> str:
@@ -286,14 +327,15 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
 
     generated = any("answer" in r for r in rows)
     named = any("protocol" in r for r in rows)
-    lead = ["model", "taxonomy", "task", "mode"] + (["protocol"] if named else [])
+    asked = ["questions"] if any("questions" in r for r in rows) else []
+    lead = ["model", "taxonomy", *asked, "task", "mode"] + (["protocol"] if named else [])
     header = [*lead, "n", "errors", "HCA", "Leaf", "HCA/Leaf"]
     header += [h for k, h in COLUMNS if k not in ("hca", "leaf_acc")]
     header += ["answer", "Unknown", "Agree"] if generated else []
     header += ["run"]
     body = []
     for r in rows:
-        keys = ("model", "taxonomy", "task", "mode") + (("protocol",) if named else ())
+        keys = ("model", "taxonomy", *asked, "task", "mode") + (("protocol",) if named else ())
         cells = [_cell(r[k]) for k in (*keys, "n", "n_errors")]
         cells += [with_ci(r, "hca"), with_ci(r, "leaf_acc"), _cell(r["hca_leaf_ratio"], 2)]
         cells += [_cell(r[k]) for k, _ in COLUMNS if k not in ("hca", "leaf_acc")]
@@ -421,8 +463,18 @@ def pair_runs(
             path = Path(p)
             run_dir = (path.parent if path.name == "summary.json" else path).resolve()
             if run_dir not in by_dir:
+                if not (run_dir / "summary.json").is_file():
+                    raise PairError(
+                        f"--pair {vlm_path}={llm_path}: {p} is not a run directory (no "
+                        "summary.json in it); name one run on each side."
+                    )
                 by_dir[run_dir] = load_runs([run_dir])[0]
             got.append(by_dir[run_dir])
+        if got[0] is got[1]:
+            raise PairError(
+                f"--pair {vlm_path}={llm_path}: the same run on both sides; pair a vision LLM's "
+                "text-mode run with its LLM's run."
+            )
         why = _mismatch(got[0], got[1])
         if why is not None:
             raise PairError(f"--pair {vlm_path}={llm_path}: cannot compare these runs: {why}.")

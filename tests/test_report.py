@@ -382,3 +382,39 @@ def test_generated_answers_show_their_unknowns_and_agreement(tmp_path, capsys):
     only = write_runs(tmp_path / "only", {"qwen-logits": RUNS["qwen-cub"]})
     assert main(["report", str(only), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
     assert "Unknown" not in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_runs_of_other_question_sets_are_told_apart(tmp_path):
+    """Two question sets of one taxonomy (random and similar distractors): a questions column,
+    and each set ranked on its own; one label for two sets (another --limit) gets their hashes."""
+    from hierzoo.report import format_markdown, load_runs, report_table
+
+    def run(model, questions, digest, hca, seed):
+        s = fake_summary(model, "cub200", CUB, [0.9, 0.8, 0.7, 0.6], hca, seed=seed)
+        s["questions"] = questions
+        s["provenance"]["identity"] = {"questions": digest}
+        return s
+
+    runs = {
+        "a-random": run("model-a", "cub200-random", "aa" * 32, 0.50, 1),
+        "b-similar": run("model-b", "cub200-similar", "bb" * 32, 0.30, 2),
+        "c-random": run("model-c", "cub200-random", "aa" * 32, 0.60, 3),
+    }
+    rows = report_table(load_runs([write_runs(tmp_path / "runs", runs)]))
+    assert [(r["model"], r["questions"]) for r in rows] == [
+        ("model-c", "cub200-random"),
+        ("model-a", "cub200-random"),
+        ("model-b", "cub200-similar"),
+    ]
+    assert "| model | taxonomy | questions | task |" in format_markdown(rows)
+    same = {k: dict(v, questions="cub200-random") for k, v in runs.items()}
+    rows = report_table(load_runs([write_runs(tmp_path / "same-label", same)]))
+    assert sorted(r["questions"] for r in rows) == [
+        "cub200-random #aaaaaa",
+        "cub200-random #aaaaaa",
+        "cub200-random #bbbbbb",
+    ]
+    one = {k: v for k, v in runs.items() if k != "b-similar"}
+    assert all(
+        "questions" not in r for r in report_table(load_runs([write_runs(tmp_path / "one", one)]))
+    )

@@ -83,6 +83,24 @@ def test_explicit_pairs_for_models_outside_the_zoo(root):
         pair_runs(runs, [(root / "my-vlm", root.parent / "bare" / "bare")])
 
 
+def test_a_pair_names_one_run_on_each_side(root):
+    runs = load_runs([root / "my-vlm"])
+    with pytest.raises(PairError, match="the same run on both sides"):
+        pair_runs(runs, [(root / "my-vlm", root / "my-vlm" / "summary.json")])
+    with pytest.raises(PairError, match="is not a run directory"):
+        pair_runs(runs, [(root / "my-vlm", root)])  # a folder of runs
+
+
+def test_unfinished_runs_are_named_not_dropped(root, tmp_path):
+    folder = write_runs(tmp_path / "runs", {"done": RUNS["my-vlm"]})
+    (folder / "half").mkdir()
+    (folder / "half" / "run.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"half: an unfinished run \(no summary.json\) is left"):
+        assert [Path(r["run_dir"]).name for r in load_runs([folder])] == ["done"]
+    with pytest.raises(FileNotFoundError, match=r"half: an unfinished run"):
+        load_runs([folder / "half"])
+
+
 def test_the_comparison_rows_are_the_runs_and_their_difference(root):
     runs = load_runs([root / "qwen-vl-text", root / "qwen-llm"])
     rows = comparison_table(pair_runs(runs))
