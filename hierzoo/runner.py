@@ -757,8 +757,30 @@ def _work(
         "command": shlex.join(["hierzoo", *sys.argv[1:]]),
         **clf.provenance(),
     }
+    _usage_of_rows(summary["provenance"], rows)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _usage_of_rows(provenance: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """A served model's token counts and cost over every row of the results (each row records
+    the tokens of its answers), so that a resumed run counts the answers of earlier ones too;
+    the ``sent_`` counts stay this process's."""
+    usage = provenance.get("usage")
+    if not isinstance(usage, dict) or not any("tokens" in r for r in rows):
+        return
+    from hierzoo.models.api.usage import estimate_cost
+
+    sums = {"prompt": 0, "completion": 0, "cached_prompt": 0}
+    for row in rows:
+        for key in sums:
+            sums[key] += int((row.get("tokens") or {}).get(key, 0))
+    usage["prompt_tokens"] = sums["prompt"]
+    usage["completion_tokens"] = sums["completion"]
+    usage["cached_prompt_tokens"] = sums["cached_prompt"]
+    model = (provenance.get("api") or {}).get("model")
+    cost = estimate_cost(model, sums["prompt"], sums["completion"], sums["cached_prompt"])
+    usage["estimated_cost_usd"] = None if cost is None else round(cost, 6)
 
 
 def _finish_without_work(

@@ -659,6 +659,26 @@ def test_a_finished_run_and_a_second_folder_send_nothing(setup, fresh, env):
     assert summary["provenance"]["usage"]["requests"] == 0
 
 
+def test_a_resumed_run_counts_the_tokens_of_every_answer_it_holds(setup, fresh, env):
+    """Each row records the tokens of its answers, so a run finished in two goes has the usage
+    and cost of one that ran at once (the rows of the first go included)."""
+    import shutil
+
+    whole, resumed = env / "whole", env / "resumed"
+    assert main(_api_args(setup, fresh, whole, "gpt-4o", "--answer", "generate")) == 0
+    resumed.mkdir()
+    shutil.copy(whole / "run.json", resumed / "run.json")
+    lines = (whole / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "predictions.jsonl").write_text("".join(lines[: N // 2]))  # as if stopped here
+    assert main(_api_args(setup, fresh, resumed, "gpt-4o", "--answer", "generate")) == 0
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (whole, resumed))
+    assert second["done_before"] == N // 2
+    keys = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "estimated_cost_usd")
+    u1, u2 = first["provenance"]["usage"], second["provenance"]["usage"]
+    assert [u2[k] for k in keys] == [u1[k] for k in keys] and u1["prompt_tokens"] > 0
+    assert all(r["tokens"]["completion"] > 0 for r in _rows(resumed).values())
+
+
 def test_a_killed_run_pays_again_for_at_most_the_requests_in_flight(setup, fresh, env):
     k, width = 5, 2
     fresh.control(hold_after=k)  # the server answers k requests, then holds the rest

@@ -127,6 +127,9 @@ class Answers:
             by log-likelihood), with a generated reply ``reply`` and ``score`` (the match's
             ratio), ranked ``ranked`` (the best names with their log-likelihoods). ``choice``
             is -1 and ``options`` empty (no options are asked).
+        tokens: models behind an API: per sample ``(prompt, completion, cached prompt)`` tokens of
+            the answers it used (its requests' usage, cache hits included); written to each
+            record as ``tokens``.
     """
 
     choice: np.ndarray
@@ -141,6 +144,7 @@ class Answers:
     binary: list[list[list[int]]] | None = None
     statement_replies: list[list[list[str]]] | None = None
     open: list[list[dict[str, Any] | None]] | None = None
+    tokens: list[tuple[int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.options)
@@ -179,6 +183,13 @@ class Answers:
         out = []
         for i, q in enumerate(questions):
             row: dict[str, Any] = {"image": q.image, "label": q.label}
+            if self.tokens is not None:
+                prompt, completion, cached = self.tokens[i]
+                row["tokens"] = {
+                    "prompt": prompt,
+                    "completion": completion,
+                    "cached_prompt": cached,
+                }
             if self.errors[i] is not None:
                 row["error"] = self.errors[i]
                 out.append(row)
@@ -204,7 +215,6 @@ class Answers:
                 reply = self.replies[i][k] if self.replies is not None else None
                 unknown = self.unknown is not None and bool(self.unknown[i, k])
                 if not opts or (c < 0 and not unknown and reply is None):
-                    continue
                     continue
                 letters = [chr(65 + j) for j in range(len(opts))]
                 n = k + 1

@@ -550,6 +550,7 @@ class _Run:
         self.replies: list[str | None] = [None] * n_req
         self.absent = [""] * n_req
         self.errors: list[str | None] = [None] * len(questions)
+        self.tokens = np.zeros((len(questions), 3), dtype=np.int64)
 
     # ------------------------------------------------------------------ requests
     def settings(self, r: Request) -> RequestSettings:
@@ -617,6 +618,7 @@ class _Run:
     def record(self, result: ChatResult) -> None:
         j = result.index
         r = self.plan.requests[j]
+        self.tokens[r.sample] += result.usage
         if not result.ok:
             if self.errors[r.sample] is None:
                 self.errors[r.sample] = f"level {r.level + 1}: {result.error}"
@@ -697,4 +699,5 @@ class _Run:
             replies=replies if generate else None,
             unknown=unknown,
             absent=None if generate else absent,
+            tokens=[tuple(int(t) for t in self.tokens[i]) for i in samples],
         )
