@@ -894,3 +894,13 @@ def test_transformers_serve_replies_equal_local_greedy_generation(
         assert r.reply == local.greedy(question(i), image, 5)[0]
     with pytest.raises(ResponseFormatError, match="no log-probabilities"):
         response_letter_answer(results[0].response, "ABCD")
+
+
+def test_a_key_variable_named_but_not_set_is_warned_about(monkeypatch):
+    monkeypatch.delenv("HZ_UNSET_KEY", raising=False)
+    settings = ApiSettings(api_base="http://127.0.0.1:9/v1", api_key_env="HZ_UNSET_KEY")
+    with pytest.warns(UserWarning, match=r"\$HZ_UNSET_KEY \(--api-key-env\) is not set"):
+        ChatClient(settings, cache=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default variable unset: a local server, no key
+        ChatClient(ApiSettings(api_base="http://127.0.0.1:9/v1"), cache=False)

@@ -313,6 +313,12 @@ class ChatClient:
                     f"No API key: ${self.settings.api_key_env} is not set. Set it to your OpenAI "
                     "key (or name another variable with --api-key-env / api_key_env)."
                 )
+            if self.settings.api_key_env != ApiSettings.api_key_env:  # named, but not set
+                warnings.warn(
+                    f"${self.settings.api_key_env} (--api-key-env) is not set; requests go to "
+                    f"{self.settings.base_url} without a key.",
+                    stacklevel=2,
+                )
             key = _NO_KEY
         self._secret = key
         try:
