@@ -197,7 +197,6 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family",
         metavar="FAMILY",
-        choices=opt.LazyChoices("hierzoo.models._registry", "FAMILIES"),
         help="model family whose paper default variant to use (qwen2.5-vl, internvl ...)",
     )
     opt.seed_option(p, "the option shuffling")
@@ -209,6 +208,14 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
 def _check_export_sft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.output:
         parser.error("the following arguments are required: --output")
+    if args.family is not None:
+        from hierzoo.models._registry import FAMILIES
+
+        if args.family not in FAMILIES:
+            parser.error(
+                f"argument --family: invalid choice: {args.family!r} (choose from "
+                f"{', '.join(map(repr, FAMILIES))})"
+            )
 
 
 def _cmd_export_sft(args: argparse.Namespace) -> int:

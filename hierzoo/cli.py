@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -570,6 +571,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _printable_streams() -> None:
+    """A terminal or pipe that cannot encode every character (``PYTHONIOENCODING=ascii``, the C
+    locale) prints a model or taxonomy name it cannot show as escapes, instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def _warning_line(command: str):
     """A ``warnings.showwarning`` that prints ``hierzoo CMD: warning: ...``, one line without
     the Python source around it."""
@@ -584,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user mistakes end in one line on stderr and exit status 2, Ctrl-C in
     one line and 130, a closed output pipe (``hierzoo models --json | head``) quietly."""
     command = "hierzoo"
+    _printable_streams()
     try:
         args = parse_args(argv)
         if not getattr(args, "func", None):

@@ -418,3 +418,23 @@ def test_runs_of_other_question_sets_are_told_apart(tmp_path):
     assert all(
         "questions" not in r for r in report_table(load_runs([write_runs(tmp_path / "one", one)]))
     )
+
+
+def test_a_terminal_that_cannot_show_a_name_gets_it_escaped(tmp_path):
+    """Under an ASCII-only output (PYTHONIOENCODING=ascii, the C locale) a model name it cannot
+    encode is printed escaped; the command does not fail."""
+    import os
+
+    runs = {
+        "r\u00fc": fake_summary("\u6a21\u578b-\u00fc", "cub200", CUB, [0.9, 0.8, 0.7, 0.6], 0.5)
+    }
+    root = write_runs(tmp_path / "runs", runs)
+    done = subprocess.run(
+        [sys.executable, "-m", "hierzoo", "report", str(root), "--out", str(tmp_path / "rep")]
+        + ["--no-plots"],
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"\\u6a21\\u578b-\\xfc" in done.stdout
+    assert "\u6a21\u578b-\u00fc" in (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
