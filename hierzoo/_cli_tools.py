@@ -208,14 +208,12 @@ def _add_export_sft(sub: argparse._SubParsersAction) -> None:
 def _check_export_sft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.output:
         parser.error("the following arguments are required: --output")
-    if args.family is not None:
-        from hierzoo.models._registry import FAMILIES
+    from hierzoo.models._registry import check_family
 
-        if args.family not in FAMILIES:
-            parser.error(
-                f"argument --family: invalid choice: {args.family!r} (choose from "
-                f"{', '.join(map(repr, FAMILIES))})"
-            )
+    try:
+        check_family(args.family)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def _cmd_export_sft(args: argparse.Namespace) -> int:

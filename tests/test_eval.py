@@ -380,7 +380,9 @@ def _late_rank(rank: int, port: int, args: list[str], log: str) -> None:
     def barrier(d):
         if rank == 0:
             n = int(entered.read_text()) + 1 if entered.exists() else 1
-            entered.write_text(str(n))
+            tmp = entered.with_suffix(".tmp")
+            tmp.write_text(str(n))
+            tmp.replace(entered)  # whole, never read half written by the other rank
         real_barrier(d)
         passed[0] += 1
 

@@ -28,6 +28,21 @@ FAMILIES: dict[str, str] = {
     "internlm2": "hierzoo.models.llm:InternLM2Classifier",
 }
 CLIP_FAMILIES = ("openclip", "hf-clip", "hf-siglip")
+
+
+def check_family(name: str | None) -> None:
+    """``None`` or a model family hierzoo has.
+
+    Raises:
+        ValueError: another name, listing the families.
+    """
+    if name is not None and name not in FAMILIES:
+        raise ValueError(
+            f"argument --family: invalid choice: {name!r} (choose from "
+            f"{', '.join(map(repr, FAMILIES))})"
+        )
+
+
 LLM_FAMILIES = ("llm", "internlm2")
 SERVED_FAMILIES = ("openai-chat",)
 SERVED_PREFIX = "openai:"
