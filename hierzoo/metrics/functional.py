@@ -299,9 +299,12 @@ def first_error_level(pred: Any, target: Any, mask: Any = None, **kw: Any) -> np
 
 
 # --------------------------------------------------------------------------- bootstrap
-def _check_confidence(confidence: float) -> None:
-    if not 0 < confidence < 1:
-        raise ValueError(f"Expected `confidence` to be in (0, 1), but got {confidence!r}.")
+def _check_confidence(confidence: Any) -> None:
+    number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
+    if not number or not 0 < confidence < 1:
+        raise ValueError(
+            f"Expected `confidence` in (0, 1) (0.95 for a 95% interval), but got {confidence!r}."
+        )
 
 
 def bootstrap_means(
@@ -407,11 +410,7 @@ def _check_interval(n_boot: Any, confidence: Any) -> None:
             f"Expected `n_boot` to be a whole number of bootstrap resamples, 1 or more, but got "
             f"{n_boot!r}; 2000 is the default."
         )
-    number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
-    if not number or not 0 < confidence < 1:
-        raise ValueError(
-            f"Expected `confidence` in (0, 1) (0.95 for a 95% interval), but got {confidence!r}."
-        )
+    _check_confidence(confidence)
 
 
 def reduce_counts(
