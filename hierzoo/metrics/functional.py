@@ -53,27 +53,27 @@ class Estimate(NamedTuple):
 
 
 # --------------------------------------------------------------------------- input handling
+def _first_given(x: Any) -> Any:
+    """The first value that is not ``None`` in rows (or a flat sequence); ``None`` if none."""
+    for row in x:
+        for v in row if isinstance(row, (list, tuple, np.ndarray)) else [row]:
+            if v is not None:
+                return v
+    return None
+
+
 def _is_names(x: Any) -> bool:
     if isinstance(x, np.ndarray):
         return x.dtype.kind in "OUS"
-    for row in x:
-        for v in row if isinstance(row, (list, tuple, np.ndarray)) else [row]:
-            if v is None:
-                continue
-            return isinstance(v, str)
-    return False
+    return isinstance(_first_given(x), str)
 
 
 def _is_codes(x: Any) -> bool:
     """Integer node codes: an integer array, or rows whose first given value is an integer."""
     if isinstance(x, np.ndarray):
         return x.dtype.kind in "iu"
-    for row in x:
-        for v in row if isinstance(row, (list, tuple, np.ndarray)) else [row]:
-            if v is None:
-                continue
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-    return False
+    v = _first_given(x)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _taxonomy(taxonomy: Any) -> Taxonomy | None:
