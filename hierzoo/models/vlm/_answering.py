@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
-from hierzoo.models.base import checked_questions
+from hierzoo.models.base import check_batch_size, checked_questions
 from hierzoo.models.outputs import Answers, first_yes
 from hierzoo.models.vlm._prefix_cache import _cache_of
 from hierzoo.prompts import Protocol, QuestionPlan
@@ -168,8 +168,7 @@ class _AnsweringMixin:
     ) -> _Work:
         protocol = protocol or Protocol()
         self.check_protocol(protocol)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        check_batch_size(batch_size)
         plan = prompts.plan_questions(questions, protocol, family=self.family, model=self.zoo_name)
         self._require_weights()
         width = 0 if protocol.name == "open" else max(plan.n_letters, 1)

@@ -18,7 +18,7 @@ import torch
 
 from hierzoo import prompts
 from hierzoo.images import PipelineStats
-from hierzoo.models.base import HierClassifier, OptionError
+from hierzoo.models.base import HierClassifier, OptionError, check_batch_size
 from hierzoo.models.vlm import _chat, _schedule
 from hierzoo.models.vlm._answering import _AnsweringMixin
 from hierzoo.models.vlm._features import _FeaturesMixin
@@ -158,8 +158,7 @@ class LLMClassifier(
     ):
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"Expected `token_budget` >= 1, but got {token_budget!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        check_batch_size(batch_size)
         weights = model is not None  # None: made for a dry run, describes requests only
         self.model = model
         self.processor = processor

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from hierzoo import prompts
+from hierzoo.models.base import check_batch_size
 from hierzoo.models.outputs import Answers
 from hierzoo.models.vlm._scoring import _NodePlan
 from hierzoo.open_answers import level_vocabulary, match_reply
@@ -124,8 +125,7 @@ class _OpenMixin:
         image and asked level, the level's nodes ranked by the log-likelihood of each name as
         the whole reply to the open question; the best is the answer."""
         self.check_protocol(protocol)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size!r}.")
+        check_batch_size(batch_size)
         plan = prompts.plan_questions(questions, protocol, family=self.family)
         self._require_weights()
         depth = max((len(o) for o in plan.orders), default=0)
