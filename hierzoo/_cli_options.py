@@ -411,6 +411,11 @@ def no_plots_option(parser: Any, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- configs
+def _nearest_existing(p: Path) -> Path | None:
+    """The closest path above ``p`` that exists: a folder, or a file standing in the way."""
+    return next((a for a in p.parents if a.exists()), None)
+
+
 def check_output_file(path: str, flag: str) -> None:
     """Stop before any work when ``path`` cannot be written as a file, naming the flag.
 
@@ -420,7 +425,7 @@ def check_output_file(path: str, flag: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {path!r} is a folder; give a file name ({p / 'record.json'}).")
-    parent = next((a for a in [p.parent, *p.parent.parents] if a.exists()), None)
+    parent = _nearest_existing(p)
     if parent is not None and not parent.is_dir():
         raise ValueError(
             f"{flag} {path!r} lies under {str(parent)!r}, a file; give a path in a folder."
@@ -438,7 +443,7 @@ def check_output_dir(path: str, flag: str) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{flag} {path!r} is a file; give a folder (it is created if needed).")
-    parent = next((a for a in p.parents if a.exists()), None)
+    parent = _nearest_existing(p)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{flag} {path!r} lies under {str(parent)!r}, a file; give a folder.")
 
