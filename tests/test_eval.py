@@ -363,16 +363,46 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
     assert s1["metrics"] == s2["metrics"] and s2["provenance"]["world_size"] == 2
 
 
+def _join_as(rank: int, port: int) -> None:
+    """What torchrun tells rank ``rank`` of two (gloo on 127.0.0.1:``port``)."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _run_as(rank: int, args: list[str], log: str) -> None:
+    """Run the command as this rank, leave the process group, and write its exit status to
+    ``log.rank{rank}``."""
+    import torch.distributed as dist
+
+    try:
+        code = main(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(f"{log}.rank{rank}").write_text(str(code))
+
+
+def _two_ranks(worker, args: list[str], tmp_path: Path) -> list[str]:
+    """``worker(rank, port, args, log)`` in two spawned processes; their exit statuses."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = str(tmp_path / "code")
+    mp.spawn(worker, args=(port, args, log), nprocs=2, join=True)
+    return [Path(f"{log}.rank{r}").read_text() for r in (0, 1)]
+
+
 def _late_rank(rank: int, port: int, args: list[str], log: str) -> None:
     """One rank of a two-process run in which rank 1 reads what is done only once rank 0 has
     either written results or stopped at a later barrier than the one rank 1 just passed: the
     order of a loaded machine, made certain. Rank 1 waits on events, not on a clock."""
-    import torch.distributed as dist
-
     import hierzoo.runner as runner
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _join_as(rank, port)
     out = Path(args[args.index("--out") + 1])
     entered, passed = out.parent / "rank0-barriers", [0]
     real_barrier, real_collect = runner.barrier, runner.collect_done
@@ -397,30 +427,16 @@ def _late_rank(rank: int, port: int, args: list[str], log: str) -> None:
         return real_collect(folder, repair, run)
 
     runner.barrier, runner.collect_done = barrier, collect_done
-    try:
-        code = main(args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    Path(f"{log}.rank{rank}").write_text(str(code))
+    _run_as(rank, args, log)
 
 
 def test_sharded_run_splits_work_every_rank_agrees_on(setup, tmp_path):
     """A rank that reads what is done after another rank wrote its first results still takes
     its own share: no sample is left out and the run finishes (a late rank once split a shorter
     list, so every other sample of one rank was never run)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "run" / "out"
     out.parent.mkdir()
-    log = str(tmp_path / "code")
-    mp.spawn(_late_rank, args=(port, _args(setup, out), log), nprocs=2, join=True)
-    assert [Path(f"{log}.rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert _two_ranks(_late_rank, _args(setup, out), tmp_path) == ["0", "0"]
     assert [r["sample"] for r in _lines(out / "predictions.jsonl")] == list(range(N))
 
 
@@ -441,13 +457,10 @@ def _unmerged_rank(rank: int, port: int, args: list[str], log: str) -> None:
     """One rank of a two-process rerun of a finished but unmerged run, in which rank 1 reads
     the rank shards only once rank 0 has either merged them away or stopped to agree with the
     other ranks on what is left: the order of a loaded machine, made certain."""
-    import torch.distributed as dist
-
     import hierzoo.rundir as rundir
     import hierzoo.runner as runner
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _join_as(rank, port)
     agreeing = Path(args[args.index("--out") + 1]).parent / "rank0-agrees"
     real_sum, real_read = runner.sum_across, rundir.read_done
 
@@ -462,12 +475,7 @@ def _unmerged_rank(rank: int, port: int, args: list[str], log: str) -> None:
         return real_read(path, *a, **k)
 
     runner.sum_across, rundir.read_done = sum_across, read_done
-    try:
-        code = main(args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    Path(f"{log}.rank{rank}").write_text(str(code))
+    _run_as(rank, args, log)
 
 
 def test_ranks_agree_that_a_finished_run_has_nothing_to_do(setup, tmp_path):
@@ -475,10 +483,6 @@ def test_ranks_agree_that_a_finished_run_has_nothing_to_do(setup, tmp_path):
     before the merge), rerun on two ranks: no rank reads the folder while rank 0 merges it, and
     both take the 'nothing to run' way (a late rank once saw the shards gone, went on to work
     alone and the run failed)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
     out = tmp_path / "run" / "out"
     assert main(_args(setup, out)) == 0
     rows = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
@@ -486,12 +490,7 @@ def test_ranks_agree_that_a_finished_run_has_nothing_to_do(setup, tmp_path):
     (out / "predictions.rank0.jsonl").write_text("".join(rows[8:16]))
     (out / "predictions.rank1.jsonl").write_text("".join(rows[16:]))
     (out / "summary.json").unlink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = str(tmp_path / "code")
-    mp.spawn(_unmerged_rank, args=(port, _args(setup, out), log), nprocs=2, join=True)
-    assert [Path(f"{log}.rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert _two_ranks(_unmerged_rank, _args(setup, out), tmp_path) == ["0", "0"]
     assert (out / "predictions.jsonl").read_text() == "".join(rows)
     assert not list(out.glob("predictions.rank*")) and (out / "summary.json").exists()
 

@@ -128,10 +128,10 @@ def test_an_existing_folder_is_left_as_it_was(setup, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-def test_labels_csv_paths_are_relative_to_the_csv_folder(setup, tmp_path, capsys):
-    folder = tmp_path / "mine"
+def _labelled_folder(folder: Path, seed: int) -> Path:
+    """Six random images under ``folder/img`` and ``folder/labels.csv`` naming their leaves."""
     (folder / "img").mkdir(parents=True)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     lines = ["image,leaf"]
     for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"] * 2):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
@@ -139,6 +139,19 @@ def test_labels_csv_paths_are_relative_to_the_csv_folder(setup, tmp_path, capsys
         )
         lines.append(f"img/{i}.jpg,{leaf}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _broken_copy(source: str | Path, to: Path) -> Path:
+    """A copy of ``source`` in which no JPEG can be read."""
+    shutil.copytree(source, to)
+    for f in to.rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    return to
+
+
+def test_labels_csv_paths_are_relative_to_the_csv_folder(setup, tmp_path, capsys):
+    folder = _labelled_folder(tmp_path / "mine", seed=1)
     base = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--no-progress"]
     base += ["--device", "cpu", "--labels", str(folder / "labels.csv")]
     assert main([*base, "--out", str(tmp_path / "ok")]) == 0
@@ -151,10 +164,7 @@ def test_labels_csv_paths_are_relative_to_the_csv_folder(setup, tmp_path, capsys
 
 
 def test_a_rerun_with_the_right_root_redoes_a_failed_run(setup, tmp_path, capsys):
-    broken = tmp_path / "broken"
-    shutil.copytree(setup["images"], broken)
-    for f in broken.rglob("*.jpg"):
-        f.write_bytes(b"not a jpeg")
+    broken = _broken_copy(setup["images"], tmp_path / "broken")
     out = tmp_path / "run"
     assert main(_args(setup, out, root=str(broken))) == 1
     err = capsys.readouterr().err
@@ -203,10 +213,7 @@ def test_a_retry_killed_before_its_summary_leaves_no_stale_summary(setup, tmp_pa
 def test_a_reclaim_interrupted_after_its_rows_were_dropped_is_taken_again(setup, tmp_path):
     """Reclaiming a folder of failed samples drops them, then records the new settings; killed
     in between (the old settings, no rows), the same command reclaims it again."""
-    broken = tmp_path / "broken"
-    shutil.copytree(setup["images"], broken)
-    for f in broken.rglob("*.jpg"):
-        f.write_bytes(b"not a jpeg")
+    broken = _broken_copy(setup["images"], tmp_path / "broken")
     out = tmp_path / "run"
     assert main(_args(setup, out, root=str(broken))) == 1
     (out / "predictions.jsonl").unlink()  # dropped; run.json still holds the broken root
@@ -217,20 +224,8 @@ def test_a_reclaim_interrupted_after_its_rows_were_dropped_is_taken_again(setup,
 def test_a_reclaimed_folder_holds_the_question_set_it_ran(setup, tmp_path):
     """Questions built by the run (here from a labels file) are written again when a folder of
     failed samples is reclaimed under other settings: ``questions.jsonl`` is what was asked."""
-    good = tmp_path / "good"
-    (good / "img").mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    lines = ["image,leaf"]
-    for i, leaf in enumerate(["Laysan Albatross", "Sooty Albatross", "Common Raven"] * 2):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-            good / "img" / f"{i}.jpg"
-        )
-        lines.append(f"img/{i}.jpg,{leaf}")
-    (good / "labels.csv").write_text("\n".join(lines) + "\n")
-    broken = tmp_path / "broken"
-    shutil.copytree(good, broken)
-    for f in broken.rglob("*.jpg"):
-        f.write_bytes(b"not a jpeg")
+    good = _labelled_folder(tmp_path / "good", seed=2)
+    broken = _broken_copy(good, tmp_path / "broken")
     base = ["eval", "--model", setup["model"], "--taxonomy", "cub200", "--no-progress"]
     base += ["--device", "cpu", "--distractors", "similar"]
     out, fresh = tmp_path / "run", tmp_path / "fresh"
